@@ -1,0 +1,72 @@
+"""Training settings for pix2pix. Defaults are the paper's (arXiv 1611.07004, §3 and appendix 6.1-6.2).
+
+Edit this file, or override any setting on the command line:
+    python train.py --PRESET=facades --TRAIN_DIR=data/facades/train --VAL_DIR=data/facades/val
+    python train.py --BATCH_SIZE=4 --PRECISION=fp32
+Values are parsed as Python literals (never evaluated as code) and must have the same type as the default.
+Order of precedence: this file < PRESET < other command-line overrides.
+"""
+
+# --- data ---
+TRAIN_DIR = "data/synthetic/train"  # folder of side-by-side A|B images (made offline on first run if default)
+VAL_DIR = "data/synthetic/val"  # held-out A|B images for sample grids and validation metrics
+DIRECTION = "BtoA"  # "AtoB": left half is the input; "BtoA": right half is the input (facades labels->photo)
+IN_CHANNELS = 3  # 3 = RGB input, 1 = grayscale input
+OUT_CHANNELS = 3  # 3 = RGB output, 1 = grayscale output
+LOAD_SIZE = 286  # paper §6.2 random jitter: resize to LOAD_SIZE ...
+IMAGE_SIZE = 256  # ... then take a random IMAGE_SIZE crop (also the eval resolution)
+JITTER = True  # resize+random crop; False = resize straight to IMAGE_SIZE
+MIRROR = True  # random horizontal flip, the same for input and target
+NUM_WORKERS = 2  # DataLoader worker processes (0 = load in the main process)
+BAD_FILES = "error"  # unreadable/unsplittable images: "error" = stop before training and list them, "skip" = skip them
+
+# --- model ---
+GEN_BASE_CHANNELS = 64  # width of the U-Net's first layer (ngf)
+NUM_DOWNS = 0  # U-Net depth; 0 = derive from IMAGE_SIZE (7 for 128, 8 for 256, 9 for 512)
+NORM = "batch"  # "batch" (paper) or "instance"
+DROPOUT = True  # dropout 0.5 in the first three decoder layers (paper's noise source)
+DISC_BASE_CHANNELS = 64  # width of the discriminator's first layer (ndf)
+DISC_N_LAYERS = 3  # PatchGAN size: 0 = 1x1 PixelGAN, 1 = 16x16, 3 = 70x70 (paper), 5 = 286x286
+SYNC_BN = False  # with torchrun: share batch-norm statistics across processes (SyncBatchNorm)
+
+# --- optimisation ---
+BATCH_SIZE = 1  # images per step per process (paper: 1)
+LEARNING_RATE = 2e-4  # Adam learning rate for G and D
+BETA1 = 0.5  # Adam beta1 (paper: 0.5)
+BETA2 = 0.999  # Adam beta2
+L1_LAMBDA = 100.0  # weight of the L1 term in G's loss (paper §3.1, lambda = 100)
+N_EPOCHS = 100  # epochs at constant learning rate
+N_EPOCHS_DECAY = 100  # further epochs with the learning rate decayed linearly to zero
+ON_NAN = "stop"  # a NaN/Inf loss: "stop" = stop without saving poisoned weights, "skip" = skip that step
+
+# --- system ---
+SEED = 42  # seeds python, numpy, torch, shuffling and augmentation
+DEVICE = "auto"  # "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps"
+PRECISION = "auto"  # "auto" (bf16 where native: CUDA Ampere+, CPUs with AMX; fp16 on older CUDA; else fp32), "fp32", "bf16", "fp16"
+CHANNELS_LAST = True  # NHWC memory layout: faster convolutions on CUDA tensor cores and oneDNN
+COMPILE = False  # torch.compile both networks (slow first epoch, faster later)
+DIST_TIMEOUT_S = 600  # torchrun: a rank silent this long stops the whole job instead of hanging
+
+# --- output ---
+RUN_DIR = "runs/pix2pix"  # everything a run writes: log.csv, samples/, checkpoints/, generator.pt, TensorBoard
+RESUME = "auto"  # "auto" = continue from RUN_DIR/checkpoints/last.pt if present, "never", or a checkpoint path
+SAMPLE_EVERY = 1  # write an input|generated|target grid every N epochs
+N_SAMPLES = 4  # fixed validation images shown in each sample grid
+VAL_EVERY = 1  # compute validation L1/PSNR/SSIM every N epochs (0 = never)
+VAL_MAX_IMAGES = 100  # validate on at most this many VAL_DIR images
+TEST_MODE = "paper"  # generator at test time: "paper" (dropout on, batch statistics; paper §3.3) or "eval"
+LOG_EVERY = 50  # TensorBoard scalars every N steps
+CHECKPOINT_EVERY_STEPS = 500  # also refresh checkpoints/last.pt every N steps (0 = only at epoch ends)
+SNAPSHOT_EVERY = 20  # keep checkpoints/epoch_NNNN.pt every N epochs (0 = never)
+PRESET = ""  # one word applying a dataset's paper settings (see PRESETS below): facades, maps, cityscapes, ...
+
+# Paper appendix 6.2, per dataset: direction, epochs, batch size, jitter and mirroring.
+# Epochs are split half constant / half linear decay, as the official code does for its 200.
+PRESETS = {
+    "facades": dict(DIRECTION="BtoA", N_EPOCHS=100, N_EPOCHS_DECAY=100, BATCH_SIZE=1, JITTER=True, MIRROR=True),
+    "maps": dict(DIRECTION="AtoB", N_EPOCHS=100, N_EPOCHS_DECAY=100, BATCH_SIZE=1, JITTER=True, MIRROR=True),
+    "cityscapes": dict(DIRECTION="BtoA", N_EPOCHS=100, N_EPOCHS_DECAY=100, BATCH_SIZE=1, JITTER=True, MIRROR=True),
+    "edges2shoes": dict(DIRECTION="AtoB", N_EPOCHS=8, N_EPOCHS_DECAY=7, BATCH_SIZE=4, JITTER=False, MIRROR=False),
+    "edges2handbags": dict(DIRECTION="AtoB", N_EPOCHS=8, N_EPOCHS_DECAY=7, BATCH_SIZE=4, JITTER=False, MIRROR=False),
+    "night2day": dict(DIRECTION="AtoB", N_EPOCHS=9, N_EPOCHS_DECAY=8, BATCH_SIZE=4, JITTER=True, MIRROR=True),
+}

@@ -1,0 +1,63 @@
+"""Conditional PatchGAN discriminator of pix2pix (paper §3.2.2 and appendix 6.1.2).
+
+D sees the input image and a real or generated output side by side (channel concat) and scores each
+overlapping patch: C64-C128-C256-C512 then a 1-channel conv giving logits (the sigmoid lives in the loss).
+n_layers picks the patch size of the paper's Table 2: 0 -> 1x1 PixelGAN, 1 -> 16x16, 3 -> 70x70, 5 -> 286x286.
+Quick check:  python discriminator_model.py
+"""
+import torch
+import torch.nn as nn
+
+from layers import conv_bias, init_weights, norm_layer
+
+DISCRIMINATOR_KEYS = ("in_channels", "out_channels", "base_channels", "n_layers", "norm")
+
+
+def receptive_field(n_layers: int) -> int:
+    """Side of the input patch that one output logit sees (70 for the default n_layers=3)."""
+    if n_layers == 0:
+        return 1
+    strides = [2] * n_layers + [1, 1]
+    rf, jump = 1, 1
+    for s in strides:
+        rf += 3 * jump   # every conv is 4x4
+        jump *= s
+    return rf
+
+
+class PatchDiscriminator(nn.Module):
+    def __init__(self, in_channels: int = 3, out_channels: int = 3, base_channels: int = 64,
+                 n_layers: int = 3, norm: str = "batch"):
+        super().__init__()
+        self.hparams = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
+                            n_layers=n_layers, norm=norm)
+        bias = conv_bias(norm)
+        c_in = in_channels + out_channels  # conditional: D sees (x, y)
+        if n_layers == 0:  # PixelGAN: 1x1 convolutions only
+            layers = [nn.Conv2d(c_in, base_channels, 1), nn.LeakyReLU(0.2),
+                      nn.Conv2d(base_channels, base_channels * 2, 1, bias=bias),
+                      norm_layer(norm, base_channels * 2), nn.LeakyReLU(0.2),
+                      nn.Conv2d(base_channels * 2, 1, 1)]
+        else:
+            # first layer: no norm (appendix 6.1.2)
+            layers = [nn.Conv2d(c_in, base_channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            width = base_channels
+            for i in range(1, n_layers + 1):
+                stride = 2 if i < n_layers else 1   # the last C-block keeps resolution (C512 with stride 1)
+                new_width = base_channels * min(2 ** i, 8)
+                layers += [nn.Conv2d(width, new_width, 4, stride=stride, padding=1, bias=bias),
+                           norm_layer(norm, new_width), nn.LeakyReLU(0.2)]
+                width = new_width
+            layers.append(nn.Conv2d(width, 1, 4, stride=1, padding=1))  # 1-channel patch logits
+        self.model = nn.Sequential(*layers)
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return self.model(torch.cat([x, y], dim=1))
+
+
+if __name__ == "__main__":
+    D = PatchDiscriminator()
+    x = torch.randn(1, 3, 256, 256)
+    print(f"PatchDiscriminator: {sum(p.numel() for p in D.parameters()) / 1e6:.2f} M parameters, "
+          f"receptive field {receptive_field(3)}x{receptive_field(3)}, output {tuple(D(x, x).shape)}")

@@ -1,0 +1,79 @@
+"""U-Net generator of pix2pix (paper §3.2.1 and appendix 6.1.1).
+
+Encoder C64-C128-C256-C512-C512-C512-C512-C512, decoder CD512-CD1024-CD1024-C1024-C1024-C512-C256-C128
+(channel counts after the skip concatenation), 4x4 convolutions with stride 2 throughout.
+Quick check:  python generator_model.py   (prints the parameter count and an output shape)
+"""
+import torch
+import torch.nn as nn
+
+from layers import conv_bias, init_weights, norm_layer
+
+# The hyperparameters a checkpoint stores so that it can rebuild its own generator.
+GENERATOR_KEYS = ("in_channels", "out_channels", "base_channels", "num_downs", "norm", "dropout")
+
+
+def num_downs_for(image_size: int) -> int:
+    """Depth whose 1x1 bottleneck matches the image: 7 for 128 px, 8 for 256 px (unet_256), 9 for 512 px."""
+    return max(1, (image_size - 1).bit_length())
+
+
+class UNetGenerator(nn.Module):
+    def __init__(self, in_channels: int = 3, out_channels: int = 3, base_channels: int = 64,
+                 num_downs: int = 8, norm: str = "batch", dropout: bool = True):
+        super().__init__()
+        if num_downs < 2:
+            raise ValueError(f"num_downs must be >= 2, got {num_downs}")
+        self.hparams = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
+                            num_downs=num_downs, norm=norm, dropout=dropout)
+        bias = conv_bias(norm)
+        # encoder widths 64,128,256,512,512,...: doubling, capped at 8x the base width
+        widths = [base_channels * min(2 ** i, 8) for i in range(num_downs)]
+
+        def down(c_in: int, c_out: int) -> nn.Conv2d:
+            return nn.Conv2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=bias)
+
+        def up(c_in: int, c_out: int, use_bias: bool = bias) -> nn.ConvTranspose2d:
+            return nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1, bias=use_bias)
+
+        # Encoder: Convolution-Norm-LeakyReLU(0.2); no norm on the first layer (appendix 6.1.1).
+        self.encoder = nn.ModuleList([nn.Sequential(down(in_channels, widths[0]), nn.LeakyReLU(0.2))])
+        for i in range(1, num_downs - 1):
+            self.encoder.append(nn.Sequential(down(widths[i - 1], widths[i]), norm_layer(norm, widths[i]),
+                                              nn.LeakyReLU(0.2)))
+        # 1x1 bottleneck: no norm (errata in appendix 6.1.1: BatchNorm would zero a 1x1 activation at batch 1)
+        self.bottleneck = nn.Sequential(down(widths[-2], widths[-1]), nn.ReLU())
+
+        # Decoder: Convolution-Norm-(Dropout)-ReLU, input = previous decoder output ++ mirrored encoder output.
+        # paper §3.1 / 6.1.1: dropout 0.5 in the first three decoder layers is G's only noise source.
+        self.decoder = nn.ModuleList()
+        for j, i in enumerate(range(num_downs - 1, 0, -1)):     # i = width index this block produces
+            c_in = widths[i] if j == 0 else widths[i] * 2
+            block = [up(c_in, widths[i - 1]), norm_layer(norm, widths[i - 1])]
+            if dropout and j < 3:
+                block.append(nn.Dropout(0.5))
+            block.append(nn.ReLU())
+            self.decoder.append(nn.Sequential(*block))
+        self.head = nn.Sequential(up(widths[0] * 2, out_channels, use_bias=True), nn.Tanh())
+        init_weights(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        side = 2 ** self.hparams["num_downs"]
+        if x.shape[-1] % side or x.shape[-2] % side:
+            raise ValueError(f"U-Net with num_downs={self.hparams['num_downs']} needs image sides divisible by "
+                             f"{side}, got {tuple(x.shape[-2:])}; resize/crop the input or change num_downs")
+        skips = []
+        for block in self.encoder:
+            x = block(x)
+            skips.append(x)
+        x = self.bottleneck(x)
+        for block in self.decoder:
+            x = block(x)
+            x = torch.cat([skips.pop(), x], dim=1)  # skip connection from encoder layer i to decoder n-i
+        return self.head(x)
+
+
+if __name__ == "__main__":
+    G = UNetGenerator()
+    print(f"UNetGenerator: {sum(p.numel() for p in G.parameters()) / 1e6:.2f} M parameters")
+    print("output shape:", tuple(G(torch.randn(1, 3, 256, 256)).shape))

@@ -1,0 +1,85 @@
+"""What a training run records besides checkpoints: log.csv (one row per epoch), TensorBoard scalars and
+sample images, and curves.png, a plot of the losses and validation metrics refreshed every epoch.
+
+Not run directly; train.py uses it. Look at a run with:  tensorboard --logdir runs/
+"""
+import csv
+from pathlib import Path
+from typing import Any
+
+COLUMNS = ["epoch", "step", "d_real", "d_fake", "g_gan", "g_l1", "lr", "images_per_s", "skipped_steps",
+           "val_l1", "val_psnr", "val_ssim", "val_ratio"]
+
+
+class RunLog:
+    """log.csv + TensorBoard for one run directory (rank 0 only)."""
+
+    def __init__(self, run_dir: Path, resume_epoch: int = 0):
+        from torch.utils.tensorboard import SummaryWriter
+        self.run_dir = run_dir
+        self.csv_path = run_dir / "log.csv"
+        rows = self.rows()
+        if rows and any(int(r["epoch"]) > resume_epoch for r in rows):
+            # rows of epochs the checkpoint does not contain will be trained again: drop them, keep the rest
+            self._write([r for r in rows if int(r["epoch"]) <= resume_epoch])
+        elif not rows:
+            self._write([])
+        self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+
+    def rows(self) -> list[dict[str, str]]:
+        if not self.csv_path.exists():
+            return []
+        with open(self.csv_path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def _write(self, rows: list[dict]) -> None:
+        tmp = self.csv_path.with_suffix(".csv.tmp")
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, COLUMNS)
+            writer.writeheader()
+            writer.writerows(rows)
+        tmp.replace(self.csv_path)
+
+    def scalars(self, values: dict[str, float], step: int, prefix: str = "train") -> None:
+        for k, v in values.items():
+            self.tb.add_scalar(f"{prefix}/{k}", v, step)
+
+    def epoch_row(self, row: dict[str, Any]) -> None:
+        with open(self.csv_path, "a", newline="") as f:
+            csv.DictWriter(f, COLUMNS).writerow({k: _fmt(row.get(k, "")) for k in COLUMNS})
+        self.tb.flush()
+        plot_curves(self.rows(), self.run_dir / "curves.png")
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def _fmt(v: Any) -> Any:
+    return f"{v:.6g}" if isinstance(v, float) else v
+
+
+def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
+    """Losses and validation metrics per epoch, for people who look rather than read CSVs."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    if not rows:
+        return
+    epochs = [int(r["epoch"]) for r in rows]
+    panels = [("D loss terms", ["d_real", "d_fake"]), ("G loss terms", ["g_gan", "g_l1"]),
+              ("validation L1 (lower is better)", ["val_l1"]), ("validation PSNR / SSIM", ["val_psnr", "val_ssim"])]
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
+    for ax, (title, keys) in zip(axes, panels):
+        for k in keys:
+            points = [(e, float(r[k])) for e, r in zip(epochs, rows) if r.get(k) not in (None, "")]
+            if points:
+                ax.plot(*zip(*points), marker="o", markersize=3, label=k)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        if ax.lines:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=80)
+    plt.close(fig)
+    tmp.replace(path)

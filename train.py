@@ -1,0 +1,333 @@
+"""Train pix2pix: a U-Net generator against a conditional PatchGAN (Isola et al., CVPR 2017, arXiv 1611.07004).
+
+    python train.py                                   # built-in synthetic labels->photo set, paper settings
+    python train.py --PRESET=facades --TRAIN_DIR=data/facades/train --VAL_DIR=data/facades/val
+    torchrun --standalone --nproc_per_node=2 train.py # several GPUs (or CPU processes) with DDP
+
+Settings live in config.py; any of them can be overridden with --KEY=value. Stop at any time with Ctrl-C:
+a resumable checkpoint is written, and running the same command again continues exactly where it stopped.
+"""
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from dataset import AugmentationSampler, DatasetError, PairedImageDataset, ensure_default_data
+from metrics import evaluate_generator
+from run_log import RunLog
+from utils import (CheckpointError, ConfigError, atomic_save, autocast, build_models, check_resume_compatible,
+                   load_checkpoint, load_config, lr_factor, measure_peak_flops, model_hparams, pick_device,
+                   pick_precision, resolve_resume, rng_states, sample_grid, seed_everything, set_rng_states,
+                   setup_distributed, test_mode, training_flops_per_image)
+
+
+# ----------------------------------------------------------------------------- the objective (paper §3.1)
+
+def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor):
+    """-> (loss, real term, fake term). paper §3.3: divide D's objective by 2 to slow D relative to G."""
+    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
+    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+    return (real + fake) / 2, real, fake
+
+
+def generator_loss(fake_logits: torch.Tensor, fake: torch.Tensor, target: torch.Tensor, l1_lambda: float):
+    """-> (loss, GAN term, L1 term). The non-saturating GAN loss (maximise log D(x, G(x))) plus lambda * L1."""
+    gan = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+    l1 = (fake - target).abs().mean()
+    return gan + l1_lambda * l1, gan, l1
+
+
+class RealFakeScores(nn.Module):
+    """D on (x, real) and on (x, fake) in one call, so DDP sees one forward per backward. The two batches
+    still go through D separately, keeping their batch-norm statistics apart as in the official code."""
+
+    def __init__(self, D: nn.Module):
+        super().__init__()
+        self.D = D
+
+    def forward(self, x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor):
+        return self.D(x, real), self.D(x, fake)
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
+    bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+    if bad:
+        raise NonFiniteLoss(f"step {step}: non-finite {', '.join(f'{k}={losses[k].item()}' for k in bad)}")
+
+
+def train_step(G, D, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, step: int):
+    """One iteration of paper §3.3: a D step, then a G step against the freshly updated D.
+    Returns the four loss terms as floats, or raises NonFiniteLoss before any poisoned update."""
+    with amp:
+        fake = G(x)
+        real_logits, fake_logits = D_scores(x, y, fake.detach())  # detach: the D step must not reach G
+    loss_D, d_real, d_fake = discriminator_loss(real_logits.float(), fake_logits.float())  # losses in fp32
+    check_finite({"d_real": d_real, "d_fake": d_fake}, step)
+    opt_D.zero_grad(set_to_none=True)
+    scaler_D.scale(loss_D).backward()
+    scaler_D.step(opt_D)
+    scaler_D.update()
+
+    D.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only, not its weights
+    with amp:
+        fake_logits = D(x, fake)
+    loss_G, g_gan, g_l1 = generator_loss(fake_logits.float(), fake.float(), y.float(), cfg["L1_LAMBDA"])
+    D.requires_grad_(True)
+    check_finite({"g_gan": g_gan, "g_l1": g_l1}, step)
+    opt_G.zero_grad(set_to_none=True)
+    scaler_G.scale(loss_G).backward()
+    scaler_G.step(opt_G)
+    scaler_G.update()
+    return {"d_real": d_real.item(), "d_fake": d_fake.item(), "g_gan": g_gan.item(), "g_l1": g_l1.item()}
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and exits. A second Ctrl-C aborts."""
+
+    def __init__(self):
+        self.signum = 0
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame):
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+              f"(Ctrl-C again to abort without saving)", file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- the run
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = load_config(argv)
+    rank, local_rank, world_size = setup_distributed(cfg["DIST_TIMEOUT_S"])
+    master = rank == 0
+    device = torch.device("cuda", local_rank) if world_size > 1 and torch.cuda.is_available() \
+        else pick_device(cfg["DEVICE"])
+    precision = pick_precision(cfg["PRECISION"], device)
+    amp = autocast(device, precision)
+    memory_format = torch.channels_last if cfg["CHANNELS_LAST"] else torch.contiguous_format
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    run_dir = Path(cfg["RUN_DIR"])
+    ckpt_dir = run_dir / "checkpoints"
+    resume_path = resolve_resume(cfg, ckpt_dir)
+    seed_everything(cfg["SEED"] + rank)  # models are identical anyway: DDP broadcasts rank 0's weights
+
+    # data: a bad file stops us here, before the first step
+    if master:
+        ensure_default_data(cfg)
+    barrier(world_size)
+    data_kwargs = dict(direction=cfg["DIRECTION"], image_size=cfg["IMAGE_SIZE"], load_size=cfg["LOAD_SIZE"],
+                       in_channels=cfg["IN_CHANNELS"], out_channels=cfg["OUT_CHANNELS"], bad_files=cfg["BAD_FILES"])
+    train_set = PairedImageDataset(cfg["TRAIN_DIR"], jitter=cfg["JITTER"], mirror=cfg["MIRROR"], train=True,
+                                   **data_kwargs)
+    val_set = PairedImageDataset(cfg["VAL_DIR"], train=False, **data_kwargs)
+    if len(train_set) < world_size:
+        raise DatasetError(f"{cfg['TRAIN_DIR']}: {len(train_set)} usable images for {world_size} processes")
+    sampler = AugmentationSampler(len(train_set), cfg["SEED"], rank, world_size)
+    loader_rng = torch.Generator().manual_seed(cfg["SEED"])  # worker seeds must not consume the dropout RNG
+    loader = DataLoader(train_set, batch_size=cfg["BATCH_SIZE"], sampler=sampler, num_workers=cfg["NUM_WORKERS"],
+                        pin_memory=device.type == "cuda", persistent_workers=cfg["NUM_WORKERS"] > 0,
+                        generator=loader_rng)
+    # evaluation batches match training's, so the paper's test mode sees batch statistics like training's
+    val_loader = DataLoader(Subset(val_set, range(min(len(val_set), cfg["VAL_MAX_IMAGES"] or len(val_set)))),
+                            batch_size=cfg["BATCH_SIZE"], num_workers=0)
+    sample_x, sample_y = map(torch.stack, zip(*[val_set[i] for i in range(min(cfg["N_SAMPLES"], len(val_set)))]))
+
+    # models and optimisers (paper §3.3: Adam, lr 2e-4, betas (0.5, 0.999); LR constant then linear to 0)
+    G, D = build_models(cfg)
+    if cfg["SYNC_BN"] and world_size > 1:
+        G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
+    G, D = G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
+    fused = device.type in ("cuda", "cpu")
+    adam = dict(lr=cfg["LEARNING_RATE"], betas=(cfg["BETA1"], cfg["BETA2"]), fused=fused)
+    opt_G, opt_D = torch.optim.Adam(G.parameters(), **adam), torch.optim.Adam(D.parameters(), **adam)
+    schedule = lambda epoch: lr_factor(epoch, cfg["N_EPOCHS"], cfg["N_EPOCHS_DECAY"])  # noqa: E731
+    sched_G = torch.optim.lr_scheduler.LambdaLR(opt_G, schedule)
+    sched_D = torch.optim.lr_scheduler.LambdaLR(opt_D, schedule)
+    scaler_G = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 only: bf16 needs no scaling
+    scaler_D = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+
+    start_epoch, step, batch_in_epoch, best_val_l1 = 0, 0, 0, float("inf")
+    if resume_path:
+        ckpt = load_checkpoint(resume_path)
+        check_resume_compatible(ckpt, cfg, resume_path)
+        for obj, key in ((G, "generator"), (D, "discriminator"), (opt_G, "opt_G"), (opt_D, "opt_D"),
+                         (sched_G, "sched_G"), (sched_D, "sched_D"), (scaler_G, "scaler_G"), (scaler_D, "scaler_D")):
+            obj.load_state_dict(ckpt[key])
+        set_rng_states(ckpt["rng"])
+        if rank:
+            seed_everything(cfg["SEED"] + rank + ckpt["step"])
+        loader_rng.set_state(ckpt["loader_rng"])
+        start_epoch, step, batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt["batch_in_epoch"]
+        best_val_l1 = ckpt.get("best_val_l1", best_val_l1)
+        if master:
+            print(f"resuming from {resume_path}: epoch {start_epoch + 1}, batch {batch_in_epoch}, step {step}")
+
+    G_train, D_scores = G, RealFakeScores(D)
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ids = [local_rank] if device.type == "cuda" else None
+        G_train, D_scores = DDP(G, device_ids=ids), DDP(D_scores, device_ids=ids)
+    D_step = D
+    if cfg["COMPILE"]:
+        G_train, D_scores, D_step = torch.compile(G_train), torch.compile(D_scores), torch.compile(D)
+
+    def checkpoint(path: Path) -> None:
+        atomic_save({"generator": G.state_dict(), "discriminator": D.state_dict(),
+                     "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
+                     "sched_G": sched_G.state_dict(), "sched_D": sched_D.state_dict(),
+                     "scaler_G": scaler_G.state_dict(), "scaler_D": scaler_D.state_dict(),
+                     "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "best_val_l1": best_val_l1,
+                     "rng": rng_states(), "loader_rng": loader_rng.get_state(), "config": cfg,
+                     **model_hparams(G, D)}, path)
+
+    def export_generator(path: Path) -> None:
+        atomic_save({"generator": G.state_dict(), "epoch": epoch, "config": cfg, **model_hparams(G, D)}, path)
+
+    total_epochs = cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"]
+    if start_epoch >= total_epochs:
+        if master:
+            print(f"{run_dir} already finished its {total_epochs} epochs; nothing to do (new RUN_DIR to retrain)")
+        return 0
+    log = None
+    if master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+        log = RunLog(run_dir, resume_epoch=start_epoch)
+        flops = training_flops_per_image(cfg)
+        peak = measure_peak_flops(device, precision)
+        print("config:", json.dumps(cfg))
+        print(f"device {device} ({precision}), {world_size} process(es), global batch "
+              f"{cfg['BATCH_SIZE'] * world_size}; G {sum(p.numel() for p in G.parameters()) / 1e6:.2f} M params, "
+              f"D {sum(p.numel() for p in D.parameters()) / 1e6:.2f} M; {len(train_set)} train / {len(val_set)} "
+              f"val images; {flops / 1e9:.1f} GFLOP per training image; measured conv peak {peak / 1e12:.2f} TFLOP/s")
+
+    stop = StopRequest()
+    epoch = start_epoch
+    for epoch in range(start_epoch, total_epochs):
+        sampler.set_epoch(epoch, skip=batch_in_epoch * cfg["BATCH_SIZE"])
+        sums = dict.fromkeys(("d_real", "d_fake", "g_gan", "g_l1"), 0.0)
+        n_ok, skipped, images, speed, t0 = 0, 0, 0, 0.0, time.perf_counter()
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not master, dynamic_ncols=True,
+                   initial=batch_in_epoch, total=batch_in_epoch + len(loader))
+        for x, y in bar:
+            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            y = y.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            try:
+                losses = train_step(G_train, D_step, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, step)
+                n_ok += 1
+                for k in sums:
+                    sums[k] += losses[k]
+            except NonFiniteLoss as e:
+                if cfg["ON_NAN"] == "stop":
+                    raise
+                skipped += 1
+                print(f"\n{e}; skipping this step (ON_NAN=skip)", file=sys.stderr)
+            step += 1
+            batch_in_epoch += 1
+            images += x.shape[0] * world_size
+            speed = images / (time.perf_counter() - t0)
+            if master:
+                bar.set_postfix({k: f"{v / max(n_ok, 1):.3f}" for k, v in sums.items()} | {"img/s": f"{speed:.2f}"})
+                if step % cfg["LOG_EVERY"] == 0 and n_ok:
+                    log.scalars({k: v / n_ok for k, v in sums.items()} | {"images_per_s": speed}, step)
+            stopping = stop_requested(stop, world_size, device)
+            if master and (stopping or (cfg["CHECKPOINT_EVERY_STEPS"] and step % cfg["CHECKPOINT_EVERY_STEPS"] == 0)):
+                checkpoint(ckpt_dir / "last.pt")
+            if stopping:
+                if master:
+                    bar.close()
+                    print(f"saved {ckpt_dir / 'last.pt'} at epoch {epoch + 1}, step {step}. Resume with:\n  "
+                          f"python train.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+                return 0 if stop.signum == signal.SIGINT else 128 + stop.signum
+        bar.close()
+        epoch, batch_in_epoch = epoch + 1, 0  # `epoch` now counts completed epochs, as checkpoints store it
+        sched_G.step()
+        sched_D.step()
+        if not master:
+            barrier(world_size)
+            continue
+        row = {k: v / max(n_ok, 1) for k, v in sums.items()} | {
+            "epoch": epoch, "step": step, "lr": opt_G.param_groups[0]["lr"], "skipped_steps": skipped,
+            "images_per_s": speed}
+        print(f"epoch {epoch}: {images / (time.perf_counter() - t0):.2f} img/s, "
+              f"{speed * flops / 1e12:.3f} TFLOP/s, MFU {speed * flops / peak:.1%} of measured conv peak")
+        if cfg["SAMPLE_EVERY"] and epoch % cfg["SAMPLE_EVERY"] == 0:
+            grid = write_samples(G, sample_x, sample_y, cfg, device, precision, run_dir / "samples" / f"epoch_{epoch:04d}.png")
+            log.tb.add_image("samples", grid, step)
+        if cfg["VAL_EVERY"] and epoch % cfg["VAL_EVERY"] == 0:
+            val = evaluate_generator(G, val_loader, device, precision, cfg["TEST_MODE"], seed=cfg["SEED"])["summary"]
+            row |= {f"val_{k}": val[k] for k in ("l1", "psnr", "ssim", "ratio")}
+            log.scalars({k: val[k] for k in ("l1", "psnr", "ssim", "ratio")}, step, prefix="val")
+            print(f"  val: L1 {val['l1']:.4f}  PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}  "
+                  f"own/other L1 ratio {val['ratio']:.3f}  ({val['n_images']} images)")
+            if val["l1"] < best_val_l1:
+                best_val_l1 = val["l1"]
+                checkpoint(ckpt_dir / "best.pt")
+                export_generator(run_dir / "generator_best.pt")
+        log.epoch_row(row)
+        checkpoint(ckpt_dir / "last.pt")
+        if cfg["SNAPSHOT_EVERY"] and epoch % cfg["SNAPSHOT_EVERY"] == 0:
+            checkpoint(ckpt_dir / f"epoch_{epoch:04d}.pt")
+        export_generator(run_dir / "generator.pt")
+        barrier(world_size)
+    if master:
+        log.close()
+        print(f"done: {run_dir / 'generator.pt'} (load it with utils.load_generator)")
+    return 0
+
+
+def write_samples(G, x, y, cfg, device, precision, path: Path) -> torch.Tensor:
+    """input | generated | target grid of the fixed val images; fixed dropout noise, training RNG untouched."""
+    import torchvision.utils as vutils
+    fakes = []
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), test_mode(G, cfg["TEST_MODE"]):
+        torch.manual_seed(cfg["SEED"])
+        for i in range(0, len(x), cfg["BATCH_SIZE"]):  # batches as in training, for the batch statistics
+            with autocast(device, precision):
+                fakes.append(G(x[i:i + cfg["BATCH_SIZE"]].to(device)).float().cpu())
+    grid = sample_grid(x, torch.cat(fakes), y)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vutils.save_image(grid, path)
+    return grid
+
+
+def barrier(world_size: int) -> None:
+    if world_size > 1:
+        torch.distributed.barrier()
+
+
+def stop_requested(stop: StopRequest, world_size: int, device: torch.device) -> bool:
+    """All ranks stop at the same step if any of them got a signal."""
+    if world_size == 1:
+        return bool(stop.signum)
+    flag = torch.tensor([stop.signum], dtype=torch.int64, device=device)  # nccl needs a CUDA tensor
+    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    stop.signum = stop.signum or int(flag.item())
+    return bool(flag.item())
+
+
+if __name__ == "__main__":
+    try:
+        code = main()
+    except (ConfigError, DatasetError, CheckpointError, NonFiniteLoss) as e:
+        print(f"error: {e}", file=sys.stderr)
+        code = 1 if not isinstance(e, ConfigError) else 2
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+    sys.exit(code)

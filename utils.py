@@ -1,0 +1,408 @@
+"""Helpers shared by train.py, predict.py, evaluate.py and bench.py: config parsing, device and precision,
+seeding, atomic checkpoints, rebuilding a generator from its checkpoint, the LR schedule and sample grids.
+
+Not run directly. In a notebook:
+    from utils import load_generator
+    G = load_generator("runs/pix2pix/generator.pt")   # rebuilds the U-Net from the file alone
+"""
+import ast
+import contextlib
+import difflib
+import os
+import random
+import sys
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+import config as default_config
+from discriminator_model import DISCRIMINATOR_KEYS, PatchDiscriminator
+from generator_model import GENERATOR_KEYS, UNetGenerator, num_downs_for
+from layers import NORMS
+
+CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes
+
+
+class ConfigError(ValueError):
+    """A setting is unknown or has a bad value; the message names it and the valid values."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, unreadable or does not fit the requested run; the message says which file."""
+
+
+# ----------------------------------------------------------------------------- config
+
+def default_settings() -> dict[str, Any]:
+    return {k: v for k, v in vars(default_config).items() if k.isupper() and k != "PRESETS"}
+
+
+def parse_value(key: str, text: str, default: Any) -> Any:
+    """Turn the text of --KEY=text into a value of the default's type; literals only, never code."""
+    if isinstance(default, str):
+        return text
+    if isinstance(default, bool):
+        if text.lower() in ("true", "1", "yes", "on"):
+            return True
+        if text.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"--{key}={text}: expected True or False")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"--{key}={text}: not a {type(default).__name__} literal "
+                          f"(config values are parsed, never evaluated)") from None
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not type(default):
+        raise ConfigError(f"--{key}={text}: expected {type(default).__name__} like the default "
+                          f"{default!r}, got {type(value).__name__}")
+    return value
+
+
+def parse_overrides(argv: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
+    overrides = {}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"bad argument {arg!r}: use --KEY=value, e.g. --BATCH_SIZE=4")
+        key, text = arg[2:].split("=", 1)
+        if key not in defaults:
+            close = difflib.get_close_matches(key.upper(), defaults, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown setting {key!r}.{hint} All settings are listed in config.py.")
+        overrides[key] = parse_value(key, text, defaults[key])
+    return overrides
+
+
+def load_config(argv: list[str] | None = None) -> dict[str, Any]:
+    """config.py defaults < PRESET < command-line --KEY=value overrides; validated before any heavy work."""
+    cfg = default_settings()
+    overrides = parse_overrides(sys.argv[1:] if argv is None else argv, cfg)
+    preset = overrides.get("PRESET", cfg["PRESET"])
+    if preset:
+        if preset not in default_config.PRESETS:
+            raise ConfigError(f"PRESET={preset!r} is unknown; valid: {', '.join(default_config.PRESETS)}")
+        cfg.update(default_config.PRESETS[preset])
+        cfg["RUN_DIR"] = f"runs/{preset}"
+        cfg["TRAIN_DIR"], cfg["VAL_DIR"] = f"data/{preset}/train", f"data/{preset}/val"
+    cfg.update(overrides)
+    if cfg["NUM_DOWNS"] == 0:
+        cfg["NUM_DOWNS"] = num_downs_for(cfg["IMAGE_SIZE"])
+    validate_config(cfg)
+    return cfg
+
+
+def _one_of(cfg: dict, key: str, valid: tuple) -> None:
+    if cfg[key] not in valid:
+        raise ConfigError(f"{key}={cfg[key]!r} is not valid; choose one of {', '.join(map(repr, valid))}")
+
+
+def _positive(cfg: dict, key: str, allow_zero: bool = False) -> None:
+    if cfg[key] < 0 or (cfg[key] == 0 and not allow_zero):
+        raise ConfigError(f"{key}={cfg[key]!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def validate_config(cfg: dict[str, Any]) -> None:
+    _one_of(cfg, "DIRECTION", ("AtoB", "BtoA"))
+    _one_of(cfg, "NORM", NORMS)
+    _one_of(cfg, "PRECISION", ("auto", "fp32", "bf16", "fp16"))
+    _one_of(cfg, "BAD_FILES", ("error", "skip"))
+    _one_of(cfg, "ON_NAN", ("stop", "skip"))
+    _one_of(cfg, "TEST_MODE", ("paper", "eval"))
+    _one_of(cfg, "IN_CHANNELS", (1, 3))
+    _one_of(cfg, "OUT_CHANNELS", (1, 3))
+    _one_of(cfg, "DISC_N_LAYERS", (0, 1, 2, 3, 4, 5, 6))
+    for key in ("LEARNING_RATE", "BATCH_SIZE", "IMAGE_SIZE", "LOAD_SIZE", "GEN_BASE_CHANNELS",
+                "DISC_BASE_CHANNELS", "N_SAMPLES", "LOG_EVERY", "DIST_TIMEOUT_S", "NUM_DOWNS"):
+        _positive(cfg, key)
+    for key in ("N_EPOCHS", "N_EPOCHS_DECAY", "NUM_WORKERS", "SAMPLE_EVERY", "VAL_EVERY", "VAL_MAX_IMAGES",
+                "CHECKPOINT_EVERY_STEPS", "SNAPSHOT_EVERY", "L1_LAMBDA"):
+        _positive(cfg, key, allow_zero=True)
+    if cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"] == 0:
+        raise ConfigError("N_EPOCHS + N_EPOCHS_DECAY is 0: nothing to train")
+    if not (0 <= cfg["BETA1"] < 1 and 0 <= cfg["BETA2"] < 1):
+        raise ConfigError(f"BETA1={cfg['BETA1']}, BETA2={cfg['BETA2']}: Adam betas must be in [0, 1)")
+    side = 2 ** cfg["NUM_DOWNS"]
+    if cfg["IMAGE_SIZE"] % side:
+        raise ConfigError(f"IMAGE_SIZE={cfg['IMAGE_SIZE']} is not divisible by 2^NUM_DOWNS={side}; use a multiple "
+                          f"of {side} or NUM_DOWNS=0 to derive the depth (7 for 128, 8 for 256, 9 for 512)")
+    if cfg["JITTER"] and cfg["LOAD_SIZE"] < cfg["IMAGE_SIZE"]:
+        raise ConfigError(f"LOAD_SIZE={cfg['LOAD_SIZE']} < IMAGE_SIZE={cfg['IMAGE_SIZE']}: the random crop needs "
+                          f"LOAD_SIZE >= IMAGE_SIZE (paper: 286 for 256)")
+    pick_device(cfg["DEVICE"])  # raises ConfigError for a device that is not there
+
+
+# ----------------------------------------------------------------------------- device, precision, seeds
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"DEVICE={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"DEVICE={name!r} but {torch.cuda.device_count()} CUDA device(s) are available; "
+                          f"use DEVICE=auto or cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"DEVICE={name!r} but MPS is not available; use DEVICE=auto or cpu")
+    return device
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    """'auto' -> bf16 where the hardware runs it natively, fp16 on pre-Ampere CUDA, else fp32."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+    if device.type == "cpu" and torch.cpu._is_amx_tile_supported():
+        return "bf16"  # without AMX tiles (AVX512-BF16 alone) bf16 convolutions are slower than fp32
+    return "fp32"
+
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """torch.amp autocast for bf16/fp16; a no-op context for fp32."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[precision])
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def rng_states() -> dict[str, Any]:
+    """Every global RNG, in a form torch.load(weights_only=True) accepts (tensors, ints, tuples)."""
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_states(states: dict[str, Any]) -> None:
+    random.setstate(states["python"])
+    name, key, *rest = states["numpy"]
+    np.random.set_state((name, key.numpy(), *rest))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# ----------------------------------------------------------------------------- models and schedule
+
+def build_models(cfg: dict[str, Any]) -> tuple[UNetGenerator, PatchDiscriminator]:
+    G = UNetGenerator(cfg["IN_CHANNELS"], cfg["OUT_CHANNELS"], cfg["GEN_BASE_CHANNELS"], cfg["NUM_DOWNS"],
+                      cfg["NORM"], cfg["DROPOUT"])
+    D = PatchDiscriminator(cfg["IN_CHANNELS"], cfg["OUT_CHANNELS"], cfg["DISC_BASE_CHANNELS"],
+                           cfg["DISC_N_LAYERS"], cfg["NORM"])
+    return G, D
+
+
+def lr_factor(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
+    """Multiplier of the base LR during 0-based `epoch`: 1 for n_epochs, then linear to 0 (official schedule)."""
+    return 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)
+
+
+@contextlib.contextmanager
+def test_mode(G: nn.Module, mode: str = "paper") -> Iterator[None]:
+    """Run G for inference, restoring its training state afterwards.
+
+    "paper" (§3.3): dropout on and batch-norm with the test batch's statistics; running stats are left
+    untouched (momentum 0) so sampling never changes the model. "eval": ordinary eval() mode.
+    """
+    was_training = G.training
+    bns = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in bns]
+    G.train(mode == "paper")
+    for m in bns:
+        m.momentum = 0.0
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        G.train(was_training)
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temp file, flush+fsync, then os.replace: a crash mid-write never destroys `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointError(f"could not write {path}: {e.strerror or e}. The previous {path.name} (if any) "
+                              f"is intact; free disk space or fix permissions of {path.parent}, then resume") from e
+    with contextlib.suppress(OSError):  # persist the rename itself (POSIX); best effort elsewhere
+        fd = os.open(path.parent, os.O_RDONLY)
+        os.fsync(fd)
+        os.close(fd)
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """torch.load with weights_only=True: a checkpoint can hold tensors and plain data, never code."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or unsafe files
+        raise CheckpointError(f"{path} is not a loadable pix2pix checkpoint ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]}). Files that need arbitrary code to load "
+                              f"are refused on purpose.") from None
+    if not isinstance(ckpt, dict) or "generator" not in ckpt or "generator_hparams" not in ckpt:
+        raise CheckpointError(f"{path} loads, but is not a pix2pix checkpoint (no generator weights/hparams)")
+    return ckpt
+
+
+def generator_from_checkpoint(ckpt: dict[str, Any]) -> UNetGenerator:
+    G = UNetGenerator(**{k: ckpt["generator_hparams"][k] for k in GENERATOR_KEYS})
+    G.load_state_dict(ckpt["generator"])
+    return G
+
+
+def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
+                   mode: str = "paper") -> UNetGenerator:
+    """Rebuild the generator from generator.pt (or any training checkpoint) alone; config.py is not consulted.
+
+    mode: "paper" (default, the paper's test protocol: dropout on, batch statistics; running stats frozen)
+    or "eval" (ordinary eval(): dropout off, running statistics). The checkpoint's training settings are
+    available as G.train_config (e.g. G.train_config["DIRECTION"]).
+    """
+    if mode not in ("paper", "eval"):
+        raise ValueError(f"mode must be 'paper' or 'eval', got {mode!r}")
+    ckpt = load_checkpoint(path)
+    G = generator_from_checkpoint(ckpt).to(device)
+    G.train(mode == "paper")
+    for m in G.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.momentum = 0.0  # inference never changes the stored statistics
+    G.requires_grad_(False)
+    G.train_config = ckpt.get("config", {})
+    return G
+
+
+def model_hparams(G: nn.Module, D: nn.Module) -> dict[str, dict]:
+    return {"generator_hparams": {k: G.hparams[k] for k in GENERATOR_KEYS},
+            "discriminator_hparams": {k: D.hparams[k] for k in DISCRIMINATOR_KEYS}}
+
+
+ARCHITECTURE_KEYS = ("IN_CHANNELS", "OUT_CHANNELS", "GEN_BASE_CHANNELS", "NUM_DOWNS", "NORM", "DROPOUT",
+                     "DISC_BASE_CHANNELS", "DISC_N_LAYERS", "IMAGE_SIZE", "DIRECTION")
+
+
+def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str | os.PathLike) -> None:
+    """A resumed run must build the same networks; say which settings differ instead of a key-mismatch wall."""
+    saved = ckpt.get("config", {})
+    diffs = [f"{k}: checkpoint {saved[k]!r} vs now {cfg[k]!r}" for k in ARCHITECTURE_KEYS
+             if k in saved and saved[k] != cfg[k]]
+    if diffs:
+        raise CheckpointError(f"cannot resume from {path}: settings differ ({'; '.join(diffs)}). Use the "
+                              f"checkpoint's settings, or a new RUN_DIR (or RESUME=never with a new RUN_DIR) "
+                              f"to start a fresh run")
+
+
+# ----------------------------------------------------------------------------- images
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] network range -> [0, 1] image range, as 3 channels so grids and metrics mix 1- and 3-channel."""
+    x = (x.float().clamp(-1, 1) + 1) / 2
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def sample_grid(x: torch.Tensor, fake: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One row per image: input | generated | target, in [0, 1]."""
+    import torchvision.utils as vutils
+    rows = torch.stack([to_unit(x), to_unit(fake), to_unit(y)], dim=1).flatten(0, 1)
+    return vutils.make_grid(rows.cpu(), nrow=3, padding=2, pad_value=1.0)
+
+
+# ----------------------------------------------------------------------------- runs, distributed, FLOPs
+
+def resolve_resume(cfg: dict[str, Any], checkpoint_dir: Path) -> Path | None:
+    """RESUME: "auto" continues RUN_DIR's last.pt if there is one; "never" refuses to overwrite it; or a path."""
+    last = checkpoint_dir / "last.pt"
+    if cfg["RESUME"] == "auto":
+        return last if last.exists() else None
+    if cfg["RESUME"] == "never":
+        if last.exists():
+            raise ConfigError(f"RESUME=never but {last} exists and would be overwritten; choose a new RUN_DIR, "
+                              f"or RESUME=auto to continue that run")
+        return None
+    path = Path(cfg["RESUME"])
+    if not path.is_file():
+        raise ConfigError(f"RESUME={cfg['RESUME']!r}: no such checkpoint file; use auto, never, or a .pt path")
+    return path
+
+
+def setup_distributed(timeout_s: int) -> tuple[int, int, int]:
+    """(rank, local_rank, world_size); initialises torch.distributed only when launched by torchrun."""
+    import datetime
+    import torch.distributed as dist
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 0, 1
+    local_rank = int(os.environ["LOCAL_RANK"])
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank)
+    # the timeout turns a dead or stuck rank into an error on the others instead of a hang
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    return dist.get_rank(), local_rank, dist.get_world_size()
+
+
+def training_flops_per_image(cfg: dict[str, Any]) -> float:
+    """Model FLOPs of one training image (D step + G step), counted on meta tensors (no compute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.device("meta"):
+        G, D = build_models(cfg)
+        x = torch.empty(1, cfg["IN_CHANNELS"], cfg["IMAGE_SIZE"], cfg["IMAGE_SIZE"])
+        with FlopCounterMode(display=False) as g_count:
+            fake = G(x)
+        with FlopCounterMode(display=False) as d_count:
+            D(x, fake)
+    # backward costs ~2x forward; D runs three times (real, fake, and in the G step)
+    return 3.0 * g_count.get_total_flops() + 9.0 * d_count.get_total_flops()
+
+
+def measure_peak_flops(device: torch.device, precision: str, seconds: float = 0.5) -> float:
+    """Achieved FLOP/s of a representative 4x4 convolution (C256->C512 at 32x32) in this precision: the
+    practical peak that the MFU figure is relative to."""
+    import time
+    dtype = AMP_DTYPES.get(precision, torch.float32)
+    conv = nn.Conv2d(256, 512, 4, padding=1, bias=False).to(device, dtype).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 256, 32, 32, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+    flops = 2 * 8 * 512 * 31 * 31 * 256 * 16
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        conv(x)
+        sync()
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or n < 3:
+            conv(x)
+            n += 1
+        sync()
+        return flops * n / (time.perf_counter() - start)
