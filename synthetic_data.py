@@ -176,7 +176,7 @@ def _render(rng: np.random.Generator, maps: dict) -> np.ndarray:
     wall_cols = (WALL_COLOURS[rng.integers(len(WALL_COLOURS), size=n_bld)]
                  * rng.uniform(0.9, 1.08, (n_bld, 1)).astype(np.float32))
     plaster = _smooth_noise(rng, size, 12)
-    glass_dark, glass_ref = jitter((30, 38, 52), 0.2), jitter((125, 145, 168), 0.12)
+    glass_dark, glass_ref = jitter((30, 38, 52), 0.2), jitter((115, 135, 160), 0.12)
     frame_col = jitter((228, 226, 218), 0.05) if rng.random() < 0.7 else jitter((85, 60, 42), 0.15)
     shop_frame, wood = jitter((48, 48, 52), 0.2), jitter((105, 70, 45), 0.2)
     stone_tint, metal = jitter((238, 234, 224), 0.04), jitter((45, 45, 50), 0.25)
@@ -195,7 +195,8 @@ def _render(rng: np.random.Generator, maps: dict) -> np.ndarray:
         m = np.flatnonzero(cls_flat == c)
         lu, lv, rw, rh = (flat[k][m] for k in ("lu", "lv", "rw", "rh"))
         tv = (lv / np.maximum(rh, 1))[:, None]  # relative height inside the object's rectangle
-        frame = (lu < f) | (lu >= rw - f) | (lv < f) | (lv >= rh - f)
+        fw = np.clip(np.minimum(rw, rh) / 10, s, f)  # thinner frames on small windows, so glass still dominates
+        frame = (lu < fw) | (lu >= rw - fw) | (lv < fw) | (lv >= rh - fw)
         wall = wall_cols[flat["bid"][m]] * (1 + 0.05 * plaster.ravel()[m])[:, None]
         return m, lu, lv, rw, rh, tv, frame, wall
 
@@ -210,8 +211,8 @@ def _render(rng: np.random.Generator, maps: dict) -> np.ndarray:
     # windows: dark glass reflecting the sky near the top, shadowed recess, light or dark frames and mullions
     m, lu, lv, rw, rh, tv, frame, _ = pixels(WINDOW)
     glass = (glass_dark + (glass_ref - glass_dark) * (1 - tv) ** 2) * (1 - 0.45 * np.exp(-lv / (2.5 * s)))[:, None]
-    bars = frame | ((np.abs(lu - rw / 2) < f / 2 + 0.3) & (rw >= 10 * s)) | \
-        ((np.abs(lv - rh * 0.3) < f / 2 + 0.3) & (rh >= 18 * s))
+    bars = frame | ((np.abs(lu - rw / 2) < f / 2 + 0.3) & (rw >= 14 * s)) | \
+        ((np.abs(lv - rh * 0.3) < f / 2 + 0.3) & (rh >= 22 * s))
     photo[m] = np.where(bars[:, None], frame_col, glass)
 
     # shop fronts: big glass with stronger reflection and a thick dark frame

@@ -1,5 +1,61 @@
+"""Shared test fixtures: the repo root on sys.path, tiny A|B datasets, and tiny fast training settings."""
 import os
 import sys
+from pathlib import Path
 
-# tests import the flat top-level scripts (e.g. `import download_dataset`)
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+# tests import the flat top-level scripts (e.g. `import train`)
+sys.path.insert(0, str(ROOT))
+
+# the real CMP Facades set, shared beside the project (never copied into it)
+FACADES = ROOT.parent / "shared" / "data" / "facades"
+
+
+def make_pair_image(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A learnable A|B pair: A = blocky colour image, B = the same blocks as a flat label map."""
+    cells = rng.integers(0, 4, size=(4, 4))
+    labels = np.kron(cells, np.ones((size // 4, size // 4), dtype=np.int64))
+    palette_b = np.array([[0, 0, 200], [0, 128, 255], [255, 160, 0], [200, 0, 0]], dtype=np.uint8)
+    palette_a = np.array([[90, 140, 200], [200, 190, 170], [60, 50, 40], [150, 40, 30]], dtype=np.uint8)
+    a = palette_a[labels] + rng.integers(0, 20, size=(size, size, 3)).astype(np.uint8)
+    b = palette_b[labels]
+    return np.concatenate([a, b], axis=1)
+
+
+def write_pairs(folder: Path, n: int, size: int = 32, seed: int = 0, ext: str = ".png") -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(n):
+        path = folder / f"{i:03d}{ext}"
+        Image.fromarray(make_pair_image(rng, size)).save(path)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    """tmp_path/data/{train,val}: 8 train and 4 val 32x64 A|B PNGs."""
+    write_pairs(tmp_path / "data" / "train", 8, seed=0)
+    write_pairs(tmp_path / "data" / "val", 4, seed=1)
+    return tmp_path / "data"
+
+
+def tiny_args(data: Path, run_dir: Path, **overrides) -> list[str]:
+    """Command-line overrides for a seconds-long CPU run on tiny_data (32 px, narrow nets, fp32)."""
+    settings = dict(TRAIN_DIR=data / "train", VAL_DIR=data / "val", RUN_DIR=run_dir, IMAGE_SIZE=32, LOAD_SIZE=36,
+                    GEN_BASE_CHANNELS=8, DISC_BASE_CHANNELS=8, N_EPOCHS=1, N_EPOCHS_DECAY=1, NUM_WORKERS=0,
+                    N_SAMPLES=2, PRECISION="fp32", DEVICE="cpu", CHECKPOINT_EVERY_STEPS=0)
+    settings.update(overrides)
+    return [f"--{k}={v}" for k, v in settings.items()]
+
+
+@pytest.fixture
+def facades() -> Path:
+    if not (FACADES / "train").is_dir():
+        pytest.skip(f"real facades data not found at {FACADES} (see DEVELOPERS guide: ../shared/data/facades)")
+    return FACADES
