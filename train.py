@@ -23,7 +23,7 @@ from dataset import AugmentationSampler, DatasetError, PairedImageDataset, ensur
 from metrics import evaluate_generator
 from run_log import RunLog
 from utils import (CheckpointError, ConfigError, atomic_save, autocast, build_models, check_resume_compatible,
-                   load_checkpoint, load_config, lr_factor, measure_peak_flops, model_hparams, pick_device,
+                   load_checkpoint, load_config, lr_factor, make_optimizers, measure_peak_flops, model_hparams, pick_device,
                    pick_precision, resolve_resume, rng_states, sample_grid, seed_everything, set_rng_states,
                    setup_distributed, test_mode, training_flops_per_image)
 
@@ -152,9 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     if cfg["SYNC_BN"] and world_size > 1:
         G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
     G, D = G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
-    fused = device.type in ("cuda", "cpu")
-    adam = dict(lr=cfg["LEARNING_RATE"], betas=(cfg["BETA1"], cfg["BETA2"]), fused=fused)
-    opt_G, opt_D = torch.optim.Adam(G.parameters(), **adam), torch.optim.Adam(D.parameters(), **adam)
+    opt_G, opt_D = make_optimizers(G, D, cfg, device)
     schedule = lambda epoch: lr_factor(epoch, cfg["N_EPOCHS"], cfg["N_EPOCHS_DECAY"])  # noqa: E731
     sched_G = torch.optim.lr_scheduler.LambdaLR(opt_G, schedule)
     sched_D = torch.optim.lr_scheduler.LambdaLR(opt_D, schedule)

@@ -213,6 +213,14 @@ def build_models(cfg: dict[str, Any]) -> tuple[UNetGenerator, PatchDiscriminator
     return G, D
 
 
+def make_optimizers(G: nn.Module, D: nn.Module, cfg: dict[str, Any], device: torch.device,
+                    fused: bool | None = None) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """paper §3.3: Adam for both nets, lr 2e-4, betas (0.5, 0.999); fused kernels where the device has them."""
+    fused = device.type in ("cuda", "cpu") if fused is None else fused
+    adam = dict(lr=cfg["LEARNING_RATE"], betas=(cfg["BETA1"], cfg["BETA2"]), fused=fused)
+    return torch.optim.Adam(G.parameters(), **adam), torch.optim.Adam(D.parameters(), **adam)
+
+
 def lr_factor(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
     """Multiplier of the base LR during 0-based `epoch`: 1 for n_epochs, then linear to 0 (official schedule)."""
     return 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)

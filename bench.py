@@ -1,0 +1,202 @@
+"""Measure pix2pix speed on this machine: training and inference throughput, the data pipeline, peak memory,
+model FLOPs and the fraction of the device's measured convolution peak.
+
+    python bench.py                                  # paper architecture, 256 px, batch 1, config.py settings
+    python bench.py --batch-size 16 --precision bf16 # other settings (see --help)
+    python bench.py --data ../shared/data/facades/train --workers 2   # data pipeline on real files
+    python bench.py --sweep                          # img/s and memory over sizes 128/256/512 x batch 1/4/16
+    python bench.py --json                           # machine-readable output
+
+Every figure is the median of --repeats timed runs of --steps iterations after --warmup iterations.
+"""
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from generator_model import num_downs_for
+from train import RealFakeScores, train_step
+from utils import (autocast, build_models, default_settings, make_optimizers, measure_peak_flops, pick_device,
+                   pick_precision, test_mode, training_flops_per_image)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    cfg = default_settings()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch-size", type=int, default=cfg["BATCH_SIZE"])
+    p.add_argument("--image-size", type=int, default=cfg["IMAGE_SIZE"])
+    p.add_argument("--precision", default=cfg["PRECISION"], choices=["auto", "fp32", "bf16", "fp16"])
+    p.add_argument("--device", default=cfg["DEVICE"])
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=cfg["CHANNELS_LAST"])
+    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=cfg["COMPILE"])
+    p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True, help="fused Adam")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--data", default="", help="A|B folder for the data-pipeline figure (default: synthetic files)")
+    p.add_argument("--workers", type=int, default=cfg["NUM_WORKERS"])
+    p.add_argument("--skip", default="", help="comma list of parts to skip: train,infer,data,peak")
+    p.add_argument("--sweep", action="store_true", help="training img/s + memory over sizes and batch sizes")
+    p.add_argument("--json", action="store_true")
+    return p.parse_args(argv)
+
+
+def timed(fn, n: int, sync) -> float:
+    sync()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def median_rate(fn, images_per_call: int, args: argparse.Namespace, sync) -> float:
+    timed(fn, args.warmup, sync)
+    return statistics.median(images_per_call * args.steps / timed(fn, args.steps, sync) for _ in range(args.repeats))
+
+
+def bench_model(args: argparse.Namespace, device: torch.device, precision: str) -> dict[str, Any]:
+    cfg = default_settings() | {"IMAGE_SIZE": args.image_size, "NUM_DOWNS": num_downs_for(args.image_size),
+                                "BATCH_SIZE": args.batch_size}
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    G, D = (m.to(device, memory_format=memory_format) for m in build_models(cfg))
+    opt_G, opt_D = make_optimizers(G, D, cfg, device, fused=args.fused)
+    scaler_G = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler_D = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    G_train, D_scores, D_step = G, RealFakeScores(D), D
+    results: dict[str, Any] = {}
+    if args.compile:
+        start = time.perf_counter()
+        G_train, D_scores, D_step = torch.compile(G), torch.compile(D_scores), torch.compile(D)
+    shape = (args.batch_size, 3, args.image_size, args.image_size)
+    x = torch.randn(shape, device=device).contiguous(memory_format=memory_format)
+    y = torch.randn(shape, device=device).clamp(-1, 1).contiguous(memory_format=memory_format)
+    amp = autocast(device, precision)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        torch.cuda.reset_peak_memory_stats(device)
+    if "train" not in args.skip:
+        step = lambda: train_step(G_train, D_step, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, 0)  # noqa: E731
+        if args.compile:
+            step()
+            results["compile_s"] = time.perf_counter() - start
+        results["train_img_s"] = median_rate(step, args.batch_size, args, sync)
+        flops = training_flops_per_image(cfg)
+        results["train_gflop_per_img"] = flops / 1e9
+        results["train_tflop_s"] = results["train_img_s"] * flops / 1e12
+    if "infer" not in args.skip:
+        def infer():
+            with test_mode(G, "eval"), amp:
+                G(x)
+        results["infer_img_s"] = median_rate(infer, args.batch_size, args, sync)
+    results["peak_memory_mb"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
+                                 else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 20
+    return results
+
+
+def bench_data(args: argparse.Namespace) -> float:
+    """Decode + joint augmentation through the training DataLoader, images/s with args.workers workers."""
+    from torch.utils.data import DataLoader
+    from dataset import AugmentationSampler, PairedImageDataset
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = args.data
+        if not folder:
+            import synthetic_data
+            synthetic_data.generate(Path(tmp) / "syn", n_train=64, n_val=1, size=args.image_size)
+            folder = str(Path(tmp) / "syn" / "train")
+        ds = PairedImageDataset(folder, image_size=args.image_size, load_size=args.image_size * 286 // 256)
+        sampler = AugmentationSampler(len(ds), seed=0)
+        loader = DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
+                            persistent_workers=args.workers > 0)
+        n = min(len(ds), 256)
+        rates = []
+        for epoch in range(args.repeats + 1):
+            sampler.set_epoch(epoch)
+            start, seen = time.perf_counter(), 0
+            for x, _ in loader:
+                seen += x.shape[0]
+                if seen >= n:
+                    break
+            if epoch:  # the first pass starts the workers and warms the page cache
+                rates.append(seen / (time.perf_counter() - start))
+        return statistics.median(rates)
+
+
+def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each point in a fresh process, so peak memory is that configuration's own."""
+    rows = []
+    for size in (128, 256, 512):
+        for batch in (1, 4, 16):
+            cmd = [sys.executable, __file__, "--json", "--skip", "infer,data,peak", "--image-size", str(size),
+                   "--batch-size", str(batch), "--precision", args.precision, "--device", args.device,
+                   "--warmup", "1", "--steps", str(max(1, 8 // batch)), "--repeats", "1",
+                   "--channels-last" if args.channels_last else "--no-channels-last"]
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            if out.returncode:
+                rows.append({"image_size": size, "batch_size": batch, "error": out.stderr.strip()[-300:]})
+            else:
+                rows.append({"image_size": size, "batch_size": batch} | json.loads(out.stdout)["results"])
+            print(f"  {size:4d} px  batch {batch:2d}: " + (f"{rows[-1]['train_img_s']:6.2f} img/s, peak "
+                  f"{rows[-1]['peak_memory_mb']:7.0f} MB" if "error" not in rows[-1] else rows[-1]["error"]),
+                  file=sys.stderr)
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = pick_device(args.device)
+    precision = pick_precision(args.precision, device)
+    env = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else device),
+           "precision": precision, "torch": torch.__version__, "threads": torch.get_num_threads(),
+           "cpus": os.cpu_count(), "batch_size": args.batch_size, "image_size": args.image_size,
+           "channels_last": args.channels_last, "compile": args.compile, "fused_adam": args.fused,
+           "workers": args.workers}
+    if args.sweep:
+        rows = sweep(args)
+        print(json.dumps({"env": env, "sweep": rows}, indent=2) if args.json else format_sweep(env, rows))
+        return 0
+    results = bench_model(args, device, precision)
+    if "data" not in args.skip:
+        results["data_img_s"] = bench_data(args)
+    if "peak" not in args.skip:
+        results["peak_tflop_s"] = measure_peak_flops(device, precision, seconds=2.0) / 1e12
+        if "train_tflop_s" in results:
+            results["fraction_of_peak"] = results["train_tflop_s"] / results["peak_tflop_s"]
+    print(json.dumps({"env": env, "results": results}, indent=2) if args.json else format_table(env, results))
+    return 0
+
+
+LABELS = {"train_img_s": "training (D+G step), images/s", "infer_img_s": "inference (G forward), images/s",
+          "data_img_s": "data pipeline (decode+augment), images/s", "peak_memory_mb": "peak memory, MB",
+          "train_gflop_per_img": "model GFLOP per training image", "train_tflop_s": "achieved TFLOP/s (training)",
+          "peak_tflop_s": "measured conv peak, TFLOP/s", "fraction_of_peak": "fraction of measured peak",
+          "compile_s": "torch.compile + first step, s"}
+
+
+def format_table(env: dict, results: dict) -> str:
+    lines = ["  ".join(f"{k}={v}" for k, v in env.items()), ""]
+    lines += [f"{LABELS[k]:<44s} {v:10.3f}" for k, v in results.items()]
+    return "\n".join(lines)
+
+
+def format_sweep(env: dict, rows: list[dict]) -> str:
+    lines = ["  ".join(f"{k}={v}" for k, v in env.items() if k not in ("batch_size", "image_size")), "",
+             "image size  batch  train img/s  peak memory MB"]
+    for r in rows:
+        lines.append(f"{r['image_size']:10d}  {r['batch_size']:5d}  " + (
+            f"{r['train_img_s']:11.2f}  {r['peak_memory_mb']:14.0f}" if "error" not in r else f"error: {r['error']}"))
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
