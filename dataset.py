@@ -59,7 +59,7 @@ def open_image(path: Path, channels: int = 3, draft: bool = False) -> Image.Imag
             if im.mode in ("I;16", "I;16B", "I", "F"):  # 16-bit / float grayscale: scale to 8 bit
                 im = Image.fromarray((np.asarray(im, dtype=np.float32) / (257 if np.asarray(im).max() > 255 else 1))
                                      .clip(0, 255).astype(np.uint8))
-            if im.mode in ("RGBA", "LA", "P") and channels == 3:
+            if im.mode in ("RGBA", "LA", "P", "PA"):  # for RGB and grayscale alike
                 im = im.convert("RGBA")  # palette/alpha: composite onto white rather than black
                 background = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(background, im)
@@ -119,6 +119,19 @@ def split_pair(image: np.ndarray, direction: str) -> tuple[np.ndarray, np.ndarra
     return (a, b) if direction == "AtoB" else (b, a)
 
 
+def read_pair(path: Path, direction: str, in_channels: int = 3, out_channels: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """An A|B file -> (input, target) HxWxC uint8 arrays with the requested channel counts (also used by predict.py)."""
+    image = np.asarray(open_image(path, 3 if 3 in (in_channels, out_channels) else 1))
+    if image.ndim == 2:
+        image = image[:, :, None]
+    x, y = split_pair(image, direction)
+    if in_channels == 1 and x.shape[2] == 3:
+        x = cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2GRAY)[:, :, None]
+    if out_channels == 1 and y.shape[2] == 3:
+        y = cv2.cvtColor(np.ascontiguousarray(y), cv2.COLOR_RGB2GRAY)[:, :, None]
+    return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+
 def build_transform(image_size: int, load_size: int, jitter: bool, mirror: bool, train: bool) -> A.Compose:
     """Paper §6.2: random jitter (resize to load_size, random crop) + mirroring, identical for input and target.
 
@@ -157,17 +170,7 @@ class PairedImageDataset(Dataset):
         return len(self.files)
 
     def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        path = self.files[index]
-        channels = 3 if 3 in (self.in_channels, self.out_channels) else 1
-        image = np.asarray(open_image(path, channels))
-        if image.ndim == 2:
-            image = image[:, :, None]
-        x, y = split_pair(image, self.direction)
-        if self.in_channels == 1 and x.shape[2] == 3:
-            x = cv2.cvtColor(np.ascontiguousarray(x), cv2.COLOR_RGB2GRAY)[:, :, None]
-        if self.out_channels == 1 and y.shape[2] == 3:
-            y = cv2.cvtColor(np.ascontiguousarray(y), cv2.COLOR_RGB2GRAY)[:, :, None]
-        return np.ascontiguousarray(x), np.ascontiguousarray(y)
+        return read_pair(self.files[index], self.direction, self.in_channels, self.out_channels)
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = key if isinstance(key, tuple) else (key, index_seed(0, 0, key))

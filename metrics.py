@@ -5,7 +5,7 @@ Pixel metrics reward blurry averages: on facades the mean training image already
 asks whether each output follows its OWN input: 1.0 = it ignores the input (like a mean-image predictor),
 lower is better. All figures use images in [0, 1]. Not run directly; used by train.py and evaluate.py.
 """
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -47,11 +47,14 @@ def summarize(per_image: dict[str, torch.Tensor], fakes: torch.Tensor, targets: 
 
 @torch.no_grad()
 def evaluate_generator(G: torch.nn.Module, loader: Any, device: torch.device, precision: str = "fp32",
-                       mode: str = "paper", seed: int = 0, max_images: int = 0) -> dict[str, Any]:
-    """Run G over a loader of (input, target) in [-1, 1]; returns per-image metrics, summary and small images.
+                       mode: str = "paper", seed: int = 0, max_images: int = 0,
+                       on_batch: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
+                       ) -> dict[str, Any]:
+    """Run G over a loader of (input, target) in [-1, 1]; returns per-image metrics (in loader order) and summary.
 
     `seed` fixes dropout noise in the paper's test mode, so evaluating twice gives the same numbers; the
-    caller's RNG state is restored afterwards.
+    caller's RNG state is restored afterwards. `on_batch(input, output, target)`, all in [0, 1] and 3 channels,
+    sees every batch, e.g. to save the images (evaluate.py) without a second pass through G.
     """
     per_image: dict[str, list] = {"l1": [], "psnr": [], "ssim": []}
     fakes, targets = [], []
@@ -68,6 +71,8 @@ def evaluate_generator(G: torch.nn.Module, loader: Any, device: torch.device, pr
             fake01, y01 = to_unit(fake), to_unit(y)
             for k, v in per_image_metrics(fake01, y01).items():
                 per_image[k].append(v.cpu())
+            if on_batch is not None:
+                on_batch(to_unit(x), fake01, y01)
             fakes.append(F.interpolate(fake01, size=RATIO_SIZE, mode="area").cpu())
             targets.append(F.interpolate(y01, size=RATIO_SIZE, mode="area").cpu())
             seen += x.shape[0]

@@ -8,6 +8,8 @@ Settings live in config.py; any of them can be overridden with --KEY=value. Stop
 a resumable checkpoint is written, and running the same command again continues exactly where it stopped.
 """
 import json
+import os
+import shlex
 import signal
 import sys
 import time
@@ -20,7 +22,7 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from dataset import AugmentationSampler, DatasetError, PairedImageDataset, ensure_default_data
-from metrics import evaluate_generator
+from generator_model import UNetGenerator
 from run_log import RunLog
 from utils import (CheckpointError, ConfigError, atomic_save, autocast, build_models, check_resume_compatible,
                    load_checkpoint, load_config, lr_factor, make_optimizers, measure_peak_flops, model_hparams, pick_device,
@@ -56,14 +58,30 @@ class RealFakeScores(nn.Module):
         return self.D(x, real), self.D(x, fake)
 
 
+def evaluate_generator(*args, **kwargs):
+    """metrics.evaluate_generator, imported on first use: torchmetrics takes seconds to import, and a config
+    error or an interrupted start should not wait for it."""
+    from metrics import evaluate_generator as evaluate
+    return evaluate(*args, **kwargs)
+
+
 class NonFiniteLoss(RuntimeError):
     pass
 
 
 def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
     bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+    elsewhere = False
+    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        # every rank must skip or stop together: a lone rank skipping its backward would leave the others
+        # in DDP's gradient all-reduce, mismatched with its next collective
+        flag = torch.tensor([float(bool(bad))], device=next(iter(losses.values())).device)  # nccl: CUDA tensor
+        torch.distributed.all_reduce(flag)
+        elsewhere = flag.item() > 0
     if bad:
         raise NonFiniteLoss(f"step {step}: non-finite {', '.join(f'{k}={losses[k].item()}' for k in bad)}")
+    if elsewhere:
+        raise NonFiniteLoss(f"step {step}: non-finite loss on another process")
 
 
 def train_step(G, D, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, step: int):
@@ -95,8 +113,8 @@ def train_step(G, D, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp,
 class StopRequest:
     """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and exits. A second Ctrl-C aborts."""
 
-    def __init__(self):
-        self.signum = 0
+    def __init__(self, announce: bool = True):
+        self.signum, self.announce = 0, announce  # announce: False on torchrun's other ranks (one message)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self.handle)
 
@@ -104,8 +122,9 @@ class StopRequest:
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
-        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
-              f"(Ctrl-C again to abort without saving)", file=sys.stderr)
+        if self.announce:
+            print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+                  f"(Ctrl-C again to abort without saving)", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -118,12 +137,17 @@ def main(argv: list[str] | None = None) -> int:
         else pick_device(cfg["DEVICE"])
     precision = pick_precision(cfg["PRECISION"], device)
     amp = autocast(device, precision)
+    if cfg["SYNC_BN"] and world_size > 1 and device.type != "cuda":
+        raise ConfigError("SYNC_BN=True needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU version); use "
+                          "SYNC_BN=False, or NORM=instance, which needs no statistics shared across processes")
     memory_format = torch.channels_last if cfg["CHANNELS_LAST"] else torch.contiguous_format
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     run_dir = Path(cfg["RUN_DIR"])
     ckpt_dir = run_dir / "checkpoints"
     resume_path = resolve_resume(cfg, ckpt_dir)
+    if master:
+        remove_stale_temp_files(ckpt_dir, run_dir)
     seed_everything(cfg["SEED"] + rank)  # models are identical anyway: DDP broadcasts rank 0's weights
 
     # data: a bad file stops us here, before the first step
@@ -132,8 +156,15 @@ def main(argv: list[str] | None = None) -> int:
     barrier(world_size)
     data_kwargs = dict(direction=cfg["DIRECTION"], image_size=cfg["IMAGE_SIZE"], load_size=cfg["LOAD_SIZE"],
                        in_channels=cfg["IN_CHANNELS"], out_channels=cfg["OUT_CHANNELS"], bad_files=cfg["BAD_FILES"])
-    train_set = PairedImageDataset(cfg["TRAIN_DIR"], jitter=cfg["JITTER"], mirror=cfg["MIRROR"], train=True,
-                                   **data_kwargs)
+    try:
+        train_set = PairedImageDataset(cfg["TRAIN_DIR"], jitter=cfg["JITTER"], mirror=cfg["MIRROR"], train=True,
+                                       **data_kwargs)
+    except DatasetError as e:  # scan VAL_DIR too, so one error lists the bad files of both folders
+        try:
+            PairedImageDataset(cfg["VAL_DIR"], train=False, **data_kwargs)
+        except DatasetError as val_error:
+            raise DatasetError(f"{e}\n{val_error}") from None
+        raise
     val_set = PairedImageDataset(cfg["VAL_DIR"], train=False, **data_kwargs)
     if len(train_set) < world_size:
         raise DatasetError(f"{cfg['TRAIN_DIR']}: {len(train_set)} usable images for {world_size} processes")
@@ -141,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     loader_rng = torch.Generator().manual_seed(cfg["SEED"])  # worker seeds must not consume the dropout RNG
     loader = DataLoader(train_set, batch_size=cfg["BATCH_SIZE"], sampler=sampler, num_workers=cfg["NUM_WORKERS"],
                         pin_memory=device.type == "cuda", persistent_workers=cfg["NUM_WORKERS"] > 0,
-                        generator=loader_rng)
+                        generator=loader_rng, worker_init_fn=ignore_stop_signals)
     # evaluation batches match training's, so the paper's test mode sees batch statistics like training's
     val_loader = DataLoader(Subset(val_set, range(min(len(val_set), cfg["VAL_MAX_IMAGES"] or len(val_set)))),
                             batch_size=cfg["BATCH_SIZE"], num_workers=0)
@@ -174,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
         best_val_l1 = ckpt.get("best_val_l1", best_val_l1)
         if master:
             print(f"resuming from {resume_path}: epoch {start_epoch + 1}, batch {batch_in_epoch}, step {step}")
+    check_ranks_agree(world_size, resume_from=resume_path and str(resume_path), step=step,
+                      train_images=len(train_set))
 
     G_train, D_scores = G, RealFakeScores(D)
     if world_size > 1:
@@ -214,7 +247,10 @@ def main(argv: list[str] | None = None) -> int:
               f"D {sum(p.numel() for p in D.parameters()) / 1e6:.2f} M; {len(train_set)} train / {len(val_set)} "
               f"val images; {flops / 1e9:.1f} GFLOP per training image; measured conv peak {peak / 1e12:.2f} TFLOP/s")
 
-    stop = StopRequest()
+    stop = StopRequest(announce=master)
+    # batch-norm running statistics change in the forward pass, before a loss can be checked: a skipped
+    # NaN step restores them, or a NaN in one batch would poison them (and eval-mode inference) for good
+    norm_buffers = [b for b in (*G.buffers(), *D.buffers()) if b.is_floating_point()]
     epoch = start_epoch
     for epoch in range(start_epoch, total_epochs):
         sampler.set_epoch(epoch, skip=batch_in_epoch * cfg["BATCH_SIZE"])
@@ -225,6 +261,7 @@ def main(argv: list[str] | None = None) -> int:
         for x, y in bar:
             x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             y = y.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            saved_buffers = [b.clone() for b in norm_buffers] if cfg["ON_NAN"] == "skip" else []
             try:
                 losses = train_step(G_train, D_step, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, step)
                 n_ok += 1
@@ -233,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
             except NonFiniteLoss as e:
                 if cfg["ON_NAN"] == "stop":
                     raise
+                with torch.no_grad():
+                    for buffer, saved in zip(norm_buffers, saved_buffers):
+                        buffer.copy_(saved)
                 skipped += 1
                 print(f"\n{e}; skipping this step (ON_NAN=skip)", file=sys.stderr)
             step += 1
@@ -249,26 +289,33 @@ def main(argv: list[str] | None = None) -> int:
             if stopping:
                 if master:
                     bar.close()
+                    launcher = "python" if world_size == 1 else "torchrun <the same torchrun options>"
                     print(f"saved {ckpt_dir / 'last.pt'} at epoch {epoch + 1}, step {step}. Resume with:\n  "
-                          f"python train.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+                          f"{launcher} train.py {resume_args(cfg, sys.argv[1:] if argv is None else argv)}")
                 return 0 if stop.signum == signal.SIGINT else 128 + stop.signum
         bar.close()
         epoch, batch_in_epoch = epoch + 1, 0  # `epoch` now counts completed epochs, as checkpoints store it
+        epoch_lr = opt_G.param_groups[0]["lr"]  # the LR this epoch trained with (log it, not the next epoch's)
         sched_G.step()
         sched_D.step()
+        if world_size > 1:  # log the epoch's mean losses over every process's images, not rank 0's shard alone
+            totals = torch.tensor([*sums.values(), n_ok], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(totals)
+            sums, n_ok = dict(zip(sums, totals[:-1].tolist())), int(totals[-1].item())
         if not master:
             barrier(world_size)
             continue
         row = {k: v / max(n_ok, 1) for k, v in sums.items()} | {
-            "epoch": epoch, "step": step, "lr": opt_G.param_groups[0]["lr"], "skipped_steps": skipped,
+            "epoch": epoch, "step": step, "lr": epoch_lr, "skipped_steps": skipped,
             "images_per_s": speed}
         print(f"epoch {epoch}: {images / (time.perf_counter() - t0):.2f} img/s, "
               f"{speed * flops / 1e12:.3f} TFLOP/s, MFU {speed * flops / peak:.1%} of measured conv peak")
+        G_solo = without_sync_bn(G)  # the other ranks wait at the barrier below: no collectives in here
         if cfg["SAMPLE_EVERY"] and epoch % cfg["SAMPLE_EVERY"] == 0:
-            grid = write_samples(G, sample_x, sample_y, cfg, device, precision, run_dir / "samples" / f"epoch_{epoch:04d}.png")
+            grid = write_samples(G_solo, sample_x, sample_y, cfg, device, precision, run_dir / "samples" / f"epoch_{epoch:04d}.png")
             log.tb.add_image("samples", grid, step)
         if cfg["VAL_EVERY"] and epoch % cfg["VAL_EVERY"] == 0:
-            val = evaluate_generator(G, val_loader, device, precision, cfg["TEST_MODE"], seed=cfg["SEED"])["summary"]
+            val = evaluate_generator(G_solo, val_loader, device, precision, cfg["TEST_MODE"], seed=cfg["SEED"])["summary"]
             row |= {f"val_{k}": val[k] for k in ("l1", "psnr", "ssim", "ratio")}
             log.scalars({k: val[k] for k in ("l1", "psnr", "ssim", "ratio")}, step, prefix="val")
             print(f"  val: L1 {val['l1']:.4f}  PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}  "
@@ -302,6 +349,62 @@ def write_samples(G, x, y, cfg, device, precision, path: Path) -> torch.Tensor:
     path.parent.mkdir(parents=True, exist_ok=True)
     vutils.save_image(grid, path)
     return grid
+
+
+def without_sync_bn(G: nn.Module) -> nn.Module:
+    """G, or with SYNC_BN a copy with plain BatchNorm: in the paper's test mode batch-norm uses batch statistics,
+    and a SyncBatchNorm would gather them from ranks that are not there (rank 0 samples and validates alone)."""
+    if not any(isinstance(m, nn.SyncBatchNorm) for m in G.modules()):
+        return G
+    plain = UNetGenerator(**G.hparams).to(next(G.parameters()).device)
+    plain.load_state_dict(G.state_dict())  # SyncBatchNorm and BatchNorm2d share their state-dict keys
+    return plain
+
+
+def check_ranks_agree(world_size: int, **facts) -> None:
+    """Stop every rank with one clear message if the processes would train differently, e.g. a node that cannot
+    see the checkpoint (multi-node: RUN_DIR and the data must be shared or identical on every node)."""
+    if world_size == 1:
+        return
+    seen = [None] * world_size
+    torch.distributed.all_gather_object(seen, facts)
+    differ = [f"rank {r}: {s}" for r, s in enumerate(seen) if s != seen[0]]
+    if differ:
+        raise ConfigError(f"the processes disagree (rank 0: {seen[0]}; {'; '.join(differ)}). Every node must see "
+                          f"the same RUN_DIR checkpoints and TRAIN_DIR files: use shared storage or identical copies")
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process, which finishes its step and saves: a Ctrl-C
+    or a scheduler's SIGTERM to the whole process group must not kill them (or make them print) mid-batch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def resume_args(cfg: dict, args: list[str]) -> str:
+    """This run's overrides, shell-quoted, with RESUME pointed at the run's own last.pt."""
+    args = [str(a) for a in args if not str(a).startswith("--RESUME=")]
+    return shlex.join(args + ([] if cfg["RESUME"] == "auto" else ["--RESUME=auto"]))
+
+
+def remove_stale_temp_files(*folders: Path) -> None:
+    """Delete the .NAME.tmp-PID files of killed runs (a save in progress; never loaded, only wasting disk)."""
+    for tmp in [t for folder in folders if folder.is_dir() for t in folder.glob(".*.tmp-*")]:
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        if os.name == "posix":  # elsewhere, a file still open in another process cannot be deleted anyway
+            try:
+                os.kill(int(pid), 0)
+                continue  # that process is still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
 
 
 def barrier(world_size: int) -> None:

@@ -265,6 +265,9 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         tmp.unlink(missing_ok=True)
         raise CheckpointError(f"could not write {path}: {e.strerror or e}. The previous {path.name} (if any) "
                               f"is intact; free disk space or fix permissions of {path.parent}, then resume") from e
+    except BaseException:  # Ctrl-C mid-save, an unpicklable value, ...: no half-written temp file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     with contextlib.suppress(OSError):  # persist the rename itself (POSIX); best effort elsewhere
         fd = os.open(path.parent, os.O_RDONLY)
         os.fsync(fd)
@@ -304,7 +307,12 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
     if mode not in ("paper", "eval"):
         raise ValueError(f"mode must be 'paper' or 'eval', got {mode!r}")
     ckpt = load_checkpoint(path)
-    G = generator_from_checkpoint(ckpt).to(device)
+    try:
+        G = generator_from_checkpoint(ckpt)
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # hparams and weights disagree: a damaged file
+        raise CheckpointError(f"{path}: its generator weights do not match its hyperparameters ({type(e).__name__}: "
+                              f"{str(e).splitlines()[0][:200]})") from None
+    G = G.to(device)
     G.train(mode == "paper")
     for m in G.modules():
         if isinstance(m, nn.modules.batchnorm._BatchNorm):
@@ -325,6 +333,11 @@ ARCHITECTURE_KEYS = ("IN_CHANNELS", "OUT_CHANNELS", "GEN_BASE_CHANNELS", "NUM_DO
 
 def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str | os.PathLike) -> None:
     """A resumed run must build the same networks; say which settings differ instead of a key-mismatch wall."""
+    missing = [k for k in ("discriminator", "opt_G", "opt_D", "step", "rng") if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"cannot resume from {path}: not a training checkpoint (no {', '.join(missing)}; "
+                              f"exports such as generator.pt hold the generator only); resume from the run's "
+                              f"checkpoints/*.pt")
     saved = ckpt.get("config", {})
     diffs = [f"{k}: checkpoint {saved[k]!r} vs now {cfg[k]!r}" for k in ARCHITECTURE_KEYS
              if k in saved and saved[k] != cfg[k]]
@@ -375,10 +388,15 @@ def setup_distributed(timeout_s: int) -> tuple[int, int, int]:
         return 0, 0, 1
     local_rank = int(os.environ["LOCAL_RANK"])
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    device_id = None
     if backend == "nccl":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                              f"start at most that many processes per node (torchrun --nproc_per_node)")
         torch.cuda.set_device(local_rank)
+        device_id = torch.device("cuda", local_rank)  # barriers and object collectives use this GPU
     # the timeout turns a dead or stuck rank into an error on the others instead of a hang
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), device_id=device_id)
     return dist.get_rank(), local_rank, dist.get_world_size()
 
 
@@ -401,8 +419,13 @@ def measure_peak_flops(device: torch.device, precision: str, seconds: float = 0.
     practical peak that the MFU figure is relative to."""
     import time
     dtype = AMP_DTYPES.get(precision, torch.float32)
-    conv = nn.Conv2d(256, 512, 4, padding=1, bias=False).to(device, dtype).to(memory_format=torch.channels_last)
-    x = torch.randn(8, 256, 32, 32, device=device, dtype=dtype).to(memory_format=torch.channels_last)
+    # made on the CPU with its RNG forked: train.py probes after restoring a checkpoint's RNG state, and
+    # drawing from it here would change the dropout noise of a resumed run (no longer an exact resume)
+    with torch.random.fork_rng(devices=[]):
+        conv = nn.Conv2d(256, 512, 4, padding=1, bias=False)
+        x = torch.randn(8, 256, 32, 32)
+    conv = conv.to(device, dtype).to(memory_format=torch.channels_last)
+    x = x.to(device, dtype).to(memory_format=torch.channels_last)
     flops = 2 * 8 * 512 * 31 * 31 * 256 * 16
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with torch.no_grad():

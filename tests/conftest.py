@@ -54,6 +54,29 @@ def tiny_args(data: Path, run_dir: Path, **overrides) -> list[str]:
     return [f"--{k}={v}" for k, v in settings.items()]
 
 
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished tiny training run shared by the whole session (trained once, ~10 s): root/data/{train,val}
+    as tiny_data, and root/run from tiny_args (2 epochs, validation every epoch): generator.pt, generator_best.pt,
+    checkpoints/, log.csv, curves.png, tensorboard/. Treat it as read-only; copy files before changing them."""
+    import signal
+    import torch
+    import train
+    root = tmp_path_factory.mktemp("tiny_run")
+    write_pairs(root / "data" / "train", 8, seed=0)
+    write_pairs(root / "data" / "val", 4, seed=1)
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}  # train.main installs its own
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # far faster than several threads on shared cores
+    try:
+        assert train.main(tiny_args(root / "data", root / "run")) == 0
+    finally:
+        torch.set_num_threads(threads)
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    return root
+
+
 @pytest.fixture
 def facades() -> Path:
     if not (FACADES / "train").is_dir():

@@ -1,0 +1,246 @@
+"""Run a trained pix2pix generator on your own images, of any size and aspect ratio.
+
+    python predict.py --checkpoint runs/pix2pix/generator.pt --input my_labels/ --output out/
+    python predict.py --checkpoint runs/facades/generator.pt --input "scans/*.png" one.jpg --output out/ --fit pad
+    python predict.py --checkpoint runs/facades/generator.pt --input data/facades/val --output strips/ --paired
+
+--input takes image files, folders (searched recursively) and glob patterns (quote them), several at once.
+Each result is a PNG at the input's original size, named after the input; folders keep their sub-folder layout.
+
+The U-Net needs sides divisible by 2^num_downs (256 for the paper's model), so each image is fitted:
+  --fit resize (default)  resize to the training IMAGE_SIZE square, translate, resize the output back: the scale
+                          the network was trained at (a non-square image is stretched, then un-stretched)
+  --fit pad               reflect-pad to the next multiple, translate, crop the padding off: native scale
+--paired reads A|B files like the training data (the checkpoint's DIRECTION says which half is the input)
+and writes input | output | target strips instead.
+
+--mode paper (default, as utils.load_generator and the paper §3.3: dropout on, batch-norm with the batch's
+statistics; --seed fixes the dropout noise) or eval (dropout off, running statistics). In paper mode an output
+depends on its batch-mates, so --batch-size defaults to the checkpoint's BATCH_SIZE (training's, usually 1), and
+only images of the same fitted size are batched together.
+
+Exit code 0 if at least one image was written: unreadable images are skipped, listed at the end, and do not stop
+the run. 1 if the checkpoint is missing or corrupt, no input image was found, or nothing could be written;
+2 for bad arguments.
+"""
+import argparse
+import functools
+import glob
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.utils import save_image
+from tqdm import tqdm
+
+from dataset import IMG_EXTENSIONS, DatasetError, build_transform, list_images, open_image, read_pair
+from generator_model import UNetGenerator
+from utils import (CheckpointError, ConfigError, autocast, default_settings, load_generator, pick_device,
+                   pick_precision, sample_grid, to_unit)
+
+
+def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str = "auto",
+                       precision: str = "auto") -> tuple[UNetGenerator, dict[str, Any], torch.device, str]:
+    """(generator on the device in `mode`, its training settings, device, precision); device/precision as in training.
+
+    Settings a hand-made checkpoint lacks fall back to config.py's defaults, except IMAGE_SIZE, which follows
+    from the U-Net's depth.
+    """
+    dev = pick_device(device)
+    G = load_generator(checkpoint, dev, mode)
+    cfg = default_settings() | {"IMAGE_SIZE": 2 ** G.hparams["num_downs"]} | G.train_config
+    return G, cfg, dev, pick_precision(precision, dev)
+
+
+def run_cli(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a CLI body; a known error becomes one 'error: ...' line and an exit code instead of a traceback."""
+    try:
+        return run(args)
+    except (CheckpointError, ConfigError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+
+
+# ----------------------------------------------------------------------------- inputs
+
+def find_images(inputs: list[str]) -> list[tuple[Path, Path]]:
+    """(image, output name) for files, folders (recursive) and glob patterns; each file once, in order given."""
+    found: dict[Path, tuple[Path, Path]] = {}
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            try:
+                files = [(f, f.relative_to(path)) for f in list_images(path)]
+            except DatasetError:  # an empty folder: reported below if nothing at all is found
+                files = []
+        elif path.is_file():
+            files = [(path, Path(path.name))]  # named explicitly: tried whatever its extension
+        else:
+            matches = sorted(Path(m) for m in glob.glob(item, recursive=True))
+            files = [(m, Path(m.name)) for m in matches if m.is_file() and m.suffix.lower() in IMG_EXTENSIONS]
+        for f, name in files:
+            found.setdefault(f.resolve(), (f, name))
+    # different inputs can share an output name (x.jpg and x.png, or x.png in two folders): number the later ones
+    taken, result = set(), []
+    for f, name in found.values():
+        out, n = name.with_suffix(".png"), 0
+        while out in taken:
+            n += 1
+            out = name.with_name(f"{name.stem}_{n}.png")
+        taken.add(out)
+        result.append((f, out))
+    return result
+
+
+@dataclass
+class Item:
+    path: Path
+    name: Path  # output path relative to --output
+    x: torch.Tensor  # the model's input, fitted: CxH'xW' in [-1, 1]
+    size: tuple[int, int]  # original (height, width)
+    original: torch.Tensor | None = None  # --paired: the input and target halves at their original size
+    target: torch.Tensor | None = None
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWxC uint8 -> CxHxW float in [-1, 1], as the dataset normalises."""
+    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 127.5 - 1
+
+
+@functools.lru_cache(maxsize=4)
+def _eval_transform(image_size: int):
+    return build_transform(image_size, image_size, jitter=False, mirror=False, train=False)
+
+
+def fit_to_model(image: np.ndarray, fit: str, image_size: int, multiple: int) -> torch.Tensor:
+    """HxWxC uint8 -> CxH'xW' in [-1, 1] with sides the U-Net accepts (see fit_back for the inverse)."""
+    if fit == "resize":  # exactly the eval transform of training and evaluate.py
+        return torch.from_numpy(_eval_transform(image_size)(image=image)["image"].transpose(2, 0, 1).copy())
+    h, w = image.shape[:2]
+    ph, pw = -h % multiple, -w % multiple
+    # np.pad reflects repeatedly, so even pads larger than the image work (torch's reflect pad refuses them)
+    return to_tensor(np.pad(image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="reflect"))
+
+
+def fit_back(out: torch.Tensor, size: tuple[int, int], fit: str) -> torch.Tensor:
+    """Undo fit_to_model on a CxH'xW' output: resize back to `size`, or crop the padding off."""
+    h, w = size
+    if fit == "resize":
+        return F.interpolate(out[None], size=(h, w), mode="bicubic", antialias=True)[0].clamp(-1, 1)
+    top, left = (out.shape[1] - h) // 2, (out.shape[2] - w) // 2
+    return out[:, top:top + h, left:left + w]
+
+
+def load_item(path: Path, name: Path, args: argparse.Namespace, cfg: dict[str, Any], G: UNetGenerator) -> Item:
+    in_ch, out_ch = G.hparams["in_channels"], G.hparams["out_channels"]
+    multiple = 2 ** G.hparams["num_downs"]
+    if args.paired:
+        x, y = read_pair(path, cfg["DIRECTION"], in_ch, out_ch)
+        if x.shape[1] == 0:
+            raise DatasetError(f"{path}: too narrow to split into A|B halves")
+        return Item(path, name, fit_to_model(x, args.fit, cfg["IMAGE_SIZE"], multiple), x.shape[:2],
+                    to_tensor(x), to_tensor(y))
+    x = np.asarray(open_image(path, in_ch))  # converts palette, alpha, 16-bit, grayscale/RGB as training does
+    x = x[:, :, None] if x.ndim == 2 else x
+    return Item(path, name, fit_to_model(x, args.fit, cfg["IMAGE_SIZE"], multiple), x.shape[:2])
+
+
+def reason(e: Exception) -> str:
+    """The why of a DatasetError without the file name and the training-only advice."""
+    return str(e).split(": ", 1)[-1].split("; ")[0] if isinstance(e, DatasetError) else f"{type(e).__name__}: {e}"
+
+
+# ----------------------------------------------------------------------------- the run
+
+def predict(args: argparse.Namespace) -> int:
+    G, cfg, device, precision = load_for_inference(args.checkpoint, args.mode, args.device, args.precision)
+    images = find_images(args.input)
+    if not images:
+        print(f"error: no images found in {' '.join(args.input)} (files, folders or glob patterns of "
+              f"{', '.join(IMG_EXTENSIONS)})", file=sys.stderr)
+        return 1
+    batch_size = args.batch_size or cfg["BATCH_SIZE"]
+    failed: list[tuple[Path, str]] = []
+    written = 0
+    bar = tqdm(total=len(images), unit="img", desc="predict", dynamic_ncols=True)
+
+    def run_batch(items: list[Item]) -> None:
+        nonlocal written
+        with autocast(device, precision):
+            out = G(torch.stack([it.x for it in items]).to(device)).float().cpu()
+        for it, o in zip(items, out):
+            o = fit_back(o, it.size, args.fit)
+            image = sample_grid(it.original[None], o[None], it.target[None]) if args.paired else to_unit(o[None])[0]
+            dest = args.output / it.name
+            try:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                save_image(image, dest)
+                written += 1
+            except OSError as e:
+                failed.append((it.path, f"cannot write {dest}: {e.strerror or e}"))
+        bar.update(len(items))
+
+    pending: dict[tuple[int, ...], list[Item]] = {}  # fitted size -> images waiting for a full batch
+    # a fixed seed makes paper-mode dropout noise repeatable; the caller's RNG state is restored afterwards
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
+        torch.manual_seed(args.seed)
+        for path, name in images:
+            try:
+                item = load_item(path, name, args, cfg, G)
+            except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the others
+                failed.append((path, reason(e)))
+                bar.update(1)
+                continue
+            group = pending.setdefault(tuple(item.x.shape), [])
+            group.append(item)
+            if len(group) == batch_size:
+                run_batch(pending.pop(tuple(item.x.shape)))
+        for group in pending.values():
+            run_batch(group)
+    bar.close()
+
+    what = "input | output | target strip(s)" if args.paired else "image(s)"
+    print(f"wrote {written} of {len(images)} {what} to {args.output} (--fit {args.fit}, --mode {args.mode}, "
+          f"{device}, {precision})")
+    if failed:
+        listing = "\n".join(f"  {p}: {why}" for p, why in failed)
+        print(f"skipped {len(failed)} image(s):\n{listing}", file=sys.stderr)
+    return 0 if written else 1
+
+
+def model_arguments(doc: str, script: str) -> argparse.ArgumentParser:
+    """A parser with the options predict.py and evaluate.py share: which generator, and how to run it."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                 epilog=f"See the module docstring (top of {script}) for details.")
+    ap.add_argument("--checkpoint", type=Path, required=True, help="generator.pt or any training checkpoint")
+    ap.add_argument("--mode", choices=("paper", "eval"), default="paper", help="test-time mode (default paper)")
+    ap.add_argument("--seed", type=int, default=0, help="fixes the dropout noise of --mode paper")
+    ap.add_argument("--batch-size", type=int, default=0, help="images per forward pass (0 = checkpoint's BATCH_SIZE)")
+    ap.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    return ap
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = model_arguments(__doc__, "predict.py")
+    ap.add_argument("--input", nargs="+", required=True, help="image files, folders and/or quoted glob patterns")
+    ap.add_argument("--output", type=Path, required=True, help="folder for the results (created)")
+    ap.add_argument("--fit", choices=("resize", "pad"), default="resize",
+                    help="resize to the training IMAGE_SIZE and back (default), or reflect-pad and crop back")
+    ap.add_argument("--paired", action="store_true", help="inputs are A|B files: write input | output | target")
+    args = ap.parse_args(argv)
+    if args.batch_size < 0:
+        ap.error("--batch-size must be >= 0")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(predict, parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

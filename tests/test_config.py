@@ -1,0 +1,135 @@
+"""Tests for config.py and utils.load_config: overrides and types, typo hints, no code evaluation, presets,
+validation messages, and train.py's command-line error handling (CPU, ~10 s; one subprocess).
+
+    python -m pytest tests/test_config.py -q
+"""
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import config as default_config
+from utils import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_defaults_are_the_papers():
+    cfg = load_config([])
+    assert (cfg["BATCH_SIZE"], cfg["LEARNING_RATE"], cfg["BETA1"], cfg["L1_LAMBDA"]) == (1, 2e-4, 0.5, 100.0)
+    assert cfg["IMAGE_SIZE"] == 256 and cfg["LOAD_SIZE"] == 286 and cfg["NUM_DOWNS"] == 8  # derived from 256
+    assert cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"] == 200 and cfg["DISC_N_LAYERS"] == 3
+
+
+def test_overrides_and_types():
+    cfg = load_config(["--BATCH_SIZE=4", "--LEARNING_RATE=1e-3", "--JITTER=False", "--MIRROR=0",
+                       "--DIRECTION=AtoB", "--RUN_DIR=runs/x y", "--IMAGE_SIZE=128", "--LOAD_SIZE=143"])
+    assert cfg["BATCH_SIZE"] == 4 and type(cfg["BATCH_SIZE"]) is int
+    assert cfg["LEARNING_RATE"] == 1e-3 and type(cfg["LEARNING_RATE"]) is float
+    assert cfg["JITTER"] is False and cfg["MIRROR"] is False
+    assert cfg["DIRECTION"] == "AtoB" and cfg["RUN_DIR"] == "runs/x y"  # strings taken verbatim
+    assert cfg["NUM_DOWNS"] == 7  # derived from the overridden IMAGE_SIZE
+    assert load_config(["--COMPILE=true"])["COMPILE"] is True and load_config(["--DROPOUT=yes"])["DROPOUT"] is True
+    lr = load_config(["--LEARNING_RATE=1"])["LEARNING_RATE"]  # an int is fine where a float is expected
+    assert lr == 1.0 and type(lr) is float
+    assert load_config([])["BATCH_SIZE"] == 1 and default_config.BATCH_SIZE == 1  # overrides never leak
+
+
+@pytest.mark.parametrize("arg, key", [("--BATCH_SIZE=1.5", "BATCH_SIZE"), ("--BATCH_SIZE=True", "BATCH_SIZE"),
+                                      ("--LEARNING_RATE=fast", "LEARNING_RATE"), ("--JITTER=maybe", "JITTER"),
+                                      ("--N_EPOCHS=[1]", "N_EPOCHS")])
+def test_wrong_type_is_refused(arg, key):
+    with pytest.raises(ConfigError, match=key):
+        load_config([arg])
+
+
+@pytest.mark.parametrize("arg, suggestion", [("--LEARNING_RATES=1", "LEARNING_RATE"),
+                                             ("--batch_size=4", "BATCH_SIZE"),
+                                             ("--IMAGESIZE=128", "IMAGE_SIZE")])
+def test_unknown_key_suggests_closest(arg, suggestion):
+    with pytest.raises(ConfigError) as err:
+        load_config([arg])
+    assert "unknown setting" in str(err.value) and suggestion in str(err.value)
+
+
+def test_malformed_argument():
+    with pytest.raises(ConfigError, match="--KEY=value"):
+        load_config(["BATCH_SIZE=4"])
+
+
+@pytest.mark.parametrize("key", ["LEARNING_RATE", "BATCH_SIZE", "N_EPOCHS"])
+def test_values_are_never_evaluated(tmp_path, key):
+    marker = tmp_path / "pwned"
+    with pytest.raises(ConfigError, match=key):
+        load_config([f"--{key}=__import__('os').system('touch {marker}')"])
+    assert not marker.exists()
+
+
+def test_facades_preset():
+    cfg = load_config(["--PRESET=facades"])
+    assert cfg["DIRECTION"] == "BtoA" and cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"] == 200
+    assert cfg["BATCH_SIZE"] == 1 and cfg["JITTER"] is True and cfg["MIRROR"] is True
+    assert cfg["TRAIN_DIR"] == "data/facades/train" and cfg["RUN_DIR"] == "runs/facades"
+
+
+def test_edges2shoes_preset_and_cli_beats_preset():
+    cfg = load_config(["--PRESET=edges2shoes"])
+    assert cfg["DIRECTION"] == "AtoB" and cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"] == 15
+    assert cfg["BATCH_SIZE"] == 4 and cfg["JITTER"] is False and cfg["MIRROR"] is False
+    for argv in (["--PRESET=edges2shoes", "--BATCH_SIZE=2", "--TRAIN_DIR=/d/t"],
+                 ["--BATCH_SIZE=2", "--TRAIN_DIR=/d/t", "--PRESET=edges2shoes"]):  # order does not matter
+        cfg = load_config(argv)
+        assert cfg["BATCH_SIZE"] == 2 and cfg["TRAIN_DIR"] == "/d/t" and cfg["DIRECTION"] == "AtoB"
+
+
+def test_unknown_preset_lists_the_valid_ones():
+    with pytest.raises(ConfigError) as err:
+        load_config(["--PRESET=facade"])
+    assert "PRESET" in str(err.value) and "facades" in str(err.value) and "edges2shoes" in str(err.value)
+
+
+@pytest.mark.parametrize("args, key", [
+    (["--IMAGE_SIZE=100"], "IMAGE_SIZE"),
+    (["--IMAGE_SIZE=64", "--NUM_DOWNS=7"], "IMAGE_SIZE"),
+    (["--LOAD_SIZE=200"], "LOAD_SIZE"),
+    (["--LEARNING_RATE=0"], "LEARNING_RATE"),
+    (["--LEARNING_RATE=-1e-4"], "LEARNING_RATE"),
+    (["--BATCH_SIZE=0"], "BATCH_SIZE"),
+    (["--DIRECTION=AtoC"], "DIRECTION"),
+    (["--NORM=group"], "NORM"),
+    (["--PRECISION=fp8"], "PRECISION"),
+    (["--IN_CHANNELS=2"], "IN_CHANNELS"),
+    (["--N_EPOCHS=0", "--N_EPOCHS_DECAY=0"], "N_EPOCHS"),
+    (["--BETA1=1.0"], "BETA1"),
+    (["--DEVICE=tpu0"], "DEVICE"),
+])
+def test_validation_errors_name_the_setting(args, key):
+    with pytest.raises(ConfigError) as err:
+        load_config(args)
+    assert key in str(err.value)
+
+
+def test_load_size_may_be_smaller_without_jitter():
+    assert load_config(["--LOAD_SIZE=200", "--JITTER=False"])["LOAD_SIZE"] == 200
+
+
+def test_cuda_device_without_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(ConfigError, match="DEVICE"):
+            load_config([f"--DEVICE={device}"])
+    assert load_config(["--DEVICE=cpu"])["DEVICE"] == "cpu"
+
+
+def test_cli_error_is_one_line_exit_2(tmp_path):
+    """A bad setting stops train.py before any heavy work: exit 2, one `error:` line, no traceback."""
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--BAD=1"], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and "BAD" in lines[0], result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert list(tmp_path.iterdir()) == []  # nothing generated or written

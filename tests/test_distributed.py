@@ -1,0 +1,413 @@
+"""Distributed training (torchrun + DDP) on CPU: gloo on 127.0.0.1, tiny networks, a few images.
+
+The tests launch this same file under torchrun as a worker (see `worker` at the bottom): it runs the real
+train.main, watching it through a few wrapped names of the train module, and saves what each rank saw
+(final weights, gradients, first-step dropout masks, which ranks wrote or validated) to DUMP/rank<r>.pt.
+
+    torchrun --standalone --nproc_per_node=2 tests/test_distributed.py DUMP [--fail=RANK:STEP] [--nan=RANK:STEP] \
+        [--sigterm=RANK:STEP] -- --TRAIN_DIR=... (train.py settings)
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # as a torchrun worker, conftest.py has not run
+    sys.path.insert(0, str(ROOT))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from conftest import tiny_args, write_pairs  # noqa: E402 - as a worker, found beside this file
+
+LAUNCH_TIMEOUT_S = 300  # a hung launch fails the test instead of hanging CI
+
+
+# ----------------------------------------------------------------------------- launching
+
+class Launch:
+    """One finished torchrun launch: exit code, wall time, torchrun's own output, each rank's output and dump."""
+
+    def __init__(self, proc: subprocess.CompletedProcess, seconds: float, log_dir: Path, dump: Path, nproc: int):
+        self.returncode, self.seconds = proc.returncode, seconds
+        self.stdout, self.stderr = proc.stdout, proc.stderr
+        self.rank_out = [_rank_log(log_dir, r, "stdout") for r in range(nproc)]
+        self.rank_err = [_rank_log(log_dir, r, "stderr") for r in range(nproc)]
+        self.dumps = [torch.load(dump / f"rank{r}.pt", weights_only=False) if (dump / f"rank{r}.pt").exists()
+                      else None for r in range(nproc)]
+
+    def describe(self) -> str:
+        ranks = "".join(f"\n--- rank {r} stdout:\n{o}\n--- rank {r} stderr:\n{e[-3000:]}"
+                        for r, (o, e) in enumerate(zip(self.rank_out, self.rank_err)))
+        return f"exit {self.returncode} after {self.seconds:.1f} s\n--- torchrun:\n{self.stderr[-3000:]}{ranks}"
+
+
+def _rank_log(log_dir: Path, rank: int, stream: str) -> str:
+    found = list(log_dir.glob(f"*/attempt_0/{rank}/{stream}.log"))
+    return found[0].read_text() if found else ""
+
+
+def launch(tmp: Path, name: str, train_args: list[str], worker_opts: tuple[str, ...] = (), nproc: int = 2) -> Launch:
+    """torchrun --standalone this file as the worker; each rank's stdout/stderr go to their own log files."""
+    dump, log_dir = tmp / f"{name}_dump", tmp / f"{name}_logs"
+    dump.mkdir(parents=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           f"--log-dir={log_dir}", "--redirects=3", __file__, str(dump), *worker_opts, "--", *train_args]
+    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    loopback = [name for _, name in socket.if_nameindex() if name in ("lo", "lo0")]
+    if loopback:  # gloo talks over 127.0.0.1 only (torchrun --standalone already rendezvouses on localhost)
+        env["GLOO_SOCKET_IFNAME"] = loopback[0]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    return Launch(proc, time.perf_counter() - start, log_dir, dump, nproc)
+
+
+def run_in_process(args: list[str], monkeypatch) -> dict:
+    """train.main in this process (single-process run); returns its G and D (the objects it trained)."""
+    import train
+    models = {}
+    build = train.build_models
+
+    def capture(cfg):
+        G, D = build(cfg)
+        models.setdefault("G", G)
+        models.setdefault("D", D)
+        return G, D
+    monkeypatch.setattr(train, "build_models", capture)
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        models["exit"] = train.main(args)
+    finally:
+        for sig, handler in handlers.items():  # train.main installs its own Ctrl-C handling
+            signal.signal(sig, handler)
+    return models
+
+
+def grads(module) -> dict:
+    return {n: p.grad for n, p in module.named_parameters()}
+
+
+def assert_close_dicts(a: dict, b: dict, what: str, rtol: float, atol_frac: float) -> None:
+    """Every tensor close, with an absolute tolerance relative to the largest magnitude in the whole dict."""
+    assert a.keys() == b.keys()
+    scale = max(t.abs().max().item() for t in b.values())
+    worst = max(((x - b[k]).abs().max().item(), k) for k, x in a.items())
+    for k, x in a.items():
+        torch.testing.assert_close(x, b[k], rtol=rtol, atol=atol_frac * scale,
+                                   msg=lambda m: f"{what} {k}: {m} (largest difference {worst})")
+
+
+# ----------------------------------------------------------------------------- settings
+
+def dist_settings(data: Path, run_dir: Path, **overrides) -> list[str]:
+    """tiny_args for a launch, with a short DIST_TIMEOUT_S: a stuck rank fails the launch within a minute."""
+    return tiny_args(data, run_dir, **({"DIST_TIMEOUT_S": 60} | overrides))
+
+
+# Per-sample-independent settings for the equivalence test: instance norm, no dropout.
+EQUIV = dict(NORM="instance", DROPOUT=False, N_EPOCHS=1, N_EPOCHS_DECAY=0, N_SAMPLES=2)
+
+
+# ----------------------------------------------------------------------------- a 2-process run, and what it wrote
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory) -> Launch:
+    """2 processes x BATCH_SIZE 2 on 4 images with instance norm and no dropout: exactly one optimisation step
+    (so the gradients left on the parameters are the first step's), then validation, samples, checkpoints."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    write_pairs(tmp / "data" / "train", 4, seed=0)
+    write_pairs(tmp / "data" / "val", 2, seed=1)
+    run = launch(tmp, "ddp", dist_settings(tmp / "data", tmp / "run", BATCH_SIZE=2, **EQUIV))
+    assert run.returncode == 0 and None not in run.dumps, run.describe()
+    run.tmp, run.data, run.run_dir = tmp, tmp / "data", tmp / "run"
+    return run
+
+
+def test_ddp_run_writes_one_set_of_outputs_and_other_ranks_stay_silent(ddp_run):
+    run_dir = ddp_run.run_dir
+    files = sorted(str(p.relative_to(run_dir)) for p in run_dir.rglob("*") if p.is_file())
+    events = [f for f in files if f.startswith("tensorboard/")]
+    assert [f for f in files if f not in events] == [
+        "checkpoints/best.pt", "checkpoints/last.pt", "config.json", "curves.png", "generator.pt",
+        "generator_best.pt", "log.csv", "samples/epoch_0001.png"]
+    assert len(events) == 1
+    rows = (run_dir / "log.csv").read_text().splitlines()
+    assert len(rows) == 2 and rows[1].startswith("1,1,")  # header + one row: epoch 1, step 1
+
+    # rank 0 alone logs, samples, validates and saves; rank 1 prints nothing at all
+    rank0, rank1 = (d["calls"] for d in ddp_run.dumps)
+    assert rank1 == [], rank1
+    names = [name for name, _ in rank0]
+    assert names.count("RunLog") == names.count("write_samples") == names.count("evaluate_generator") == 1
+    saved = {Path(path).name for name, path in rank0 if name == "atomic_save"}
+    assert saved == {"last.pt", "best.pt", "generator.pt", "generator_best.pt"}
+    assert ddp_run.rank_out[1] == "" and ddp_run.rank_err[1] == "", ddp_run.describe()
+    assert "2 process(es), global batch 4;" in ddp_run.rank_out[0]
+    assert "val: L1" in ddp_run.rank_out[0] and "done:" in ddp_run.rank_out[0]
+    assert "Traceback" not in ddp_run.stderr + ddp_run.rank_err[0], ddp_run.describe()
+
+
+def test_ddp_ranks_end_with_identical_weights(ddp_run):
+    rank0, rank1 = ddp_run.dumps
+    for key in ("final_G", "final_D", "grad_G", "grad_D"):
+        assert rank0[key].keys() == rank1[key].keys()
+        differing = [k for k in rank0[key] if not torch.equal(rank0[key][k], rank1[key][k])]
+        assert not differing, f"{key} differs between ranks: {differing[:5]}"
+    # what rank 0 saved is what both ranks trained
+    saved = torch.load(ddp_run.run_dir / "generator.pt", weights_only=True)["generator"]
+    assert all(torch.equal(saved[k], v) for k, v in rank0["final_G"].items())
+
+
+def test_two_processes_of_batch_b_match_one_process_of_batch_2b(ddp_run, tmp_path, monkeypatch):
+    """DDP averages gradients over ranks and every loss is a mean, so with a per-sample norm (instance) and no
+    dropout, 2 x BATCH_SIZE 2 must give the first-step gradients of 1 x BATCH_SIZE 4 on the same 4 images."""
+    single = run_in_process(tiny_args(ddp_run.data, tmp_path / "single", BATCH_SIZE=4, **EQUIV), monkeypatch)
+    assert single["exit"] == 0
+    ddp = ddp_run.dumps[0]
+    # D's gradients come from the D step alone; G's are taken against the freshly updated D
+    assert_close_dicts(ddp["grad_D"], grads(single["D"]), "D grad", rtol=1e-4, atol_frac=1e-5)
+    assert_close_dicts(ddp["grad_G"], grads(single["G"]), "G grad", rtol=1e-4, atol_frac=1e-5)
+    # (weights after the step are no finer check: Adam's first step is lr * g / (|g| + eps), about lr * sign(g),
+    # so rounding noise in gradients that are zero in exact arithmetic, e.g. conv biases feeding instance norm,
+    # moves those weights by up to lr either way)
+    # the log's losses are means over all processes' images, so they match the single run's too
+    row = lambda p: dict(zip(*[line.split(",") for line in p.read_text().splitlines()]))  # noqa: E731
+    ddp_row, single_row = row(ddp_run.run_dir / "log.csv"), row(tmp_path / "single" / "log.csv")
+    for k in ("d_real", "d_fake", "g_gan", "g_l1", "val_l1"):
+        assert float(ddp_row[k]) == pytest.approx(float(single_row[k]), rel=1e-4), k
+
+
+def test_distributed_checkpoint_loads_in_a_single_process_run_and_load_generator(ddp_run, tmp_path, monkeypatch,
+                                                                                 capsys):
+    from utils import load_generator
+    run_dir = tmp_path / "run"
+    shutil.copytree(ddp_run.run_dir, run_dir)
+    for path in (run_dir / "generator.pt", run_dir / "checkpoints" / "last.pt"):
+        ckpt = torch.load(path, weights_only=True)
+        assert not [k for k in ckpt["generator"] if k.startswith("module.")]
+        if "discriminator" in ckpt:
+            assert not [k for k in ckpt["discriminator"] if k.startswith(("module.", "D."))]
+        G = load_generator(path, mode="eval")  # strict load_state_dict
+        assert all(torch.equal(G.state_dict()[k], v) for k, v in ddp_run.dumps[0]["final_G"].items())
+    args = tiny_args(ddp_run.data, run_dir, BATCH_SIZE=4, **(EQUIV | {"N_EPOCHS_DECAY": 1}))
+    assert run_in_process(args, monkeypatch)["exit"] == 0
+    assert f"resuming from {run_dir / 'checkpoints' / 'last.pt'}: epoch 2, batch 0, step 1" in capsys.readouterr().out
+    assert [line.split(",")[0] for line in (run_dir / "log.csv").read_text().splitlines()[1:]] == ["1", "2"]
+
+
+def test_distributed_run_stops_on_one_ranks_sigterm_and_resumes_mid_epoch(ddp_run, tmp_path):
+    """The 1-epoch run, given one more (decay) epoch at BATCH_SIZE 1 (2 steps per rank). First launch: rank 1
+    alone gets SIGTERM after its first step; the all-reduced stop flag stops both ranks there and rank 0 saves.
+    Second launch: every rank loads that checkpoint and finishes epoch 2 from its second batch."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(ddp_run.run_dir, run_dir)
+    last = run_dir / "checkpoints" / "last.pt"
+    args = dist_settings(ddp_run.data, run_dir, BATCH_SIZE=1, VAL_EVERY=0, SAMPLE_EVERY=0,
+                         **(EQUIV | {"N_EPOCHS_DECAY": 1}))
+
+    stopped = launch(tmp_path, "stopped", args, worker_opts=("--sigterm=1:1",))
+    assert stopped.returncode != 0 and None not in stopped.dumps, stopped.describe()  # 128 + SIGTERM, both ranks
+    assert [d["exit"] for d in stopped.dumps] == [143, 143], stopped.describe()
+    assert [d["steps"] for d in stopped.dumps] == [1, 1]
+    assert f"resuming from {last}: epoch 2, batch 0, step 1" in stopped.rank_out[0], stopped.describe()
+    assert f"saved {last} at epoch 2, step 2. Resume with:\n  torchrun <the same torchrun options> train.py " \
+        in stopped.rank_out[0], stopped.describe()
+    assert stopped.rank_out[1] == "" and stopped.rank_err[1] == "", stopped.describe()
+    ckpt = torch.load(last, weights_only=True)
+    assert (ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]) == (1, 1, 2)
+
+    resumed = launch(tmp_path, "resumed", args)
+    assert resumed.returncode == 0 and None not in resumed.dumps, resumed.describe()
+    assert f"resuming from {last}: epoch 2, batch 1, step 2" in resumed.rank_out[0], resumed.describe()
+    for dump in resumed.dumps:
+        assert [c for c in dump["calls"] if c[0] == "load_checkpoint"] == [("load_checkpoint", str(last))]
+        assert dump["steps"] == 1  # the second of epoch 2's two batches
+    assert resumed.rank_out[1] == "" and resumed.rank_err[1] == "", resumed.describe()
+    rows = [line.split(",")[:2] for line in (run_dir / "log.csv").read_text().splitlines()[1:]]
+    assert rows == [["1", "1"], ["2", "3"]]
+    assert torch.load(run_dir / "generator.pt", weights_only=True)["epoch"] == 2
+    assert all(torch.equal(v, resumed.dumps[1]["final_G"][k]) for k, v in resumed.dumps[0]["final_G"].items())
+
+
+# ----------------------------------------------------------------------------- failures, seeding, SyncBN
+
+def test_a_rank_that_fails_mid_training_stops_the_job(tmp_path):
+    """Rank 1 gets a NaN loss at step 1 (ON_NAN=skip: every rank must skip that step together) and crashes at
+    step 3: the job must exit non-zero promptly, naming the failure, instead of hanging. The same launch checks
+    the seeding: each rank initialises differently (SEED + rank) but trains from rank 0's broadcast weights,
+    and draws its own dropout noise."""
+    write_pairs(tmp_path / "data" / "train", 8, seed=0)
+    write_pairs(tmp_path / "data" / "val", 2, seed=1)
+    args = dist_settings(tmp_path / "data", tmp_path / "run", N_EPOCHS_DECAY=0, ON_NAN="skip", DIST_TIMEOUT_S=10,
+                         VAL_EVERY=0, SAMPLE_EVERY=0)
+    run = launch(tmp_path, "fail", args, worker_opts=("--nan=1:1", "--fail=1:3"))
+    assert run.returncode != 0 and None not in run.dumps, run.describe()
+    assert run.seconds < 120, run.describe()  # seconds in practice; a hang would be cut by LAUNCH_TIMEOUT_S
+    assert "RuntimeError: simulated crash of rank 1 at step 3" in run.rank_err[1], run.describe()
+    root_cause = run.stderr.split("Root Cause")[-1]
+    assert "rank      : 1 " in root_cause, run.describe()
+
+    rank0, rank1 = run.dumps
+    assert rank0["nonfinite_steps"] == rank1["nonfinite_steps"] == [1], run.describe()
+    assert "step 1: non-finite g_gan=nan; skipping this step (ON_NAN=skip)" in run.rank_err[1]
+    assert "step 1: non-finite loss on another process; skipping this step (ON_NAN=skip)" in run.rank_err[0]
+
+    differs = lambda a, b: any(not torch.equal(a[k], b[k]) for k in a)  # noqa: E731
+    assert differs(rank0["init_G"], rank1["init_G"])  # seeded SEED + rank ...
+    assert not differs(rank1["first_forward_G"], rank0["init_G"])  # ... but DDP trains rank 0's weights
+    assert not differs(rank0["first_forward_G"], rank0["init_G"])
+    assert not torch.equal(rank0["dropout_mask"], rank1["dropout_mask"])  # own dropout noise per rank
+
+
+def test_sync_bn_on_cpu_is_refused_up_front(tmp_path, monkeypatch):
+    import train
+    from utils import ConfigError
+    monkeypatch.setattr(train, "setup_distributed", lambda timeout_s: (0, 0, 2))  # as if launched by torchrun
+    with pytest.raises(ConfigError, match="SYNC_BN=True needs CUDA"):
+        train.main(tiny_args(tmp_path / "data", tmp_path / "run", SYNC_BN=True))
+
+
+def test_rank0_samples_and_validates_with_a_plain_batchnorm_copy_of_a_sync_bn_generator():
+    """With SYNC_BN, G's SyncBatchNorm in the paper's test mode would wait for the other ranks (at a barrier)."""
+    import torch.nn as nn
+
+    import train
+    from generator_model import UNetGenerator
+    from utils import test_mode
+    G = UNetGenerator(base_channels=8, num_downs=5)
+    assert train.without_sync_bn(G) is G
+    synced = nn.SyncBatchNorm.convert_sync_batchnorm(G)
+    assert any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())
+    solo = train.without_sync_bn(synced)
+    assert not any(isinstance(m, nn.SyncBatchNorm) for m in solo.modules())
+    assert solo.state_dict().keys() == synced.state_dict().keys()
+    assert all(torch.equal(solo.state_dict()[k], v) for k, v in synced.state_dict().items())
+    x, outputs = torch.randn(2, 3, 32, 32), []
+    for net in (solo, synced):  # the paper's test mode: batch statistics, dropout on (same noise for both)
+        torch.manual_seed(0)
+        with test_mode(net, "paper"):
+            outputs.append(net(x))
+    torch.testing.assert_close(*outputs)
+
+
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    from utils import ConfigError, setup_distributed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    for key, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(ConfigError, match="local rank 1 has no GPU: this machine has 1"):
+        setup_distributed(60)
+
+
+def test_ranks_that_disagree_on_checkpoint_or_data_stop_with_a_clear_error(monkeypatch):
+    import train
+    from utils import ConfigError
+    train.check_ranks_agree(1, resume_from=None)  # single process: nothing to compare
+
+    def gather(seen, facts, other=None):
+        seen[:] = [facts, other or facts]
+    monkeypatch.setattr(torch.distributed, "all_gather_object", gather)
+    train.check_ranks_agree(2, resume_from="run/checkpoints/last.pt", step=7, train_images=8)
+    monkeypatch.setattr(torch.distributed, "all_gather_object",
+                        lambda seen, facts: gather(seen, facts, {"resume_from": None, "step": 0, "train_images": 8}))
+    with pytest.raises(ConfigError, match="processes disagree .*rank 1: .*shared storage"):
+        train.check_ranks_agree(2, resume_from="run/checkpoints/last.pt", step=7, train_images=8)
+
+
+# ----------------------------------------------------------------------------- the torchrun worker
+
+def worker(argv: list[str]) -> int:
+    """Run train.main on this rank with the wrapped names in place; always leave DUMP/rank<r>.pt behind."""
+    import torch.nn as nn
+
+    import train
+
+    sep = argv.index("--")
+    dump, opts, train_args = Path(argv[0]), dict(a[2:].split("=", 1) for a in argv[1:sep]), argv[sep + 1:]
+    rank = int(os.environ["RANK"])
+    at = lambda key: tuple(map(int, opts[key].split(":"))) if key in opts else None  # noqa: E731
+    fail_at, nan_at, signal_at = at("fail"), at("nan"), at("sigterm")
+    rec = {"rank": rank, "calls": [], "nonfinite_steps": [], "steps": 0}
+    models = {}
+    state = {"step": -1}
+
+    def save() -> None:
+        torch.save(rec, dump / f".rank{rank}.tmp")
+        os.replace(dump / f".rank{rank}.tmp", dump / f"rank{rank}.pt")
+
+    def clone(module: nn.Module) -> dict:
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def build_models(cfg):
+        G, D = real["build_models"](cfg)
+        models.setdefault("G", G)
+        models.setdefault("D", D)
+        rec["init_G"] = clone(G)  # this rank's own initialisation, before DDP broadcasts rank 0's
+
+        def first_forward(module, args):
+            rec.setdefault("first_forward_G", clone(G))
+        G.register_forward_pre_hook(first_forward)
+        dropouts = [m for m in G.modules() if isinstance(m, nn.Dropout)]
+
+        def first_dropout(module, inputs, output):  # returns None: the output itself is left alone
+            rec.setdefault("dropout_mask", (output == 0) & (inputs[0] != 0))
+        if dropouts:
+            dropouts[0].register_forward_hook(first_dropout)
+        return G, D
+
+    def train_step(*args):
+        step = state["step"] = args[-1]
+        if fail_at == (rank, step):
+            raise RuntimeError(f"simulated crash of rank {rank} at step {step}")
+        try:
+            losses = real["train_step"](*args)
+            if signal_at == (rank, step):  # as if this rank's node were preempted
+                os.kill(os.getpid(), signal.SIGTERM)
+            return losses
+        except train.NonFiniteLoss:
+            rec["nonfinite_steps"].append(step)
+            raise
+        finally:
+            rec["steps"] += 1
+            save()
+
+    def generator_loss(*args):
+        loss, gan, l1 = real["generator_loss"](*args)
+        if nan_at == (rank, state["step"]):
+            return loss * float("nan"), gan * float("nan"), l1
+        return loss, gan, l1
+
+    def recorder(name):
+        def call(*args, **kwargs):
+            path = next((a for a in args if isinstance(a, (str, os.PathLike))), None)
+            rec["calls"].append((name, str(path) if path is not None else None))
+            return real[name](*args, **kwargs)
+        return call
+
+    wrapped = {"build_models": build_models, "train_step": train_step, "generator_loss": generator_loss}
+    wrapped |= {name: recorder(name) for name in
+                ("evaluate_generator", "write_samples", "RunLog", "atomic_save", "load_checkpoint")}
+    real = {name: getattr(train, name) for name in wrapped}
+    for name, fn in wrapped.items():
+        setattr(train, name, fn)
+    try:
+        code = train.main(train_args)
+        rec["exit"] = code
+        for key, net in (("G", models["G"]), ("D", models["D"])):
+            rec[f"final_{key}"] = clone(net)
+            rec[f"grad_{key}"] = {n: p.grad.detach().clone() for n, p in net.named_parameters() if p.grad is not None}
+        return code
+    finally:
+        save()
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(worker(sys.argv[1:]))

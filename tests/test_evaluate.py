@@ -1,0 +1,169 @@
+"""evaluate.py: metrics.csv / summary.json / index.html on the session's tiny run, determinism, the default output
+folder, errors, and the own/other-target L1 ratio on constructed tensors.
+
+    python -m pytest tests/test_evaluate.py -q
+"""
+import csv
+import json
+import math
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+import evaluate
+from dataset import PairedImageDataset
+from metrics import evaluate_generator, own_other_ratio
+from utils import load_generator
+
+VAL_FILES = ["000.png", "001.png", "002.png", "003.png"]  # conftest.tiny_run's val folder
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("evaluate") / "out"
+    assert evaluate.main(["--checkpoint", str(tiny_run / "run" / "generator.pt"), "--data",
+                          str(tiny_run / "data" / "val"), "--out", str(out)]) == 0
+    return out
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_metrics_csv_has_one_row_per_image(evaluated):
+    rows = read_csv(evaluated / "metrics.csv")
+    assert [r["file"] for r in rows] == VAL_FILES
+    assert list(rows[0]) == ["file", "l1", "psnr", "ssim"]
+    for r in rows:
+        assert 0 < float(r["l1"]) < 1 and 0 < float(r["psnr"]) < 60 and -1 <= float(r["ssim"]) <= 1
+    summary = json.loads((evaluated / "summary.json").read_text())
+    for k in ("l1", "psnr", "ssim"):
+        assert np.mean([float(r[k]) for r in rows]) == pytest.approx(summary[k], rel=1e-5)
+
+
+def test_summary_json_matches_an_independent_evaluation(evaluated, tiny_run):
+    """The checkpoint's own settings (32 px, BtoA, batch 1) and seed 0 in paper mode, computed here directly."""
+    summary = json.loads((evaluated / "summary.json").read_text())
+    assert summary["n_images"] == 4 and summary["skipped_files"] == []
+    assert (summary["mode"], summary["seed"], summary["batch_size"]) == ("paper", 0, 1)
+    assert (summary["image_size"], summary["direction"]) == (32, "BtoA")
+    G = load_generator(tiny_run / "run" / "generator.pt")
+    data = PairedImageDataset(tiny_run / "data" / "val", direction="BtoA", image_size=32, train=False)
+    expected = evaluate_generator(G, DataLoader(data, batch_size=1), torch.device("cpu"), seed=0)["summary"]
+    for k in ("l1", "psnr", "ssim", "ratio"):
+        assert summary[k] == pytest.approx(expected[k], rel=1e-6), k
+    assert 0 < summary["ratio"] < 2
+
+
+class ImageLinks(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.srcs, self.tags = [], set()
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.add(tag)
+        self.srcs += [v for k, v in attrs if k in ("src", "href")]
+
+
+def test_index_html_links_existing_local_images(evaluated):
+    page = (evaluated / "index.html").read_text()
+    parser = ImageLinks()
+    parser.feed(page)
+    assert len(parser.srcs) == 3 * len(VAL_FILES)  # input, output, target per image; no other links
+    assert "script" not in parser.tags and "link" not in parser.tags  # no JS, no external stylesheet or CDN
+    for src in parser.srcs:
+        assert "://" not in src and not src.startswith("/"), src  # relative: the folder can be moved and viewed offline
+        path = evaluated / src
+        assert path.is_file(), src
+        with Image.open(path) as im:
+            assert im.format == "PNG" and im.size == (32, 32)
+    summary = json.loads((evaluated / "summary.json").read_text())
+    assert f"{summary['l1']:.4f}" in page and f"{summary['ratio']:.3f}" in page  # the summary is on top
+    # one row per image, in file order, with its metrics (rounded for display, so compared with a tolerance)
+    cells = re.findall(r"<td class=f>([^<]+)</td>.*?<td>([\d.]+)</td><td>([\d.]+)</td><td>([-\d.]+)</td></tr>", page)
+    assert [c[0] for c in cells] == VAL_FILES
+    for (_, l1, psnr, ssim), row in zip(cells, read_csv(evaluated / "metrics.csv")):
+        assert (float(l1), float(psnr), float(ssim)) == pytest.approx(
+            (float(row["l1"]), float(row["psnr"]), float(row["ssim"])), abs=0.006)
+
+
+def test_thumbnails_are_input_output_target_in_file_order(evaluated, tiny_run):
+    """BtoA: the input thumbnail is the right half of the file, the target the left half (32 px: no resizing)."""
+    for i, name in enumerate(VAL_FILES):
+        ab = np.asarray(Image.open(tiny_run / "data" / "val" / name), dtype=np.int16)
+        def thumb(kind: str) -> np.ndarray:
+            return np.asarray(Image.open(evaluated / "images" / f"{i:05d}_{kind}.png"), dtype=np.int16)
+        assert np.abs(thumb("input") - ab[:, 32:]).max() <= 1
+        assert np.abs(thumb("target") - ab[:, :32]).max() <= 1
+        assert np.abs(thumb("output") - ab[:, :32]).mean() > 0
+
+
+def test_deterministic_and_default_output_folder(evaluated, tiny_run, tmp_path):
+    """Twice with the same seed: identical numbers; the default --out is <checkpoint dir>/eval_<data name>."""
+    shutil.copy(tiny_run / "run" / "generator.pt", tmp_path / "generator.pt")
+    args = ["--checkpoint", str(tmp_path / "generator.pt"), "--data", str(tiny_run / "data" / "val")]
+    assert evaluate.main(args) == 0
+    again = tmp_path / "eval_val"
+    assert (again / "metrics.csv").read_bytes() == (evaluated / "metrics.csv").read_bytes()
+    first, second = (json.loads((d / "summary.json").read_text()) for d in (evaluated, again))
+    keys = ("l1", "psnr", "ssim", "ratio")
+    assert {k: first[k] for k in keys} == {k: second[k] for k in keys}
+
+    # the seed really drives the dropout noise of paper mode
+    assert evaluate.main([*args, "--out", str(tmp_path / "seed1"), "--seed", "1"]) == 0
+    assert json.loads((tmp_path / "seed1" / "summary.json").read_text())["l1"] != first["l1"]
+
+
+def test_unreadable_file_is_skipped_and_listed(tiny_run, tmp_path):
+    data = tmp_path / "val"
+    shutil.copytree(tiny_run / "data" / "val", data)
+    (data / "broken.png").write_bytes(b"not an image")
+    assert evaluate.main(["--checkpoint", str(tiny_run / "run" / "generator.pt"), "--data", str(data),
+                          "--out", str(tmp_path / "out"), "--mode", "eval"]) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["skipped_files"] == ["broken.png"] and summary["n_images"] == 4
+    assert [r["file"] for r in read_csv(tmp_path / "out" / "metrics.csv")] == VAL_FILES
+
+
+@pytest.mark.parametrize("what", ["checkpoint", "data"])
+def test_missing_checkpoint_or_data_is_a_clear_error(tiny_run, tmp_path, capsys, what):
+    checkpoint = tmp_path / "none.pt" if what == "checkpoint" else tiny_run / "run" / "generator.pt"
+    data = tmp_path / "no_such_folder" if what == "data" else tiny_run / "data" / "val"
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "does not exist" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- the own/other-target ratio
+
+def test_ratio_is_one_when_the_output_ignores_the_input():
+    targets = torch.rand(5, 3, 32, 32)
+    same_output = torch.rand(1, 3, 32, 32).expand(5, -1, -1, -1)  # one image, whatever the input
+    assert own_other_ratio(same_output, targets) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_ratio_is_zero_for_outputs_equal_to_their_own_targets():
+    targets = torch.rand(5, 3, 32, 32)
+    assert own_other_ratio(targets.clone(), targets) == 0.0
+
+
+def test_ratio_is_above_one_for_outputs_matching_other_targets():
+    targets = torch.rand(5, 3, 32, 32)
+    assert own_other_ratio(targets.roll(1, dims=0), targets) > 1.0
+    assert math.isnan(own_other_ratio(targets[:1], targets[:1]))  # undefined for a single image

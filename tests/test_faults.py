@@ -1,0 +1,442 @@
+"""Faults during training never cost a run: SIGINT/SIGTERM, kill -9 (also mid-checkpoint), a full disk or an
+unwritable RUN_DIR, NaN/Inf losses, and resuming with settings that change the networks.
+
+The signal tests run the real `python train.py` in a subprocess (~4-12 s of startup each on 2 shared cores);
+the kill -9 test forks its training processes from one pre-imported parent (see ZYGOTE); everything else runs
+train.main in-process. Total ~1 min.
+
+    python -m pytest tests/test_faults.py -q
+"""
+import csv
+import errno
+import hashlib
+import json
+import os
+import random
+import re
+import runpy
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import generator_model
+import train
+import utils
+from conftest import ROOT, tiny_args
+from dataset import PairedImageDataset
+from utils import CheckpointError, atomic_save, load_checkpoint
+
+FAST = dict(VAL_EVERY=0, SAMPLE_EVERY=0)  # no validation or sample grids: only training steps
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # 1 thread: far faster on shared cores
+
+
+@pytest.fixture(autouse=True)
+def one_thread_and_own_signals(monkeypatch):
+    threads, handlers = torch.get_num_threads(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    torch.set_num_threads(1)
+    monkeypatch.setattr(train, "measure_peak_flops", lambda *args: 1e12)  # MFU log figure: ~2 s
+    yield
+    torch.set_num_threads(threads)
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def all_finite(ckpt: dict) -> bool:
+    """Every floating tensor of every network/optimiser state in a checkpoint is finite."""
+    def walk(obj):
+        if isinstance(obj, torch.Tensor):
+            yield obj
+        elif isinstance(obj, dict):
+            for v in obj.values():
+                yield from walk(v)
+        elif isinstance(obj, (list, tuple)):
+            for v in obj:
+                yield from walk(v)
+    tensors = [t for k in ("generator", "discriminator", "opt_G", "opt_D") if k in ckpt for t in walk(ckpt[k])]
+    return bool(tensors) and all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
+
+
+def start(args: list[str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
+def wait_for(condition, proc: subprocess.Popen, timeout: float = 90.0, poll: float = 0.01) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            pytest.fail(f"train.py exited early ({proc.returncode}):\n{out[-2000:]}\n{err[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("timed out waiting for train.py")
+        time.sleep(poll)
+
+
+def log_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+# ----------------------------------------------------------------------------- signals
+
+def test_sigint_saves_prints_a_working_resume_command_and_resume_finishes(tiny_data, tmp_path):
+    """Ctrl-C: the step finishes, last.pt is written, exit 0, and the printed command (run dir with a space,
+    RESUME=never on the first run) continues from the checkpoint to the end."""
+    run_dir = tmp_path / "my run"
+    args = tiny_args(tiny_data, run_dir, N_EPOCHS=2, N_EPOCHS_DECAY=0, CHECKPOINT_EVERY_STEPS=1, RESUME="never",
+                     **FAST)
+    last = run_dir / "checkpoints" / "last.pt"
+    proc = start(args)
+    wait_for(last.exists, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert "SIGINT: finishing this step" in err
+    ckpt = load_checkpoint(last)
+    assert 0 < ckpt["step"] < 16 and all_finite(ckpt)
+    assert f"saved {last} at epoch {ckpt['epoch'] + 1}, step {ckpt['step']}" in out
+    command = out.split("Resume with:\n", 1)[1].splitlines()[0].strip()
+    assert command.startswith("python train.py ")
+
+    resumed = subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=ROOT, env=ENV, text=True,
+                             capture_output=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert (f"resuming from {last}: epoch {ckpt['epoch'] + 1}, batch {ckpt['batch_in_epoch']}, "
+            f"step {ckpt['step']}") in resumed.stdout
+    assert "done:" in resumed.stdout
+    assert load_checkpoint(last)["step"] == 16 and [r["epoch"] for r in log_rows(run_dir)] == ["1", "2"]
+
+
+def test_sigterm_to_the_whole_process_group_with_loader_workers(tiny_data, tmp_path):
+    """What a batch scheduler does: SIGTERM to every process of the job, DataLoader workers included.
+    Exit 128+15 with a checkpoint; the workers neither crash the run nor print their own messages."""
+    run_dir = tmp_path / "run"
+    args = tiny_args(tiny_data, run_dir, N_EPOCHS=3, N_EPOCHS_DECAY=0, CHECKPOINT_EVERY_STEPS=1, NUM_WORKERS=1,
+                     **FAST)
+    last = run_dir / "checkpoints" / "last.pt"
+    proc = start(args, start_new_session=True)
+    wait_for(last.exists, proc)
+    os.killpg(proc.pid, signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    assert err.count("SIGTERM: finishing this step") == 1, err[-2000:]
+    assert "Traceback" not in err and "Resume with:" in out
+    ckpt = load_checkpoint(last)
+    assert 0 < ckpt["step"] < 24 and all_finite(ckpt)
+
+
+# ----------------------------------------------------------------------------- kill -9
+
+# Imports train (torch, torch._dynamo, tensorboard, matplotlib: most of a start's ~8 s on busy cores) once, then
+# forks one real process per training run: each gets SIGKILLed like any process, and the test fits its time
+# budget. The MFU peak measurement (a log figure only, ~2 s on busy cores) is stubbed.
+# Protocol: stdin line = JSON [argv, log path]; stdout: the child's pid, then its wait status when it ends.
+ZYGOTE = r"""
+import json, os, sys, traceback
+sys.path.insert(0, sys.argv[1])
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot, torch._dynamo, torch.utils.tensorboard, train
+train.measure_peak_flops = lambda *args: 1e12
+for line in sys.stdin:
+    args, log = json.loads(line)
+    pid = os.fork()
+    if pid == 0:
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        try:
+            code = train.main(args)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    print(pid, flush=True)
+    print(os.waitpid(pid, 0)[1], flush=True)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_kill_9_at_random_moments_never_loses_the_run(tiny_data, tmp_path):
+    """SIGKILL repeatedly, half the kills aimed at a checkpoint write in progress (its temp file exists),
+    the others after a random delay. The latest last.pt always loads, each restart continues from it, stale
+    temp files are never loaded and are cleaned up, and the run finally completes."""
+    rng = random.Random(20240607)
+    run_dir = tmp_path / "run"
+    ckpt_dir = run_dir / "checkpoints"
+    last = ckpt_dir / "last.pt"
+    args = tiny_args(tiny_data, run_dir, N_EPOCHS=4, N_EPOCHS_DECAY=0, CHECKPOINT_EVERY_STEPS=1, **FAST)
+    total_steps = 4 * 8
+    zygote = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(ROOT)], cwd=ROOT, env=ENV, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def launch(name: str) -> int:
+        zygote.stdin.write(json.dumps([args, str(tmp_path / f"{name}.log")]) + "\n")
+        zygote.stdin.flush()
+        return int(zygote.stdout.readline())
+
+    def alive(pid: int) -> bool:  # the zygote reaps its child at once, so no zombie lingers
+        try:
+            os.kill(pid, 0)
+            return True
+        except ProcessLookupError:
+            return False
+
+    def until(condition, pid: int, name: str, poll: float = 0.005) -> None:
+        deadline = time.monotonic() + 60
+        while not condition():
+            if time.monotonic() > deadline or not alive(pid):
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+                log = (tmp_path / f"{name}.log").read_text()
+                pytest.fail(f"{name}: ended or stuck before the kill:\n{log[-3000:]}")
+            time.sleep(poll)
+
+    try:
+        steps, stale_left = [(0, 0)], []
+        t0 = time.monotonic()
+        for attempt in range(5):
+            name = f"run{attempt}"
+            before = last.stat().st_ino if last.exists() else None
+            pid = launch(name)
+            until(lambda: last.exists() and last.stat().st_ino != before, pid, name)  # it saved once
+            if attempt % 2 == 0:  # aim at the next save: its temp file exists while torch.save/fsync run
+                until((ckpt_dir / f".last.pt.tmp-{pid}").exists, pid, name, poll=0)
+            else:
+                time.sleep(rng.uniform(0.0, 0.25))
+            os.kill(pid, signal.SIGKILL)
+            status = int(zygote.stdout.readline())
+            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL  # killed, not finished
+            if attempt:
+                assert f"resuming from {last}: " in (tmp_path / f"{name}.log").read_text()
+            stale_left += [p.name for p in ckpt_dir.iterdir() if ".tmp-" in p.name]
+            ckpt = load_checkpoint(last)  # a kill never leaves a half-written last.pt
+            assert all_finite(ckpt)
+            # every restart resumed and made progress: more steps, or (killed right after the periodic save of
+            # an epoch's last batch) the same step with that epoch's end completed
+            assert steps[-1] < (ckpt["step"], ckpt["epoch"]) and ckpt["step"] < total_steps
+            steps.append((ckpt["step"], ckpt["epoch"]))
+        assert stale_left, "no kill landed during a checkpoint write; the test did not exercise that case"
+
+        (ckpt_dir / ".last.pt.tmp-999999999").write_bytes(b"garbage from a long-dead process")
+        launch("final")
+        status = int(zygote.stdout.readline())
+        log = (tmp_path / "final.log").read_text()
+        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, log[-3000:]
+        assert f"resuming from {last}: " in log and f"step {steps[-1][0]}\n" in log and "done:" in log
+        assert load_checkpoint(last)["step"] == total_steps
+        assert [p.name for p in ckpt_dir.iterdir() if ".tmp-" in p.name] == []  # stale temp files removed
+        assert time.monotonic() - t0 < 60
+    finally:
+        zygote.stdin.close()
+        zygote.wait(timeout=60)
+
+
+# ----------------------------------------------------------------------------- full disk, unwritable RUN_DIR
+
+@pytest.mark.parametrize("failure", ["open", "write", "fsync", "replace", "dev_full"])
+def test_failed_save_keeps_previous_checkpoint_and_explains(tmp_path, monkeypatch, failure):
+    path = tmp_path / "checkpoints" / "last.pt"
+    atomic_save({"generator": torch.ones(3), "step": 1}, path)
+    before = sha(path)
+    enospc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    eacces = PermissionError(errno.EACCES, os.strerror(errno.EACCES))
+    if failure == "open":  # read-only folder (chmod does not stop root, so simulate it)
+        monkeypatch.setattr(utils, "open", lambda *a, **k: (_ for _ in ()).throw(eacces), raising=False)
+    elif failure == "write":  # disk fills up halfway through the file
+        def half_then_full(obj, f, *a, **k):
+            f.write(b"PK\x03\x04 half a zip")
+            raise enospc
+        monkeypatch.setattr(torch, "save", half_then_full)
+    elif failure == "fsync":
+        monkeypatch.setattr(utils.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+    elif failure == "replace":
+        monkeypatch.setattr(utils.os, "replace", lambda a, b: (_ for _ in ()).throw(eacces))
+    else:  # a real ENOSPC from the kernel: the temp file name points at /dev/full
+        if not Path("/dev/full").exists():
+            pytest.skip("no /dev/full")
+        (path.parent / f".last.pt.tmp-{os.getpid()}").symlink_to("/dev/full")
+    with pytest.raises(CheckpointError) as e:
+        atomic_save({"generator": torch.zeros(100_000), "step": 2}, path)
+    message = str(e.value)
+    assert f"could not write {path}" in message and "intact" in message
+    expected = {"open": "Permission denied", "write": "No space left", "fsync": "I/O error",
+                "replace": "Permission denied", "dev_full": "No space left"}[failure]
+    assert expected in message
+    assert sha(path) == before and torch.load(path, weights_only=True)["step"] == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]  # no temp file left behind
+
+
+def test_disk_full_during_training_stops_with_previous_checkpoint_intact(tiny_data, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.pt"
+    real_save, saved = torch.save, {}
+
+    def save(obj, f, *args, **kwargs):
+        if obj.get("step") == 4:  # the second periodic save hits a full disk
+            saved["before"] = sha(last)
+            f.write(b"partial")
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(CheckpointError, match="No space left on device.*intact"):
+        train.main(tiny_args(tiny_data, run_dir, CHECKPOINT_EVERY_STEPS=2, **FAST))
+    assert sha(last) == saved["before"]
+    ckpt = load_checkpoint(last)
+    assert ckpt["step"] == 2 and all_finite(ckpt)
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.pt"]
+
+
+# ----------------------------------------------------------------------------- NaN / Inf
+
+def tiny_models():
+    cfg = utils.load_config(tiny_args(Path("."), Path("."), DROPOUT=False))
+    G, D = utils.build_models(cfg)
+    opt_G, opt_D = utils.make_optimizers(G, D, cfg, torch.device("cpu"))
+    scalers = [torch.amp.GradScaler("cpu", enabled=False) for _ in range(2)]
+    return cfg, G, D, opt_G, opt_D, scalers
+
+
+@pytest.mark.parametrize("poisoned", ["d_real", "d_fake", "g_gan", "g_l1"])
+def test_non_finite_loss_is_caught_before_any_poisoned_update(monkeypatch, poisoned):
+    cfg, G, D, opt_G, opt_D, (scaler_G, scaler_D) = tiny_models()
+    real_d, real_g = train.discriminator_loss, train.generator_loss
+    bad = torch.tensor(float("inf") if poisoned.endswith("l1") else float("nan"))
+
+    def d_loss(*a):
+        loss, real, fake = real_d(*a)
+        real, fake = (real + bad if poisoned == "d_real" else real), (fake + bad if poisoned == "d_fake" else fake)
+        return (real + fake) / 2, real, fake
+
+    def g_loss(*a):
+        loss, gan, l1 = real_g(*a)
+        gan, l1 = (gan + bad if poisoned == "g_gan" else gan), (l1 + bad if poisoned == "g_l1" else l1)
+        return gan + 100 * l1, gan, l1
+    monkeypatch.setattr(train, "discriminator_loss", d_loss)
+    monkeypatch.setattr(train, "generator_loss", g_loss)
+    g_before = {k: v.detach().clone() for k, v in G.named_parameters()}
+    d_before = {k: v.detach().clone() for k, v in D.named_parameters()}
+    x, y = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
+    with pytest.raises(train.NonFiniteLoss, match=rf"step 7: non-finite {poisoned}=(nan|inf)"):
+        train.train_step(G, D, train.RealFakeScores(D), opt_G, opt_D, scaler_G, scaler_D, x, y, cfg,
+                         torch.autocast("cpu", enabled=False), step=7)
+    assert all(torch.equal(v, dict(G.named_parameters())[k]) for k, v in g_before.items())
+    assert not opt_G.state  # G was never stepped
+    if poisoned.startswith("d_"):
+        assert all(torch.equal(v, dict(D.named_parameters())[k]) for k, v in d_before.items())
+        assert not opt_D.state
+
+
+def nan_generator_on(monkeypatch, calls: set[int], hook=None) -> None:
+    """Make G's output NaN on the given (1-based) forward calls on real data (not FLOP counting on "meta")."""
+    real_forward, count = generator_model.UNetGenerator.forward, [0]
+
+    def forward(self, x):
+        out = real_forward(self, x)
+        if x.device.type == "meta":
+            return out
+        count[0] += 1
+        if count[0] in calls:
+            if hook:
+                hook()
+            return out * float("nan")
+        return out
+    monkeypatch.setattr(generator_model.UNetGenerator, "forward", forward)
+
+
+def test_nan_stops_the_cli_with_exit_1_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch,
+                                                                           capsys):
+    """ON_NAN=stop (default): NonFiniteLoss names the step and the loss, `python train.py` exits 1, and
+    last.pt from before is untouched and finite."""
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.pt"
+    before = {}
+    nan_generator_on(monkeypatch, {4}, hook=lambda: before.setdefault("sha", sha(last)))
+    monkeypatch.setattr(sys, "argv", ["train.py", *tiny_args(tiny_data, run_dir, CHECKPOINT_EVERY_STEPS=1,
+                                                             **FAST)])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")  # the CLI entry point, in-process
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert "error: step 3: non-finite d_fake=nan" in err
+    assert sha(last) == before["sha"]
+    ckpt = load_checkpoint(last)
+    assert ckpt["step"] == 3 and all_finite(ckpt)
+    assert sorted(p.name for p in last.parent.iterdir()) == ["last.pt"] and not (run_dir / "generator.pt").exists()
+
+
+def test_nan_skip_skips_steps_and_keeps_training(tiny_data, tmp_path, monkeypatch, capsys):
+    run_dir = tmp_path / "run"
+    nan_generator_on(monkeypatch, {3, 6})
+    assert train.main(tiny_args(tiny_data, run_dir, ON_NAN="skip", N_EPOCHS=1, N_EPOCHS_DECAY=0, **FAST)) == 0
+    assert capsys.readouterr().err.count("skipping this step (ON_NAN=skip)") == 2
+    assert log_rows(run_dir)[0]["skipped_steps"] == "2"
+    assert all_finite(load_checkpoint(run_dir / "checkpoints" / "last.pt"))
+    assert all(torch.isfinite(v).all() for v in utils.load_generator(run_dir / "generator.pt").state_dict().values()
+               if v.is_floating_point())
+
+
+def test_nan_input_with_skip_leaves_no_nan_in_batchnorm_statistics(tiny_data, tmp_path, monkeypatch, capsys):
+    """A NaN in the data poisons batch-norm running statistics during the forward pass, before any loss is
+    checked; a skipped step must not keep them (eval-mode inference would output NaN forever)."""
+    real_getitem = PairedImageDataset.__getitem__
+
+    def getitem(self, key):
+        x, y = real_getitem(self, key)
+        index = key[0] if isinstance(key, tuple) else key
+        return (x * float("nan"), y) if self.train and index == 2 else (x, y)
+    monkeypatch.setattr(PairedImageDataset, "__getitem__", getitem)
+    run_dir = tmp_path / "run"
+    assert train.main(tiny_args(tiny_data, run_dir, ON_NAN="skip", N_EPOCHS=1, N_EPOCHS_DECAY=0, **FAST)) == 0
+    assert log_rows(run_dir)[0]["skipped_steps"] == "1"
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    for net in ("generator", "discriminator"):
+        assert all(torch.isfinite(v).all() for k, v in ckpt[net].items() if v.is_floating_point()), net
+
+
+# ----------------------------------------------------------------------------- resuming with other settings
+
+@pytest.fixture
+def finished_run(tiny_run: Path, tmp_path: Path) -> tuple[Path, Path]:
+    """(data, run folder holding a copy of the shared tiny_run's last.pt): a run to resume, read-only original."""
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    shutil.copy(tiny_run / "run" / "checkpoints" / "last.pt", tmp_path / "run" / "checkpoints" / "last.pt")
+    return tiny_run / "data", tmp_path / "run"
+
+
+@pytest.mark.parametrize("change,named", [
+    (dict(NORM="instance"), ["NORM: checkpoint 'batch' vs now 'instance'"]),
+    (dict(IMAGE_SIZE=64, LOAD_SIZE=72), ["IMAGE_SIZE: checkpoint 32 vs now 64", "NUM_DOWNS: checkpoint 5 vs now 6"]),
+    (dict(GEN_BASE_CHANNELS=16), ["GEN_BASE_CHANNELS: checkpoint 8 vs now 16"]),
+])
+def test_resume_with_other_architecture_names_the_settings(finished_run, change, named):
+    data, run_dir = finished_run
+    last = run_dir / "checkpoints" / "last.pt"
+    before = sha(last)
+    with pytest.raises(CheckpointError) as e:
+        train.main(tiny_args(data, run_dir, N_EPOCHS=2, N_EPOCHS_DECAY=0, **FAST, **change))
+    message = str(e.value)
+    assert all(n in message for n in named), message
+    assert "state_dict" not in message and "Missing key" not in message and "\n" not in message
+    assert sha(last) == before
+
+
+def test_resume_from_a_generator_only_export_is_a_clear_error(tiny_run, tmp_path):
+    export = tiny_run / "run" / "generator.pt"
+    with pytest.raises(CheckpointError, match=re.escape(f"cannot resume from {export}: not a training checkpoint")):
+        train.main(tiny_args(tiny_run / "data", tmp_path / "new", RESUME=export, **FAST))
+    assert not (tmp_path / "new").exists()

@@ -1,0 +1,79 @@
+"""notebooks/inference.ipynb runs top to bottom headlessly (nbclient + ipykernel) on the session's tiny checkpoint,
+from the notebooks/ folder as Jupyter would, and shows images and metrics; it is committed without outputs.
+
+The kernel is this interpreter: a python3 kernelspec pointing at sys.executable is installed into a temporary
+JUPYTER_PATH, so a different `python` earlier on PATH cannot run the notebook against other packages.
+
+    python -m pytest tests/test_notebook.py -q
+"""
+import base64
+import io
+import re
+import sys
+
+import nbformat
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Subset
+
+from conftest import ROOT
+from dataset import PairedImageDataset
+from metrics import evaluate_generator
+from utils import load_generator
+
+NOTEBOOK = ROOT / "notebooks" / "inference.ipynb"
+SUMMARY = re.compile(r"mean over (\d+) images: L1 ([\d.]+)  PSNR ([\d.]+) dB  SSIM ([-\d.]+)  "
+                     r"own/other-target L1 ratio ([\d.]+)")
+
+
+def test_committed_without_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code and all(c.outputs == [] and c.execution_count is None for c in code)
+    first = nb.cells[0].source
+    assert "PIX2PIX_CHECKPOINT" in first and "PIX2PIX_DATA" in first  # the settings come first
+
+
+@pytest.fixture
+def this_interpreters_kernel(tmp_path, monkeypatch):
+    from ipykernel.kernelspec import install
+    from jupyter_client.kernelspec import KernelSpecManager
+    prefix = tmp_path / "jupyter"
+    install(kernel_name="python3", prefix=str(prefix))  # argv[0] = sys.executable
+    monkeypatch.setenv("JUPYTER_PATH", str(prefix / "share" / "jupyter"))  # searched before every other location
+    assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
+
+
+def test_notebook_runs_and_shows_images_and_metrics(tiny_run, this_interpreters_kernel, monkeypatch):
+    from nbclient import NotebookClient
+    checkpoint, data = tiny_run / "run" / "generator.pt", tiny_run / "data" / "val"
+    for key, value in (("PIX2PIX_CHECKPOINT", checkpoint), ("PIX2PIX_DATA", data), ("MPLBACKEND", "Agg"),
+                       ("OMP_NUM_THREADS", "1")):
+        monkeypatch.setenv(key, str(value))
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    # cwd notebooks/, as when opened in Jupyter: the notebook must find the repo root itself
+    NotebookClient(nb, kernel_name="python3", timeout=180, resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+                   ).execute()
+
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    pngs = [base64.b64decode(o.data["image/png"]) for o in outputs if "image/png" in o.get("data", {})]
+    assert len(pngs) >= 2  # input | output | target figure, and the any-size example
+    for png in pngs:
+        with Image.open(io.BytesIO(png)) as im:
+            assert im.format == "PNG" and im.width > 100
+    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
+    assert len(re.findall(r"L1 0\.\d{4}  PSNR \d+\.\d\d dB  SSIM -?\d\.\d{4}", text)) >= 4 + 1  # per image + mean
+    match = SUMMARY.search(text)
+    assert match, text
+    n, l1, psnr, ssim, ratio = int(match[1]), *map(float, match.groups()[1:])
+    # the same numbers as a direct evaluation with the notebook's settings (paper mode, seed 0, training batch)
+    G = load_generator(checkpoint)
+    subset = Subset(PairedImageDataset(data, direction="BtoA", image_size=32, train=False), range(4))
+    expected = evaluate_generator(G, DataLoader(subset, batch_size=1), torch.device("cpu"), seed=0)["summary"]
+    assert n == 4
+    assert (l1, psnr, ssim, ratio) == pytest.approx(
+        (expected["l1"], expected["psnr"], expected["ssim"], expected["ratio"]), abs=6e-3)
+    assert "input 32x24 -> padded 32x32 -> output 32x24" in text  # the any-size example keeps its size

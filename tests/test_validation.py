@@ -1,0 +1,120 @@
+"""Validation during training (train.py + run_log.py): every VAL_EVERY epochs the VAL_DIR metrics go to log.csv and
+TensorBoard, checkpoints/best.pt + generator_best.pt keep the best val L1, curves.png is redrawn every epoch.
+
+The 2-epoch run is conftest.tiny_run (shared with the predict/evaluate/notebook tests); two more tiny runs check
+that "best" means lowest (scripted val losses) and that VAL_EVERY=0 turns validation off.
+
+    python -m pytest tests/test_validation.py -q
+"""
+import csv
+import math
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import train
+from conftest import tiny_args
+from utils import load_checkpoint, load_generator
+
+VAL_COLUMNS = ("val_l1", "val_psnr", "val_ssim", "val_ratio")
+
+
+@pytest.fixture(autouse=True)
+def one_thread_and_own_signals():
+    threads, handlers = torch.get_num_threads(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
+def log_rows(run: Path) -> list[dict[str, str]]:
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def assert_png(path: Path) -> None:
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.width > 100 and im.height > 50
+
+
+def test_val_metrics_fill_log_csv(tiny_run):
+    rows = log_rows(tiny_run / "run")
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    for r in rows:
+        l1, psnr, ssim, ratio = (float(r[c]) for c in VAL_COLUMNS)
+        assert all(math.isfinite(v) for v in (l1, psnr, ssim, ratio))
+        assert 0 < l1 < 1 and 0 < psnr < 60 and -1 <= ssim <= 1 and 0 < ratio < 2
+
+
+def test_val_metrics_go_to_tensorboard(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tiny_run / "run" / "tensorboard"))
+    events.Reload()
+    rows = log_rows(tiny_run / "run")
+    for column in VAL_COLUMNS:
+        tag = column.replace("val_", "val/")
+        logged = [e.value for e in events.Scalars(tag)]
+        assert logged == pytest.approx([float(r[column]) for r in rows], rel=1e-5), tag
+    assert [e.step for e in events.Scalars("val/l1")] == [int(r["step"]) for r in rows]
+
+
+def test_best_checkpoint_holds_the_lowest_val_l1(tiny_run):
+    run = tiny_run / "run"
+    rows = log_rows(run)
+    best_row = min(rows, key=lambda r: float(r["val_l1"]))
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["best_val_l1"] == pytest.approx(float(best_row["val_l1"]), rel=1e-5)
+    assert best["epoch"] == int(best_row["epoch"])
+    assert torch.load(run / "generator_best.pt", weights_only=True)["epoch"] == int(best_row["epoch"])
+    load_generator(run / "generator_best.pt")  # a usable generator file
+    # the last checkpoint carries the best value on, so a resumed run compares against it
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["best_val_l1"] == best["best_val_l1"]
+
+
+def test_curves_png_is_a_valid_image(tiny_run):
+    assert_png(tiny_run / "run" / "curves.png")
+
+
+def scripted_validation(monkeypatch, l1_values: list[float]) -> list[int]:
+    """Replace validation by scripted val L1s; returns the number of images each call was given."""
+    values, seen = iter(l1_values), []
+
+    def fake(G, loader, *args, **kwargs):
+        seen.append(sum(x.shape[0] for x, _ in loader))
+        return {"summary": {"l1": next(values), "psnr": 20.0, "ssim": 0.5, "ratio": 0.8, "n_images": seen[-1]}}
+    monkeypatch.setattr(train, "evaluate_generator", fake)
+    return seen
+
+
+def test_best_means_lowest_not_latest(tiny_data, tmp_path, monkeypatch):
+    """Val L1 0.3 then 0.5: best.pt and generator_best.pt stay at epoch 1 while generator.pt moves on."""
+    seen = scripted_validation(monkeypatch, [0.3, 0.5])
+    run = tmp_path / "run"
+    assert train.main(tiny_args(tiny_data, run, SAMPLE_EVERY=0, VAL_MAX_IMAGES=3)) == 0
+    assert seen == [3, 3]  # VAL_MAX_IMAGES caps the validation set
+    assert [float(r["val_l1"]) for r in log_rows(run)] == [0.3, 0.5]
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert (best["epoch"], best["best_val_l1"]) == (1, 0.3)
+    assert torch.load(run / "generator_best.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(run / "generator.pt", weights_only=True)["epoch"] == 2
+
+
+def test_val_every_zero_leaves_the_columns_empty(tiny_data, tmp_path, monkeypatch):
+    seen = scripted_validation(monkeypatch, [])  # would raise StopIteration if validation ran
+    run = tmp_path / "run"
+    assert train.main(tiny_args(tiny_data, run, VAL_EVERY=0, SAMPLE_EVERY=0, N_EPOCHS_DECAY=0)) == 0
+    assert seen == []
+    rows = log_rows(run)
+    assert len(rows) == 1 and rows[0]["g_l1"] != ""
+    assert all(rows[0][c] == "" for c in VAL_COLUMNS)
+    assert not (run / "checkpoints" / "best.pt").exists() and not (run / "generator_best.pt").exists()
+    assert (run / "generator.pt").exists()
+    assert_png(run / "curves.png")  # still drawn every epoch, with the loss panels only
