@@ -210,6 +210,22 @@ class AugmentationSampler(Sampler):
                 yield index, index_seed(self.seed, self.epoch, index)
 
 
+def build_datasets(cfg: dict[str, Any]) -> tuple[PairedImageDataset, PairedImageDataset]:
+    """(train, val) datasets of a config; a bad file in either folder is reported before any training."""
+    kwargs = dict(direction=cfg["DIRECTION"], image_size=cfg["IMAGE_SIZE"], load_size=cfg["LOAD_SIZE"],
+                  in_channels=cfg["IN_CHANNELS"], out_channels=cfg["OUT_CHANNELS"], bad_files=cfg["BAD_FILES"])
+    try:
+        train_set = PairedImageDataset(cfg["TRAIN_DIR"], jitter=cfg["JITTER"], mirror=cfg["MIRROR"], train=True,
+                                       **kwargs)
+    except DatasetError as train_error:  # scan VAL_DIR too, so one error lists the bad files of both folders
+        try:
+            PairedImageDataset(cfg["VAL_DIR"], train=False, **kwargs)
+        except DatasetError as val_error:
+            raise DatasetError(f"{train_error}\n{val_error}") from None
+        raise
+    return train_set, PairedImageDataset(cfg["VAL_DIR"], train=False, **kwargs)
+
+
 def ensure_default_data(cfg: dict[str, Any]) -> None:
     """Generate the embedded synthetic set when the configured folders are the defaults and missing."""
     defaults = (DEFAULT_DATA_ROOT / "train", DEFAULT_DATA_ROOT / "val")

@@ -8,9 +8,6 @@ Settings live in config.py; any of them can be overridden with --KEY=value. Stop
 a resumable checkpoint is written, and running the same command again continues exactly where it stopped.
 """
 import json
-import os
-import shlex
-import signal
 import sys
 import time
 from pathlib import Path
@@ -21,13 +18,15 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from dataset import AugmentationSampler, DatasetError, PairedImageDataset, ensure_default_data
-from generator_model import UNetGenerator
+from dataset import AugmentationSampler, DatasetError, build_datasets, ensure_default_data
+from distributed import (barrier, check_ranks_agree, max_over_ranks, setup_distributed, sum_over_ranks,
+                         without_sync_bn)
+from interrupts import StopRequest, ignore_stop_signals, resume_command
 from run_log import RunLog
 from utils import (CheckpointError, ConfigError, atomic_save, autocast, build_models, check_resume_compatible,
-                   load_checkpoint, load_config, lr_factor, make_optimizers, measure_peak_flops, model_hparams, pick_device,
-                   pick_precision, resolve_resume, rng_states, sample_grid, seed_everything, set_rng_states,
-                   setup_distributed, test_mode, training_flops_per_image)
+                   load_checkpoint, load_config, lr_factor, make_optimizers, measure_peak_flops, model_hparams,
+                   pick_device, pick_precision, remove_stale_temp_files, resolve_resume, rng_states, sample_grid,
+                   seed_everything, set_rng_states, test_mode, training_flops_per_image)
 
 
 # ----------------------------------------------------------------------------- the objective (paper §3.1)
@@ -71,17 +70,10 @@ class NonFiniteLoss(RuntimeError):
 
 def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
     bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-    elsewhere = False
-    if torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
-        # every rank must skip or stop together: a lone rank skipping its backward would leave the others
-        # in DDP's gradient all-reduce, mismatched with its next collective
-        flag = torch.tensor([float(bool(bad))], device=next(iter(losses.values())).device)  # nccl: CUDA tensor
-        torch.distributed.all_reduce(flag)
-        elsewhere = flag.item() > 0
-    if bad:
-        raise NonFiniteLoss(f"step {step}: non-finite {', '.join(f'{k}={losses[k].item()}' for k in bad)}")
-    if elsewhere:
-        raise NonFiniteLoss(f"step {step}: non-finite loss on another process")
+    # all ranks skip or stop together: a lone rank skipping its backward would desync DDP's all-reduce
+    if max_over_ranks(int(bool(bad)), next(iter(losses.values())).device):
+        found = ", ".join(f"{k}={losses[k].item()}" for k in bad) or "loss on another process"
+        raise NonFiniteLoss(f"step {step}: non-finite {found}")
 
 
 def train_step(G, D, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, step: int):
@@ -108,23 +100,6 @@ def train_step(G, D, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp,
     scaler_G.step(opt_G)
     scaler_G.update()
     return {"d_real": d_real.item(), "d_fake": d_fake.item(), "g_gan": g_gan.item(), "g_l1": g_l1.item()}
-
-
-class StopRequest:
-    """SIGINT/SIGTERM set a flag; the loop finishes its step, saves and exits. A second Ctrl-C aborts."""
-
-    def __init__(self, announce: bool = True):
-        self.signum, self.announce = 0, announce  # announce: False on torchrun's other ranks (one message)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self.handle)
-
-    def handle(self, signum, frame):
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-        if self.announce:
-            print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
-                  f"(Ctrl-C again to abort without saving)", file=sys.stderr)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -154,18 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     if master:
         ensure_default_data(cfg)
     barrier(world_size)
-    data_kwargs = dict(direction=cfg["DIRECTION"], image_size=cfg["IMAGE_SIZE"], load_size=cfg["LOAD_SIZE"],
-                       in_channels=cfg["IN_CHANNELS"], out_channels=cfg["OUT_CHANNELS"], bad_files=cfg["BAD_FILES"])
-    try:
-        train_set = PairedImageDataset(cfg["TRAIN_DIR"], jitter=cfg["JITTER"], mirror=cfg["MIRROR"], train=True,
-                                       **data_kwargs)
-    except DatasetError as e:  # scan VAL_DIR too, so one error lists the bad files of both folders
-        try:
-            PairedImageDataset(cfg["VAL_DIR"], train=False, **data_kwargs)
-        except DatasetError as val_error:
-            raise DatasetError(f"{e}\n{val_error}") from None
-        raise
-    val_set = PairedImageDataset(cfg["VAL_DIR"], train=False, **data_kwargs)
+    train_set, val_set = build_datasets(cfg)
     if len(train_set) < world_size:
         raise DatasetError(f"{cfg['TRAIN_DIR']}: {len(train_set)} usable images for {world_size} processes")
     sampler = AugmentationSampler(len(train_set), cfg["SEED"], rank, world_size)
@@ -283,25 +247,23 @@ def main(argv: list[str] | None = None) -> int:
                 bar.set_postfix({k: f"{v / max(n_ok, 1):.3f}" for k, v in sums.items()} | {"img/s": f"{speed:.2f}"})
                 if step % cfg["LOG_EVERY"] == 0 and n_ok:
                     log.scalars({k: v / n_ok for k, v in sums.items()} | {"images_per_s": speed}, step)
-            stopping = stop_requested(stop, world_size, device)
+            stop.signum = max_over_ranks(stop.signum, device)  # any rank's signal stops every rank
+            stopping = bool(stop.signum)
             if master and (stopping or (cfg["CHECKPOINT_EVERY_STEPS"] and step % cfg["CHECKPOINT_EVERY_STEPS"] == 0)):
                 checkpoint(ckpt_dir / "last.pt")
             if stopping:
                 if master:
                     bar.close()
-                    launcher = "python" if world_size == 1 else "torchrun <the same torchrun options>"
                     print(f"saved {ckpt_dir / 'last.pt'} at epoch {epoch + 1}, step {step}. Resume with:\n  "
-                          f"{launcher} train.py {resume_args(cfg, sys.argv[1:] if argv is None else argv)}")
-                return 0 if stop.signum == signal.SIGINT else 128 + stop.signum
+                          f"{resume_command(cfg, sys.argv[1:] if argv is None else argv, world_size)}")
+                return stop.exit_code()
         bar.close()
         epoch, batch_in_epoch = epoch + 1, 0  # `epoch` now counts completed epochs, as checkpoints store it
         epoch_lr = opt_G.param_groups[0]["lr"]  # the LR this epoch trained with (log it, not the next epoch's)
         sched_G.step()
         sched_D.step()
-        if world_size > 1:  # log the epoch's mean losses over every process's images, not rank 0's shard alone
-            totals = torch.tensor([*sums.values(), n_ok], dtype=torch.float64, device=device)
-            torch.distributed.all_reduce(totals)
-            sums, n_ok = dict(zip(sums, totals[:-1].tolist())), int(totals[-1].item())
+        *totals, n_ok = sum_over_ranks([*sums.values(), n_ok], device)  # log means over every rank's images
+        sums = dict(zip(sums, totals))
         if not master:
             barrier(world_size)
             continue
@@ -312,10 +274,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{speed * flops / 1e12:.3f} TFLOP/s, MFU {speed * flops / peak:.1%} of measured conv peak")
         G_solo = without_sync_bn(G)  # the other ranks wait at the barrier below: no collectives in here
         if cfg["SAMPLE_EVERY"] and epoch % cfg["SAMPLE_EVERY"] == 0:
-            grid = write_samples(G_solo, sample_x, sample_y, cfg, device, precision, run_dir / "samples" / f"epoch_{epoch:04d}.png")
+            sample_path = run_dir / "samples" / f"epoch_{epoch:04d}.png"
+            grid = write_samples(G_solo, sample_x, sample_y, cfg, device, precision, sample_path)
             log.tb.add_image("samples", grid, step)
         if cfg["VAL_EVERY"] and epoch % cfg["VAL_EVERY"] == 0:
-            val = evaluate_generator(G_solo, val_loader, device, precision, cfg["TEST_MODE"], seed=cfg["SEED"])["summary"]
+            val = evaluate_generator(G_solo, val_loader, device, precision, cfg["TEST_MODE"], cfg["SEED"])["summary"]
             row |= {f"val_{k}": val[k] for k in ("l1", "psnr", "ssim", "ratio")}
             log.scalars({k: val[k] for k in ("l1", "psnr", "ssim", "ratio")}, step, prefix="val")
             print(f"  val: L1 {val['l1']:.4f}  PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}  "
@@ -349,77 +312,6 @@ def write_samples(G, x, y, cfg, device, precision, path: Path) -> torch.Tensor:
     path.parent.mkdir(parents=True, exist_ok=True)
     vutils.save_image(grid, path)
     return grid
-
-
-def without_sync_bn(G: nn.Module) -> nn.Module:
-    """G, or with SYNC_BN a copy with plain BatchNorm: in the paper's test mode batch-norm uses batch statistics,
-    and a SyncBatchNorm would gather them from ranks that are not there (rank 0 samples and validates alone)."""
-    if not any(isinstance(m, nn.SyncBatchNorm) for m in G.modules()):
-        return G
-    plain = UNetGenerator(**G.hparams).to(next(G.parameters()).device)
-    plain.load_state_dict(G.state_dict())  # SyncBatchNorm and BatchNorm2d share their state-dict keys
-    return plain
-
-
-def check_ranks_agree(world_size: int, **facts) -> None:
-    """Stop every rank with one clear message if the processes would train differently, e.g. a node that cannot
-    see the checkpoint (multi-node: RUN_DIR and the data must be shared or identical on every node)."""
-    if world_size == 1:
-        return
-    seen = [None] * world_size
-    torch.distributed.all_gather_object(seen, facts)
-    differ = [f"rank {r}: {s}" for r, s in enumerate(seen) if s != seen[0]]
-    if differ:
-        raise ConfigError(f"the processes disagree (rank 0: {seen[0]}; {'; '.join(differ)}). Every node must see "
-                          f"the same RUN_DIR checkpoints and TRAIN_DIR files: use shared storage or identical copies")
-
-
-def ignore_stop_signals(worker_id: int) -> None:
-    """DataLoader workers leave SIGINT/SIGTERM to the main process, which finishes its step and saves: a Ctrl-C
-    or a scheduler's SIGTERM to the whole process group must not kill them (or make them print) mid-batch."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
-def resume_args(cfg: dict, args: list[str]) -> str:
-    """This run's overrides, shell-quoted, with RESUME pointed at the run's own last.pt."""
-    args = [str(a) for a in args if not str(a).startswith("--RESUME=")]
-    return shlex.join(args + ([] if cfg["RESUME"] == "auto" else ["--RESUME=auto"]))
-
-
-def remove_stale_temp_files(*folders: Path) -> None:
-    """Delete the .NAME.tmp-PID files of killed runs (a save in progress; never loaded, only wasting disk)."""
-    for tmp in [t for folder in folders if folder.is_dir() for t in folder.glob(".*.tmp-*")]:
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        if os.name == "posix":  # elsewhere, a file still open in another process cannot be deleted anyway
-            try:
-                os.kill(int(pid), 0)
-                continue  # that process is still running
-            except ProcessLookupError:
-                pass
-            except PermissionError:
-                continue
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-
-
-def barrier(world_size: int) -> None:
-    if world_size > 1:
-        torch.distributed.barrier()
-
-
-def stop_requested(stop: StopRequest, world_size: int, device: torch.device) -> bool:
-    """All ranks stop at the same step if any of them got a signal."""
-    if world_size == 1:
-        return bool(stop.signum)
-    flag = torch.tensor([stop.signum], dtype=torch.int64, device=device)  # nccl needs a CUDA tensor
-    torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    stop.signum = stop.signum or int(flag.item())
-    return bool(flag.item())
 
 
 if __name__ == "__main__":

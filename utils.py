@@ -274,6 +274,24 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def remove_stale_temp_files(*folders: Path) -> None:
+    """Delete the temp files of saves that a killed run never finished (never loaded, only wasting disk)."""
+    for tmp in [t for folder in folders if folder.is_dir() for t in folder.glob(".*.tmp-*")]:
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        if os.name == "posix":  # elsewhere, a file still open in another process cannot be deleted anyway
+            try:
+                os.kill(int(pid), 0)
+                continue  # that process is still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """torch.load with weights_only=True: a checkpoint can hold tensors and plain data, never code."""
     path = Path(path)
@@ -378,26 +396,6 @@ def resolve_resume(cfg: dict[str, Any], checkpoint_dir: Path) -> Path | None:
     if not path.is_file():
         raise ConfigError(f"RESUME={cfg['RESUME']!r}: no such checkpoint file; use auto, never, or a .pt path")
     return path
-
-
-def setup_distributed(timeout_s: int) -> tuple[int, int, int]:
-    """(rank, local_rank, world_size); initialises torch.distributed only when launched by torchrun."""
-    import datetime
-    import torch.distributed as dist
-    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 0, 1
-    local_rank = int(os.environ["LOCAL_RANK"])
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    device_id = None
-    if backend == "nccl":
-        if local_rank >= torch.cuda.device_count():
-            raise ConfigError(f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
-                              f"start at most that many processes per node (torchrun --nproc_per_node)")
-        torch.cuda.set_device(local_rank)
-        device_id = torch.device("cuda", local_rank)  # barriers and object collectives use this GPU
-    # the timeout turns a dead or stuck rank into an error on the others instead of a hang
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), device_id=device_id)
-    return dist.get_rank(), local_rank, dist.get_world_size()
 
 
 def training_flops_per_image(cfg: dict[str, Any]) -> float:

@@ -1,10 +1,11 @@
 """Shared test fixtures: the repo root on sys.path, tiny A|B datasets, and tiny fast training settings."""
-import os
+import signal
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,3 +83,23 @@ def facades() -> Path:
     if not (FACADES / "train").is_dir():
         pytest.skip(f"real facades data not found at {FACADES} (see DEVELOPERS guide: ../shared/data/facades)")
     return FACADES
+
+
+@pytest.fixture(autouse=True)
+def one_thread_and_own_signals():
+    """2 cores: one torch thread per test avoids oversubscription with loader workers and subprocesses (two
+    threads fighting other work can be 10x slower); train.main installs SIGINT/SIGTERM handlers, so each test
+    gives pytest its own back."""
+    threads, handlers = torch.get_num_threads(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+    for s, h in handlers.items():
+        signal.signal(s, h)
+
+
+@pytest.fixture
+def no_peak_probe(monkeypatch):
+    """Skip the ~2 s convolution probe behind the MFU figure that train.py logs (tested on its own)."""
+    import train
+    monkeypatch.setattr(train, "measure_peak_flops", lambda *args, **kwargs: 1e12)

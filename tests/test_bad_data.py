@@ -3,7 +3,6 @@
 
     python -m pytest tests/test_bad_data.py -q
 """
-import signal
 from pathlib import Path
 
 import numpy as np
@@ -17,17 +16,7 @@ from conftest import make_pair_image, tiny_args, write_pairs
 from dataset import DatasetError, PairedImageDataset, check_image, list_images, open_image, scan_images
 
 
-@pytest.fixture(autouse=True)
-def one_thread_and_own_signals(monkeypatch):
-    """2 shared cores: one torch thread is ~10x faster than two fighting other jobs. train.main installs
-    SIGINT/SIGTERM handlers; give pytest its own back."""
-    threads, handlers = torch.get_num_threads(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    torch.set_num_threads(1)
-    monkeypatch.setattr(train, "measure_peak_flops", lambda *args: 1e12)  # MFU log figure: ~2 s
-    yield
-    torch.set_num_threads(threads)
-    for s, h in handlers.items():
-        signal.signal(s, h)
+pytestmark = pytest.mark.usefixtures("no_peak_probe")
 
 
 def pair(seed: int = 0, size: int = 32) -> np.ndarray:

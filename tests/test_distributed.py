@@ -296,7 +296,8 @@ def test_rank0_samples_and_validates_with_a_plain_batchnorm_copy_of_a_sync_bn_ge
 
 
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
-    from utils import ConfigError, setup_distributed
+    from distributed import setup_distributed
+    from utils import ConfigError
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     for key, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}.items():

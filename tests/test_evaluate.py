@@ -25,13 +25,6 @@ from utils import load_generator
 VAL_FILES = ["000.png", "001.png", "002.png", "003.png"]  # conftest.tiny_run's val folder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def evaluated(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:

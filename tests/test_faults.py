@@ -37,15 +37,7 @@ FAST = dict(VAL_EVERY=0, SAMPLE_EVERY=0)  # no validation or sample grids: only 
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # 1 thread: far faster on shared cores
 
 
-@pytest.fixture(autouse=True)
-def one_thread_and_own_signals(monkeypatch):
-    threads, handlers = torch.get_num_threads(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    torch.set_num_threads(1)
-    monkeypatch.setattr(train, "measure_peak_flops", lambda *args: 1e12)  # MFU log figure: ~2 s
-    yield
-    torch.set_num_threads(threads)
-    for s, h in handlers.items():
-        signal.signal(s, h)
+pytestmark = pytest.mark.usefixtures("no_peak_probe")
 
 
 def sha(path: Path) -> str:

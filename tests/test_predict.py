@@ -24,13 +24,6 @@ def checkpoint(tiny_run: Path) -> Path:
     return tiny_run / "run" / "generator.pt"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def write_image(path: Path, width: int, height: int, mode: str = "RGB", seed: int = 0) -> Path:
     rng = np.random.default_rng(seed)

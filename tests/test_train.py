@@ -74,14 +74,6 @@ def run_training(data: Path, run_dir: Path, on_step=None, after_epoch=None, **ov
     return record
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2 shared cores: one torch thread is much faster than two fighting other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:

@@ -10,7 +10,6 @@
 """
 import ast
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,15 +24,7 @@ from utils import CheckpointError, ConfigError, load_checkpoint, load_config, lo
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-@pytest.fixture(autouse=True)
-def one_thread_and_own_signals(monkeypatch):
-    threads, handlers = torch.get_num_threads(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    torch.set_num_threads(1)
-    monkeypatch.setattr(train, "measure_peak_flops", lambda *args: 1e12)  # MFU log figure: ~2 s
-    yield
-    torch.set_num_threads(threads)
-    for s, h in handlers.items():
-        signal.signal(s, h)
+pytestmark = pytest.mark.usefixtures("no_peak_probe")
 
 
 # ----------------------------------------------------------------------------- malicious checkpoints
@@ -163,7 +154,7 @@ def test_bad_settings_are_one_line_errors_naming_setting_and_valid_values(overri
 
 
 def test_config_is_validated_before_any_data_or_model_work(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "PairedImageDataset", lambda *a, **k: pytest.fail("data touched"))
+    monkeypatch.setattr(train, "build_datasets", lambda *a, **k: pytest.fail("data touched"))
     monkeypatch.setattr(train, "build_models", lambda *a, **k: pytest.fail("models built"))
     with pytest.raises(ConfigError, match="NORM"):
         train.main(tiny_args(tmp_path / "no-data", tmp_path / "run", NORM="layer"))

@@ -8,7 +8,6 @@ that "best" means lowest (scripted val losses) and that VAL_EVERY=0 turns valida
 """
 import csv
 import math
-import signal
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,6 @@ from conftest import tiny_args
 from utils import load_checkpoint, load_generator
 
 VAL_COLUMNS = ("val_l1", "val_psnr", "val_ssim", "val_ratio")
-
-
-@pytest.fixture(autouse=True)
-def one_thread_and_own_signals():
-    threads, handlers = torch.get_num_threads(), {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-    for s, h in handlers.items():
-        signal.signal(s, h)
 
 
 def log_rows(run: Path) -> list[dict[str, str]]:

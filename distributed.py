@@ -1,0 +1,82 @@
+"""DDP plumbing for train.py under torchrun: process-group setup, agreement between ranks, and the small
+collectives that keep every rank stepping, skipping and stopping together.
+
+Not run directly:  torchrun --standalone --nproc_per_node=N train.py [--KEY=value ...]
+"""
+import datetime
+import os
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+
+from generator_model import UNetGenerator
+from utils import ConfigError
+
+
+def setup_distributed(timeout_s: int) -> tuple[int, int, int]:
+    """(rank, local_rank, world_size); initialises torch.distributed only when launched by torchrun."""
+    if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 0, 1
+    local_rank = int(os.environ["LOCAL_RANK"])
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    device_id = None
+    if backend == "nccl":
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"local rank {local_rank} has no GPU: this machine has {torch.cuda.device_count()}; "
+                              f"start at most that many processes per node (torchrun --nproc_per_node)")
+        torch.cuda.set_device(local_rank)
+        device_id = torch.device("cuda", local_rank)  # barriers and object collectives use this GPU
+    # the timeout turns a dead or stuck rank into an error on the others instead of a hang
+    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), device_id=device_id)
+    return dist.get_rank(), local_rank, dist.get_world_size()
+
+
+def is_distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def barrier(world_size: int) -> None:
+    if world_size > 1:
+        dist.barrier()
+
+
+def max_over_ranks(value: int, device: torch.device) -> int:
+    """The largest `value` of any rank (the value itself in a single process): lets every rank agree to skip
+    a step or stop, so none is left waiting in a collective the others never join."""
+    if not is_distributed():
+        return value
+    flag = torch.tensor([value], dtype=torch.int64, device=device)  # nccl needs a CUDA tensor
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return int(flag.item())
+
+
+def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
+    if not is_distributed():
+        return values
+    totals = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    return totals.tolist()
+
+
+def check_ranks_agree(world_size: int, **facts) -> None:
+    """Stop every rank with one clear message if the processes would train differently, e.g. a node that cannot
+    see the checkpoint (multi-node: RUN_DIR and the data must be shared or identical on every node)."""
+    if world_size == 1:
+        return
+    seen = [None] * world_size
+    dist.all_gather_object(seen, facts)
+    differ = [f"rank {r}: {s}" for r, s in enumerate(seen) if s != seen[0]]
+    if differ:
+        raise ConfigError(f"the processes disagree (rank 0: {seen[0]}; {'; '.join(differ)}). Every node must see "
+                          f"the same RUN_DIR checkpoints and TRAIN_DIR files: use shared storage or identical copies")
+
+
+def without_sync_bn(G: nn.Module) -> nn.Module:
+    """G, or with SYNC_BN a copy with plain BatchNorm: in the paper's test mode batch-norm uses batch statistics,
+    and a SyncBatchNorm would gather them from ranks that are not there (rank 0 samples and validates alone)."""
+    if not any(isinstance(m, nn.SyncBatchNorm) for m in G.modules()):
+        return G
+    plain = UNetGenerator(**G.hparams).to(next(G.parameters()).device)
+    plain.load_state_dict(G.state_dict())  # SyncBatchNorm and BatchNorm2d share their state-dict keys
+    return plain

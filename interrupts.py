@@ -1,0 +1,42 @@
+"""Stopping a run cleanly: SIGINT/SIGTERM become a flag that train.py checks after each step (finish the step,
+save, print how to resume), and DataLoader workers leave those signals to the main process.
+
+Not run directly; used by train.py.
+"""
+import shlex
+import signal
+import sys
+
+
+class StopRequest:
+    """SIGINT/SIGTERM set `signum`; the loop finishes its step, saves and exits. A second Ctrl-C aborts."""
+
+    def __init__(self, announce: bool = True):
+        self.signum, self.announce = 0, announce  # announce: False on torchrun's other ranks (one message)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self.handle)
+
+    def handle(self, signum, frame):
+        if self.signum == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        if self.announce:
+            print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+                  f"(Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    def exit_code(self) -> int:
+        return 0 if self.signum == signal.SIGINT else 128 + self.signum
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """DataLoader workers leave SIGINT/SIGTERM to the main process, which finishes its step and saves: a Ctrl-C
+    or a scheduler's SIGTERM to the whole process group must not kill them (or make them print) mid-batch."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def resume_command(cfg: dict, args: list[str], world_size: int) -> str:
+    """The command that continues this run: its overrides, shell-quoted, with RESUME pointed at its own last.pt."""
+    args = [str(a) for a in args if not str(a).startswith("--RESUME=")]
+    launcher = "python" if world_size == 1 else "torchrun <the same torchrun options>"
+    return f"{launcher} train.py {shlex.join(args + ([] if cfg['RESUME'] == 'auto' else ['--RESUME=auto']))}"
