@@ -6,6 +6,7 @@ model FLOPs and the fraction of the device's measured convolution peak.
     python bench.py --data ../shared/data/facades/train --workers 2   # data pipeline on real files
     python bench.py --sweep                          # img/s and memory over sizes 128/256/512 x batch 1/4/16
     python bench.py --json                           # machine-readable output
+    python bench.py --profile --skip infer,data      # torch.profiler top ops of a training step
 
 Every figure is the median of --repeats timed runs of --steps iterations after --warmup iterations.
 """
@@ -46,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=cfg["NUM_WORKERS"])
     p.add_argument("--skip", default="", help="comma list of parts to skip: train,infer,data,peak")
     p.add_argument("--sweep", action="store_true", help="training img/s + memory over sizes and batch sizes")
+    p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of two training steps")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
 
@@ -94,6 +96,8 @@ def bench_model(args: argparse.Namespace, device: torch.device, precision: str) 
         flops = training_flops_per_image(cfg)
         results["train_gflop_per_img"] = flops / 1e9
         results["train_tflop_s"] = results["train_img_s"] * flops / 1e12
+        if args.profile:
+            print_profile(step)
     if "infer" not in args.skip:
         def infer():
             with test_mode(G, "eval"), amp:
@@ -102,6 +106,17 @@ def bench_model(args: argparse.Namespace, device: torch.device, precision: str) 
     results["peak_memory_mb"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 20
     return results
+
+
+def print_profile(step) -> None:
+    """Where a training step's time goes: the top operators by self time (what bounds the throughput)."""
+    from torch.profiler import ProfilerActivity, profile
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with profile(activities=activities) as prof:
+        for _ in range(2):
+            step()
+    sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=12, max_name_column_width=40), file=sys.stderr)
 
 
 def bench_data(args: argparse.Namespace) -> float:

@@ -9,6 +9,7 @@ import ast
 import contextlib
 import difflib
 import os
+import pickle
 import random
 import sys
 from pathlib import Path
@@ -299,10 +300,13 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt or unsafe files
+    except pickle.UnpicklingError:  # torch's own text suggests weights_only=False: exactly what must not happen
+        raise CheckpointError(f"{path} holds objects other than tensors and plain data; loading it could run "
+                              f"code, so it is refused on purpose. Use a checkpoint written by train.py") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
         raise CheckpointError(f"{path} is not a loadable pix2pix checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}). Files that need arbitrary code to load "
-                              f"are refused on purpose.") from None
+                              f"{str(e).splitlines()[0][:200]}); it may be truncated or not a checkpoint. "
+                              f"Files that need arbitrary code to load are refused on purpose.") from None
     if not isinstance(ckpt, dict) or "generator" not in ckpt or "generator_hparams" not in ckpt:
         raise CheckpointError(f"{path} loads, but is not a pix2pix checkpoint (no generator weights/hparams)")
     return ckpt
