@@ -26,8 +26,8 @@ import torch
 
 from generator_model import num_downs_for
 from train import RealFakeScores, train_step
-from utils import (autocast, build_models, default_settings, make_optimizers, measure_peak_flops, pick_device,
-                   pick_precision, test_mode, training_flops_per_image)
+from utils import (autocast, build_models, default_settings, make_grad_scalers, make_optimizers, measure_peak_flops,
+                   pick_device, pick_precision, test_mode, training_flops_per_image)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -73,8 +73,7 @@ def bench_model(args: argparse.Namespace, device: torch.device, precision: str) 
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     G, D = (m.to(device, memory_format=memory_format) for m in build_models(cfg))
     opt_G, opt_D = make_optimizers(G, D, cfg, device, fused=args.fused)
-    scaler_G = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    scaler_D = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler_G, scaler_D = make_grad_scalers(device, precision)
     G_train, D_scores, D_step = G, RealFakeScores(D), D
     results: dict[str, Any] = {}
     if args.compile:

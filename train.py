@@ -24,9 +24,9 @@ from distributed import (barrier, check_ranks_agree, max_over_ranks, setup_distr
 from interrupts import StopRequest, ignore_stop_signals, resume_command
 from run_log import RunLog
 from utils import (CheckpointError, ConfigError, atomic_save, autocast, build_models, check_resume_compatible,
-                   load_checkpoint, load_config, lr_factor, make_optimizers, measure_peak_flops, model_hparams,
-                   pick_device, pick_precision, remove_stale_temp_files, resolve_resume, rng_states, sample_grid,
-                   seed_everything, set_rng_states, test_mode, training_flops_per_image)
+                   load_checkpoint, load_config, lr_factor, make_grad_scalers, make_optimizers, measure_peak_flops,
+                   model_hparams, pick_device, pick_precision, remove_stale_temp_files, resolve_resume, rng_states,
+                   sample_grid, seed_everything, set_rng_states, test_mode, training_flops_per_image)
 
 
 # ----------------------------------------------------------------------------- the objective (paper §3.1)
@@ -151,8 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     schedule = lambda epoch: lr_factor(epoch, cfg["N_EPOCHS"], cfg["N_EPOCHS_DECAY"])  # noqa: E731
     sched_G = torch.optim.lr_scheduler.LambdaLR(opt_G, schedule)
     sched_D = torch.optim.lr_scheduler.LambdaLR(opt_D, schedule)
-    scaler_G = torch.amp.GradScaler(device.type, enabled=precision == "fp16")  # fp16 only: bf16 needs no scaling
-    scaler_D = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler_G, scaler_D = make_grad_scalers(device, precision)
 
     start_epoch, step, batch_in_epoch, best_val_l1 = 0, 0, 0, float("inf")
     if resume_path:

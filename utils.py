@@ -222,6 +222,12 @@ def make_optimizers(G: nn.Module, D: nn.Module, cfg: dict[str, Any], device: tor
     return torch.optim.Adam(G.parameters(), **adam), torch.optim.Adam(D.parameters(), **adam)
 
 
+def make_grad_scalers(device: torch.device, precision: str) -> tuple[torch.amp.GradScaler, torch.amp.GradScaler]:
+    """One loss scaler per network, enabled for fp16 only: bf16 has fp32's range and needs no scaling."""
+    return (torch.amp.GradScaler(device.type, enabled=precision == "fp16"),
+            torch.amp.GradScaler(device.type, enabled=precision == "fp16"))
+
+
 def lr_factor(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
     """Multiplier of the base LR during 0-based `epoch`: 1 for n_epochs, then linear to 0 (official schedule)."""
     return 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)
@@ -300,9 +306,12 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:  # torch's own text suggests weights_only=False: exactly what must not happen
-        raise CheckpointError(f"{path} holds objects other than tensors and plain data; loading it could run "
-                              f"code, so it is refused on purpose. Use a checkpoint written by train.py") from None
+    except pickle.UnpicklingError as e:
+        if "global" in str(e).lower():  # it names code to import; torch's advice (weights_only=False) would run it
+            raise CheckpointError(f"{path} holds objects other than tensors and plain data; loading it could run "
+                                  f"code, so it is refused on purpose. Use a checkpoint written by train.py") from None
+        raise CheckpointError(f"{path} is not a loadable pix2pix checkpoint (UnpicklingError: {str(e)[:200]}); it may "
+                              f"be truncated or not a checkpoint") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
         raise CheckpointError(f"{path} is not a loadable pix2pix checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200]}); it may be truncated or not a checkpoint. "

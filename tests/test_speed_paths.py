@@ -1,0 +1,97 @@
+"""The fast paths (device/precision choice, autocast, grad scaling, channels-last, bench.py) are chosen right and
+keep training numerically faithful. CUDA is not present here: its choices are tested with the CUDA queries mocked."""
+import json
+
+import pytest
+import torch
+
+import bench
+import train
+from utils import (autocast, build_models, default_settings, make_grad_scalers, make_optimizers, pick_device,
+                   pick_precision)
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("capability, expected", [((8, 0), "bf16"), ((9, 0), "bf16"), ((7, 5), "fp16"), ((6, 1), "fp16")])
+def test_auto_precision_on_cuda_follows_the_gpu_generation(monkeypatch, capability, expected):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    assert pick_precision("auto", torch.device("cuda", 0)) == expected
+
+
+@pytest.mark.parametrize("amx, expected", [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_on_cpu_uses_bf16_only_with_amx(monkeypatch, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert pick_precision("auto", CPU) == expected
+
+
+@pytest.mark.parametrize("forced", ["fp32", "bf16", "fp16"])
+def test_forced_precision_is_kept(forced):
+    assert pick_precision(forced, CPU) == forced
+
+
+def test_auto_device_prefers_cuda(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto").type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert pick_device("auto") == CPU
+
+
+def test_grad_scaler_is_enabled_for_fp16_only():
+    assert all(s.is_enabled() for s in make_grad_scalers(CPU, "fp16"))
+    assert not any(s.is_enabled() for s in make_grad_scalers(CPU, "bf16"))
+    assert not any(s.is_enabled() for s in make_grad_scalers(CPU, "fp32"))
+
+
+def test_autocast_runs_convolutions_in_the_chosen_dtype():
+    conv, x = torch.nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8)
+    with autocast(CPU, "bf16"):
+        assert conv(x).dtype == torch.bfloat16
+    with autocast(CPU, "fp32"):
+        assert conv(x).dtype == torch.float32
+
+
+def one_step(precision: str, channels_last: bool) -> tuple[dict, torch.Tensor]:
+    """One paper training step of a small model from a fixed seed; returns its losses and G's first weight after."""
+    torch.manual_seed(0)
+    cfg = default_settings() | {"IMAGE_SIZE": 32, "NUM_DOWNS": 5, "GEN_BASE_CHANNELS": 8, "DISC_BASE_CHANNELS": 8,
+                                "DROPOUT": False}
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    G, D = (m.to(memory_format=fmt) for m in build_models(cfg))
+    opt_G, opt_D = make_optimizers(G, D, cfg, CPU)
+    scaler_G, scaler_D = make_grad_scalers(CPU, precision)
+    x = torch.rand(2, 3, 32, 32).mul(2).sub(1).contiguous(memory_format=fmt)
+    y = torch.rand(2, 3, 32, 32).mul(2).sub(1).contiguous(memory_format=fmt)
+    losses = train.train_step(G, D, train.RealFakeScores(D), opt_G, opt_D, scaler_G, scaler_D, x, y, cfg,
+                              autocast(CPU, precision), 0)
+    return losses, G.encoder[0][0].weight.detach().clone()
+
+
+def test_channels_last_keeps_training_numerically_identical_up_to_rounding():
+    losses_a, weight_a = one_step("fp32", channels_last=False)
+    losses_b, weight_b = one_step("fp32", channels_last=True)
+    for k in losses_a:
+        assert losses_b[k] == pytest.approx(losses_a[k], rel=1e-4, abs=1e-5), k
+    assert torch.allclose(weight_a, weight_b, atol=1e-6)
+
+
+def test_bf16_step_stays_close_to_fp32_and_its_losses_are_fp32():
+    losses_fp32, _ = one_step("fp32", channels_last=True)
+    losses_bf16, weight = one_step("bf16", channels_last=True)
+    assert all(isinstance(v, float) for v in losses_bf16.values())  # losses computed in fp32, returned as floats
+    assert losses_bf16["g_l1"] == pytest.approx(losses_fp32["g_l1"], rel=0.05)
+    assert losses_bf16["d_real"] == pytest.approx(losses_fp32["d_real"], rel=0.1)
+    assert weight.dtype == torch.float32 and torch.isfinite(weight).all()  # master weights stay fp32
+
+
+def test_bench_reports_every_figure_as_json(capsys):
+    code = bench.main(["--image-size", "32", "--steps", "1", "--repeats", "1", "--warmup", "1", "--workers", "0",
+                       "--precision", "fp32", "--skip", "peak", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0 and out["env"]["precision"] == "fp32" and out["env"]["image_size"] == 32
+    for key in ("train_img_s", "infer_img_s", "data_img_s", "peak_memory_mb", "train_tflop_s"):
+        assert out["results"][key] > 0, key
+    # achieved TFLOP/s is the measured rate times the model's FLOPs per image (counted on meta tensors)
+    results = out["results"]
+    assert results["train_tflop_s"] == pytest.approx(results["train_img_s"] * results["train_gflop_per_img"] / 1e3)
