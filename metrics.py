@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from utils import autocast, test_mode, to_unit
+from utils import autocast, fixed_noise, test_mode, to_unit
 
 RATIO_SIZE = 64  # the ratio compares every output with every target, so it is computed at a small size
 
@@ -59,9 +59,7 @@ def evaluate_generator(G: torch.nn.Module, loader: Any, device: torch.device, pr
     per_image: dict[str, list] = {"l1": [], "psnr": [], "ssim": []}
     fakes, targets = [], []
     seen = 0
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), test_mode(G, mode):
-        torch.manual_seed(seed)
+    with fixed_noise(seed, device), test_mode(G, mode):
         for x, y in loader:
             if max_images and seen >= max_images:
                 break

@@ -39,8 +39,8 @@ from tqdm import tqdm
 
 from dataset import IMG_EXTENSIONS, DatasetError, build_transform, list_images, open_image, read_pair
 from generator_model import UNetGenerator
-from utils import (CheckpointError, ConfigError, autocast, default_settings, load_generator, pick_device,
-                   pick_precision, sample_grid, to_unit)
+from utils import (CheckpointError, ConfigError, autocast, default_settings, fixed_noise, load_generator,
+                   pick_device, pick_precision, sample_grid, to_unit)
 
 
 def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str = "auto",
@@ -186,8 +186,7 @@ def predict(args: argparse.Namespace) -> int:
 
     pending: dict[tuple[int, ...], list[Item]] = {}  # fitted size -> images waiting for a full batch
     # a fixed seed makes paper-mode dropout noise repeatable; the caller's RNG state is restored afterwards
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), torch.no_grad():
-        torch.manual_seed(args.seed)
+    with fixed_noise(args.seed, device), torch.no_grad():
         for path, name in images:
             try:
                 item = load_item(path, name, args, cfg, G)

@@ -24,9 +24,10 @@ from distributed import (barrier, check_ranks_agree, max_over_ranks, setup_distr
 from interrupts import StopRequest, ignore_stop_signals, resume_command
 from run_log import RunLog
 from utils import (CheckpointError, ConfigError, atomic_save, autocast, build_models, check_resume_compatible,
-                   load_checkpoint, load_config, lr_factor, make_grad_scalers, make_optimizers, measure_peak_flops,
-                   model_hparams, pick_device, pick_precision, remove_stale_temp_files, resolve_resume, rng_states,
-                   sample_grid, seed_everything, set_rng_states, test_mode, training_flops_per_image)
+                   fixed_noise, load_checkpoint, load_config, lr_factor, make_grad_scalers, make_optimizers,
+                   measure_peak_flops, model_hparams, pick_device, pick_precision, remove_stale_temp_files,
+                   resolve_resume, rng_states, sample_grid, seed_everything, set_rng_states, test_mode,
+                   training_flops_per_image)
 
 
 # ----------------------------------------------------------------------------- the objective (paper §3.1)
@@ -302,8 +303,7 @@ def write_samples(G, x, y, cfg, device, precision, path: Path) -> torch.Tensor:
     """input | generated | target grid of the fixed val images; fixed dropout noise, training RNG untouched."""
     import torchvision.utils as vutils
     fakes = []
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), test_mode(G, cfg["TEST_MODE"]):
-        torch.manual_seed(cfg["SEED"])
+    with fixed_noise(cfg["SEED"], device), test_mode(G, cfg["TEST_MODE"]):
         for i in range(0, len(x), cfg["BATCH_SIZE"]):  # batches as in training, for the batch statistics
             with autocast(device, precision):
                 fakes.append(G(x[i:i + cfg["BATCH_SIZE"]].to(device)).float().cpu())

@@ -234,6 +234,15 @@ def lr_factor(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
 
 
 @contextlib.contextmanager
+def fixed_noise(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed the RNG for a block (e.g. paper-mode dropout at test time) and give the caller's RNG state back
+    afterwards, so repeated evaluations match and training's random stream is untouched."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
 def test_mode(G: nn.Module, mode: str = "paper") -> Iterator[None]:
     """Run G for inference, restoring its training state afterwards.
 
