@@ -7,6 +7,7 @@
 Settings live in config.py; any of them can be overridden with --KEY=value. Stop at any time with Ctrl-C:
 a resumable checkpoint is written, and running the same command again continues exactly where it stopped.
 """
+import contextlib
 import json
 import sys
 import time
@@ -21,7 +22,7 @@ from tqdm import tqdm
 from dataset import AugmentationSampler, DatasetError, build_datasets, ensure_default_data
 from distributed import (barrier, check_ranks_agree, max_over_ranks, setup_distributed, sum_over_ranks,
                          without_sync_bn)
-from interrupts import StopRequest, ignore_stop_signals, resume_command
+from interrupts import StopRequest, ignore_stop_signals, resume_command, shut_down_workers
 from run_log import RunLog
 from utils import (CheckpointError, ConfigError, atomic_save, autocast, build_models, check_resume_compatible,
                    fixed_noise, load_checkpoint, load_config, lr_factor, make_grad_scalers, make_optimizers,
@@ -106,6 +107,11 @@ def train_step(G, D, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp,
 # ----------------------------------------------------------------------------- the run
 
 def main(argv: list[str] | None = None) -> int:
+    with contextlib.ExitStack() as cleanup:  # runs on every way out: done, stop signal, error
+        return run(argv, cleanup)
+
+
+def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     cfg = load_config(argv)
     rank, local_rank, world_size = setup_distributed(cfg["DIST_TIMEOUT_S"])
     master = rank == 0
@@ -138,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     loader = DataLoader(train_set, batch_size=cfg["BATCH_SIZE"], sampler=sampler, num_workers=cfg["NUM_WORKERS"],
                         pin_memory=device.type == "cuda", persistent_workers=cfg["NUM_WORKERS"] > 0,
                         generator=loader_rng, worker_init_fn=ignore_stop_signals)
+    cleanup.callback(shut_down_workers, loader)  # never left for interpreter exit (where they would hang it)
     # evaluation batches match training's, so the paper's test mode sees batch statistics like training's
     val_loader = DataLoader(Subset(val_set, range(min(len(val_set), cfg["VAL_MAX_IMAGES"] or len(val_set)))),
                             batch_size=cfg["BATCH_SIZE"], num_workers=0)
@@ -203,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
         log = RunLog(run_dir, resume_epoch=start_epoch)
+        cleanup.callback(log.close)
         flops = training_flops_per_image(cfg)
         peak = measure_peak_flops(device, precision)
         print("config:", json.dumps(cfg))
@@ -212,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
               f"val images; {flops / 1e9:.1f} GFLOP per training image; measured conv peak {peak / 1e12:.2f} TFLOP/s")
 
     stop = StopRequest(announce=master)
+    cleanup.callback(stop.release)  # after the loop a signal must end the process as usual
     # batch-norm running statistics change in the forward pass, before a loss can be checked: a skipped
     # NaN step restores them, or a NaN in one batch would poison them (and eval-mode inference) for good
     norm_buffers = [b for b in (*G.buffers(), *D.buffers()) if b.is_floating_point()]
@@ -279,10 +288,11 @@ def main(argv: list[str] | None = None) -> int:
             log.tb.add_image("samples", grid, step)
         if cfg["VAL_EVERY"] and epoch % cfg["VAL_EVERY"] == 0:
             val = evaluate_generator(G_solo, val_loader, device, precision, cfg["TEST_MODE"], cfg["SEED"])["summary"]
-            row |= {f"val_{k}": val[k] for k in ("l1", "psnr", "ssim", "ratio")}
-            log.scalars({k: val[k] for k in ("l1", "psnr", "ssim", "ratio")}, step, prefix="val")
+            row |= {f"val_{k}": val[k] for k in ("l1", "psnr", "ssim", "ratio")}  # a None ratio: empty in log.csv
+            log.scalars({k: val[k] for k in ("l1", "psnr", "ssim", "ratio") if val[k] is not None}, step, "val")
+            ratio = "n/a (needs 2+ images)" if val["ratio"] is None else f"{val['ratio']:.3f}"
             print(f"  val: L1 {val['l1']:.4f}  PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}  "
-                  f"own/other L1 ratio {val['ratio']:.3f}  ({val['n_images']} images)")
+                  f"own/other L1 ratio {ratio}  ({val['n_images']} images)")
             if val["l1"] < best_val_l1:
                 best_val_l1 = val["l1"]
                 checkpoint(ckpt_dir / "best.pt")
@@ -294,7 +304,6 @@ def main(argv: list[str] | None = None) -> int:
         export_generator(run_dir / "generator.pt")
         barrier(world_size)
     if master:
-        log.close()
         print(f"done: {run_dir / 'generator.pt'} (load it with utils.load_generator)")
     return 0
 

@@ -403,6 +403,7 @@ LEARN = dict(IMAGE_SIZE=128, LOAD_SIZE=143, GEN_BASE_CHANNELS=16, DISC_BASE_CHAN
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a minute alone; several on a loaded CI machine
 def test_learns_facades_labels_to_photos(facades, tmp_path, capsys):
     """A small pix2pix (128 px, 16-channel U-Net) trained for one epoch on real facades (labels -> photo) must
     produce outputs that follow their OWN input: the own/other-target L1 ratio is 1.0 for anything that

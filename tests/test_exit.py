@@ -1,0 +1,100 @@
+"""A finished run always ends its process: `python train.py` exits by itself right after printing `done:`,
+whatever the number of images and DataLoader workers, and a stop signal that arrives after training still ends it.
+
+Each case is the real CLI in a subprocess with a hard timeout (startup is most of its ~10 s on shared cores);
+two run at a time. Total ~1-2 min.
+
+    python -m pytest tests/test_exit.py -q
+"""
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, tiny_args, write_pairs
+
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+EXIT_AFTER_DONE_S = 20  # seconds from `done:` to the process's end; a hang is forever (the bug: workers joined)
+RUN_TIMEOUT_S = 240  # hard limit per run: startup and training too
+
+
+def start(args: list[str], out: Path) -> tuple[subprocess.Popen, Path]:
+    log = open(out, "w")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=ENV, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    return proc, out
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the run and its DataLoader workers (they ignore SIGTERM)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=30)
+
+
+def finish(proc: subprocess.Popen, out: Path, deadline: float) -> tuple[float | None, str]:
+    """Wait for `done:` in the output, then for the exit. -> (seconds from done to exit or None if it hung, output)."""
+    while "done:" not in out.read_text() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    seen = time.monotonic()
+    try:
+        proc.wait(timeout=max(0.0, min(EXIT_AFTER_DONE_S, deadline - seen)))
+        return time.monotonic() - seen, out.read_text()
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        return None, out.read_text()
+
+
+# (training images, validation images, workers): every worker count with 1 and 2 validation images, and
+# 1 to 6 training images; the issue's hangs had a single validation image and 2 workers
+CASES = [(n_train, n_val, workers) for (n_val, workers), n_train in
+         zip(itertools.product((1, 2), (0, 1, 2, 2)), itertools.cycle((1, 4, 6, 5, 2, 3)))]
+CASES += [(4, 1, 2), (6, 1, 2), (5, 1, 1), (3, 2, 2)]
+
+
+def test_every_finished_run_exits_by_itself(tmp_path):
+    """12 tiny runs, two at a time: each prints `done:`, exits 0 within seconds, and leaves no worker behind."""
+    for n in range(1, 7):
+        write_pairs(tmp_path / f"train{n}", n, seed=0)
+    for n in (1, 2):
+        write_pairs(tmp_path / f"val{n}", n, seed=1)
+    failures = []
+    cases = list(enumerate(CASES))
+    for pair in (cases[i:i + 2] for i in range(0, len(cases), 2)):
+        running = []
+        for i, (n_train, n_val, workers) in pair:
+            args = tiny_args(tmp_path, tmp_path / f"run{i}", TRAIN_DIR=tmp_path / f"train{n_train}",
+                             VAL_DIR=tmp_path / f"val{n_val}", NUM_WORKERS=workers, N_EPOCHS_DECAY=0, N_SAMPLES=4)
+            running.append(((n_train, n_val, workers), *start(args, tmp_path / f"run{i}.out")))
+        deadline = time.monotonic() + RUN_TIMEOUT_S
+        for case, proc, out in running:
+            seconds, text = finish(proc, out, deadline)
+            if seconds is None or proc.returncode != 0 or "done:" not in text:
+                failures.append(f"{case} (train, val, workers): exit {proc.returncode}, "
+                                f"{'hung after done' if seconds is None else f'{seconds:.1f} s'}:\n{text[-1500:]}")
+    assert not failures, "\n".join(failures)
+
+
+def test_single_validation_image_reports_the_ratio_as_undefined(tmp_path):
+    """One validation image has no other target to compare with: the log says n/a, never nan."""
+    import csv
+    write_pairs(tmp_path / "train", 2, seed=0)
+    write_pairs(tmp_path / "val", 1, seed=1)
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"),
+                           *tiny_args(tmp_path, run, N_EPOCHS_DECAY=0)], cwd=ROOT, env=ENV, text=True,
+                          capture_output=True, timeout=RUN_TIMEOUT_S)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    val_line = next(line for line in proc.stdout.splitlines() if line.startswith("  val:"))
+    assert "own/other L1 ratio n/a (needs 2+ images)" in val_line and "nan" not in val_line
+    with open(run / "log.csv", newline="") as f:
+        row = list(csv.DictReader(f))[0]
+    assert row["val_ratio"] == "" and float(row["val_l1"]) > 0
