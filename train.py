@@ -24,11 +24,11 @@ from distributed import (barrier, check_ranks_agree, max_over_ranks, setup_distr
                          without_sync_bn)
 from interrupts import StopRequest, ignore_stop_signals, resume_command, shut_down_workers
 from run_log import RunLog
-from utils import (CheckpointError, ConfigError, atomic_save, autocast, build_models, check_resume_compatible,
-                   fixed_noise, load_checkpoint, load_config, lr_factor, make_grad_scalers, make_optimizers,
-                   measure_peak_flops, model_hparams, pick_device, pick_precision, remove_stale_temp_files,
-                   resolve_resume, rng_states, sample_grid, seed_everything, set_rng_states, test_mode,
-                   training_flops_per_image)
+from utils import (CheckpointError, ConfigError, RunDirError, atomic_save, autocast, build_models,
+                   check_resume_compatible, check_run_dir, fixed_noise, load_checkpoint, load_config, lr_factor,
+                   make_grad_scalers, make_optimizers, measure_peak_flops, model_hparams, pick_device, pick_precision,
+                   remove_stale_temp_files, resolve_resume, rng_states, sample_grid, seed_everything, set_rng_states,
+                   test_mode, training_flops_per_image)
 
 
 # ----------------------------------------------------------------------------- the objective (paper §3.1)
@@ -128,7 +128,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     run_dir = Path(cfg["RUN_DIR"])
     ckpt_dir = run_dir / "checkpoints"
     resume_path = resolve_resume(cfg, ckpt_dir)
-    if master:
+    if master:  # the only writer; under torchrun its error ends the other ranks too
+        check_run_dir(run_dir)  # a folder that cannot hold the run fails here, in one line, before any data work
         remove_stale_temp_files(ckpt_dir, run_dir)
     seed_everything(cfg["SEED"] + rank)  # models are identical anyway: DDP broadcasts rank 0's weights
 
@@ -325,7 +326,7 @@ def write_samples(G, x, y, cfg, device, precision, path: Path) -> torch.Tensor:
 if __name__ == "__main__":
     try:
         code = main()
-    except (ConfigError, DatasetError, CheckpointError, NonFiniteLoss) as e:
+    except (ConfigError, DatasetError, CheckpointError, RunDirError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         code = 1 if not isinstance(e, ConfigError) else 2
     finally:

@@ -293,6 +293,55 @@ def test_disk_full_during_training_stops_with_previous_checkpoint_intact(tiny_da
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.pt"]
 
 
+@pytest.mark.parametrize("case,hint", [
+    ("below_a_file", "a part of the path is a file, not a folder (Not a directory"),
+    ("is_a_file", "it is a file, not a folder (File exists"),
+    ("not_writable", "no permission to write there (Permission denied"),
+    ("read_only", "the file system is read-only (Read-only file system"),
+    ("full", "the disk is full (No space left on device"),
+])
+def test_unusable_run_dir_is_a_one_line_error_before_any_work(tiny_data, tmp_path, monkeypatch, capsys, case, hint):
+    """`python train.py` (the CLI entry point, in-process): exit 1, one line naming RUN_DIR and the cause, no
+    traceback, before the models are even built. A path below a regular file is real (it stops root too);
+    chmod does not stop root, so a read-only folder, a read-only file system and a full disk are injected as
+    the OSError the kernel gives when the probe file is written (full: at fsync, where delayed allocation
+    reports it)."""
+    run_dir = tmp_path / "run"
+    if case == "below_a_file":
+        (tmp_path / "file").write_text("not a folder")
+        run_dir = tmp_path / "file" / "run"
+    elif case == "is_a_file":
+        run_dir.write_text("not a folder")
+    elif case == "full":
+        full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        monkeypatch.setattr(utils.os, "fsync", lambda fd: (_ for _ in ()).throw(full))
+    else:
+        code = errno.EACCES if case == "not_writable" else errno.EROFS
+        denied = OSError(code, os.strerror(code), str(run_dir / "probe"))
+        monkeypatch.setattr(utils, "open", lambda *a, **k: (_ for _ in ()).throw(denied), raising=False)
+    built = []
+    monkeypatch.setattr(utils, "build_models", lambda cfg: built.append(cfg))
+    monkeypatch.setattr(sys, "argv", ["train.py", *tiny_args(tiny_data, run_dir, **FAST)])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    assert exit_.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: RUN_DIR={run_dir} cannot be used: {hint}") and err.count("\n") == 1, err
+    assert "Traceback" not in err and built == []
+    if case in ("not_writable", "read_only", "full"):
+        assert not run_dir.exists()  # the folder the check made is gone again; no probe file is left either
+
+
+def test_run_dir_check_leaves_a_usable_folder_as_it_was(tmp_path):
+    run_dir = tmp_path / "a" / "b" / "run"
+    utils.check_run_dir(run_dir)
+    assert not (tmp_path / "a").exists()  # made for the probe, removed again
+    run_dir.mkdir(parents=True)
+    (run_dir / "log.csv").write_text("kept")
+    utils.check_run_dir(run_dir)
+    assert [p.name for p in run_dir.iterdir()] == ["log.csv"]
+
+
 # ----------------------------------------------------------------------------- NaN / Inf
 
 def tiny_models():
