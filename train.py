@@ -28,7 +28,7 @@ from utils import (CheckpointError, ConfigError, RunDirError, atomic_save, autoc
                    check_resume_compatible, check_run_dir, fixed_noise, load_checkpoint, load_config, lr_factor,
                    make_grad_scalers, make_optimizers, measure_peak_flops, model_hparams, pick_device, pick_precision,
                    remove_stale_temp_files, resolve_resume, rng_states, sample_grid, seed_everything, set_rng_states,
-                   test_mode, training_flops_per_image)
+                   state_before_step, test_mode, training_flops_per_image, undo_step)
 
 
 # ----------------------------------------------------------------------------- the objective (paper §3.1)
@@ -222,9 +222,6 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
 
     stop = StopRequest(announce=master)
     cleanup.callback(stop.release)  # after the loop a signal must end the process as usual
-    # batch-norm running statistics change in the forward pass, before a loss can be checked: a skipped
-    # NaN step restores them, or a NaN in one batch would poison them (and eval-mode inference) for good
-    norm_buffers = [b for b in (*G.buffers(), *D.buffers()) if b.is_floating_point()]
     epoch = start_epoch
     for epoch in range(start_epoch, total_epochs):
         sampler.set_epoch(epoch, skip=batch_in_epoch * cfg["BATCH_SIZE"])
@@ -235,7 +232,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         for x, y in bar:
             x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             y = y.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            saved_buffers = [b.clone() for b in norm_buffers] if cfg["ON_NAN"] == "skip" else []
+            # ON_NAN=skip: D may have stepped, and batch-norm statistics moved, before a non-finite loss shows
+            saved = state_before_step(G, D, opt_D, scaler_D) if cfg["ON_NAN"] == "skip" else None
             try:
                 losses = train_step(G_train, D_step, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, step)
                 n_ok += 1
@@ -244,9 +242,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
             except NonFiniteLoss as e:
                 if cfg["ON_NAN"] == "stop":
                     raise
-                with torch.no_grad():
-                    for buffer, saved in zip(norm_buffers, saved_buffers):
-                        buffer.copy_(saved)
+                undo_step(saved, G, D, opt_D, scaler_D)
                 skipped += 1
                 print(f"\n{e}; skipping this step (ON_NAN=skip)", file=sys.stderr)
             step += 1

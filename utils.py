@@ -7,6 +7,7 @@ Not run directly. In a notebook:
 """
 import ast
 import contextlib
+import copy
 import difflib
 import errno
 import os
@@ -267,6 +268,29 @@ def test_mode(G: nn.Module, mode: str = "paper") -> Iterator[None]:
         G.train(was_training)
         for m, momentum in zip(bns, momenta):
             m.momentum = momentum
+
+
+# ----------------------------------------------------------------------------- undoing a skipped step
+
+def state_before_step(G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer,
+                      scaler_D: torch.amp.GradScaler) -> dict[str, Any]:
+    """What a training step can change before its last loss is known to be finite: the D step (D's weights, its
+    optimiser and loss scaler) and both networks' batch-norm statistics (updated in the forward pass). G's
+    weights and optimiser are stepped last, after every check. D is small, so a full copy is cheap."""
+    return {"D": copy.deepcopy(D.state_dict()), "opt_D": copy.deepcopy(opt_D.state_dict()),
+            "scaler_D": scaler_D.state_dict(), "G_buffers": [b.clone() for b in G.buffers()]}
+
+
+def undo_step(saved: dict[str, Any], G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer,
+              scaler_D: torch.amp.GradScaler) -> None:
+    """Put back everything state_before_step saved (ON_NAN=skip): the skipped step leaves no trace."""
+    D.load_state_dict(saved["D"])  # copies into the existing tensors: DDP and the optimiser keep theirs
+    opt_D.load_state_dict(copy.deepcopy(saved["opt_D"]))
+    if saved["scaler_D"]:  # empty unless fp16
+        scaler_D.load_state_dict(saved["scaler_D"])
+    with torch.no_grad():
+        for buffer, value in zip(G.buffers(), saved["G_buffers"]):
+            buffer.copy_(value)
 
 
 # ----------------------------------------------------------------------------- checkpoints

@@ -431,6 +431,52 @@ def test_nan_skip_skips_steps_and_keeps_training(tiny_data, tmp_path, monkeypatc
                if v.is_floating_point())
 
 
+def tensors(obj) -> list[torch.Tensor]:
+    """Every tensor in a (nested) state dict, copied, in a fixed order."""
+    if isinstance(obj, torch.Tensor):
+        return [obj.detach().clone()]
+    if isinstance(obj, dict):
+        return [t for k in sorted(obj, key=str) for t in tensors(obj[k])]
+    if isinstance(obj, (list, tuple)):
+        return [t for v in obj for t in tensors(v)]
+    return []
+
+
+def states(**objects) -> dict[str, list[torch.Tensor]]:
+    return {name: tensors(o.state_dict()) for name, o in objects.items()}
+
+
+def differing(a: dict, b: dict) -> list[str]:
+    return [k for k in a if len(a[k]) != len(b[k]) or not all(torch.equal(x, y) for x, y in zip(a[k], b[k]))]
+
+
+def test_nan_skip_undoes_the_whole_step_even_after_d_has_stepped(tiny_data, tmp_path, monkeypatch):
+    """A non-finite G loss is found after D's step. With ON_NAN=skip, every tensor of G, D, opt_G and opt_D
+    (weights, batch-norm statistics, Adam moments and step counts) must be back to its value before the step."""
+    skip, before, at_g_loss, current = 3, {}, {}, {}
+    real_step, real_g_loss = train.train_step, train.generator_loss
+
+    def train_step(G, D, D_scores, opt_G, opt_D, *args):
+        current.update(step=args[-1], G=G, D=D, opt_G=opt_G, opt_D=opt_D)
+        before[args[-1]] = states(G=G, D=D, opt_G=opt_G, opt_D=opt_D)
+        return real_step(G, D, D_scores, opt_G, opt_D, *args)
+
+    def generator_loss(*args):
+        loss, gan, l1 = real_g_loss(*args)
+        if current["step"] != skip:
+            return loss, gan, l1
+        at_g_loss.update(states(D=current["D"], opt_D=current["opt_D"]))
+        return loss * float("nan"), gan * float("nan"), l1
+    monkeypatch.setattr(train, "train_step", train_step)
+    monkeypatch.setattr(train, "generator_loss", generator_loss)
+    assert train.main(tiny_args(tiny_data, tmp_path / "run", ON_NAN="skip", N_EPOCHS=1, N_EPOCHS_DECAY=0,
+                                **FAST)) == 0
+    assert log_rows(tmp_path / "run")[0]["skipped_steps"] == "1"
+    assert differing(at_g_loss, before[skip]) == ["D", "opt_D"]  # D had stepped when G's loss went bad
+    assert differing(before[skip + 1], before[skip]) == []  # ... and the skipped step left no trace
+    assert differing(before[skip + 2], before[skip + 1]) == ["G", "D", "opt_G", "opt_D"]  # a real step does
+
+
 def test_nan_input_with_skip_leaves_no_nan_in_batchnorm_statistics(tiny_data, tmp_path, monkeypatch, capsys):
     """A NaN in the data poisons batch-norm running statistics during the forward pass, before any loss is
     checked; a skipped step must not keep them (eval-mode inference would output NaN forever)."""
