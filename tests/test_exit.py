@@ -83,6 +83,77 @@ def test_every_finished_run_exits_by_itself(tmp_path):
     assert not failures, "\n".join(failures)
 
 
+# the CLI, with the curves plot after the first epoch failing: an unexpected error with a traceback
+CRASHING_CLI = """
+import runpy, sys
+sys.path.insert(0, sys.argv[1])
+import run_log
+def fail(*args, **kwargs):
+    raise RuntimeError("simulated failure after the first epoch")
+run_log.plot_curves = fail
+sys.argv = ["train.py", *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_run_that_crashes_with_a_traceback_still_exits(tmp_path):
+    """An unexpected error keeps the traceback (and with it train.main's frame and its DataLoader) alive until
+    the interpreter exits, where workers left running would be waited for forever (this hung before)."""
+    write_pairs(tmp_path / "train", 4, seed=0)
+    write_pairs(tmp_path / "val", 1, seed=1)
+    args = tiny_args(tmp_path, tmp_path / "run", NUM_WORKERS=2, N_EPOCHS_DECAY=0)
+    log = open(tmp_path / "out", "w")
+    proc = subprocess.Popen([sys.executable, "-c", CRASHING_CLI, str(ROOT), *args], cwd=ROOT, env=ENV,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    log.close()
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    while "simulated failure" not in (tmp_path / "out").read_text() and proc.poll() is None \
+            and time.monotonic() < deadline:
+        time.sleep(0.05)
+    try:
+        proc.wait(timeout=EXIT_AFTER_DONE_S)
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        pytest.fail("the crashed run did not exit:\n" + (tmp_path / "out").read_text()[-2000:])
+    out = (tmp_path / "out").read_text()
+    assert proc.returncode == 1 and "RuntimeError: simulated failure after the first epoch" in out, out[-2000:]
+
+
+@pytest.mark.parametrize("outcome", ["done", "error", "stop"])
+def test_training_leaves_no_worker_processes_and_gives_the_signals_back(tiny_data, tmp_path, monkeypatch, outcome):
+    """train.main shuts its DataLoader workers down itself on every way out, even while something (here the
+    exception's traceback, held by pytest.raises; in the CLI, sys.last_traceback) still holds the loader, and
+    gives SIGINT/SIGTERM their previous handlers back: after the loop a SIGTERM must end the process."""
+    import multiprocessing
+
+    import train
+    monkeypatch.setattr(train, "measure_peak_flops", lambda *args, **kwargs: 1e12)
+    sentinel = lambda signum, frame: None  # noqa: E731
+    signal.signal(signal.SIGTERM, sentinel)
+    args = tiny_args(tiny_data, tmp_path / "run", NUM_WORKERS=2, N_EPOCHS_DECAY=0, SAMPLE_EVERY=0)
+    if outcome == "error":
+        def fail(*a, **k):
+            raise RuntimeError("simulated failure in validation")
+        monkeypatch.setattr(train, "evaluate_generator", fail)
+        with pytest.raises(RuntimeError, match="simulated failure") as caught:
+            train.main(args)
+        assert caught.value.__traceback__ is not None  # the frame (and its loader) is still referenced here
+    elif outcome == "stop":
+        real_step = train.train_step
+
+        def step_then_sigint(*a):
+            losses = real_step(*a)
+            os.kill(os.getpid(), signal.SIGINT)
+            return losses
+        monkeypatch.setattr(train, "train_step", step_then_sigint)
+        assert train.main(args) == 0
+        assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    else:
+        assert train.main(args) == 0
+    assert multiprocessing.active_children() == []
+    assert signal.getsignal(signal.SIGTERM) is sentinel
+
+
 def test_single_validation_image_reports_the_ratio_as_undefined(tmp_path):
     """One validation image has no other target to compare with: the log says n/a, never nan."""
     import csv
