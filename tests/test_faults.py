@@ -509,6 +509,11 @@ def finished_run(tiny_run: Path, tmp_path: Path) -> tuple[Path, Path]:
     (dict(NORM="instance"), ["NORM: checkpoint 'batch' vs now 'instance'"]),
     (dict(IMAGE_SIZE=64, LOAD_SIZE=72), ["IMAGE_SIZE: checkpoint 32 vs now 64", "NUM_DOWNS: checkpoint 5 vs now 6"]),
     (dict(GEN_BASE_CHANNELS=16), ["GEN_BASE_CHANNELS: checkpoint 8 vs now 16"]),
+    (dict(DISC_BASE_CHANNELS=16), ["DISC_BASE_CHANNELS: checkpoint 8 vs now 16"]),
+    (dict(DISC_N_LAYERS=2), ["DISC_N_LAYERS: checkpoint 3 vs now 2"]),
+    (dict(IN_CHANNELS=1), ["IN_CHANNELS: checkpoint 3 vs now 1"]),
+    (dict(OUT_CHANNELS=1, DROPOUT=False), ["OUT_CHANNELS: checkpoint 3 vs now 1", "DROPOUT: checkpoint True vs now False"]),
+    (dict(NUM_DOWNS=4), ["NUM_DOWNS: checkpoint 5 vs now 4"]),
 ])
 def test_resume_with_other_architecture_names_the_settings(finished_run, change, named):
     data, run_dir = finished_run
@@ -520,6 +525,21 @@ def test_resume_with_other_architecture_names_the_settings(finished_run, change,
     assert all(n in message for n in named), message
     assert "state_dict" not in message and "Missing key" not in message and "\n" not in message
     assert sha(last) == before
+
+
+@pytest.mark.parametrize("partial", ["1", "3,24,0.69"])
+def test_resume_drops_a_partial_last_line_of_log_csv(finished_run, partial):
+    """kill -9 in the middle of appending a row leaves it without its newline: "1" is how the row of an epoch
+    10-19 starts (its epoch would read as 1, an epoch the checkpoint has, and the next row would be glued to
+    it); "3,24,0.69" is a cut row of an epoch the checkpoint lacks. Resuming drops either and logs cleanly."""
+    data, run_dir = finished_run
+    complete = (data.parent / "run" / "log.csv").read_text()  # header + epochs 1 and 2, as last.pt has them
+    (run_dir / "log.csv").write_text(complete + partial)
+    assert train.main(tiny_args(data, run_dir, N_EPOCHS=1, N_EPOCHS_DECAY=2, **FAST)) == 0
+    rows = log_rows(run_dir)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert all(None not in r.values() and r["g_l1"] for r in rows), rows
+    assert (run_dir / "log.csv").read_text().startswith(complete)  # the complete rows are kept as they were
 
 
 def test_resume_from_a_generator_only_export_is_a_clear_error(tiny_run, tmp_path):
