@@ -14,6 +14,7 @@ import os
 import pickle
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -303,6 +304,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
+            _pause_in_save_for_tests(path)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -348,6 +350,24 @@ def check_run_dir(run_dir: Path) -> None:
         for folder in created:  # deepest first
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+_SAVES: dict[str, int] = {}  # atomic_save calls in this process per file name, for the test hook below
+
+
+def _pause_in_save_for_tests(path: Path) -> None:
+    """Test hook, off unless PIX2PIX_TEST_PAUSE_IN_SAVE=NAME:N:FILE is set: the N-th save to a file called NAME
+    stops after writing its temp file, before flush, fsync and rename, writes FILE and waits to be killed.
+    tests/test_faults.py SIGKILLs it there: the most fragile moment of a save, every time, not by luck."""
+    hook = os.environ.get("PIX2PIX_TEST_PAUSE_IN_SAVE")
+    if not hook:
+        return
+    name, n, ready = hook.split(":", 2)
+    _SAVES[path.name] = _SAVES.get(path.name, 0) + 1
+    if path.name == name and _SAVES[path.name] == int(n):
+        Path(ready).write_text(str(os.getpid()))
+        while True:
+            time.sleep(1)
 
 
 def remove_stale_temp_files(*folders: Path) -> None:
@@ -497,7 +517,6 @@ def training_flops_per_image(cfg: dict[str, Any]) -> float:
 def measure_peak_flops(device: torch.device, precision: str, seconds: float = 0.5) -> float:
     """Achieved FLOP/s of a representative 4x4 convolution (C256->C512 at 32x32) in this precision: the
     practical peak that the MFU figure is relative to."""
-    import time
     dtype = AMP_DTYPES.get(precision, torch.float32)
     # made on the CPU with its RNG forked: train.py probes after restoring a checkpoint's RNG state, and
     # drawing from it here would change the dropout noise of a resumed run (no longer an exact resume)
