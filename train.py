@@ -139,7 +139,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     barrier(world_size)
     train_set, val_set = build_datasets(cfg)
     if len(train_set) < world_size:
-        raise DatasetError(f"{cfg['TRAIN_DIR']}: {len(train_set)} usable images for {world_size} processes")
+        raise DatasetError(f"{cfg['TRAIN_DIR']}: {len(train_set)} usable images for {world_size} processes; each "
+                           f"process needs at least one: add images or start fewer (torchrun --nproc_per_node)")
     sampler = AugmentationSampler(len(train_set), cfg["SEED"], rank, world_size)
     loader_rng = torch.Generator().manual_seed(cfg["SEED"])  # worker seeds must not consume the dropout RNG
     loader = DataLoader(train_set, batch_size=cfg["BATCH_SIZE"], sampler=sampler, num_workers=cfg["NUM_WORKERS"],
@@ -325,6 +326,9 @@ if __name__ == "__main__":
     except (ConfigError, DatasetError, CheckpointError, RunDirError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         code = 1 if not isinstance(e, ConfigError) else 2
+    except KeyboardInterrupt:  # the second Ctrl-C (interrupts.StopRequest)
+        print("aborted by a second Ctrl-C: nothing saved after the last checkpoint", file=sys.stderr)
+        code = 130
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -153,6 +153,45 @@ def test_sigterm_to_the_whole_process_group_with_loader_workers(tiny_data, tmp_p
     assert 0 < ckpt["step"] < 24 and all_finite(ckpt)
 
 
+def test_a_second_ctrl_c_aborts_without_saving(tiny_data, tmp_path, monkeypatch, capsys):
+    """`python train.py` (in-process): two SIGINTs during one step. The first asks for a save after the step;
+    the second aborts at once: exit 130, one line saying so, no checkpoint, no traceback."""
+    run_dir = tmp_path / "run"
+    real_forward, calls = generator_model.UNetGenerator.forward, []
+
+    def forward(self, x):
+        if x.device.type != "meta":
+            calls.append(1)
+            if len(calls) == 3:  # the third step, on the way through G
+                os.kill(os.getpid(), signal.SIGINT)
+                os.kill(os.getpid(), signal.SIGINT)
+        return real_forward(self, x)
+    monkeypatch.setattr(generator_model.UNetGenerator, "forward", forward)
+    monkeypatch.setattr(sys, "argv", ["train.py", *tiny_args(tiny_data, run_dir, **FAST)])
+    with pytest.raises(SystemExit) as exit_:
+        runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err
+    assert "SIGINT: finishing this step, then saving a checkpoint (Ctrl-C again to abort without saving)" in err
+    assert err.rstrip().endswith("aborted by a second Ctrl-C: nothing saved after the last checkpoint")
+    assert "Traceback" not in err and len(calls) == 3
+    assert not (run_dir / "checkpoints").exists() and not (run_dir / "generator.pt").exists()
+
+
+def test_fewer_images_than_processes_is_a_clear_error(tmp_path, monkeypatch):
+    """3 processes, 2 training images: one process would get none. A DatasetError before any training."""
+    import dataset
+    from conftest import write_pairs
+    write_pairs(tmp_path / "data" / "train", 2)
+    write_pairs(tmp_path / "data" / "val", 1)
+    monkeypatch.setattr(train, "setup_distributed", lambda timeout_s: (0, 0, 3))  # rank 0 of 3 under torchrun
+    monkeypatch.setattr(train, "barrier", lambda world_size: None)
+    monkeypatch.setattr(train, "build_models", lambda cfg: pytest.fail("got past the check"))
+    with pytest.raises(dataset.DatasetError, match=r"train: 2 usable images for 3 processes; each process needs "
+                                                   r"at least one: add images or start fewer"):
+        train.main(tiny_args(tmp_path / "data", tmp_path / "run", **FAST))
+
+
 # ----------------------------------------------------------------------------- kill -9
 
 # Imports train (torch, torch._dynamo, tensorboard, matplotlib: most of a start's ~8 s on busy cores) once, then
