@@ -20,8 +20,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from dataset import AugmentationSampler, DatasetError, build_datasets, ensure_default_data
-from distributed import (barrier, check_ranks_agree, max_over_ranks, setup_distributed, sum_over_ranks,
-                         without_sync_bn)
+from distributed import (barrier, check_ranks_agree, gather_from_ranks, max_over_ranks, setup_distributed,
+                         sum_over_ranks, without_sync_bn)
 from interrupts import StopRequest, ignore_stop_signals, resume_command, shut_down_workers
 from run_log import RunLog
 from utils import (CheckpointError, ConfigError, RunDirError, atomic_save, autocast, build_models,
@@ -170,8 +170,9 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         for obj, key in ((G, "generator"), (D, "discriminator"), (opt_G, "opt_G"), (opt_D, "opt_D"),
                          (sched_G, "sched_G"), (sched_D, "sched_D"), (scaler_G, "scaler_G"), (scaler_D, "scaler_D")):
             obj.load_state_dict(ckpt[key])
-        set_rng_states(ckpt["rng"])
-        if rank:
+        rank_rngs = ckpt.get("rank_rngs") or []  # every rank's RNG: each continues its own dropout noise
+        set_rng_states(rank_rngs[rank] if len(rank_rngs) == world_size else ckpt["rng"])
+        if rank and len(rank_rngs) != world_size:  # saved with another number of processes: fresh noise
             seed_everything(cfg["SEED"] + rank + ckpt["step"])
         loader_rng.set_state(ckpt["loader_rng"])
         start_epoch, step, batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt["batch_in_epoch"]
@@ -196,8 +197,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                      "sched_G": sched_G.state_dict(), "sched_D": sched_D.state_dict(),
                      "scaler_G": scaler_G.state_dict(), "scaler_D": scaler_D.state_dict(),
                      "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "best_val_l1": best_val_l1,
-                     "rng": rng_states(), "loader_rng": loader_rng.get_state(), "config": cfg,
-                     **model_hparams(G, D)}, path)
+                     "rng": rng_states(), "rank_rngs": rank_rngs, "loader_rng": loader_rng.get_state(),
+                     "config": cfg, **model_hparams(G, D)}, path)
 
     def export_generator(path: Path) -> None:
         atomic_save({"generator": G.state_dict(), "epoch": epoch, "config": cfg, **model_hparams(G, D)}, path)
@@ -223,7 +224,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
 
     stop = StopRequest(announce=master)
     cleanup.callback(stop.release)  # after the loop a signal must end the process as usual
-    epoch = start_epoch
+    epoch, rank_rngs = start_epoch, []
     for epoch in range(start_epoch, total_epochs):
         sampler.set_epoch(epoch, skip=batch_in_epoch * cfg["BATCH_SIZE"])
         sums = dict.fromkeys(("d_real", "d_fake", "g_gan", "g_l1"), 0.0)
@@ -256,8 +257,10 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                     log.scalars({k: v / n_ok for k, v in sums.items()} | {"images_per_s": speed}, step)
             stop.signum = max_over_ranks(stop.signum, device)  # any rank's signal stops every rank
             stopping = bool(stop.signum)
-            if master and (stopping or (cfg["CHECKPOINT_EVERY_STEPS"] and step % cfg["CHECKPOINT_EVERY_STEPS"] == 0)):
-                checkpoint(ckpt_dir / "last.pt")
+            if stopping or (cfg["CHECKPOINT_EVERY_STEPS"] and step % cfg["CHECKPOINT_EVERY_STEPS"] == 0):
+                rank_rngs = gather_from_ranks(rng_states(), world_size)  # (every rank agrees on saving)
+                if master:
+                    checkpoint(ckpt_dir / "last.pt")
             if stopping:
                 if master:
                     bar.close()
@@ -271,6 +274,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         sched_D.step()
         *totals, n_ok = sum_over_ranks([*sums.values(), n_ok], device)  # log means over every rank's images
         sums = dict(zip(sums, totals))
+        rank_rngs = gather_from_ranks(rng_states(), world_size)
         if not master:
             barrier(world_size)
             continue

@@ -606,7 +606,8 @@ def finished_run(tiny_run: Path, tmp_path: Path) -> tuple[Path, Path]:
     (dict(DISC_BASE_CHANNELS=16), ["DISC_BASE_CHANNELS: checkpoint 8 vs now 16"]),
     (dict(DISC_N_LAYERS=2), ["DISC_N_LAYERS: checkpoint 3 vs now 2"]),
     (dict(IN_CHANNELS=1), ["IN_CHANNELS: checkpoint 3 vs now 1"]),
-    (dict(OUT_CHANNELS=1, DROPOUT=False), ["OUT_CHANNELS: checkpoint 3 vs now 1", "DROPOUT: checkpoint True vs now False"]),
+    (dict(OUT_CHANNELS=1, DROPOUT=False),
+     ["OUT_CHANNELS: checkpoint 3 vs now 1", "DROPOUT: checkpoint True vs now False"]),
     (dict(NUM_DOWNS=4), ["NUM_DOWNS: checkpoint 5 vs now 4"]),
 ])
 def test_resume_with_other_architecture_names_the_settings(finished_run, change, named):
