@@ -609,6 +609,7 @@ def finished_run(tiny_run: Path, tmp_path: Path) -> tuple[Path, Path]:
     (dict(OUT_CHANNELS=1, DROPOUT=False),
      ["OUT_CHANNELS: checkpoint 3 vs now 1", "DROPOUT: checkpoint True vs now False"]),
     (dict(NUM_DOWNS=4), ["NUM_DOWNS: checkpoint 5 vs now 4"]),
+    (dict(DIRECTION="AtoB"), ["DIRECTION: checkpoint 'BtoA' vs now 'AtoB'"]),
 ])
 def test_resume_with_other_architecture_names_the_settings(finished_run, change, named):
     data, run_dir = finished_run

@@ -83,3 +83,17 @@ def test_own_other_ratio_on_three_images_worked_out_by_hand():
     assert s["l1"] == pytest.approx(0.5 / 3, rel=1e-5)
     # PSNR per image 20 log10(1 / 0.1), 20 log10(1 / 0.1), 20 log10(1 / 0.3): mean of the three
     assert s["psnr"] == pytest.approx((20 + 20 + 20 * math.log10(1 / 0.3)) / 3, rel=1e-5)
+
+
+def test_evaluate_reports_the_ratio_of_a_single_image_as_undefined(tiny_run, tmp_path, capsys):
+    """evaluate.py on one image: `n/a` in its table and null in summary.json (JSON has no NaN), never nan."""
+    import json
+
+    import evaluate
+    out = tmp_path / "eval"
+    assert evaluate.main(["--checkpoint", str(tiny_run / "run" / "generator.pt"), "--data",
+                          str(tiny_run / "data" / "val"), "--out", str(out), "--max-images", "1"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ratio"] is None and summary["n_images"] == 1 and summary["l1"] > 0
+    printed = capsys.readouterr().out
+    assert "ratio       n/a" in printed and "nan" not in printed
