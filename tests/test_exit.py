@@ -40,6 +40,18 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
+def group_alive(pgid: int, grace_s: float = 5.0) -> bool:
+    """Whether any process of the run's process group (its DataLoader workers) is still there after grace_s."""
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def finish(proc: subprocess.Popen, out: Path, deadline: float) -> tuple[float | None, str]:
     """Wait for `done:` in the output, then for the exit. -> (seconds from done to exit or None if it hung, output)."""
     while "done:" not in out.read_text() and proc.poll() is None and time.monotonic() < deadline:
@@ -61,7 +73,7 @@ CASES += [(4, 1, 2), (6, 1, 2), (5, 1, 1), (3, 2, 2)]
 
 
 def test_every_finished_run_exits_by_itself(tmp_path):
-    """12 tiny runs, two at a time: each prints `done:`, exits 0 within seconds, and leaves no worker behind."""
+    """16 tiny runs, two at a time: each prints `done:`, exits 0 within seconds, and leaves no worker behind."""
     for n in range(1, 7):
         write_pairs(tmp_path / f"train{n}", n, seed=0)
     for n in (1, 2):
@@ -80,6 +92,9 @@ def test_every_finished_run_exits_by_itself(tmp_path):
             if seconds is None or proc.returncode != 0 or "done:" not in text:
                 failures.append(f"{case} (train, val, workers): exit {proc.returncode}, "
                                 f"{'hung after done' if seconds is None else f'{seconds:.1f} s'}:\n{text[-1500:]}")
+            elif group_alive(proc.pid):
+                failures.append(f"{case} (train, val, workers): exited, but left processes behind")
+                kill_group(proc)
     assert not failures, "\n".join(failures)
 
 
