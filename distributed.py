@@ -77,7 +77,8 @@ def check_ranks_agree(world_size: int, **facts) -> None:
     see the checkpoint (multi-node: RUN_DIR and the data must be shared or identical on every node)."""
     if world_size == 1:
         return
-    seen = gather_from_ranks(facts, world_size)
+    seen = [None] * world_size
+    dist.all_gather_object(seen, facts)  # plain data: pickled as it is
     differ = [f"rank {r}: {s}" for r, s in enumerate(seen) if s != seen[0]]
     if differ:
         raise ConfigError(f"the processes disagree (rank 0: {seen[0]}; {'; '.join(differ)}). Every node must see "
