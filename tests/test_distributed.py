@@ -202,6 +202,7 @@ def test_distributed_checkpoint_loads_in_a_single_process_run_and_load_generator
     assert [line.split(",")[0] for line in (run_dir / "log.csv").read_text().splitlines()[1:]] == ["1", "2"]
 
 
+@pytest.mark.timeout(900)  # two launches, each limited by LAUNCH_TIMEOUT_S
 def test_distributed_run_stops_on_one_ranks_sigterm_and_resumes_mid_epoch(ddp_run, tmp_path):
     """The 1-epoch run, given one more (decay) epoch at BATCH_SIZE 1 (2 steps per rank). First launch: rank 1
     alone gets SIGTERM after its first step; the all-reduced stop flag stops both ranks there and rank 0 saves.
@@ -279,6 +280,7 @@ def test_a_stuck_rank_stops_the_job_after_dist_timeout_s(tmp_path):
     assert "rank      : 0 " in run.stderr.split("Root Cause")[-1], run.describe()
 
 
+@pytest.mark.timeout(900)  # three launches, each limited by LAUNCH_TIMEOUT_S
 def test_ctrl_c_under_torchrun_saves_and_the_resumed_run_is_bit_identical(tmp_path):
     """Ctrl-C in torchrun's terminal (SIGINT to torchrun and every rank, sent by rank 0 after its first step):
     both ranks stop after that step, rank 0 saves mid-epoch, exit 0. Resumed, the run (batch norm, dropout: each

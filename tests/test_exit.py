@@ -2,7 +2,7 @@
 whatever the number of images and DataLoader workers, and a stop signal that arrives after training still ends it.
 
 Each case is the real CLI in a subprocess with a hard timeout (startup is most of its ~10 s on shared cores);
-two run at a time. Total ~1-2 min.
+two run at a time. Total ~2 min on 2 shared cores.
 
     python -m pytest tests/test_exit.py -q
 """
@@ -52,6 +52,15 @@ def group_alive(pgid: int, grace_s: float = 5.0) -> bool:
     return True
 
 
+def single_image_ratio_is_undefined(output: str, run_dir: Path) -> bool:
+    import csv
+    val_line = next((line for line in output.splitlines() if line.startswith("  val:")), "")
+    with open(run_dir / "log.csv", newline="") as f:
+        row = list(csv.DictReader(f))[0]
+    return "own/other L1 ratio n/a (needs 2+ images)" in val_line and "nan" not in val_line and \
+        row["val_ratio"] == "" and float(row["val_l1"]) > 0
+
+
 def finish(proc: subprocess.Popen, out: Path, deadline: float) -> tuple[float | None, str]:
     """Wait for `done:` in the output, then for the exit. -> (seconds from done to exit or None if it hung, output)."""
     while "done:" not in out.read_text() and proc.poll() is None and time.monotonic() < deadline:
@@ -72,8 +81,10 @@ CASES = [(n_train, n_val, workers) for (n_val, workers), n_train in
 CASES += [(4, 1, 2), (6, 1, 2), (5, 1, 1), (3, 2, 2)]
 
 
+@pytest.mark.timeout(900)  # 6 pairs of runs, each pair with its own RUN_TIMEOUT_S
 def test_every_finished_run_exits_by_itself(tmp_path):
-    """16 tiny runs, two at a time: each prints `done:`, exits 0 within seconds, and leaves no worker behind."""
+    """12 tiny runs, two at a time: each prints `done:`, exits 0 within seconds, and leaves no worker behind.
+    With one validation image the own/other ratio is undefined: `n/a` in the log line, empty in log.csv."""
     for n in range(1, 7):
         write_pairs(tmp_path / f"train{n}", n, seed=0)
     for n in (1, 2):
@@ -85,9 +96,9 @@ def test_every_finished_run_exits_by_itself(tmp_path):
         for i, (n_train, n_val, workers) in pair:
             args = tiny_args(tmp_path, tmp_path / f"run{i}", TRAIN_DIR=tmp_path / f"train{n_train}",
                              VAL_DIR=tmp_path / f"val{n_val}", NUM_WORKERS=workers, N_EPOCHS_DECAY=0, N_SAMPLES=4)
-            running.append(((n_train, n_val, workers), *start(args, tmp_path / f"run{i}.out")))
+            running.append(((n_train, n_val, workers), tmp_path / f"run{i}", *start(args, tmp_path / f"run{i}.out")))
         deadline = time.monotonic() + RUN_TIMEOUT_S
-        for case, proc, out in running:
+        for case, run_dir, proc, out in running:
             seconds, text = finish(proc, out, deadline)
             if seconds is None or proc.returncode != 0 or "done:" not in text:
                 failures.append(f"{case} (train, val, workers): exit {proc.returncode}, "
@@ -95,6 +106,8 @@ def test_every_finished_run_exits_by_itself(tmp_path):
             elif group_alive(proc.pid):
                 failures.append(f"{case} (train, val, workers): exited, but left processes behind")
                 kill_group(proc)
+            elif case[1] == 1 and not single_image_ratio_is_undefined(text, run_dir):
+                failures.append(f"{case} (train, val, workers): the ratio of one image is not reported as n/a")
     assert not failures, "\n".join(failures)
 
 
@@ -167,20 +180,3 @@ def test_training_leaves_no_worker_processes_and_gives_the_signals_back(tiny_dat
         assert train.main(args) == 0
     assert multiprocessing.active_children() == []
     assert signal.getsignal(signal.SIGTERM) is sentinel
-
-
-def test_single_validation_image_reports_the_ratio_as_undefined(tmp_path):
-    """One validation image has no other target to compare with: the log says n/a, never nan."""
-    import csv
-    write_pairs(tmp_path / "train", 2, seed=0)
-    write_pairs(tmp_path / "val", 1, seed=1)
-    run = tmp_path / "run"
-    proc = subprocess.run([sys.executable, str(ROOT / "train.py"),
-                           *tiny_args(tmp_path, run, N_EPOCHS_DECAY=0)], cwd=ROOT, env=ENV, text=True,
-                          capture_output=True, timeout=RUN_TIMEOUT_S)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    val_line = next(line for line in proc.stdout.splitlines() if line.startswith("  val:"))
-    assert "own/other L1 ratio n/a (needs 2+ images)" in val_line and "nan" not in val_line
-    with open(run / "log.csv", newline="") as f:
-        row = list(csv.DictReader(f))[0]
-    assert row["val_ratio"] == "" and float(row["val_l1"]) > 0
