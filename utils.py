@@ -366,8 +366,7 @@ def _pause_in_save_for_tests(path: Path) -> None:
     _SAVES[path.name] = _SAVES.get(path.name, 0) + 1
     if path.name == name and _SAVES[path.name] == int(n):
         Path(ready).write_text(str(os.getpid()))
-        while True:
-            time.sleep(1)
+        time.sleep(600)  # bounded: a test that failed before its kill leaves nothing running for long
 
 
 def remove_stale_temp_files(*folders: Path) -> None:

@@ -419,8 +419,7 @@ def worker(argv: list[str]) -> int:
         if hang_at == (rank, step):  # stuck, e.g. on a dead disk; SIGTERM left to kill it, so torchrun can
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # end it without its 30 s grace period
             save()
-            while True:
-                time.sleep(1)
+            time.sleep(LAUNCH_TIMEOUT_S)  # longer than any test waits; bounded so no rank outlives a failed test
         try:
             losses = real["train_step"](*args)
             if signal_at == (rank, step):  # as if this rank's node were preempted

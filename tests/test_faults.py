@@ -265,10 +265,13 @@ def test_kill_9_during_saves_and_at_random_moments_never_loses_the_run(tiny_data
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     replies = line_reader(zygote.stdout)
 
+    launched = []
+
     def launch(name: str, env: dict | None = None) -> int:
         zygote.stdin.write(json.dumps([args, str(tmp_path / f"{name}.log"), env or {}]) + "\n")
         zygote.stdin.flush()
-        return int(next_line(replies, f"{name}'s pid"))
+        launched.append(int(next_line(replies, f"{name}'s pid")))
+        return launched[-1]
 
     def alive(pid: int) -> bool:  # the zygote reaps its child at once, so no zombie lingers
         try:
@@ -324,6 +327,9 @@ def test_kill_9_during_saves_and_at_random_moments_never_loses_the_run(tiny_data
         assert load_checkpoint(last)["step"] == total_steps
         assert [p.name for p in ckpt_dir.iterdir() if ".tmp-" in p.name] == []  # stale temp files removed
     finally:
+        for pid in launched:  # a failed assertion can leave a run paused in its save: never leave it behind
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
         zygote.stdin.close()
         try:
             zygote.wait(timeout=60)
