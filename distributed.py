@@ -4,6 +4,7 @@ collectives that keep every rank stepping, skipping and stopping together.
 Not run directly:  torchrun --standalone --nproc_per_node=N train.py [--KEY=value ...]
 """
 import datetime
+import io
 import os
 
 import torch
@@ -59,13 +60,25 @@ def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
     return totals.tolist()
 
 
+def gather_from_ranks(value: object, world_size: int) -> list:
+    """Every rank's `value` (tensors and plain data), in rank order, on every rank; [value] in a single process.
+    Sent as torch.save bytes: all_gather_object cannot unpickle tensors itself."""
+    if world_size == 1:
+        return [value]
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    seen = [None] * world_size
+    dist.all_gather_object(seen, buffer.getvalue())
+    return [torch.load(io.BytesIO(b), weights_only=True) for b in seen]
+
+
 def check_ranks_agree(world_size: int, **facts) -> None:
     """Stop every rank with one clear message if the processes would train differently, e.g. a node that cannot
     see the checkpoint (multi-node: RUN_DIR and the data must be shared or identical on every node)."""
     if world_size == 1:
         return
     seen = [None] * world_size
-    dist.all_gather_object(seen, facts)
+    dist.all_gather_object(seen, facts)  # plain data: pickled as it is
     differ = [f"rank {r}: {s}" for r, s in enumerate(seen) if s != seen[0]]
     if differ:
         raise ConfigError(f"the processes disagree (rank 0: {seen[0]}; {'; '.join(differ)}). Every node must see "

@@ -65,9 +65,9 @@ def thumb_name(index: int, kind: str) -> str:
     return f"{index:05d}_{kind}.png"  # numbered, not named after the file: always a safe relative link
 
 
-def finite_or_none(v: float) -> float | None:
-    """JSON has no NaN/Infinity (e.g. the ratio of a single image, the PSNR of a perfect output)."""
-    return v if math.isfinite(v) else None
+def finite_or_none(v: float | None) -> float | None:
+    """JSON has no NaN/Infinity (e.g. the PSNR of a perfect output); the ratio of a single image is None."""
+    return v if v is not None and math.isfinite(v) else None
 
 
 def write_html(path: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:

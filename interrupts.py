@@ -7,14 +7,21 @@ import shlex
 import signal
 import sys
 
+from torch.utils.data import DataLoader
+
 
 class StopRequest:
-    """SIGINT/SIGTERM set `signum`; the loop finishes its step, saves and exits. A second Ctrl-C aborts."""
+    """SIGINT/SIGTERM set `signum`; the loop finishes its step, saves and exits. A second Ctrl-C aborts.
+    release() gives the signals their previous handlers back: once the loop has ended, nothing would check the
+    flag, and a SIGTERM must still end the process."""
 
     def __init__(self, announce: bool = True):
         self.signum, self.announce = 0, announce  # announce: False on torchrun's other ranks (one message)
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self.handle)
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def release(self) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
 
     def handle(self, signum, frame):
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
@@ -33,6 +40,16 @@ def ignore_stop_signals(worker_id: int) -> None:
     or a scheduler's SIGTERM to the whole process group must not kill them (or make them print) mid-batch."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def shut_down_workers(loader: DataLoader) -> None:
+    """Stop a DataLoader's persistent worker processes now, on every way out of training. Left to garbage
+    collection, a loader that outlives the run (a reference cycle, a traceback holding its frame) keeps them
+    until interpreter exit, where multiprocessing SIGTERMs them - ignored, see ignore_stop_signals - and then
+    waits for them forever. Shutting them down sends each a stop message it obeys."""
+    iterator, loader._iterator = getattr(loader, "_iterator", None), None
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
 
 
 def resume_command(cfg: dict, args: list[str], world_size: int) -> str:

@@ -26,11 +26,11 @@ def per_image_metrics(fake: torch.Tensor, target: torch.Tensor) -> dict[str, tor
     }
 
 
-def own_other_ratio(fakes: torch.Tensor, targets: torch.Tensor) -> float:
-    """Mean L1 to the image's own target over mean L1 to every other target (needs >= 2 images)."""
+def own_other_ratio(fakes: torch.Tensor, targets: torch.Tensor) -> float | None:
+    """Mean L1 to the image's own target over mean L1 to every other target; None (undefined) for one image."""
     n = fakes.shape[0]
     if n < 2:
-        return float("nan")
+        return None
     small = lambda t: F.interpolate(t.float(), size=RATIO_SIZE, mode="area").flatten(1)  # noqa: E731
     dist = torch.cdist(small(fakes), small(targets), p=1) / (3 * RATIO_SIZE * RATIO_SIZE)  # NxN mean-abs L1
     own = dist.diagonal().mean()
@@ -38,7 +38,8 @@ def own_other_ratio(fakes: torch.Tensor, targets: torch.Tensor) -> float:
     return (own / other).item()
 
 
-def summarize(per_image: dict[str, torch.Tensor], fakes: torch.Tensor, targets: torch.Tensor) -> dict[str, float]:
+def summarize(per_image: dict[str, torch.Tensor], fakes: torch.Tensor, targets: torch.Tensor
+              ) -> dict[str, float | None]:
     summary = {k: v.mean().item() for k, v in per_image.items()}
     summary["ratio"] = own_other_ratio(fakes, targets)
     summary["n_images"] = int(fakes.shape[0])

@@ -19,7 +19,10 @@ class RunLog:
         self.run_dir = run_dir
         self.csv_path = run_dir / "log.csv"
         rows = self.rows()
-        if rows and any(int(r["epoch"]) > resume_epoch for r in rows):
+        partial = self.csv_path.exists() and not self.csv_path.read_bytes().endswith(b"\n")
+        if partial:  # a kill -9 mid-append left half a row (csv ends every complete row with a newline)
+            rows = rows[:-1]
+        if partial or any(int(r["epoch"]) > resume_epoch for r in rows):
             # rows of epochs the checkpoint does not contain will be trained again: drop them, keep the rest
             self._write([r for r in rows if int(r["epoch"]) <= resume_epoch])
         elif not rows:

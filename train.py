@@ -7,6 +7,7 @@
 Settings live in config.py; any of them can be overridden with --KEY=value. Stop at any time with Ctrl-C:
 a resumable checkpoint is written, and running the same command again continues exactly where it stopped.
 """
+import contextlib
 import json
 import sys
 import time
@@ -19,15 +20,15 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from dataset import AugmentationSampler, DatasetError, build_datasets, ensure_default_data
-from distributed import (barrier, check_ranks_agree, max_over_ranks, setup_distributed, sum_over_ranks,
-                         without_sync_bn)
-from interrupts import StopRequest, ignore_stop_signals, resume_command
+from distributed import (barrier, check_ranks_agree, gather_from_ranks, max_over_ranks, setup_distributed,
+                         sum_over_ranks, without_sync_bn)
+from interrupts import StopRequest, ignore_stop_signals, resume_command, shut_down_workers
 from run_log import RunLog
-from utils import (CheckpointError, ConfigError, atomic_save, autocast, build_models, check_resume_compatible,
-                   fixed_noise, keep_legacy_skips, load_checkpoint, load_config, lr_factor, make_grad_scalers,
-                   make_optimizers, measure_peak_flops, model_hparams, pick_device, pick_precision, remove_stale_temp_files,
-                   resolve_resume, rng_states, sample_grid, seed_everything, set_rng_states, test_mode,
-                   training_flops_per_image)
+from utils import (CheckpointError, ConfigError, RunDirError, atomic_save, autocast, build_models,
+                   check_resume_compatible, check_run_dir, fixed_noise, keep_legacy_skips, load_checkpoint,
+                   load_config, lr_factor, make_grad_scalers, make_optimizers, measure_peak_flops, model_hparams,
+                   pick_device, pick_precision, remove_stale_temp_files, resolve_resume, rng_states, sample_grid,
+                   seed_everything, set_rng_states, state_before_step, test_mode, training_flops_per_image, undo_step)
 
 
 # ----------------------------------------------------------------------------- the objective (paper §3.1)
@@ -108,6 +109,11 @@ def train_step(G, D, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp,
 # ----------------------------------------------------------------------------- the run
 
 def main(argv: list[str] | None = None) -> int:
+    with contextlib.ExitStack() as cleanup:  # runs on every way out: done, stop signal, error
+        return run(argv, cleanup)
+
+
+def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     cfg = load_config(argv)
     rank, local_rank, world_size = setup_distributed(cfg["DIST_TIMEOUT_S"])
     master = rank == 0
@@ -124,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     run_dir = Path(cfg["RUN_DIR"])
     ckpt_dir = run_dir / "checkpoints"
     resume_path = resolve_resume(cfg, ckpt_dir)
-    if master:
+    if master:  # the only writer; under torchrun its error ends the other ranks too
+        check_run_dir(run_dir)  # a folder that cannot hold the run fails here, in one line, before any data work
         remove_stale_temp_files(ckpt_dir, run_dir)
     seed_everything(cfg["SEED"] + rank)  # models are identical anyway: DDP broadcasts rank 0's weights
 
@@ -134,12 +141,14 @@ def main(argv: list[str] | None = None) -> int:
     barrier(world_size)
     train_set, val_set = build_datasets(cfg)
     if len(train_set) < world_size:
-        raise DatasetError(f"{cfg['TRAIN_DIR']}: {len(train_set)} usable images for {world_size} processes")
+        raise DatasetError(f"{cfg['TRAIN_DIR']}: {len(train_set)} usable images for {world_size} processes; each "
+                           f"process needs at least one: add images or start fewer (torchrun --nproc_per_node)")
     sampler = AugmentationSampler(len(train_set), cfg["SEED"], rank, world_size)
     loader_rng = torch.Generator().manual_seed(cfg["SEED"])  # worker seeds must not consume the dropout RNG
     loader = DataLoader(train_set, batch_size=cfg["BATCH_SIZE"], sampler=sampler, num_workers=cfg["NUM_WORKERS"],
                         pin_memory=device.type == "cuda", persistent_workers=cfg["NUM_WORKERS"] > 0,
                         generator=loader_rng, worker_init_fn=ignore_stop_signals)
+    cleanup.callback(shut_down_workers, loader)  # never left for interpreter exit (where they would hang it)
     # evaluation batches match training's, so the paper's test mode sees batch statistics like training's
     val_loader = DataLoader(Subset(val_set, range(min(len(val_set), cfg["VAL_MAX_IMAGES"] or len(val_set)))),
                             batch_size=cfg["BATCH_SIZE"], num_workers=0)
@@ -166,8 +175,9 @@ def main(argv: list[str] | None = None) -> int:
         if keep_legacy_skips(G, ckpt) and master:
             print(f"note: {resume_path} predates the U-Net skip fix; this run keeps its legacy skip activations "
                   f"(skip_relu=False) so its function does not change. Train in a new RUN_DIR for the reference one")
-        set_rng_states(ckpt["rng"])
-        if rank:
+        rank_rngs = ckpt.get("rank_rngs") or []  # every rank's RNG: each continues its own dropout noise
+        set_rng_states(rank_rngs[rank] if len(rank_rngs) == world_size else ckpt["rng"])
+        if rank and len(rank_rngs) != world_size:  # saved with another number of processes: fresh noise
             seed_everything(cfg["SEED"] + rank + ckpt["step"])
         loader_rng.set_state(ckpt["loader_rng"])
         start_epoch, step, batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt["batch_in_epoch"]
@@ -192,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                      "sched_G": sched_G.state_dict(), "sched_D": sched_D.state_dict(),
                      "scaler_G": scaler_G.state_dict(), "scaler_D": scaler_D.state_dict(),
                      "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "best_val_l1": best_val_l1,
-                     "rng": rng_states(), "loader_rng": loader_rng.get_state(), "config": cfg,
-                     **model_hparams(G, D)}, path)
+                     "rng": rng_states(), "rank_rngs": rank_rngs, "loader_rng": loader_rng.get_state(),
+                     "config": cfg, **model_hparams(G, D)}, path)
 
     def export_generator(path: Path) -> None:
         atomic_save({"generator": G.state_dict(), "epoch": epoch, "config": cfg, **model_hparams(G, D)}, path)
@@ -208,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
         log = RunLog(run_dir, resume_epoch=start_epoch)
+        cleanup.callback(log.close)
         flops = training_flops_per_image(cfg)
         peak = measure_peak_flops(device, precision)
         print("config:", json.dumps(cfg))
@@ -217,10 +228,8 @@ def main(argv: list[str] | None = None) -> int:
               f"val images; {flops / 1e9:.1f} GFLOP per training image; measured conv peak {peak / 1e12:.2f} TFLOP/s")
 
     stop = StopRequest(announce=master)
-    # batch-norm running statistics change in the forward pass, before a loss can be checked: a skipped
-    # NaN step restores them, or a NaN in one batch would poison them (and eval-mode inference) for good
-    norm_buffers = [b for b in (*G.buffers(), *D.buffers()) if b.is_floating_point()]
-    epoch = start_epoch
+    cleanup.callback(stop.release)  # after the loop a signal must end the process as usual
+    epoch, rank_rngs = start_epoch, []
     for epoch in range(start_epoch, total_epochs):
         sampler.set_epoch(epoch, skip=batch_in_epoch * cfg["BATCH_SIZE"])
         sums = dict.fromkeys(("d_real", "d_fake", "g_gan", "g_l1"), 0.0)
@@ -230,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
         for x, y in bar:
             x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             y = y.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            saved_buffers = [b.clone() for b in norm_buffers] if cfg["ON_NAN"] == "skip" else []
+            # ON_NAN=skip: D may have stepped, and batch-norm statistics moved, before a non-finite loss shows
+            saved = state_before_step(G, D, opt_D, scaler_D) if cfg["ON_NAN"] == "skip" else None
             try:
                 losses = train_step(G_train, D_step, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, step)
                 n_ok += 1
@@ -239,9 +249,7 @@ def main(argv: list[str] | None = None) -> int:
             except NonFiniteLoss as e:
                 if cfg["ON_NAN"] == "stop":
                     raise
-                with torch.no_grad():
-                    for buffer, saved in zip(norm_buffers, saved_buffers):
-                        buffer.copy_(saved)
+                undo_step(saved, G, D, opt_D, scaler_D)
                 skipped += 1
                 print(f"\n{e}; skipping this step (ON_NAN=skip)", file=sys.stderr)
             step += 1
@@ -254,8 +262,10 @@ def main(argv: list[str] | None = None) -> int:
                     log.scalars({k: v / n_ok for k, v in sums.items()} | {"images_per_s": speed}, step)
             stop.signum = max_over_ranks(stop.signum, device)  # any rank's signal stops every rank
             stopping = bool(stop.signum)
-            if master and (stopping or (cfg["CHECKPOINT_EVERY_STEPS"] and step % cfg["CHECKPOINT_EVERY_STEPS"] == 0)):
-                checkpoint(ckpt_dir / "last.pt")
+            if stopping or (cfg["CHECKPOINT_EVERY_STEPS"] and step % cfg["CHECKPOINT_EVERY_STEPS"] == 0):
+                rank_rngs = gather_from_ranks(rng_states(), world_size)  # (every rank agrees on saving)
+                if master:
+                    checkpoint(ckpt_dir / "last.pt")
             if stopping:
                 if master:
                     bar.close()
@@ -269,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         sched_D.step()
         *totals, n_ok = sum_over_ranks([*sums.values(), n_ok], device)  # log means over every rank's images
         sums = dict(zip(sums, totals))
+        rank_rngs = gather_from_ranks(rng_states(), world_size)
         if not master:
             barrier(world_size)
             continue
@@ -284,10 +295,11 @@ def main(argv: list[str] | None = None) -> int:
             log.tb.add_image("samples", grid, step)
         if cfg["VAL_EVERY"] and epoch % cfg["VAL_EVERY"] == 0:
             val = evaluate_generator(G_solo, val_loader, device, precision, cfg["TEST_MODE"], cfg["SEED"])["summary"]
-            row |= {f"val_{k}": val[k] for k in ("l1", "psnr", "ssim", "ratio")}
-            log.scalars({k: val[k] for k in ("l1", "psnr", "ssim", "ratio")}, step, prefix="val")
+            row |= {f"val_{k}": val[k] for k in ("l1", "psnr", "ssim", "ratio")}  # a None ratio: empty in log.csv
+            log.scalars({k: val[k] for k in ("l1", "psnr", "ssim", "ratio") if val[k] is not None}, step, "val")
+            ratio = "n/a (needs 2+ images)" if val["ratio"] is None else f"{val['ratio']:.3f}"
             print(f"  val: L1 {val['l1']:.4f}  PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}  "
-                  f"own/other L1 ratio {val['ratio']:.3f}  ({val['n_images']} images)")
+                  f"own/other L1 ratio {ratio}  ({val['n_images']} images)")
             if val["l1"] < best_val_l1:
                 best_val_l1 = val["l1"]
                 checkpoint(ckpt_dir / "best.pt")
@@ -299,7 +311,6 @@ def main(argv: list[str] | None = None) -> int:
         export_generator(run_dir / "generator.pt")
         barrier(world_size)
     if master:
-        log.close()
         print(f"done: {run_dir / 'generator.pt'} (load it with utils.load_generator)")
     return 0
 
@@ -321,9 +332,12 @@ def write_samples(G, x, y, cfg, device, precision, path: Path) -> torch.Tensor:
 if __name__ == "__main__":
     try:
         code = main()
-    except (ConfigError, DatasetError, CheckpointError, NonFiniteLoss) as e:
+    except (ConfigError, DatasetError, CheckpointError, RunDirError, NonFiniteLoss) as e:
         print(f"error: {e}", file=sys.stderr)
         code = 1 if not isinstance(e, ConfigError) else 2
+    except KeyboardInterrupt:  # the second Ctrl-C (interrupts.StopRequest)
+        print("aborted by a second Ctrl-C: nothing saved after the last checkpoint", file=sys.stderr)
+        code = 130
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

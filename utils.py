@@ -8,11 +8,14 @@ Not run directly. In a notebook:
 """
 import ast
 import contextlib
+import copy
 import difflib
+import errno
 import os
 import pickle
 import random
 import sys
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,6 +39,10 @@ class ConfigError(ValueError):
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit the requested run; the message says which file."""
+
+
+class RunDirError(RuntimeError):
+    """RUN_DIR cannot hold the run's files (not a folder, not writable, read-only or full); found before step 1."""
 
 
 # ----------------------------------------------------------------------------- config
@@ -268,6 +275,29 @@ def test_mode(G: nn.Module, mode: str = "paper") -> Iterator[None]:
             m.momentum = momentum
 
 
+# ----------------------------------------------------------------------------- undoing a skipped step
+
+def state_before_step(G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer,
+                      scaler_D: torch.amp.GradScaler) -> dict[str, Any]:
+    """What a training step can change before its last loss is known to be finite: the D step (D's weights, its
+    optimiser and loss scaler) and both networks' batch-norm statistics (updated in the forward pass). G's
+    weights and optimiser are stepped last, after every check. D is small, so a full copy is cheap."""
+    return {"D": copy.deepcopy(D.state_dict()), "opt_D": copy.deepcopy(opt_D.state_dict()),
+            "scaler_D": scaler_D.state_dict(), "G_buffers": [b.clone() for b in G.buffers()]}
+
+
+def undo_step(saved: dict[str, Any], G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer,
+              scaler_D: torch.amp.GradScaler) -> None:
+    """Put back everything state_before_step saved (ON_NAN=skip): the skipped step leaves no trace."""
+    D.load_state_dict(saved["D"])  # copies into the existing tensors: DDP and the optimiser keep theirs
+    opt_D.load_state_dict(copy.deepcopy(saved["opt_D"]))
+    if saved["scaler_D"]:  # empty unless fp16
+        scaler_D.load_state_dict(saved["scaler_D"])
+    with torch.no_grad():
+        for buffer, value in zip(G.buffers(), saved["G_buffers"]):
+            buffer.copy_(value)
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
@@ -278,6 +308,7 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     try:
         with open(tmp, "wb") as f:
             torch.save(obj, f)
+            _pause_in_save_for_tests(path)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -292,6 +323,54 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         fd = os.open(path.parent, os.O_RDONLY)
         os.fsync(fd)
         os.close(fd)
+
+
+RUN_DIR_HINTS = {errno.ENOTDIR: "a part of the path is a file, not a folder",
+                 errno.EEXIST: "it is a file, not a folder", errno.EACCES: "no permission to write there",
+                 errno.EPERM: "no permission to write there", errno.EROFS: "the file system is read-only",
+                 errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Create RUN_DIR and write, fsync and delete a small file in it, so that a folder that cannot hold the run
+    stops it now with one line, not with a traceback after the data and models are built. Folders this check
+    created are removed again: an error later on (a bad checkpoint, bad data) leaves nothing behind."""
+    created = [p for p in (run_dir, *run_dir.parents) if not os.path.lexists(p)]
+    probe = run_dir / f".write-test-{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        hint = RUN_DIR_HINTS.get(e.errno, e.strerror or type(e).__name__)
+        raise RunDirError(f"RUN_DIR={run_dir} cannot be used: {hint} ({e.strerror or e}: {e.filename or run_dir}). "
+                          f"Choose a RUN_DIR in a writable folder with free space") from None
+    finally:
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+_SAVES: dict[str, int] = {}  # atomic_save calls in this process per file name, for the test hook below
+
+
+def _pause_in_save_for_tests(path: Path) -> None:
+    """Test hook, off unless PIX2PIX_TEST_PAUSE_IN_SAVE=NAME:N:FILE is set: the N-th save to a file called NAME
+    stops after writing its temp file, before flush, fsync and rename, writes FILE and waits to be killed.
+    tests/test_faults.py SIGKILLs it there: the most fragile moment of a save, every time, not by luck."""
+    hook = os.environ.get("PIX2PIX_TEST_PAUSE_IN_SAVE")
+    if not hook:
+        return
+    name, n, ready = hook.split(":", 2)
+    _SAVES[path.name] = _SAVES.get(path.name, 0) + 1
+    if path.name == name and _SAVES[path.name] == int(n):
+        Path(ready).write_text(str(os.getpid()))
+        time.sleep(600)  # bounded: a test that failed before its kill leaves nothing running for long
 
 
 def remove_stale_temp_files(*folders: Path) -> None:
@@ -485,7 +564,6 @@ def training_flops_per_image(cfg: dict[str, Any]) -> float:
 def measure_peak_flops(device: torch.device, precision: str, seconds: float = 0.5) -> float:
     """Achieved FLOP/s of a representative 4x4 convolution (C256->C512 at 32x32) in this precision: the
     practical peak that the MFU figure is relative to."""
-    import time
     dtype = AMP_DTYPES.get(precision, torch.float32)
     # made on the CPU with its RNG forked: train.py probes after restoring a checkpoint's RNG state, and
     # drawing from it here would change the dropout noise of a resumed run (no longer an exact resume)

@@ -5,7 +5,7 @@ train.main, watching it through a few wrapped names of the train module, and sav
 (final weights, gradients, first-step dropout masks, which ranks wrote or validated) to DUMP/rank<r>.pt.
 
     torchrun --standalone --nproc_per_node=2 tests/test_distributed.py DUMP [--fail=RANK:STEP] [--nan=RANK:STEP] \
-        [--sigterm=RANK:STEP] -- --TRAIN_DIR=... (train.py settings)
+        [--sigterm=RANK:STEP] [--hang=RANK:STEP] [--ctrl-c=RANK:STEP] -- --TRAIN_DIR=... (train.py settings)
 """
 import os
 import shutil
@@ -63,7 +63,9 @@ def launch(tmp: Path, name: str, train_args: list[str], worker_opts: tuple[str, 
     if loopback:  # gloo talks over 127.0.0.1 only (torchrun --standalone already rendezvouses on localhost)
         env["GLOO_SOCKET_IFNAME"] = loopback[0]
     start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S)
+    # own session: a worker's simulated Ctrl-C (SIGINT to its process group) must not reach pytest
+    proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT_S,
+                          start_new_session=True)
     return Launch(proc, time.perf_counter() - start, log_dir, dump, nproc)
 
 
@@ -200,6 +202,7 @@ def test_distributed_checkpoint_loads_in_a_single_process_run_and_load_generator
     assert [line.split(",")[0] for line in (run_dir / "log.csv").read_text().splitlines()[1:]] == ["1", "2"]
 
 
+@pytest.mark.timeout(900)  # two launches, each limited by LAUNCH_TIMEOUT_S
 def test_distributed_run_stops_on_one_ranks_sigterm_and_resumes_mid_epoch(ddp_run, tmp_path):
     """The 1-epoch run, given one more (decay) epoch at BATCH_SIZE 1 (2 steps per rank). First launch: rank 1
     alone gets SIGTERM after its first step; the all-reduced stop flag stops both ranks there and rank 0 saves.
@@ -262,6 +265,53 @@ def test_a_rank_that_fails_mid_training_stops_the_job(tmp_path):
     assert not differs(rank1["first_forward_G"], rank0["init_G"])  # ... but DDP trains rank 0's weights
     assert not differs(rank0["first_forward_G"], rank0["init_G"])
     assert not torch.equal(rank0["dropout_mask"], rank1["dropout_mask"])  # own dropout noise per rank
+
+
+def test_a_stuck_rank_stops_the_job_after_dist_timeout_s(tmp_path):
+    """Rank 1 hangs (alive, silent) at its second step. With DIST_TIMEOUT_S=5, rank 0's next collective fails
+    with gloo's timeout error and torchrun ends the job (a hang would be cut by LAUNCH_TIMEOUT_S, failing)."""
+    write_pairs(tmp_path / "data" / "train", 4, seed=0)
+    write_pairs(tmp_path / "data" / "val", 1, seed=1)
+    args = dist_settings(tmp_path / "data", tmp_path / "run", DIST_TIMEOUT_S=5, VAL_EVERY=0, SAMPLE_EVERY=0)
+    run = launch(tmp_path, "stuck", args, worker_opts=("--hang=1:1",))
+    assert run.returncode != 0 and None not in run.dumps, run.describe()
+    assert run.dumps[1]["steps"] == 1 and "exit" not in run.dumps[1], run.describe()  # stuck in step 1
+    assert "Timed out waiting 5000ms" in run.rank_err[0], run.describe()
+    assert "rank      : 0 " in run.stderr.split("Root Cause")[-1], run.describe()
+
+
+@pytest.mark.timeout(900)  # three launches, each limited by LAUNCH_TIMEOUT_S
+def test_ctrl_c_under_torchrun_saves_and_the_resumed_run_is_bit_identical(tmp_path):
+    """Ctrl-C in torchrun's terminal (SIGINT to torchrun and every rank, sent by rank 0 after its first step):
+    both ranks stop after that step, rank 0 saves mid-epoch, exit 0. Resumed, the run (batch norm, dropout: each
+    rank's own noise) ends bit-identical to the same run never interrupted: weights and optimiser states."""
+    write_pairs(tmp_path / "data" / "train", 4, seed=0)
+    write_pairs(tmp_path / "data" / "val", 1, seed=1)
+    settings = dict(BATCH_SIZE=1, N_EPOCHS=1, N_EPOCHS_DECAY=1, VAL_EVERY=0, SAMPLE_EVERY=0)  # 2 steps per epoch
+    whole = launch(tmp_path, "whole", dist_settings(tmp_path / "data", tmp_path / "whole", **settings))
+    assert whole.returncode == 0 and None not in whole.dumps, whole.describe()
+
+    run_dir = tmp_path / "run"
+    args = dist_settings(tmp_path / "data", run_dir, **settings)
+    stopped = launch(tmp_path, "stopped", args, worker_opts=("--ctrl-c=0:0",))
+    assert stopped.returncode == 0 and [d.get("exit") for d in stopped.dumps] == [0, 0], stopped.describe()
+    assert [d["steps"] for d in stopped.dumps] == [1, 1]
+    assert "SIGINT: finishing this step" in stopped.rank_err[0] and stopped.rank_err[1] == "", stopped.describe()
+    assert f"saved {run_dir / 'checkpoints' / 'last.pt'} at epoch 1, step 1. Resume with:" in stopped.rank_out[0]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]) == (0, 1, 1) and len(ckpt["rank_rngs"]) == 2
+
+    resumed = launch(tmp_path, "resumed", args)
+    assert resumed.returncode == 0 and None not in resumed.dumps, resumed.describe()
+    assert "resuming from" in resumed.rank_out[0] and [d["steps"] for d in resumed.dumps] == [3, 3]
+    for rank in (0, 1):
+        for key in ("final_G", "final_D"):
+            a, b = resumed.dumps[rank][key], whole.dumps[rank][key]
+            assert [k for k in a if not torch.equal(a[k], b[k])] == [], f"rank {rank} {key}"
+    a, b = (torch.load(d / "checkpoints" / "last.pt", weights_only=True) for d in (run_dir, tmp_path / "whole"))
+    for key in ("opt_G", "opt_D"):
+        for p, state in a[key]["state"].items():
+            assert all(torch.equal(v, b[key]["state"][p][k]) for k, v in state.items()), key
 
 
 def test_sync_bn_on_cpu_is_refused_up_front(tmp_path, monkeypatch):
@@ -333,7 +383,7 @@ def worker(argv: list[str]) -> int:
     dump, opts, train_args = Path(argv[0]), dict(a[2:].split("=", 1) for a in argv[1:sep]), argv[sep + 1:]
     rank = int(os.environ["RANK"])
     at = lambda key: tuple(map(int, opts[key].split(":"))) if key in opts else None  # noqa: E731
-    fail_at, nan_at, signal_at = at("fail"), at("nan"), at("sigterm")
+    fail_at, nan_at, signal_at, hang_at, ctrl_c_at = at("fail"), at("nan"), at("sigterm"), at("hang"), at("ctrl-c")
     rec = {"rank": rank, "calls": [], "nonfinite_steps": [], "steps": 0}
     models = {}
     state = {"step": -1}
@@ -366,10 +416,16 @@ def worker(argv: list[str]) -> int:
         step = state["step"] = args[-1]
         if fail_at == (rank, step):
             raise RuntimeError(f"simulated crash of rank {rank} at step {step}")
+        if hang_at == (rank, step):  # stuck, e.g. on a dead disk; SIGTERM left to kill it, so torchrun can
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)  # end it without its 30 s grace period
+            save()
+            time.sleep(LAUNCH_TIMEOUT_S)  # longer than any test waits; bounded so no rank outlives a failed test
         try:
             losses = real["train_step"](*args)
             if signal_at == (rank, step):  # as if this rank's node were preempted
                 os.kill(os.getpid(), signal.SIGTERM)
+            if ctrl_c_at == (rank, step):  # Ctrl-C in torchrun's terminal: SIGINT to its whole process group
+                os.killpg(os.getpgid(0), signal.SIGINT)
             return losses
         except train.NonFiniteLoss:
             rec["nonfinite_steps"].append(step)

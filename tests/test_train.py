@@ -403,6 +403,7 @@ LEARN = dict(IMAGE_SIZE=128, LOAD_SIZE=143, GEN_BASE_CHANNELS=16, DISC_BASE_CHAN
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # a minute alone; several on a loaded CI machine
 def test_learns_facades_labels_to_photos(facades, tmp_path, capsys):
     """A small pix2pix (128 px, 16-channel U-Net) trained for one epoch on real facades (labels -> photo) must
     produce outputs that follow their OWN input: the own/other-target L1 ratio is 1.0 for anything that
@@ -428,3 +429,18 @@ def test_learns_facades_labels_to_photos(facades, tmp_path, capsys):
               f"SSIM {summary['ssim']:.3f} on {summary['n_images']} test images")
     assert summary["n_images"] == 106
     assert summary["ratio"] < RATIO_BOUND
+
+
+def test_ci_turns_missing_facades_data_into_a_failure(tmp_path, monkeypatch):
+    """The facades fixture skips where the data is absent, but .ci/run sets PIX2PIX_REQUIRE_FACADES=1: in CI a
+    moved or missing folder fails the learning test instead of quietly skipping it."""
+    from conftest import ROOT, require_facades
+    assert "PIX2PIX_REQUIRE_FACADES=1 python -m pytest" in (ROOT / ".ci" / "run").read_text()
+    monkeypatch.delenv("PIX2PIX_REQUIRE_FACADES", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="real facades data not found"):
+        require_facades(tmp_path / "nowhere")
+    monkeypatch.setenv("PIX2PIX_REQUIRE_FACADES", "1")
+    with pytest.raises(pytest.fail.Exception, match="PIX2PIX_REQUIRE_FACADES=1 requires it"):
+        require_facades(tmp_path / "nowhere")
+    (tmp_path / "facades" / "train").mkdir(parents=True)
+    assert require_facades(tmp_path / "facades") == tmp_path / "facades"
