@@ -113,13 +113,13 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
 
 @functools.lru_cache(maxsize=4)
 def _eval_transform(image_size: int):
-    return build_transform(image_size, image_size, jitter=False, mirror=False, train=False)
+    return build_transform(image_size, image_size, jitter=False, mirror=False, train=False)  # square, PIL-like bicubic
 
 
 def fit_to_model(image: np.ndarray, fit: str, image_size: int, multiple: int) -> torch.Tensor:
     """HxWxC uint8 -> CxH'xW' in [-1, 1] with sides the U-Net accepts (see fit_back for the inverse)."""
     if fit == "resize":  # exactly the eval transform of training and evaluate.py
-        return torch.from_numpy(_eval_transform(image_size)(image=image)["image"].transpose(2, 0, 1).copy())
+        return torch.from_numpy(_eval_transform(image_size)(image, image)[0].transpose(2, 0, 1).copy())
     h, w = image.shape[:2]
     ph, pw = -h % multiple, -w % multiple
     # np.pad reflects repeatedly, so even pads larger than the image work (torch's reflect pad refuses them)
