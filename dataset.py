@@ -189,7 +189,7 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
 
 def read_array(path: Path, need_rgb: bool) -> np.ndarray:
     """HxWxC uint8 (C = 3 if need_rgb else 1) of one file."""
-    image = np.asarray(open_image(path, 3 if need_rgb else 1))
+    image = np.array(open_image(path, 3 if need_rgb else 1))  # a writable copy (torch.from_numpy wants one)
     return image[:, :, None] if image.ndim == 2 else image
 
 
@@ -209,22 +209,29 @@ def read_pair(path: Path, direction: str, in_channels: int = 3, out_channels: in
         x, y = split_pair(read_array(path, need_rgb), direction)
     else:
         a, b = read_array(path, need_rgb), read_array(b_path, need_rgb)
-        b = resize(b, *a.shape[:2])
+        b = resize([b], *a.shape[:2])[0]
         x, y = (a, b) if direction == "AtoB" else (b, a)
     return to_channels(x, in_channels), to_channels(y, out_channels)
 
 
 # ----------------------------------------------------------------------------- geometry
 
-def resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """HxWxC uint8 -> height x width x C uint8, bicubic, antialiased when shrinking: the reference code's PIL
-    resize. torch's uint8 path uses PIL's kernel (a = -0.5, support scaled by the shrink factor): within
-    0.01 grey levels of PIL on average, and several times faster; cv2.INTER_CUBIC aliases when shrinking."""
-    if image.shape[:2] == (height, width):
-        return image
-    chw = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # a channels-last view: no copy
-    out = F.interpolate(chw, size=(height, width), mode="bicubic", antialias=True)
-    return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
+def resize(images: list[np.ndarray], height: int, width: int) -> list[np.ndarray]:
+    """Equal-size HxWxC uint8 arrays -> height x width x C, bicubic, antialiased when shrinking: the reference
+    code's PIL resize. torch's uint8 path uses PIL's kernel (a = -0.5, support widened by the shrink factor):
+    within 0.01 grey levels of PIL on average, and faster; cv2.INTER_CUBIC aliases when shrinking."""
+    if images[0].shape[:2] == (height, width):
+        return images
+    # one call for all, in NHWC memory (torch's fast uint8 path; with N > 1 the output stays NHWC, no copy)
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+    out = F.interpolate(batch, size=(height, width), mode="bicubic", antialias=True).permute(0, 2, 3, 1).numpy()
+    return list(out)
+
+
+def to_tensor(image: np.ndarray) -> torch.Tensor:
+    """HxWxC uint8 -> CxHxW float32 in [-1, 1] (black -1, white +1)."""
+    image = np.require(image, requirements=("C", "W"))  # copies only a view torch cannot take
+    return torch.from_numpy(image).permute(2, 0, 1).contiguous().float().div_(127.5).sub_(1)
 
 
 def round_to(n: float, multiple: int) -> int:
@@ -256,7 +263,7 @@ def resized_size(height: int, width: int, preprocess: str, load_size: int, crop_
 
 @dataclass
 class PairTransform:
-    """Resize (deterministic, from the image's size) then crop, mirror and normalise to [-1, 1].
+    """Resize (deterministic, from the image's size), then crop and mirror, then normalise to [-1, 1].
 
     albumentations' `additional_targets` draws ONE set of random parameters per call and applies it to both
     halves, so input and target always stay pixel-aligned. Not training, or JITTER off: LOAD_SIZE = IMAGE_SIZE
@@ -277,7 +284,6 @@ class PairTransform:
             steps.append(crop(self.image_size, self.image_size))
         if self.mirror:
             steps.append(A.HorizontalFlip(p=0.5))
-        steps.append(A.Normalize(mean=0.5, std=0.5, max_pixel_value=255.0))  # -> [-1, 1]
         self.augment = A.Compose(steps, additional_targets={"target": "image"})
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
@@ -297,13 +303,12 @@ class PairTransform:
                     f"PREPROCESS={self.preprocess}; use a larger image or PREPROCESS=resize_and_crop")
         return None
 
-    def __call__(self, x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """Equal-size HxWxC uint8 halves -> float32 HxWxC arrays in [-1, 1], identically transformed."""
-        h, w = self.resized_size(*x.shape[:2])
-        x, y = resize(x, h, w), resize(y, h, w)
+    def __call__(self, x: np.ndarray, y: np.ndarray, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Equal-size HxWxC uint8 halves -> CxHxW float tensors in [-1, 1], identically transformed."""
+        x, y = resize([x, y], *self.resized_size(*x.shape[:2]))
         self.augment.set_random_seed(seed)
         out = self.augment(image=x, target=y)
-        return out["image"], out["target"]
+        return to_tensor(out["image"]), to_tensor(out["target"])
 
 
 def build_transform(image_size: int, load_size: int, jitter: bool, mirror: bool, train: bool,
@@ -382,9 +387,7 @@ class PairedImageDataset(Dataset):
 
     def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
         index, seed = key if isinstance(key, tuple) else (key, index_seed(0, 0, key))
-        x, y = self.transform(*self.load_pair(index), seed)
-        to_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))  # noqa: E731
-        return to_tensor(x), to_tensor(y)
+        return self.transform(*self.load_pair(index), seed)
 
 
 def index_seed(seed: int, epoch: int, index: int) -> int:

@@ -37,7 +37,8 @@ import torch.nn.functional as F
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from dataset import IMG_EXTENSIONS, DatasetError, build_transform, list_images, open_image, read_pair
+from dataset import (IMG_EXTENSIONS, DatasetError, build_transform, list_images, open_image, read_pair,
+                     to_tensor)
 from generator_model import UNetGenerator
 from utils import (CheckpointError, ConfigError, autocast, default_settings, fixed_noise, load_generator,
                    pick_device, pick_precision, sample_grid, to_unit)
@@ -106,11 +107,6 @@ class Item:
     target: torch.Tensor | None = None
 
 
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """HxWxC uint8 -> CxHxW float in [-1, 1], as the dataset normalises."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 127.5 - 1
-
-
 @functools.lru_cache(maxsize=4)
 def _eval_transform(image_size: int):
     return build_transform(image_size, image_size, jitter=False, mirror=False, train=False)  # square, PIL-like bicubic
@@ -119,7 +115,7 @@ def _eval_transform(image_size: int):
 def fit_to_model(image: np.ndarray, fit: str, image_size: int, multiple: int) -> torch.Tensor:
     """HxWxC uint8 -> CxH'xW' in [-1, 1] with sides the U-Net accepts (see fit_back for the inverse)."""
     if fit == "resize":  # exactly the eval transform of training and evaluate.py
-        return torch.from_numpy(_eval_transform(image_size)(image, image)[0].transpose(2, 0, 1).copy())
+        return _eval_transform(image_size)(image, image)[0]
     h, w = image.shape[:2]
     ph, pw = -h % multiple, -w % multiple
     # np.pad reflects repeatedly, so even pads larger than the image work (torch's reflect pad refuses them)
