@@ -116,26 +116,32 @@ def find_bad(paths: list[Path], split: bool = True, folder: str = "") -> list[tu
     return [(p, why) for p in iterator if (why := check_image(p, split))]
 
 
-def report_bad(bad: list[tuple[Path, str]], bad_files: str, error_head: str, skip_head: str) -> None:
-    """Raise DatasetError listing `bad` under `error_head` (BAD_FILES=error), or print it once (skip)."""
+def report_bad(bad: list[tuple[Path, str]], bad_files: str, error_head: str, skip_head: str) -> str:
+    """The error text listing `bad` under `error_head` (BAD_FILES=error), or '' after printing it once (skip)."""
     if not bad:
-        return
+        return ""
     listing = "\n".join(f"  {p}: {why}" for p, why in bad)
     if bad_files == "error":
-        raise DatasetError(f"{error_head}:\n{listing}\nFix or remove them, or set BAD_FILES=skip to train without "
-                           f"them.")
+        return f"{error_head}:\n{listing}"
     print(f"{skip_head}:\n{listing}", file=sys.stderr)
+    return ""
 
 
-def report_unusable(bad: list[tuple[Path, str]], total: int, bad_files: str, folder: str) -> None:
-    report_bad(bad, bad_files, f"{len(bad)} of {total} files in {folder or 'the data folder'} cannot be used",
-               f"skipping {len(bad)} unusable file(s) in {folder}")
+def report_unusable(bad: list[tuple[Path, str]], total: int, bad_files: str, folder: str) -> str:
+    return report_bad(bad, bad_files, f"{len(bad)} of {total} files in {folder or 'the data folder'} cannot be used",
+                      f"skipping {len(bad)} unusable file(s) in {folder}")
+
+
+def raise_if(errors: list[str]) -> None:
+    if any(errors):
+        raise DatasetError("\n".join(e for e in errors if e) + "\nFix or remove them, or set BAD_FILES=skip to "
+                                                                "train without them.")
 
 
 def scan_images(paths: list[Path], bad_files: str = "error", folder: str = "", split: bool = True) -> list[Path]:
     """Decode every file once before training, so a bad file stops the run before step 1, not in epoch 37."""
     bad = find_bad(paths, split, folder)
-    report_unusable(bad, len(paths), bad_files, folder)
+    raise_if([report_unusable(bad, len(paths), bad_files, folder)])
     good = [p for p in paths if p not in {b for b, _ in bad}]
     if not good:
         raise DatasetError(f"every file in {folder} is unusable; nothing to train on")
@@ -340,21 +346,24 @@ class PairedImageDataset(Dataset):
         self.train = train
         self.transform = build_transform(image_size, load_size, jitter, mirror, train, preprocess, multiple)
         self.skipped: list[tuple[Path, str]] = []
+        errors = []
         if self.layout == "A|B":
             pairs = [(p, None) for p in list_images(folder)]
         else:
             pairs, self.skipped = pair_by_stem(folder)
-            report_bad(self.skipped, bad_files, f"{len(self.skipped)} file(s) in {folder} have no partner of the "
-                       f"same name (any extension) in the other of A/ and B/; add it",
-                       f"skipping {len(self.skipped)} file(s) without a partner in {folder}")
+            errors.append(report_bad(self.skipped, bad_files, f"{len(self.skipped)} file(s) in {folder} have no "
+                                     f"partner of the same name (any extension) in the other of A/ and B/",
+                                     f"skipping {len(self.skipped)} file(s) without a partner in {folder}"))
         if scan:
-            pairs = self._drop_bad(pairs, bad_files)
+            pairs = self._drop_bad(pairs, bad_files, errors)
+        raise_if(errors)  # unpaired and unusable files in one message
         if not pairs:
             raise DatasetError(f"every file in {folder} is unusable; nothing to train on")
         self.pairs: list[tuple[Path, Path | None]] = pairs
         self.files = [a for a, _ in pairs]
 
-    def _drop_bad(self, pairs: list[tuple[Path, Path | None]], bad_files: str) -> list[tuple[Path, Path | None]]:
+    def _drop_bad(self, pairs: list[tuple[Path, Path | None]], bad_files: str,
+                  errors: list[str]) -> list[tuple[Path, Path | None]]:
         """Decode every file once before training, so a bad file stops the run before step 1, not in epoch 37."""
         files = [p for pair in pairs for p in pair if p is not None]
         bad = find_bad(files, split=self.layout == "A|B", folder=str(self.folder))
@@ -362,7 +371,7 @@ class PairedImageDataset(Dataset):
             bad_set = {p for p, _ in bad}
             bad += [(a, why) for a, b in pairs if not bad_set & {a, b}
                     and (why := self.transform.too_small(*self.half_size((a, b))[::-1]))]
-        report_unusable(bad, len(files), bad_files, str(self.folder))
+        errors.append(report_unusable(bad, len(files), bad_files, str(self.folder)))
         bad_set = {p for p, _ in bad}
         self.skipped += bad + [(p, "its partner is unusable") for pair in pairs if bad_set & set(pair)
                                for p in pair if p is not None and p not in bad_set]

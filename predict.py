@@ -8,9 +8,10 @@
 Each result is a PNG at the input's original size, named after the input; folders keep their sub-folder layout.
 
 The U-Net needs sides divisible by 2^num_downs (256 for the paper's model), so each image is fitted:
-  --fit resize (default)  resize to the training IMAGE_SIZE square, translate, resize the output back: the scale
+  --fit resize            resize to the training IMAGE_SIZE square, translate, resize the output back: the scale
                           the network was trained at (a non-square image is stretched, then un-stretched)
   --fit pad               reflect-pad to the next multiple, translate, crop the padding off: native scale
+  --fit auto (default)    pad for a model trained on unscaled images (PREPROCESS crop or none), else resize
 --paired reads A|B files like the training data (the checkpoint's DIRECTION says which half is the input)
 and writes input | output | target strips instead.
 
@@ -154,6 +155,8 @@ def reason(e: Exception) -> str:
 
 def predict(args: argparse.Namespace) -> int:
     G, cfg, device, precision = load_for_inference(args.checkpoint, args.mode, args.device, args.precision)
+    if args.fit == "auto":  # crops of unscaled images: the model knows the native scale
+        args.fit = "pad" if cfg["PREPROCESS"] in ("crop", "none") else "resize"
     images = find_images(args.input)
     if not images:
         print(f"error: no images found in {' '.join(args.input)} (files, folders or glob patterns of "
@@ -224,8 +227,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = model_arguments(__doc__, "predict.py")
     ap.add_argument("--input", nargs="+", required=True, help="image files, folders and/or quoted glob patterns")
     ap.add_argument("--output", type=Path, required=True, help="folder for the results (created)")
-    ap.add_argument("--fit", choices=("resize", "pad"), default="resize",
-                    help="resize to the training IMAGE_SIZE and back (default), or reflect-pad and crop back")
+    ap.add_argument("--fit", choices=("auto", "resize", "pad"), default="auto",
+                    help="resize to the training IMAGE_SIZE and back, or reflect-pad and crop back; auto (default): "
+                         "pad if the model was trained with PREPROCESS crop or none, else resize")
     ap.add_argument("--paired", action="store_true", help="inputs are A|B files: write input | output | target")
     args = ap.parse_args(argv)
     if args.batch_size < 0:
