@@ -156,7 +156,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = model_arguments(__doc__, "evaluate.py")
-    ap.add_argument("--data", type=Path, required=True, help="folder of side-by-side A|B images")
+    ap.add_argument("--data", type=Path, required=True, help="folder of side-by-side A|B images or A/ + B/ folders")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default <checkpoint dir>/eval_<data name>)")
     ap.add_argument("--max-images", type=int, default=0, help="score only the first N files (0 = all)")
     args = ap.parse_args(argv)
