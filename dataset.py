@@ -190,12 +190,12 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     """HxWxC uint8 with C in (1, 3) -> HxWx`channels` (ITU-R 601 luma for RGB -> gray)."""
     if channels == 1 and image.shape[2] == 3:
         image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)[:, :, None]
-    return np.ascontiguousarray(image)
+    return image
 
 
 def read_array(path: Path, need_rgb: bool) -> np.ndarray:
     """HxWxC uint8 (C = 3 if need_rgb else 1) of one file."""
-    image = np.array(open_image(path, 3 if need_rgb else 1))  # a writable copy (torch.from_numpy wants one)
+    image = np.asarray(open_image(path, 3 if need_rgb else 1))
     return image[:, :, None] if image.ndim == 2 else image
 
 
@@ -208,8 +208,9 @@ def split_pair(image: np.ndarray, direction: str) -> tuple[np.ndarray, np.ndarra
 
 def read_pair(path: Path, direction: str, in_channels: int = 3, out_channels: int = 3,
               b_path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """An A|B file (or the A file and its `b_path` partner) -> (input, target) HxWxC uint8 arrays of equal size
-    with the requested channel counts (also used by predict.py). A B file of another size is resized to A's."""
+    """An A|B file (or the A file and its `b_path` partner) -> (input, target) HxWxC uint8 arrays (read-only
+    views, maybe) of equal size with the requested channel counts (also used by predict.py). A B file of another
+    size is resized to A's."""
     need_rgb = 3 in (in_channels, out_channels)
     if b_path is None:
         x, y = split_pair(read_array(path, need_rgb), direction)
