@@ -16,8 +16,7 @@ OUT_CHANNELS = 3  # 3 = RGB output, 1 = grayscale output
 LOAD_SIZE = 286  # paper §6.2 random jitter: resize to LOAD_SIZE ...
 IMAGE_SIZE = 256  # ... then take a random IMAGE_SIZE crop (also the eval resolution)
 JITTER = True  # resize+random crop; False = resize straight to IMAGE_SIZE (validation's geometry, crops centred)
-PREPROCESS = "resize_and_crop"  # geometry as the official --preprocess: resize_and_crop, crop, scale_width,
-#   scale_width_and_crop, none (the last two keep the aspect: sides rounded to 2^NUM_DOWNS; see README)
+PREPROCESS = "resize_and_crop"  # official --preprocess: resize_and_crop|crop|scale_width|scale_width_and_crop|none
 MIRROR = True  # random horizontal flip, the same for input and target
 NUM_WORKERS = 2  # DataLoader worker processes (0 = load in the main process)
 BAD_FILES = "error"  # unreadable/unsplittable images: "error" = stop before training and list them, "skip" = skip them
