@@ -25,7 +25,9 @@ BAD_FILES = "error"  # unreadable/unsplittable images: "error" = stop before tra
 GEN_BASE_CHANNELS = 64  # width of the U-Net's first layer (ngf)
 NUM_DOWNS = 0  # U-Net depth; 0 = derive from IMAGE_SIZE (7 for 128, 8 for 256, 9 for 512)
 NORM = "batch"  # "batch" (paper) or "instance"
-DROPOUT = True  # dropout 0.5 in the first three decoder layers (paper's noise source)
+DROPOUT = True  # dropout 0.5 in three decoder layers (paper's noise source; where: DROPOUT_PLACEMENT)
+DROPOUT_PLACEMENT = "paper"  # "paper": first three decoder blocks; "official": as the official code (and its
+#                             pretrained models): the num_downs-5 blocks after the innermost (2-4 for unet_256)
 DISC_BASE_CHANNELS = 64  # width of the discriminator's first layer (ndf)
 DISC_N_LAYERS = 3  # PatchGAN size: 0 = 1x1 PixelGAN, 1 = 16x16, 3 = 70x70 (paper), 5 = 286x286
 SYNC_BN = False  # with torchrun: share batch-norm statistics across processes (SyncBatchNorm)
@@ -61,7 +63,8 @@ CHECKPOINT_EVERY_STEPS = 500  # also refresh checkpoints/last.pt every N steps (
 SNAPSHOT_EVERY = 20  # keep checkpoints/epoch_NNNN.pt every N epochs (0 = never)
 PRESET = ""  # one word applying a dataset's paper settings (see PRESETS below): facades, maps, cityscapes, ...
 
-# Paper appendix 6.2, per dataset: direction, epochs, batch size, jitter and mirroring.
+# Paper appendix 6.2, per dataset: direction, epochs, batch size, jitter and mirroring. night2day is day -> night
+# in the paper; in the standard files day is the right half, hence BtoA (as the official docs say).
 # Epochs are split half constant / half linear decay, as the official code does for its 200.
 PRESETS = {
     "facades": dict(DIRECTION="BtoA", N_EPOCHS=100, N_EPOCHS_DECAY=100, BATCH_SIZE=1, JITTER=True, MIRROR=True),
@@ -69,5 +72,5 @@ PRESETS = {
     "cityscapes": dict(DIRECTION="BtoA", N_EPOCHS=100, N_EPOCHS_DECAY=100, BATCH_SIZE=1, JITTER=True, MIRROR=True),
     "edges2shoes": dict(DIRECTION="AtoB", N_EPOCHS=8, N_EPOCHS_DECAY=7, BATCH_SIZE=4, JITTER=False, MIRROR=False),
     "edges2handbags": dict(DIRECTION="AtoB", N_EPOCHS=8, N_EPOCHS_DECAY=7, BATCH_SIZE=4, JITTER=False, MIRROR=False),
-    "night2day": dict(DIRECTION="AtoB", N_EPOCHS=9, N_EPOCHS_DECAY=8, BATCH_SIZE=4, JITTER=True, MIRROR=True),
+    "night2day": dict(DIRECTION="BtoA", N_EPOCHS=9, N_EPOCHS_DECAY=8, BATCH_SIZE=4, JITTER=True, MIRROR=True),
 }

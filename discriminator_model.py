@@ -37,7 +37,7 @@ class PatchDiscriminator(nn.Module):
             layers = [nn.Conv2d(c_in, base_channels, 1), nn.LeakyReLU(0.2),
                       nn.Conv2d(base_channels, base_channels * 2, 1, bias=bias),
                       norm_layer(norm, base_channels * 2), nn.LeakyReLU(0.2),
-                      nn.Conv2d(base_channels * 2, 1, 1)]
+                      nn.Conv2d(base_channels * 2, 1, 1, bias=bias)]  # no bias with BN, as the official code
         else:
             # first layer: no norm (appendix 6.1.2)
             layers = [nn.Conv2d(c_in, base_channels, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]

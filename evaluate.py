@@ -10,9 +10,12 @@ SSIM: higher is better; ratio = mean L1 to an image's own target / mean L1 to th
 1.0 = the output ignores its input (as a mean-image predictor does), lower is better (see metrics.py).
 
 Default --out: <checkpoint folder>/eval_<data folder name>. Deterministic: --seed fixes the dropout noise of the
-paper's test mode (--mode paper, the default; or eval), and --batch-size defaults to the checkpoint's BATCH_SIZE,
-so paper-mode batch-norm statistics come from batches the size of training's. Unreadable files are skipped and
-listed (also in summary.json). Exit code 0 on success, 1 for a missing/corrupt checkpoint or unusable data folder.
+paper's test mode (--mode paper, the default; or eval). --batch-size defaults to 1 in paper mode, as the official
+test.py: there batch-norm uses the batch's statistics, so a larger batch makes each score depend on its batch-mates
+(faster, but not the paper's protocol); in eval mode it defaults to the checkpoint's BATCH_SIZE and changes only
+the speed. An official-code latest_net_G.pth stores no direction: pass --direction AtoB or BtoA (for other
+checkpoints --direction may only repeat their own). Unreadable files are skipped and listed (also in summary.json).
+Exit code 0 on success, 1 for a missing/corrupt checkpoint or unusable data folder, 2 for bad arguments.
 """
 import argparse
 import csv
@@ -31,7 +34,7 @@ from tqdm import tqdm
 
 from dataset import PairedImageDataset, check_batchable
 from metrics import evaluate_generator
-from predict import load_for_inference, model_arguments, run_cli
+from predict import batch_size_for, load_for_inference, model_arguments, run_cli
 
 THUMB_SIZE = 256  # thumbnails in index.html are at most this many pixels wide
 KINDS = ("input", "output", "target")
@@ -119,7 +122,8 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    G, cfg, device, precision = load_for_inference(args.checkpoint, args.mode, args.device, args.precision)
+    G, cfg, device, precision = load_for_inference(args.checkpoint, args.mode, args.device, args.precision,
+                                                   args.direction, needs_direction=True)
     data = Path(args.data)
     dataset = PairedImageDataset(data, direction=cfg["DIRECTION"], image_size=cfg["IMAGE_SIZE"],
                                  load_size=cfg["IMAGE_SIZE"], train=False, in_channels=G.hparams["in_channels"],
@@ -127,7 +131,7 @@ def evaluate(args: argparse.Namespace) -> int:
                                  preprocess=cfg["PREPROCESS"], multiple=2 ** G.hparams["num_downs"])
     skipped = sorted(str(p.relative_to(data)) for p, _ in dataset.skipped)
     n = min(len(dataset), args.max_images or len(dataset))
-    batch_size = args.batch_size or cfg["BATCH_SIZE"]
+    batch_size = batch_size_for(args, cfg)
     check_batchable(dataset, batch_size)
     out = args.out or default_out(args.checkpoint, data)
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=0)

@@ -6,11 +6,29 @@ Quick check:  python generator_model.py   (prints the parameter count and an out
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from layers import conv_bias, init_weights, norm_layer
 
 # The hyperparameters a checkpoint stores so that it can rebuild its own generator.
-GENERATOR_KEYS = ("in_channels", "out_channels", "base_channels", "num_downs", "norm", "dropout")
+GENERATOR_KEYS = ("in_channels", "out_channels", "base_channels", "num_downs", "norm", "dropout",
+                  "dropout_placement", "skip_relu")
+# What a checkpoint written before these keys existed was built with: its outputs must not change on loading.
+LEGACY_GENERATOR_HPARAMS = {"dropout_placement": "paper", "skip_relu": False}
+DROPOUT_PLACEMENTS = ("paper", "official")
+
+
+def dropout_blocks(num_downs: int, placement: str) -> range:
+    """Indices of the decoder blocks (0 = innermost) that get dropout 0.5.
+
+    "paper" (§3.1, appendix 6.1.1): the first three decoder blocks. "official" (the authors' PyTorch code and its
+    pretrained models): the num_downs - 5 blocks right after the innermost one, none on the innermost.
+    """
+    if placement == "paper":
+        return range(min(3, num_downs - 1))
+    if placement == "official":
+        return range(1, max(1, num_downs - 4))
+    raise ValueError(f"DROPOUT_PLACEMENT must be one of {DROPOUT_PLACEMENTS}, got {placement!r}")
 
 
 def num_downs_for(image_size: int) -> int:
@@ -20,12 +38,16 @@ def num_downs_for(image_size: int) -> int:
 
 class UNetGenerator(nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: int = 3, base_channels: int = 64,
-                 num_downs: int = 8, norm: str = "batch", dropout: bool = True):
+                 num_downs: int = 8, norm: str = "batch", dropout: bool = True, dropout_placement: str = "paper",
+                 skip_relu: bool = True):
         super().__init__()
         if num_downs < 2:
             raise ValueError(f"num_downs must be >= 2, got {num_downs}")
         self.hparams = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
-                            num_downs=num_downs, norm=norm, dropout=dropout)
+                            num_downs=num_downs, norm=norm, dropout=dropout, dropout_placement=dropout_placement,
+                            skip_relu=skip_relu)
+        # False only for checkpoints written before the fix: their decoders saw LeakyReLU'd skips
+        self.skip_relu = skip_relu
         bias = conv_bias(norm)
         # encoder widths 64,128,256,512,512,...: doubling, capped at 8x the base width
         widths = [base_channels * min(2 ** i, 8) for i in range(num_downs)]
@@ -45,12 +67,13 @@ class UNetGenerator(nn.Module):
         self.bottleneck = nn.Sequential(down(widths[-2], widths[-1]), nn.ReLU())
 
         # Decoder: Convolution-Norm-(Dropout)-ReLU, input = previous decoder output ++ mirrored encoder output.
-        # paper §3.1 / 6.1.1: dropout 0.5 in the first three decoder layers is G's only noise source.
+        # paper §3.1 / 6.1.1: dropout 0.5 in the decoder is G's only noise source.
+        with_dropout = dropout_blocks(num_downs, dropout_placement) if dropout else range(0)
         self.decoder = nn.ModuleList()
         for j, i in enumerate(range(num_downs - 1, 0, -1)):     # i = width index this block produces
             c_in = widths[i] if j == 0 else widths[i] * 2
             block = [up(c_in, widths[i - 1]), norm_layer(norm, widths[i - 1])]
-            if dropout and j < 3:
+            if j in with_dropout:
                 block.append(nn.Dropout(0.5))
             block.append(nn.ReLU())
             self.decoder.append(nn.Sequential(*block))
@@ -69,7 +92,10 @@ class UNetGenerator(nn.Module):
         x = self.bottleneck(x)
         for block in self.decoder:
             x = block(x)
-            x = torch.cat([skips.pop(), x], dim=1)  # skip connection from encoder layer i to decoder n-i
+            skip = skips.pop()
+            # The reference (official code, and the authors' Lua code) starts each decoder block with a ReLU on
+            # [skip, x]; x is already ReLU'd and ReLU(LeakyReLU(z)) = ReLU(z), so ReLU on the skip is the same.
+            x = torch.cat([F.relu(skip) if self.skip_relu else skip, x], dim=1)  # encoder layer i -> decoder n-i
         return self.head(x)
 
 

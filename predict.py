@@ -16,9 +16,13 @@ The U-Net needs sides divisible by 2^num_downs (256 for the paper's model), so e
 and writes input | output | target strips instead.
 
 --mode paper (default, as utils.load_generator and the paper §3.3: dropout on, batch-norm with the batch's
-statistics; --seed fixes the dropout noise) or eval (dropout off, running statistics). In paper mode an output
-depends on its batch-mates, so --batch-size defaults to the checkpoint's BATCH_SIZE (training's, usually 1), and
-only images of the same fitted size are batched together.
+statistics; --seed fixes the dropout noise) or eval (dropout off, running statistics). In paper mode a larger
+--batch-size makes an output depend on its batch-mates, so it defaults to 1 there, as the official test.py; in
+eval mode it only changes speed and defaults to the checkpoint's BATCH_SIZE. Only images of the same fitted size
+are batched together.
+
+--checkpoint also takes a latest_net_G.pth of the official pix2pix code (e.g. its pretrained generators); such a
+file stores no direction, so --paired needs --direction there.
 
 Exit code 0 if at least one image was written: unreadable images are skipped, listed at the end, and do not stop
 the run. 1 if the checkpoint is missing or corrupt, no input image was found, or nothing could be written;
@@ -45,17 +49,33 @@ from utils import (CheckpointError, ConfigError, autocast, default_settings, fix
                    pick_device, pick_precision, sample_grid, to_unit)
 
 
-def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str = "auto",
-                       precision: str = "auto") -> tuple[UNetGenerator, dict[str, Any], torch.device, str]:
+def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str = "auto", precision: str = "auto",
+                       direction: str | None = None, needs_direction: bool = False,
+                       ) -> tuple[UNetGenerator, dict[str, Any], torch.device, str]:
     """(generator on the device in `mode`, its training settings, device, precision); device/precision as in training.
 
     Settings a hand-made checkpoint lacks fall back to config.py's defaults, except IMAGE_SIZE, which follows
-    from the U-Net's depth.
+    from the U-Net's depth. `direction` (--direction) is for files that store none, such as the official
+    latest_net_G.pth; with `needs_direction`, such a file without it is an error rather than a silent guess.
     """
     dev = pick_device(device)
     G = load_generator(checkpoint, dev, mode)
+    saved = G.train_config.get("DIRECTION")
+    if direction and saved and direction != saved:
+        raise ConfigError(f"--direction {direction} contradicts {checkpoint}, trained with DIRECTION={saved}; "
+                          f"drop --direction (it is for files that store no direction)")
+    if needs_direction and not (direction or saved):
+        raise ConfigError(f"{checkpoint} stores no direction (e.g. an official latest_net_G.pth); pass --direction "
+                          f"AtoB or BtoA: which half of each A|B file is the input")
     cfg = default_settings() | {"IMAGE_SIZE": 2 ** G.hparams["num_downs"]} | G.train_config
+    cfg["DIRECTION"] = direction or cfg["DIRECTION"]
     return G, cfg, dev, pick_precision(precision, dev)
+
+
+def batch_size_for(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    """--batch-size, else 1 in paper mode (batch statistics: an output must not depend on its batch-mates, as in
+    the official test.py) and the training BATCH_SIZE in eval mode (where it changes only the speed)."""
+    return args.batch_size or (1 if args.mode == "paper" else cfg["BATCH_SIZE"])
 
 
 def run_cli(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
@@ -154,7 +174,8 @@ def reason(e: Exception) -> str:
 # ----------------------------------------------------------------------------- the run
 
 def predict(args: argparse.Namespace) -> int:
-    G, cfg, device, precision = load_for_inference(args.checkpoint, args.mode, args.device, args.precision)
+    G, cfg, device, precision = load_for_inference(args.checkpoint, args.mode, args.device, args.precision,
+                                                   args.direction, needs_direction=args.paired)
     if args.fit == "auto":  # crops of unscaled images: the model knows the native scale
         args.fit = "pad" if cfg["PREPROCESS"] in ("crop", "none") else "resize"
     images = find_images(args.input)
@@ -162,7 +183,7 @@ def predict(args: argparse.Namespace) -> int:
         print(f"error: no images found in {' '.join(args.input)} (files, folders or glob patterns of "
               f"{', '.join(IMG_EXTENSIONS)})", file=sys.stderr)
         return 1
-    batch_size = args.batch_size or cfg["BATCH_SIZE"]
+    batch_size = batch_size_for(args, cfg)
     failed: list[tuple[Path, str]] = []
     written = 0
     bar = tqdm(total=len(images), unit="img", desc="predict", dynamic_ncols=True)
@@ -214,10 +235,15 @@ def model_arguments(doc: str, script: str) -> argparse.ArgumentParser:
     """A parser with the options predict.py and evaluate.py share: which generator, and how to run it."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                  epilog=f"See the module docstring (top of {script}) for details.")
-    ap.add_argument("--checkpoint", type=Path, required=True, help="generator.pt or any training checkpoint")
+    ap.add_argument("--checkpoint", type=Path, required=True,
+                    help="generator.pt, any training checkpoint, or an official-code latest_net_G.pth")
     ap.add_argument("--mode", choices=("paper", "eval"), default="paper", help="test-time mode (default paper)")
     ap.add_argument("--seed", type=int, default=0, help="fixes the dropout noise of --mode paper")
-    ap.add_argument("--batch-size", type=int, default=0, help="images per forward pass (0 = checkpoint's BATCH_SIZE)")
+    ap.add_argument("--batch-size", type=int, default=0,
+                    help="images per forward pass; 0 = 1 in paper mode (batch-norm statistics of the batch: an output "
+                         "depends on its batch-mates), the checkpoint's BATCH_SIZE in eval mode (only speed changes)")
+    ap.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
+                    help="which half of an A|B file is the input, for checkpoints that store none (official files)")
     ap.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
     return ap

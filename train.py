@@ -24,8 +24,8 @@ from distributed import (barrier, check_ranks_agree, max_over_ranks, setup_distr
 from interrupts import StopRequest, ignore_stop_signals, resume_command
 from run_log import RunLog
 from utils import (CheckpointError, ConfigError, atomic_save, autocast, build_models, check_resume_compatible,
-                   fixed_noise, load_checkpoint, load_config, lr_factor, make_grad_scalers, make_optimizers,
-                   measure_peak_flops, model_hparams, pick_device, pick_precision, remove_stale_temp_files,
+                   fixed_noise, keep_legacy_skips, load_checkpoint, load_config, lr_factor, make_grad_scalers,
+                   make_optimizers, measure_peak_flops, model_hparams, pick_device, pick_precision, remove_stale_temp_files,
                    resolve_resume, rng_states, sample_grid, seed_everything, set_rng_states, test_mode,
                    training_flops_per_image)
 
@@ -48,14 +48,16 @@ def generator_loss(fake_logits: torch.Tensor, fake: torch.Tensor, target: torch.
 
 class RealFakeScores(nn.Module):
     """D on (x, real) and on (x, fake) in one call, so DDP sees one forward per backward. The two batches
-    still go through D separately, keeping their batch-norm statistics apart as in the official code."""
+    still go through D separately, keeping their batch-norm statistics apart as in the official code, and in its
+    order (fake first), so that D's running statistics also match it."""
 
     def __init__(self, D: nn.Module):
         super().__init__()
         self.D = D
 
     def forward(self, x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor):
-        return self.D(x, real), self.D(x, fake)
+        fake_logits = self.D(x, fake)
+        return self.D(x, real), fake_logits
 
 
 def evaluate_generator(*args, **kwargs):
@@ -161,6 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         for obj, key in ((G, "generator"), (D, "discriminator"), (opt_G, "opt_G"), (opt_D, "opt_D"),
                          (sched_G, "sched_G"), (sched_D, "sched_D"), (scaler_G, "scaler_G"), (scaler_D, "scaler_D")):
             obj.load_state_dict(ckpt[key])
+        if keep_legacy_skips(G, ckpt) and master:
+            print(f"note: {resume_path} predates the U-Net skip fix; this run keeps its legacy skip activations "
+                  f"(skip_relu=False) so its function does not change. Train in a new RUN_DIR for the reference one")
         set_rng_states(ckpt["rng"])
         if rank:
             seed_everything(cfg["SEED"] + rank + ckpt["step"])

@@ -4,6 +4,7 @@ seeding, atomic checkpoints, rebuilding a generator from its checkpoint, the LR 
 Not run directly. In a notebook:
     from utils import load_generator
     G = load_generator("runs/pix2pix/generator.pt")   # rebuilds the U-Net from the file alone
+    G = load_generator("latest_net_G.pth")            # also a generator of the official pix2pix code
 """
 import ast
 import contextlib
@@ -20,8 +21,10 @@ import torch
 import torch.nn as nn
 
 import config as default_config
+import official_format
 from discriminator_model import DISCRIMINATOR_KEYS, PatchDiscriminator
-from generator_model import GENERATOR_KEYS, UNetGenerator, num_downs_for
+from generator_model import (DROPOUT_PLACEMENTS, GENERATOR_KEYS, LEGACY_GENERATOR_HPARAMS, UNetGenerator,
+                             num_downs_for)
 from layers import NORMS
 
 CHECKPOINT_FORMAT = 1  # bump when the checkpoint layout changes
@@ -109,6 +112,7 @@ def _positive(cfg: dict, key: str, allow_zero: bool = False) -> None:
 def validate_config(cfg: dict[str, Any]) -> None:
     _one_of(cfg, "DIRECTION", ("AtoB", "BtoA"))
     _one_of(cfg, "NORM", NORMS)
+    _one_of(cfg, "DROPOUT_PLACEMENT", DROPOUT_PLACEMENTS)
     _one_of(cfg, "PRECISION", ("auto", "fp32", "bf16", "fp16"))
     _one_of(cfg, "BAD_FILES", ("error", "skip"))
     _one_of(cfg, "PREPROCESS", ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"))
@@ -210,7 +214,7 @@ def set_rng_states(states: dict[str, Any]) -> None:
 
 def build_models(cfg: dict[str, Any]) -> tuple[UNetGenerator, PatchDiscriminator]:
     G = UNetGenerator(cfg["IN_CHANNELS"], cfg["OUT_CHANNELS"], cfg["GEN_BASE_CHANNELS"], cfg["NUM_DOWNS"],
-                      cfg["NORM"], cfg["DROPOUT"])
+                      cfg["NORM"], cfg["DROPOUT"], cfg["DROPOUT_PLACEMENT"])
     D = PatchDiscriminator(cfg["IN_CHANNELS"], cfg["OUT_CHANNELS"], cfg["DISC_BASE_CHANNELS"],
                            cfg["DISC_N_LAYERS"], cfg["NORM"])
     return G, D
@@ -310,7 +314,7 @@ def remove_stale_temp_files(*folders: Path) -> None:
             tmp.unlink()
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def read_weights_file(path: str | os.PathLike) -> Any:
     """torch.load with weights_only=True: a checkpoint can hold tensors and plain data, never code."""
     path = Path(path)
     if not path.is_file():
@@ -327,20 +331,51 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         raise CheckpointError(f"{path} is not a loadable pix2pix checkpoint ({type(e).__name__}: "
                               f"{str(e).splitlines()[0][:200]}); it may be truncated or not a checkpoint. "
                               f"Files that need arbitrary code to load are refused on purpose.") from None
+    return ckpt
+
+
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint written by train.py (a training checkpoint or a generator export), loaded without code."""
+    return checked_checkpoint(read_weights_file(path), path)
+
+
+def checked_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
+    if official_format.is_state_dict(ckpt):
+        what = ("an official-code generator (latest_net_G.pth): load it with utils.load_generator, predict.py or "
+                "evaluate.py; it holds no training state to resume") if official_format.is_official_unet(ckpt) \
+            else f"{official_format.describe(ckpt)}, not a pix2pix checkpoint"
+        raise CheckpointError(f"{path} is {what}")
     if not isinstance(ckpt, dict) or "generator" not in ckpt or "generator_hparams" not in ckpt:
         raise CheckpointError(f"{path} loads, but is not a pix2pix checkpoint (no generator weights/hparams)")
     return ckpt
 
 
+def checkpoint_generator_hparams(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The generator's hyperparameters; keys added since a checkpoint was written take their legacy values, so
+    an old checkpoint keeps computing the function it was trained as."""
+    return LEGACY_GENERATOR_HPARAMS | ckpt["generator_hparams"]
+
+
 def generator_from_checkpoint(ckpt: dict[str, Any]) -> UNetGenerator:
-    G = UNetGenerator(**{k: ckpt["generator_hparams"][k] for k in GENERATOR_KEYS})
+    hparams = checkpoint_generator_hparams(ckpt)
+    G = UNetGenerator(**{k: hparams[k] for k in GENERATOR_KEYS})
     G.load_state_dict(ckpt["generator"])
     return G
+
+
+def keep_legacy_skips(G: UNetGenerator, ckpt: dict[str, Any]) -> bool:
+    """Resuming a checkpoint written before the U-Net skip fix (issue 9) continues its own, legacy function
+    (skip_relu=False, also recorded in the checkpoints it writes next); returns True if it is such a checkpoint."""
+    G.skip_relu = G.hparams["skip_relu"] = checkpoint_generator_hparams(ckpt)["skip_relu"]
+    return not G.skip_relu
 
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
                    mode: str = "paper") -> UNetGenerator:
     """Rebuild the generator from generator.pt (or any training checkpoint) alone; config.py is not consulted.
+
+    Also accepts an official-code latest_net_G.pth (a bare UnetGenerator state dict): depth, width, channels and
+    norm are inferred, with the official dropout placement; such a file stores no settings (G.train_config = {}).
 
     mode: "paper" (default, the paper's test protocol: dropout on, batch statistics; running stats frozen)
     or "eval" (ordinary eval(): dropout off, running statistics). The checkpoint's training settings are
@@ -348,12 +383,20 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
     """
     if mode not in ("paper", "eval"):
         raise ValueError(f"mode must be 'paper' or 'eval', got {mode!r}")
-    ckpt = load_checkpoint(path)
-    try:
-        G = generator_from_checkpoint(ckpt)
-    except (KeyError, TypeError, ValueError, RuntimeError) as e:  # hparams and weights disagree: a damaged file
-        raise CheckpointError(f"{path}: its generator weights do not match its hyperparameters ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]})") from None
+    ckpt = read_weights_file(path)
+    if official_format.is_state_dict(ckpt):
+        try:
+            G = official_format.generator_from_official(ckpt)
+        except official_format.OfficialFormatError as e:
+            raise CheckpointError(f"{path}: {e}") from None
+        ckpt = {}
+    else:
+        ckpt = checked_checkpoint(ckpt, path)
+        try:
+            G = generator_from_checkpoint(ckpt)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # hparams and weights disagree: a damaged file
+            raise CheckpointError(f"{path}: its generator weights do not match its hyperparameters "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     G = G.to(device)
     G.train(mode == "paper")
     for m in G.modules():
@@ -370,7 +413,8 @@ def model_hparams(G: nn.Module, D: nn.Module) -> dict[str, dict]:
 
 
 ARCHITECTURE_KEYS = ("IN_CHANNELS", "OUT_CHANNELS", "GEN_BASE_CHANNELS", "NUM_DOWNS", "NORM", "DROPOUT",
-                     "DISC_BASE_CHANNELS", "DISC_N_LAYERS", "IMAGE_SIZE", "DIRECTION")
+                     "DROPOUT_PLACEMENT", "DISC_BASE_CHANNELS", "DISC_N_LAYERS", "IMAGE_SIZE", "DIRECTION")
+LEGACY_CONFIG = {"DROPOUT_PLACEMENT": "paper"}  # settings older checkpoints lack, at the value they were trained with
 
 
 def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str | os.PathLike) -> None:
@@ -380,13 +424,17 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str
         raise CheckpointError(f"cannot resume from {path}: not a training checkpoint (no {', '.join(missing)}; "
                               f"exports such as generator.pt hold the generator only); resume from the run's "
                               f"checkpoints/*.pt")
-    saved = ckpt.get("config", {})
+    saved = LEGACY_CONFIG | ckpt.get("config", {})
     diffs = [f"{k}: checkpoint {saved[k]!r} vs now {cfg[k]!r}" for k in ARCHITECTURE_KEYS
              if k in saved and saved[k] != cfg[k]]
     if diffs:
         raise CheckpointError(f"cannot resume from {path}: settings differ ({'; '.join(diffs)}). Use the "
                               f"checkpoint's settings, or a new RUN_DIR (or RESUME=never with a new RUN_DIR) "
                               f"to start a fresh run")
+    if cfg["DISC_N_LAYERS"] == 0 and cfg["NORM"] == "batch" and "model.5.bias" in ckpt["discriminator"]:
+        raise CheckpointError(f"cannot resume from {path}: its PixelGAN discriminator was written before its last "
+                              f"1x1 conv lost its bias (as in the official code); start a new RUN_DIR. Its "
+                              f"generator still loads for predict.py/evaluate.py")
 
 
 # ----------------------------------------------------------------------------- images

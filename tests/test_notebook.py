@@ -46,9 +46,18 @@ def this_interpreters_kernel(tmp_path, monkeypatch):
     assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
 
 
-def test_notebook_runs_and_shows_images_and_metrics(tiny_run, this_interpreters_kernel, monkeypatch):
+@pytest.mark.parametrize("official", [False, True], ids=["trained_here", "official_file"])
+def test_notebook_runs_and_shows_images_and_metrics(tiny_run, this_interpreters_kernel, monkeypatch, tmp_path,
+                                                     official):
     from nbclient import NotebookClient
     checkpoint, data = tiny_run / "run" / "generator.pt", tiny_run / "data" / "val"
+    if official:  # an official-code latest_net_G.pth: no settings inside, the direction comes from the notebook
+        import official_format
+        from generator_model import UNetGenerator
+        torch.manual_seed(0)
+        checkpoint = tmp_path / "latest_net_G.pth"
+        official_format.save_official(UNetGenerator(3, 3, 4, 5, dropout_placement="official"), checkpoint)
+        monkeypatch.setenv("PIX2PIX_DIRECTION", "BtoA")
     for key, value in (("PIX2PIX_CHECKPOINT", checkpoint), ("PIX2PIX_DATA", data), ("MPLBACKEND", "Agg"),
                        ("OMP_NUM_THREADS", "1")):
         monkeypatch.setenv(key, str(value))

@@ -1,0 +1,175 @@
+"""Generators of the official pix2pix code (junyanz/pytorch-CycleGAN-and-pix2pix) in and out.
+
+Its `latest_net_G.pth` files (its own runs and its pretrained models) are bare state dicts of its `UnetGenerator`,
+keys like `model.model.1.model.3.weight`, with no settings inside. This module maps them onto UNetGenerator:
+the same convolutions and norms, so the weights carry over one to one, with the official dropout placement and
+ReLU'd skips, so the function is the official one.
+
+Not run directly. Library use (utils.load_generator, and so predict.py and evaluate.py, accept such files too):
+    import torch
+    from official_format import generator_from_official, save_official
+    G = generator_from_official(torch.load("latest_net_G.pth", map_location="cpu", weights_only=True))
+    save_official(G, "checkpoints/mine/latest_net_G.pth")  # the official test.py --name mine then loads it
+"""
+import os
+from typing import Any
+
+import torch
+
+from generator_model import UNetGenerator
+
+ROOT = "model.model."  # the outermost UnetSkipConnectionBlock's layers
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class OfficialFormatError(ValueError):
+    """The file is not an official U-Net generator, or a generator cannot be written in that format."""
+
+
+def _level(k: int) -> str:
+    """Key prefix of the layers of U-Net level k (0 = outermost); each level nests the next one as a submodule,
+    at index 1 of the outermost block's Sequential and at index 3 of every other one."""
+    return ROOT if k == 0 else ROOT + "1.model." + "3.model." * (k - 1)
+
+
+def _module_map(num_downs: int) -> dict[str, str]:
+    """Our module name -> the official module name, for every layer with weights or statistics.
+
+    Official layers per level: outermost [downconv, submodule, ReLU, upconv, Tanh]; middle [LeakyReLU, downconv,
+    downnorm, submodule, ReLU, upconv, upnorm, (Dropout)]; innermost [LeakyReLU, downconv, ReLU, upconv, upnorm].
+    Level k's decoding half is our decoder block num_downs - 1 - k.
+    """
+    names = {"encoder.0.0": _level(0) + "0", "head.0": _level(0) + "3"}
+    for k in range(1, num_downs - 1):
+        j = num_downs - 1 - k
+        names |= {f"encoder.{k}.0": _level(k) + "1", f"encoder.{k}.1": _level(k) + "2",
+                  f"decoder.{j}.0": _level(k) + "5", f"decoder.{j}.1": _level(k) + "6"}
+    inner = _level(num_downs - 1)
+    return names | {"bottleneck.0": inner + "1", "decoder.0.0": inner + "3", "decoder.0.1": inner + "4"}
+
+
+def _rename(key: str, modules: dict[str, str]) -> str:
+    module, tensor = key.rsplit(".", 1)
+    return f"{modules[module]}.{tensor}"
+
+
+# ----------------------------------------------------------------------------- reading
+
+def is_state_dict(obj: Any) -> bool:
+    """A bare state dict (name -> tensor), as the official code saves, rather than one of our checkpoints."""
+    return (isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) for k in obj)
+            and all(isinstance(v, torch.Tensor) for v in obj.values()))
+
+
+def unwrapped(state: dict[str, Any]) -> dict[str, Any]:
+    """Without the 'module.' prefix that a state dict saved from a DataParallel/DDP wrapper carries."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def is_official_unet(state: dict[str, Any]) -> bool:
+    state = unwrapped(state) if is_state_dict(state) else state
+    return is_state_dict(state) and ROOT + "0.weight" in state and ROOT + "1.model.1.weight" in state
+
+
+def describe(state: dict[str, Any]) -> str:
+    """What a bare state dict that is not an official U-Net seems to be, for the error message."""
+    keys = list(state)
+    if any(".conv_block." in k for k in keys):
+        blocks = len({k.split(".")[1] for k in keys if ".conv_block." in k})
+        return f"an official ResNet generator (resnet_{blocks}blocks, keys like {keys[len(keys) // 2]!r})"
+    if "net.0.weight" in state:
+        return "an official PixelGAN discriminator (a latest_net_D.pth, keys like 'net.0.weight')"
+    if "model.0.weight" in state and state["model.0.weight"].dim() == 4 and state["model.0.weight"].shape[-1] == 4:
+        return "an official PatchGAN discriminator (a latest_net_D.pth, keys like 'model.0.weight')"
+    return f"a state dict of an unknown network (first keys: {', '.join(keys[:3])})"
+
+
+def infer_hparams(state: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """Depth, width, channels and norm of an official U-Net state dict; dropout as the official default (on)."""
+    state = unwrapped(state)
+    if not is_official_unet(state):
+        raise OfficialFormatError(f"not supported: this file is {describe(state)}; only generators of the official "
+                                  f"UnetGenerator (unet_128, unet_256, ...) load here")
+    num_downs = 1
+    while _level(num_downs) + "1.weight" in state:
+        num_downs += 1
+    first = state[ROOT + "0.weight"]  # Conv2d weight: (ngf, input_nc, 4, 4)
+    # BatchNorm has its own shift, so the official convs feeding it have no bias; InstanceNorm (affine=False,
+    # no running statistics) has no tensors at all and its convs do have biases
+    if _level(1) + "1.bias" in state:
+        norm = "instance"
+    elif _level(1) + "2.weight" in state:
+        norm = "batch"
+    else:
+        raise OfficialFormatError("an official U-Net without batch or instance norm (--norm none?) is not supported")
+    return dict(in_channels=first.shape[1], out_channels=state[ROOT + "3.weight"].shape[1],  # ConvT: (in, out, ..)
+                base_channels=first.shape[0], num_downs=num_downs, norm=norm, dropout=True,
+                dropout_placement="official", skip_relu=True)
+
+
+def generator_from_official(state: dict[str, torch.Tensor]) -> UNetGenerator:
+    """Our UNetGenerator computing exactly the official network stored in `state` (a latest_net_G.pth)."""
+    state = unwrapped(state)
+    hp = infer_hparams(state)
+    if hp["num_downs"] < 5:
+        raise OfficialFormatError(f"official U-Net with {hp['num_downs']} levels; the official UnetGenerator "
+                                  f"always has at least 5")
+    G = UNetGenerator(**hp)
+    theirs = {v: k for k, v in _module_map(hp["num_downs"]).items()}
+    ours = {}
+    for key, tensor in state.items():
+        module, name = key.rsplit(".", 1)
+        if module not in theirs:
+            raise OfficialFormatError(f"unexpected tensor {key!r} for an official U-Net of depth {hp['num_downs']}")
+        ours[f"{theirs[module]}.{name}"] = tensor
+    expected = G.state_dict()
+    if hp["norm"] == "instance":  # files from PyTorch < 0.4 kept running statistics of InstanceNorm: unused
+        ours = {k: v for k, v in ours.items() if k in expected or k.rsplit(".", 1)[1] not in BN_BUFFERS}
+    for key, value in expected.items():  # files from PyTorch < 0.4 lack this counter (unused at inference)
+        if key.endswith("num_batches_tracked"):
+            ours.setdefault(key, torch.zeros_like(value))
+    try:
+        G.load_state_dict(ours)
+    except RuntimeError as e:
+        raise OfficialFormatError(f"weights do not fit an official U-Net (ngf {hp['base_channels']}, depth "
+                                  f"{hp['num_downs']}, {hp['norm']} norm): {str(e).splitlines()[0][:300]}") from None
+    return G
+
+
+# ----------------------------------------------------------------------------- writing
+
+def official_state_dict(G: UNetGenerator) -> dict[str, torch.Tensor]:
+    """G's weights under the official UnetGenerator's names (what its latest_net_G.pth holds).
+
+    Only a generator computing the official function qualifies: ReLU'd skips, the official dropout placement
+    (or no dropout: then run the official test.py with --no_dropout), and at least 5 levels.
+    """
+    hp = G.hparams
+    if not hp["skip_relu"]:
+        raise OfficialFormatError("this generator was trained before the U-Net skip fix (skip_relu=False): the "
+                                  "official network computes a different function with these weights; retrain it")
+    if hp["dropout"] and hp["dropout_placement"] != "official":
+        raise OfficialFormatError(f"this generator has DROPOUT_PLACEMENT={hp['dropout_placement']!r}; the official "
+                                  f"network puts its dropout elsewhere, so it would compute a different function in "
+                                  f"its test mode. Train with DROPOUT_PLACEMENT=official (or DROPOUT=False) to export")
+    if hp["num_downs"] < 5:
+        raise OfficialFormatError(f"num_downs={hp['num_downs']}: the official UnetGenerator has at least 5 levels")
+    modules = _module_map(hp["num_downs"])
+    return {_rename(k, modules): v.detach().cpu().contiguous().clone() for k, v in G.state_dict().items()}
+
+
+def official_options(G: UNetGenerator) -> str:
+    """The official test.py options that build the network matching official_state_dict(G)."""
+    hp = G.hparams
+    if hp["num_downs"] not in (7, 8):
+        raise OfficialFormatError(f"num_downs={hp['num_downs']}: the official define_G builds only unet_128 (7) and "
+                                  f"unet_256 (8); build its UnetGenerator(num_downs={hp['num_downs']}) directly")
+    return (f"--netG unet_{2 ** hp['num_downs']} --ngf {hp['base_channels']} --norm {hp['norm']} --input_nc "
+            f"{hp['in_channels']} --output_nc {hp['out_channels']}" + ("" if hp["dropout"] else " --no_dropout"))
+
+
+def save_official(G: UNetGenerator, path: str | os.PathLike) -> None:
+    """Write G as an official latest_net_G.pth (see official_options for the matching test.py options)."""
+    torch.save(official_state_dict(G), path)
