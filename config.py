@@ -8,14 +8,15 @@ Order of precedence: this file < PRESET < other command-line overrides.
 """
 
 # --- data ---
-TRAIN_DIR = "data/synthetic/train"  # folder of side-by-side A|B images (made offline on first run if default)
+TRAIN_DIR = "data/synthetic/train"  # side-by-side A|B images, or A/ + B/ folders paired by name (made if default)
 VAL_DIR = "data/synthetic/val"  # held-out A|B images for sample grids and validation metrics
 DIRECTION = "BtoA"  # "AtoB": left half is the input; "BtoA": right half is the input (facades labels->photo)
 IN_CHANNELS = 3  # 3 = RGB input, 1 = grayscale input
 OUT_CHANNELS = 3  # 3 = RGB output, 1 = grayscale output
 LOAD_SIZE = 286  # paper §6.2 random jitter: resize to LOAD_SIZE ...
 IMAGE_SIZE = 256  # ... then take a random IMAGE_SIZE crop (also the eval resolution)
-JITTER = True  # resize+random crop; False = resize straight to IMAGE_SIZE
+JITTER = True  # resize+random crop; False = resize straight to IMAGE_SIZE (validation's geometry, crops centred)
+PREPROCESS = "resize_and_crop"  # official --preprocess: resize_and_crop|crop|scale_width|scale_width_and_crop|none
 MIRROR = True  # random horizontal flip, the same for input and target
 NUM_WORKERS = 2  # DataLoader worker processes (0 = load in the main process)
 BAD_FILES = "error"  # unreadable/unsplittable images: "error" = stop before training and list them, "skip" = skip them

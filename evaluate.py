@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from dataset import PairedImageDataset, list_images
+from dataset import PairedImageDataset, check_batchable
 from metrics import evaluate_generator
 from predict import batch_size_for, load_for_inference, model_arguments, run_cli
 
@@ -127,10 +127,12 @@ def evaluate(args: argparse.Namespace) -> int:
     data = Path(args.data)
     dataset = PairedImageDataset(data, direction=cfg["DIRECTION"], image_size=cfg["IMAGE_SIZE"],
                                  load_size=cfg["IMAGE_SIZE"], train=False, in_channels=G.hparams["in_channels"],
-                                 out_channels=G.hparams["out_channels"], bad_files="skip")
-    skipped = sorted(str(p.relative_to(data)) for p in set(list_images(data)) - set(dataset.files))
+                                 out_channels=G.hparams["out_channels"], bad_files="skip",
+                                 preprocess=cfg["PREPROCESS"], multiple=2 ** G.hparams["num_downs"])
+    skipped = sorted(str(p.relative_to(data)) for p, _ in dataset.skipped)
     n = min(len(dataset), args.max_images or len(dataset))
     batch_size = batch_size_for(args, cfg)
+    check_batchable(dataset, batch_size)
     out = args.out or default_out(args.checkpoint, data)
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=0)
     bar = tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True)
@@ -158,7 +160,7 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = model_arguments(__doc__, "evaluate.py")
-    ap.add_argument("--data", type=Path, required=True, help="folder of side-by-side A|B images")
+    ap.add_argument("--data", type=Path, required=True, help="folder of side-by-side A|B images or A/ + B/ folders")
     ap.add_argument("--out", type=Path, default=None, help="output folder (default <checkpoint dir>/eval_<data name>)")
     ap.add_argument("--max-images", type=int, default=0, help="score only the first N files (0 = all)")
     args = ap.parse_args(argv)

@@ -8,9 +8,10 @@
 Each result is a PNG at the input's original size, named after the input; folders keep their sub-folder layout.
 
 The U-Net needs sides divisible by 2^num_downs (256 for the paper's model), so each image is fitted:
-  --fit resize (default)  resize to the training IMAGE_SIZE square, translate, resize the output back: the scale
+  --fit resize            resize to the training IMAGE_SIZE square, translate, resize the output back: the scale
                           the network was trained at (a non-square image is stretched, then un-stretched)
   --fit pad               reflect-pad to the next multiple, translate, crop the padding off: native scale
+  --fit auto (default)    pad for a model trained on unscaled images (PREPROCESS crop or none), else resize
 --paired reads A|B files like the training data (the checkpoint's DIRECTION says which half is the input)
 and writes input | output | target strips instead.
 
@@ -41,7 +42,8 @@ import torch.nn.functional as F
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from dataset import IMG_EXTENSIONS, DatasetError, build_transform, list_images, open_image, read_pair
+from dataset import (IMG_EXTENSIONS, DatasetError, build_transform, list_images, open_image, read_pair,
+                     to_tensor)
 from generator_model import UNetGenerator
 from utils import (CheckpointError, ConfigError, autocast, default_settings, fixed_noise, load_generator,
                    pick_device, pick_precision, sample_grid, to_unit)
@@ -126,20 +128,15 @@ class Item:
     target: torch.Tensor | None = None
 
 
-def to_tensor(image: np.ndarray) -> torch.Tensor:
-    """HxWxC uint8 -> CxHxW float in [-1, 1], as the dataset normalises."""
-    return torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float() / 127.5 - 1
-
-
 @functools.lru_cache(maxsize=4)
 def _eval_transform(image_size: int):
-    return build_transform(image_size, image_size, jitter=False, mirror=False, train=False)
+    return build_transform(image_size, image_size, jitter=False, mirror=False, train=False)  # square, PIL-like bicubic
 
 
 def fit_to_model(image: np.ndarray, fit: str, image_size: int, multiple: int) -> torch.Tensor:
     """HxWxC uint8 -> CxH'xW' in [-1, 1] with sides the U-Net accepts (see fit_back for the inverse)."""
     if fit == "resize":  # exactly the eval transform of training and evaluate.py
-        return torch.from_numpy(_eval_transform(image_size)(image=image)["image"].transpose(2, 0, 1).copy())
+        return _eval_transform(image_size)(image, image)[0]
     h, w = image.shape[:2]
     ph, pw = -h % multiple, -w % multiple
     # np.pad reflects repeatedly, so even pads larger than the image work (torch's reflect pad refuses them)
@@ -179,6 +176,8 @@ def reason(e: Exception) -> str:
 def predict(args: argparse.Namespace) -> int:
     G, cfg, device, precision = load_for_inference(args.checkpoint, args.mode, args.device, args.precision,
                                                    args.direction, needs_direction=args.paired)
+    if args.fit == "auto":  # crops of unscaled images: the model knows the native scale
+        args.fit = "pad" if cfg["PREPROCESS"] in ("crop", "none") else "resize"
     images = find_images(args.input)
     if not images:
         print(f"error: no images found in {' '.join(args.input)} (files, folders or glob patterns of "
@@ -254,8 +253,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = model_arguments(__doc__, "predict.py")
     ap.add_argument("--input", nargs="+", required=True, help="image files, folders and/or quoted glob patterns")
     ap.add_argument("--output", type=Path, required=True, help="folder for the results (created)")
-    ap.add_argument("--fit", choices=("resize", "pad"), default="resize",
-                    help="resize to the training IMAGE_SIZE and back (default), or reflect-pad and crop back")
+    ap.add_argument("--fit", choices=("auto", "resize", "pad"), default="auto",
+                    help="resize to the training IMAGE_SIZE and back, or reflect-pad and crop back; auto (default): "
+                         "pad if the model was trained with PREPROCESS crop or none, else resize")
     ap.add_argument("--paired", action="store_true", help="inputs are A|B files: write input | output | target")
     args = ap.parse_args(argv)
     if args.batch_size < 0:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from dataset import AugmentationSampler, DatasetError, build_datasets, ensure_default_data
+from dataset import AugmentationSampler, DatasetError, build_datasets, ensure_default_data, sample_batch
 from distributed import (barrier, check_ranks_agree, gather_from_ranks, max_over_ranks, setup_distributed,
                          sum_over_ranks, without_sync_bn)
 from interrupts import StopRequest, ignore_stop_signals, resume_command, shut_down_workers
@@ -152,7 +152,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     # evaluation batches match training's, so the paper's test mode sees batch statistics like training's
     val_loader = DataLoader(Subset(val_set, range(min(len(val_set), cfg["VAL_MAX_IMAGES"] or len(val_set)))),
                             batch_size=cfg["BATCH_SIZE"], num_workers=0)
-    sample_x, sample_y = map(torch.stack, zip(*[val_set[i] for i in range(min(cfg["N_SAMPLES"], len(val_set)))]))
+    sample_x, sample_y = sample_batch(val_set, cfg["N_SAMPLES"])
 
     # models and optimisers (paper §3.3: Adam, lr 2e-4, betas (0.5, 0.999); LR constant then linear to 0)
     G, D = build_models(cfg)

@@ -122,6 +122,7 @@ def validate_config(cfg: dict[str, Any]) -> None:
     _one_of(cfg, "DROPOUT_PLACEMENT", DROPOUT_PLACEMENTS)
     _one_of(cfg, "PRECISION", ("auto", "fp32", "bf16", "fp16"))
     _one_of(cfg, "BAD_FILES", ("error", "skip"))
+    _one_of(cfg, "PREPROCESS", ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"))
     _one_of(cfg, "ON_NAN", ("stop", "skip"))
     _one_of(cfg, "TEST_MODE", ("paper", "eval"))
     _one_of(cfg, "IN_CHANNELS", (1, 3))
@@ -141,7 +142,8 @@ def validate_config(cfg: dict[str, Any]) -> None:
     if cfg["IMAGE_SIZE"] % side:
         raise ConfigError(f"IMAGE_SIZE={cfg['IMAGE_SIZE']} is not divisible by 2^NUM_DOWNS={side}; use a multiple "
                           f"of {side} or NUM_DOWNS=0 to derive the depth (7 for 128, 8 for 256, 9 for 512)")
-    if cfg["JITTER"] and cfg["LOAD_SIZE"] < cfg["IMAGE_SIZE"]:
+    if cfg["JITTER"] and cfg["PREPROCESS"] in ("resize_and_crop", "scale_width_and_crop") \
+            and cfg["LOAD_SIZE"] < cfg["IMAGE_SIZE"]:
         raise ConfigError(f"LOAD_SIZE={cfg['LOAD_SIZE']} < IMAGE_SIZE={cfg['IMAGE_SIZE']}: the random crop needs "
                           f"LOAD_SIZE >= IMAGE_SIZE (paper: 286 for 256)")
     pick_device(cfg["DEVICE"])  # raises ConfigError for a device that is not there
