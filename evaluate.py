@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from dataset import PairedImageDataset, list_images
 from metrics import evaluate_generator
-from predict import load_for_inference, model_arguments, run_cli
+from inference import load_for_inference
+from predict import model_arguments, run_cli
 
 THUMB_SIZE = 256  # thumbnails in index.html are at most this many pixels wide
 KINDS = ("input", "output", "target")
