@@ -323,7 +323,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                               f"be truncated or not a checkpoint") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
         raise CheckpointError(f"{path} is not a loadable pix2pix checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); it may be truncated or not a checkpoint. "
+                              f"{(str(e).splitlines() or [''])[0][:200]}); it may be truncated or not a checkpoint. "
                               f"Files that need arbitrary code to load are refused on purpose.") from None
     if not isinstance(ckpt, dict) or "generator" not in ckpt or "generator_hparams" not in ckpt:
         raise CheckpointError(f"{path} loads, but is not a pix2pix checkpoint (no generator weights/hparams)")
