@@ -137,29 +137,24 @@ def build_app(G: torch.nn.Module, cfg: dict[str, Any], device: torch.device, pre
     blank = np.zeros((size, size, 3), np.uint8) + np.array(FACADES_PALETTE[0][1], np.uint8)
     colours = [hex_colour(rgb) for _, rgb in FACADES_PALETTE]
     with gr.Blocks(title="pix2pix demo", analytics_enabled=False) as app:
-        gr.Markdown(f"## pix2pix: image-to-image translation\nModel `{checkpoint}`: {cfg['DIRECTION']}, "
-                    f"trained at {size} px. Upload or draw an input; the output has the input's size.")
+        gr.Markdown(f"## pix2pix: image-to-image translation\n`{checkpoint}`: {cfg['DIRECTION']}, trained at "
+                    f"{size} px. Upload, paste or draw an input; the output has the input's size.")
         with gr.Row():
-            with gr.Column():
-                source = gr.Image(label="Input", type="filepath", sources=("upload", "clipboard"), format="png",
-                                  height=320,
-                                  elem_id="input-image")
-                with gr.Row():
-                    random_button = gr.Button("Random validation input", elem_id="random-btn",
-                                              interactive=bool(val_files))
-                    run_button = gr.Button("Translate", variant="primary", elem_id="translate-btn")
-                with gr.Row():
-                    mode = gr.Radio(["paper", "eval"], value="paper", label="Test-time mode",
-                                    info="paper: dropout on, the image's own batch statistics (§3.3); eval: "
-                                         "deterministic")
-                    seed = gr.Number(value=0, precision=0, label="Seed (paper mode's dropout noise)")
-            with gr.Column():
-                output = gr.Image(label="Output", format="png", height=320, interactive=False,
-                                  elem_id="output-image")
-        with gr.Accordion("Draw a facade label map", open=False):
+            source = gr.Image(label="Input", type="filepath", sources=("upload", "clipboard"), format="png",
+                              height=320, buttons=["fullscreen"], elem_id="input-image")
+            # no "share" button: it would post to an outside service
+            output = gr.Image(label="Output", format="png", height=320, interactive=False,
+                              buttons=["download", "fullscreen"], elem_id="output-image")
+        with gr.Row(equal_height=False):
+            random_button = gr.Button("Random validation input", elem_id="random-btn", interactive=bool(val_files))
+            mode = gr.Radio(["paper", "eval"], value="paper", label="Test-time mode", show_label=True,
+                            info="paper: dropout on, the image's own statistics (§3.3); eval: deterministic")
+            seed = gr.Number(value=0, precision=0, label="Seed", info="the paper mode's dropout noise")
+            run_button = gr.Button("Translate", variant="primary", elem_id="translate-btn")
+        with gr.Accordion("Draw a facade label map", open=False, elem_id="sketch"):
             gr.HTML(palette_legend(FACADES_PALETTE))
             sketch = gr.ImageEditor(value={"background": blank, "layers": [], "composite": blank}, type="numpy",
-                                    image_mode="RGB", sources=(), canvas_size=(size, size), layers=False,
+                                    format="png", image_mode="RGB", sources=(), canvas_size=(size, size), layers=False,
                                     transforms=(), eraser=False, label="Sketchpad (brush colours = label classes)",
                                     brush=gr.Brush(colors=colours, default_color=colours[2], color_mode="fixed",
                                                    default_size=max(2, size // 32)))

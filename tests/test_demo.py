@@ -226,3 +226,32 @@ def test_headless_chromium_uploads_an_image_and_sees_the_output(server, tmp_path
         assert outside == []  # the page needs nothing from the internet
     finally:
         browser.quit()
+
+
+def test_headless_chromium_draws_with_a_label_colour_and_translates_the_drawing(server, tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+    import demo
+    browser = start_chromium(tmp_path, height=1400)
+    try:
+        browser.get(server[0])
+        wait = WebDriverWait(browser, CALL_TIMEOUT_S)
+        wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#sketch button"))).click()
+        canvas = wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#sketch canvas")))
+        ActionChains(browser).move_to_element_with_offset(canvas, -30, -30).click_and_hold() \
+            .move_by_offset(60, 0).move_by_offset(0, 60).release().perform()  # a stroke in the default brush colour
+        browser.find_element(By.ID, "draw-btn").click()
+        output = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#output-image img")))
+        wait.until(lambda b: b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", output))
+        size = browser.execute_script("return [arguments[0].naturalWidth, arguments[0].naturalHeight]", output)
+        assert size == [32, 32]  # the sketchpad is the model's IMAGE_SIZE square
+        src = browser.find_element(By.CSS_SELECTOR, "#input-image img").get_attribute("src")
+        with urllib.request.urlopen(src, timeout=CALL_TIMEOUT_S) as r:
+            drawn = np.asarray(Image.open(r).convert("RGB")).reshape(-1, 3)
+        colours = {tuple(int(c) for c in p) for p in drawn}
+        assert demo.FACADES_PALETTE[0][1] in colours  # the canvas starts as "background"
+        assert demo.FACADES_PALETTE[2][1] in colours  # the stroke is the "window" label colour
+    finally:
+        browser.quit()
