@@ -42,8 +42,8 @@ from inference import fit_back, fit_to_model, load_for_inference
 from utils import CheckpointError, autocast, fixed_noise, test_mode
 
 # The 12 CMP Facades classes and their colours in the pix2pix facades label maps, in the dataset's label order.
-# Measured on ../shared/data/facades/train (the 400 label halves): the mean colour of the flat regions closest
-# to each of 12 evenly spaced "jet" colours, rounded. Brushes use exactly these, so drawings look like training data.
+# Measured on ../shared/data/facades/train (its 400 label halves): k-means of the flat regions' colours, started from
+# the jet colour map in 13 steps (the first unused), rounded. Brushes use exactly these, as training's label maps do.
 FACADES_PALETTE: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("background", (0, 0, 222)), ("facade", (0, 48, 255)), ("window", (0, 128, 255)), ("door", (0, 207, 255)),
     ("cornice", (32, 255, 224)), ("sill", (112, 255, 143)), ("balcony", (192, 255, 63)), ("blind", (255, 240, 0)),
@@ -109,13 +109,17 @@ def build_app(G: torch.nn.Module, cfg: dict[str, Any], device: torch.device, pre
     in_channels = G.hparams["in_channels"]
     size = cfg["IMAGE_SIZE"]
 
-    def translate(payload: dict[str, Any] | None, mode: str = "paper", seed: float = 0) -> np.ndarray:
+    def translate(payload: dict[str, Any] | None, mode: str = "paper", seed: Any = 0) -> np.ndarray:
         """Translate one image with the loaded generator; the output has the input's size."""
         image = read_upload(payload, in_channels, max_pixels)
         if mode not in ("paper", "eval"):
             raise gr.Error(f"mode must be 'paper' or 'eval', got {mode!r}")
         try:
-            return translate_array(G, cfg, image, mode, int(seed or 0), device, precision)
+            seed = int(seed or 0)
+        except (TypeError, ValueError, OverflowError):
+            raise gr.Error(f"seed must be a whole number, got {seed!r}") from None
+        try:
+            return translate_array(G, cfg, image, mode, seed, device, precision)
         except Exception as e:  # noqa: BLE001 - a message in the page, the details in the server's log
             traceback.print_exc()
             raise gr.Error(f"translation failed: {type(e).__name__}: {str(e)[:200]}") from None
@@ -201,14 +205,17 @@ def main(argv: list[str] | None = None) -> int:
           f"from {val_dir if val_files else '(none: pass --val-dir)'}", flush=True)
     app = build_app(G, cfg, device, precision, args.checkpoint, val_files, args.max_pixels)
     app.queue(default_concurrency_limit=1)  # one translation at a time: G's mode is switched per call
-    print(f"serving on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
     try:
         app.launch(server_name=args.host, server_port=args.port, share=False, show_error=True, ssr_mode=False,
                    quiet=True, max_file_size=MAX_UPLOAD, inbrowser=False, footer_links=["api"],
+                   prevent_thread_lock=True,
                    theme=gr.themes.Default(font=["system-ui", "sans-serif"], font_mono=["monospace"]))
-    except OSError as e:
-        print(f"error: cannot listen on {args.host}:{args.port} ({e}); choose another --port", file=sys.stderr)
+    except OSError:
+        print(f"error: cannot listen on {args.host}:{args.port} (in use, or not an address of this machine); "
+              f"choose another --port or --host", file=sys.stderr)
         return 1
+    print(f"serving on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    app.block_thread()  # until Ctrl-C
     return 0
 
 

@@ -125,6 +125,9 @@ def test_mode_and_seed_controls(client, tmp_path):
     assert np.array_equal(pixels("eval", 1), pixels("eval", 2))  # eval mode: no noise
     assert not np.array_equal(pixels("eval", 1), pixels("paper", 1))
     assert np.asarray(Image.open(call(client, src))).shape == (64, 64, 3)  # mode and seed may be left out
+    for mode, seed, message in [("train", 0, "mode must be 'paper' or 'eval'"), ("eval", "x", "seed must be")]:
+        with pytest.raises(Exception, match=message):
+            call(client, src, mode, seed)
 
 
 def test_bad_uploads_get_a_message_and_the_server_keeps_serving(client, tmp_path):
@@ -171,6 +174,20 @@ def test_bad_checkpoint_is_one_clear_error(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith(f"error: {bad} is not a loadable pix2pix checkpoint")
     assert "Traceback" not in proc.stderr
+
+
+def test_busy_port_is_one_clear_error(tiny_run, tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = subprocess.run([sys.executable, str(ROOT / "demo.py"), "--checkpoint",
+                               str(tiny_run / "run" / "generator.pt"), "--port", str(port)],
+                              capture_output=True, text=True, timeout=START_TIMEOUT_S, cwd=tmp_path)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == (f"error: cannot listen on 127.0.0.1:{port} (in use, or not an address of this "
+                                   f"machine); choose another --port or --host")
+    assert "serving on" not in proc.stdout
 
 
 # ----------------------------------------------------------------------------- a real browser
