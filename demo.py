@@ -76,8 +76,8 @@ def read_upload(payload: dict[str, Any] | None, channels: int, max_pixels: int) 
         raise gr.Error(f"{name} is not an image this demo can read ({type(e).__name__}); upload a PNG, JPEG, "
                        f"BMP or WebP.") from None
     if width * height > max_pixels:
-        raise gr.Error(f"{name} is {width}x{height} = {width * height / 1e6:.1f} Mpixel, more than this demo's "
-                       f"{max_pixels / 1e6:.1f} Mpixel limit; downscale it first.")
+        raise gr.Error(f"{name} is {width}x{height} = {width * height:,} pixels, more than this demo's limit of "
+                       f"{max_pixels:,}; downscale it first.")
     if hasattr(source, "seek"):
         source.seek(0)
     try:  # palette, alpha (onto white), 16-bit, CMYK and grayscale become the model's channel count
