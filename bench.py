@@ -7,10 +7,12 @@ model FLOPs and the fraction of the device's measured convolution peak.
     python bench.py --sweep                          # img/s and memory over sizes 128/256/512 x batch 1/4/16
     python bench.py --json                           # machine-readable output
     python bench.py --profile --skip infer,data      # torch.profiler top ops of a training step
+    python bench.py --skip train,data,peak           # inference only: PyTorch vs onnxruntime (CPU) img/s
 
 Every figure is the median of --repeats timed runs of --steps iterations after --warmup iterations.
 """
 import argparse
+import copy
 import json
 import os
 import resource
@@ -45,7 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data", default="", help="A|B folder for the data-pipeline figure (default: synthetic files)")
     p.add_argument("--workers", type=int, default=cfg["NUM_WORKERS"])
-    p.add_argument("--skip", default="", help="comma list of parts to skip: train,infer,data,peak")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: train,infer,onnx,data,peak")
     p.add_argument("--sweep", action="store_true", help="training img/s + memory over sizes and batch sizes")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of two training steps")
     p.add_argument("--json", action="store_true")
@@ -102,9 +104,23 @@ def bench_model(args: argparse.Namespace, device: torch.device, precision: str) 
             with test_mode(G, "eval"), amp:
                 G(x)
         results["infer_img_s"] = median_rate(infer, args.batch_size, args, sync)
+    if "onnx" not in args.skip:
+        results["onnx_infer_img_s"] = bench_onnx(G, x, args)
     results["peak_memory_mb"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 20
     return results
+
+
+def bench_onnx(G: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> float:
+    """The same generator exported as export.py does (eval mode, fp32), run by onnxruntime on the CPU with as
+    many threads as PyTorch uses."""
+    from onnx_utils import INPUT_NAME, export_onnx, onnx_session
+    G_cpu = copy.deepcopy(G).to("cpu", torch.float32, memory_format=torch.contiguous_format)
+    with tempfile.TemporaryDirectory() as tmp:
+        export_onnx(G_cpu, Path(tmp) / "generator.onnx")
+        session = onnx_session(Path(tmp) / "generator.onnx", threads=torch.get_num_threads())
+    feed = {INPUT_NAME: x.float().cpu().contiguous().numpy()}
+    return median_rate(lambda: session.run(None, feed), args.batch_size, args, lambda: None)
 
 
 def print_profile(step) -> None:
@@ -151,7 +167,7 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows = []
     for size in (128, 256, 512):
         for batch in (1, 4, 16):
-            cmd = [sys.executable, __file__, "--json", "--skip", "infer,data,peak", "--image-size", str(size),
+            cmd = [sys.executable, __file__, "--json", "--skip", "infer,onnx,data,peak", "--image-size", str(size),
                    "--batch-size", str(batch), "--precision", args.precision, "--device", args.device,
                    "--warmup", "1", "--steps", str(max(1, 8 // batch)), "--repeats", "1",
                    "--channels-last" if args.channels_last else "--no-channels-last"]
@@ -191,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 LABELS = {"train_img_s": "training (D+G step), images/s", "infer_img_s": "inference (G forward), images/s",
+          "onnx_infer_img_s": "inference, onnxruntime CPU fp32, images/s",
           "data_img_s": "data pipeline (decode+augment), images/s", "peak_memory_mb": "peak memory, MB",
           "train_gflop_per_img": "model GFLOP per training image", "train_tflop_s": "achieved TFLOP/s (training)",
           "peak_tflop_s": "measured conv peak, TFLOP/s", "fraction_of_peak": "fraction of measured peak",

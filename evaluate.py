@@ -34,7 +34,7 @@ from tqdm import tqdm
 
 from dataset import PairedImageDataset, check_batchable
 from metrics import evaluate_generator
-from predict import batch_size_for, load_for_inference, model_arguments, run_cli
+from inference import batch_size_for, load_for_inference, model_arguments, run_cli
 
 THUMB_SIZE = 256  # thumbnails in index.html are at most this many pixels wide
 KINDS = ("input", "output", "target")

@@ -408,7 +408,7 @@ def read_weights_file(path: str | os.PathLike) -> Any:
                               f"be truncated or not a checkpoint") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
         raise CheckpointError(f"{path} is not a loadable pix2pix checkpoint ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0][:200]}); it may be truncated or not a checkpoint. "
+                              f"{(str(e).splitlines() or [''])[0][:200]}); it may be truncated or not a checkpoint. "
                               f"Files that need arbitrary code to load are refused on purpose.") from None
     return ckpt
 

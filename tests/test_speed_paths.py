@@ -90,7 +90,7 @@ def test_bench_reports_every_figure_as_json(capsys):
                        "--precision", "fp32", "--skip", "peak", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["env"]["precision"] == "fp32" and out["env"]["image_size"] == 32
-    for key in ("train_img_s", "infer_img_s", "data_img_s", "peak_memory_mb", "train_tflop_s"):
+    for key in ("train_img_s", "infer_img_s", "onnx_infer_img_s", "data_img_s", "peak_memory_mb", "train_tflop_s"):
         assert out["results"][key] > 0, key
     # achieved TFLOP/s is the measured rate times the model's FLOPs per image (counted on meta tensors)
     results = out["results"]

@@ -1,0 +1,88 @@
+"""Export a trained generator for deployment, and check the exported file against PyTorch.
+
+    python export.py --checkpoint runs/facades/generator.pt --output generator.onnx
+    python export.py --checkpoint runs/facades/checkpoints/last.pt --output g.onnx --format onnx
+
+--format onnx (the default): the generator in eval mode (dropout off, batch norm folded into the convolutions),
+with dynamic batch, height and width; sides must be multiples of 2^num_downs (256 for the paper's model). The file
+is checked with onnxruntime against PyTorch eval on two sizes (one square at batch 1, one non-square at batch 2):
+it is kept only if the max abs difference is at most 1e-4, otherwise an existing --output is left as it was.
+Prints the input and output names and shapes, the value range ([-1, 1]) and the required side multiple.
+
+Exit code 0 on success, 1 for a missing/corrupt checkpoint, an unwritable output or a failed check,
+2 for bad arguments.
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+import torch.nn as nn
+
+from utils import CheckpointError, load_generator
+
+
+def export_onnx_format(G: nn.Module, output: Path) -> int:
+    """Write and check the ONNX file; print what a user of it needs to know."""
+    from onnx_utils import TOLERANCE, check_shapes, describe, export_onnx, max_difference, onnx_session
+    cfg = getattr(G, "train_config", {})
+    metadata = {k.lower(): cfg[k] for k in ("DIRECTION", "IMAGE_SIZE") if k in cfg}
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # write beside the destination and rename only once the check passes: a failed export loses nothing
+    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
+    try:
+        export_onnx(G, tmp, metadata)
+        shapes = check_shapes(G)
+        diff = max_difference(G, onnx_session(tmp), shapes)
+        if diff > TOLERANCE:
+            print(f"error: {output}: onnxruntime differs from PyTorch by up to {diff:.2e} (> {TOLERANCE:g}); the "
+                  f"file was not written", file=sys.stderr)
+            return 1
+        os.replace(tmp, output)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    facts = describe(output)
+    name, shape = next(iter(facts["inputs"].items()))
+    out_name, out_shape = next(iter(facts["outputs"].items()))
+    sizes = ", ".join(f"{s[0]}x{s[1]}x{s[2]}x{s[3]}" for s in shapes)
+    print(f"wrote {output} ({facts['size_mb']:.1f} MB, ONNX ops: {', '.join(facts['ops'])})\n"
+          f"input:  {name!r} float32 {shape}, values in [-1, 1] (pixel / 127.5 - 1), NCHW\n"
+          f"output: {out_name!r} float32 {out_shape}, values in [-1, 1] ((value + 1) * 127.5 = pixel)\n"
+          f"height and width: any multiples of {facts['metadata']['side_multiple']}; batch: any\n"
+          f"mode: eval (dropout off, running batch-norm statistics)"
+          + (f"; trained {metadata['direction']} at {metadata['image_size']} px" if len(metadata) == 2 else "")
+          + f"\nchecked with onnxruntime against PyTorch eval on {sizes}: max abs difference {diff:.2e} "
+          f"(limit {TOLERANCE:g})")
+    return 0
+
+
+# one entry per output format; each takes the loaded eval-mode generator and the output path
+FORMATS: dict[str, Callable[[nn.Module, Path], int]] = {"onnx": export_onnx_format}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 epilog="See the module docstring (top of export.py) for details.")
+    ap.add_argument("--checkpoint", type=Path, required=True, help="generator.pt or any training checkpoint")
+    ap.add_argument("--output", type=Path, required=True, help="file to write, e.g. generator.onnx")
+    ap.add_argument("--format", choices=sorted(FORMATS), default="onnx", help="output format (default onnx)")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        G = load_generator(args.checkpoint, "cpu", mode="eval")
+        return FORMATS[args.format](G, args.output)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr)
+    except ImportError as e:
+        print(f"error: --format {args.format} needs {e.name}: pip install -r requirements.txt", file=sys.stderr)
+    except OSError as e:
+        print(f"error: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

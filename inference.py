@@ -1,0 +1,95 @@
+"""Inference helpers shared by predict.py, evaluate.py and demo.py: load a generator for use, their shared
+command-line options, and fitting images of any size to the U-Net and back. A library module: nothing to run.
+"""
+import argparse
+import functools
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dataset import DatasetError, build_transform, to_tensor
+from generator_model import UNetGenerator
+from utils import CheckpointError, ConfigError, default_settings, load_generator, pick_device, pick_precision
+
+
+def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str = "auto", precision: str = "auto",
+                       direction: str | None = None, needs_direction: bool = False,
+                       ) -> tuple[UNetGenerator, dict[str, Any], torch.device, str]:
+    """(generator on the device in `mode`, its training settings, device, precision); device/precision as in training.
+
+    Settings a hand-made checkpoint lacks fall back to config.py's defaults, except IMAGE_SIZE, which follows
+    from the U-Net's depth. `direction` (--direction) is for files that store none, such as the official
+    latest_net_G.pth; with `needs_direction`, such a file without it is an error rather than a silent guess.
+    """
+    dev = pick_device(device)
+    G = load_generator(checkpoint, dev, mode)
+    saved = G.train_config.get("DIRECTION")
+    if direction and saved and direction != saved:
+        raise ConfigError(f"--direction {direction} contradicts {checkpoint}, trained with DIRECTION={saved}; "
+                          f"drop --direction (it is for files that store no direction)")
+    if needs_direction and not (direction or saved):
+        raise ConfigError(f"{checkpoint} stores no direction (e.g. an official latest_net_G.pth); pass --direction "
+                          f"AtoB or BtoA: which half of each A|B file is the input")
+    cfg = default_settings() | {"IMAGE_SIZE": 2 ** G.hparams["num_downs"]} | G.train_config
+    cfg["DIRECTION"] = direction or cfg["DIRECTION"]
+    return G, cfg, dev, pick_precision(precision, dev)
+
+def batch_size_for(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
+    """--batch-size, else 1 in paper mode (batch statistics: an output must not depend on its batch-mates, as in
+    the official test.py) and the training BATCH_SIZE in eval mode (where it changes only the speed)."""
+    return args.batch_size or (1 if args.mode == "paper" else cfg["BATCH_SIZE"])
+
+
+def model_arguments(doc: str, script: str) -> argparse.ArgumentParser:
+    """A parser with the options predict.py and evaluate.py share: which generator, and how to run it."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0],
+                                 epilog=f"See the module docstring (top of {script}) for details.")
+    ap.add_argument("--checkpoint", type=Path, required=True,
+                    help="generator.pt, any training checkpoint, or an official-code latest_net_G.pth")
+    ap.add_argument("--mode", choices=("paper", "eval"), default="paper", help="test-time mode (default paper)")
+    ap.add_argument("--seed", type=int, default=0, help="fixes the dropout noise of --mode paper")
+    ap.add_argument("--batch-size", type=int, default=0,
+                    help="images per forward pass; 0 = 1 in paper mode (batch-norm statistics of the batch: an output "
+                         "depends on its batch-mates), the checkpoint's BATCH_SIZE in eval mode (only speed changes)")
+    ap.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
+                    help="which half of an A|B file is the input, for checkpoints that store none (official files)")
+    ap.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    return ap
+
+
+def run_cli(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
+    """Run a CLI body; a known error becomes one 'error: ...' line and an exit code instead of a traceback."""
+    try:
+        return run(args)
+    except (CheckpointError, ConfigError, DatasetError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, ConfigError) else 1
+
+
+@functools.lru_cache(maxsize=4)
+def _eval_transform(image_size: int):
+    return build_transform(image_size, image_size, jitter=False, mirror=False, train=False)  # square, PIL-like bicubic
+
+
+def fit_to_model(image: np.ndarray, fit: str, image_size: int, multiple: int) -> torch.Tensor:
+    """HxWxC uint8 -> CxH'xW' in [-1, 1] with sides the U-Net accepts (see fit_back for the inverse)."""
+    if fit == "resize":  # exactly the eval transform of training and evaluate.py
+        return _eval_transform(image_size)(image, image)[0]
+    h, w = image.shape[:2]
+    ph, pw = -h % multiple, -w % multiple
+    # np.pad reflects repeatedly, so even pads larger than the image work (torch's reflect pad refuses them)
+    return to_tensor(np.pad(image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode="reflect"))
+
+
+def fit_back(out: torch.Tensor, size: tuple[int, int], fit: str) -> torch.Tensor:
+    """Undo fit_to_model on a CxH'xW' output: resize back to `size`, or crop the padding off."""
+    h, w = size
+    if fit == "resize":
+        return F.interpolate(out[None], size=(h, w), mode="bicubic", antialias=True)[0].clamp(-1, 1)
+    top, left = (out.shape[1] - h) // 2, (out.shape[2] - w) // 2
+    return out[:, top:top + h, left:left + w]
