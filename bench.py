@@ -25,11 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 
+from configurator import default_settings
 from generator_model import num_downs_for
-from train import RealFakeScores, train_step
-from utils import (autocast, build_models, default_settings, make_grad_scalers, make_optimizers, measure_peak_flops,
-                   pick_device, pick_precision, test_mode, training_flops_per_image)
+from pix2pix import (RealFakeScores, build_models, make_grad_scalers, make_optimizers, train_step,
+                     training_flops_per_image)
+from utils import AMP_DTYPES, autocast, pick_device, pick_precision, test_mode
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -52,6 +54,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of two training steps")
     p.add_argument("--json", action="store_true")
     return p.parse_args(argv)
+
+
+def measure_peak_flops(device: torch.device, precision: str, seconds: float = 0.5) -> float:
+    """Achieved FLOP/s of a representative 4x4 convolution (C256->C512 at 32x32) in this precision: the
+    practical peak that the fraction-of-peak figure is relative to."""
+    dtype = AMP_DTYPES.get(precision, torch.float32)
+    # made on the CPU with its RNG forked: the caller's random stream is untouched
+    with torch.random.fork_rng(devices=[]):
+        conv = nn.Conv2d(256, 512, 4, padding=1, bias=False)
+        x = torch.randn(8, 256, 32, 32)
+    conv = conv.to(device, dtype).to(memory_format=torch.channels_last)
+    x = x.to(device, dtype).to(memory_format=torch.channels_last)
+    flops = 2 * 8 * 512 * 31 * 31 * 256 * 16
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        conv(x)
+        sync()
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or n < 3:
+            conv(x)
+            n += 1
+        sync()
+        return flops * n / (time.perf_counter() - start)
 
 
 def timed(fn, n: int, sync) -> float:

@@ -519,7 +519,7 @@ def describe(cfg: dict[str, Any], folder: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from utils import ConfigError, load_config
+    from configurator import ConfigError, load_config
     argv = sys.argv[1:] if argv is None else argv
     folders = [a for a in argv if not a.startswith("--")]
     if len(folders) > 1 or argv[:1] in (["-h"], ["--help"]):

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import config as default_config
-from utils import ConfigError, load_config
+from configurator import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

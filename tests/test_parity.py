@@ -21,7 +21,8 @@ import train
 from conftest import tiny_args, write_pairs
 from discriminator_model import PatchDiscriminator
 from generator_model import UNetGenerator
-from utils import CheckpointError, ConfigError, load_checkpoint, load_config, load_generator
+from checkpoint import CheckpointError, load_checkpoint, load_generator
+from configurator import ConfigError, load_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_unet_golden.pt"
 TOL = 1e-5  # the bound on max abs difference to the official network
@@ -248,7 +249,7 @@ def test_legacy_checkpoint_keeps_its_outputs(tiny_run, tmp_path):
         assert new.hparams["skip_relu"] is True and not torch.allclose(new(x), G(x), atol=1e-4)
 
 
-def test_resuming_a_legacy_checkpoint_continues_its_function(tiny_run, tmp_path, capsys, no_peak_probe):
+def test_resuming_a_legacy_checkpoint_continues_its_function(tiny_run, tmp_path, capsys):
     legacy = make_legacy(tiny_run / "run" / "checkpoints" / "last.pt", tmp_path / "legacy_last.pt")
     run_dir = tmp_path / "run"
     args = tiny_args(tiny_run / "data", run_dir, N_EPOCHS_DECAY=2, RESUME=legacy, VAL_EVERY=0, SAMPLE_EVERY=0)

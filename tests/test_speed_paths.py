@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import bench
-import train
-from utils import (autocast, build_models, default_settings, make_grad_scalers, make_optimizers, pick_device,
-                   pick_precision)
+from configurator import default_settings
+from pix2pix import RealFakeScores, build_models, make_grad_scalers, make_optimizers, train_step
+from utils import autocast, pick_device, pick_precision
 
 CPU = torch.device("cpu")
 
@@ -63,7 +63,7 @@ def one_step(precision: str, channels_last: bool) -> tuple[dict, torch.Tensor]:
     scaler_G, scaler_D = make_grad_scalers(CPU, precision)
     x = torch.rand(2, 3, 32, 32).mul(2).sub(1).contiguous(memory_format=fmt)
     y = torch.rand(2, 3, 32, 32).mul(2).sub(1).contiguous(memory_format=fmt)
-    losses = train.train_step(G, D, train.RealFakeScores(D), opt_G, opt_D, scaler_G, scaler_D, x, y, cfg,
+    losses = train_step(G, D, RealFakeScores(D), opt_G, opt_D, scaler_G, scaler_D, x, y, cfg,
                               autocast(CPU, precision), 0)
     return losses, G.encoder[0][0].weight.detach().clone()
 
