@@ -33,8 +33,8 @@ from interrupts import StopRequest, ignore_stop_signals, resume_command, shut_do
 from pix2pix import (NonFiniteLoss, RealFakeScores, build_models, lr_factor, make_grad_scalers, make_optimizers,
                      state_before_step, train_step, training_flops_per_image, undo_step)
 from run_log import RunDirError, RunLog, check_run_dir
-from utils import (ConfigError, autocast, fixed_noise, pick_device, pick_precision, rng_states, sample_grid,
-                   seed_everything, set_rng_states, test_mode)
+from utils import (ConfigError, autocast, generate, pick_device, pick_precision, rng_states, sample_grid,
+                   seed_everything, seeded_inference, set_rng_states)
 
 LOSS_TERMS = ("d_real", "d_fake", "g_gan", "g_l1")
 
@@ -49,10 +49,9 @@ def evaluate_generator(*args, **kwargs):
 def write_samples(G, x, y, cfg, device, precision, path: Path) -> torch.Tensor:
     """input | generated | target grid of the fixed val images; fixed dropout noise, training RNG untouched."""
     fakes = []
-    with fixed_noise(cfg["SEED"], device), test_mode(G, cfg["TEST_MODE"]):
+    with seeded_inference(G, cfg["TEST_MODE"], cfg["SEED"], device):
         for i in range(0, len(x), cfg["BATCH_SIZE"]):  # batches as in training, for the batch statistics
-            with autocast(device, precision):
-                fakes.append(G(x[i:i + cfg["BATCH_SIZE"]].to(device)).float().cpu())
+            fakes.append(generate(G, x[i:i + cfg["BATCH_SIZE"]], device, precision).cpu())
     grid = sample_grid(x, torch.cat(fakes), y)
     path.parent.mkdir(parents=True, exist_ok=True)
     vutils.save_image(grid, path)

@@ -121,6 +121,21 @@ def test_mode(G: nn.Module, mode: str = "paper") -> Iterator[None]:
             m.momentum = momentum
 
 
+@contextlib.contextmanager
+def seeded_inference(G: nn.Module, mode: str, seed: int, device: torch.device) -> Iterator[None]:
+    """How every inference runs (training's samples and validation, predict.py, evaluate.py, demo.py, the
+    notebook): G in its test mode without autograd, and the dropout noise of paper mode drawn from `seed`, so a
+    repeat gives the same images; the caller's RNG state is given back afterwards."""
+    with fixed_noise(seed, device), test_mode(G, mode):
+        yield
+
+
+def generate(G: nn.Module, x: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
+    """G(x) on `device` in `precision`, returned as float32 on that device (the network's [-1, 1] range)."""
+    with autocast(device, precision):
+        return G(x.to(device)).float()
+
+
 def to_unit(x: torch.Tensor) -> torch.Tensor:
     """[-1, 1] network range -> [0, 1] image range, as 3 channels so grids and metrics mix 1- and 3-channel."""
     x = (x.float().clamp(-1, 1) + 1) / 2
