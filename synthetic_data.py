@@ -8,8 +8,8 @@ flat facades-like colour and the photo half renders the same map with lighting, 
 The class decides most of the appearance, so a U-Net learns the mapping in a few epochs, while the
 geometry (buildings, floors, columns, window sizes) changes with every image.
 
-    python synthetic_data.py --out data/synthetic                  # 200 train + 100 val, 256 px, seed 0
-    python synthetic_data.py --out /tmp/syn --n-train 8 --n-val 4 --size 128 --seed 1
+    python synthetic_data.py --output data/synthetic                  # 200 train + 100 val, 256 px, seed 0
+    python synthetic_data.py --output /tmp/syn --n-train 8 --n-val 4 --size 128 --seed 1
 
 The same seed gives byte-identical files; the folder appears atomically or not at all.
 """
@@ -301,7 +301,7 @@ def generate(root: str | os.PathLike, n_train: int = 200, n_val: int = 100, size
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Write a synthetic facades-style paired dataset (A=photo | B=labels).")
-    ap.add_argument("--out", required=True, help="folder to create (must not exist)")
+    ap.add_argument("--output", "--out", required=True, help="folder to create (must not exist); --out: former name")
     ap.add_argument("--n-train", type=int, default=200)
     ap.add_argument("--n-val", type=int, default=100)
     ap.add_argument("--size", type=int, default=256)
@@ -309,10 +309,10 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     try:
-        generate(args.out, args.n_train, args.n_val, args.size, args.seed)
+        generate(args.output, args.n_train, args.n_val, args.size, args.seed)
     except FileExistsError as e:
         raise SystemExit(f"error: {e}")  # a clear one-line message instead of a traceback
-    print(f"wrote {args.n_train} train + {args.n_val} val pairs of {2 * args.size}x{args.size} to {args.out} "
+    print(f"wrote {args.n_train} train + {args.n_val} val pairs of {2 * args.size}x{args.size} to {args.output} "
           f"in {time.perf_counter() - t0:.1f}s")
 
 

@@ -86,8 +86,8 @@ def test_bf16_step_stays_close_to_fp32_and_its_losses_are_fp32():
 
 
 def test_bench_reports_every_figure_as_json(capsys):
-    code = bench.main(["--image-size", "32", "--steps", "1", "--repeats", "1", "--warmup", "1", "--workers", "0",
-                       "--precision", "fp32", "--skip", "peak", "--json"])
+    code = bench.main(["--IMAGE_SIZE=32", "--steps", "1", "--repeats", "1", "--warmup", "1", "--NUM_WORKERS=0",
+                       "--PRECISION=fp32", "--skip", "peak", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["env"]["precision"] == "fp32" and out["env"]["image_size"] == 32
     for key in ("train_img_s", "infer_img_s", "onnx_infer_img_s", "data_img_s", "peak_memory_mb", "train_tflop_s"):
