@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from dataset import DatasetError, list_images, open_image, read_pair
+from dataset import DatasetError, list_images, read_image, read_pair
 from inference import fit_back, fit_to_model, load_for_inference
 from utils import CheckpointError, generate, seeded_inference
 
@@ -81,10 +81,9 @@ def read_upload(payload: dict[str, Any] | None, channels: int, max_pixels: int) 
     if hasattr(source, "seek"):
         source.seek(0)
     try:  # palette, alpha (onto white), 16-bit, CMYK and grayscale become the model's channel count
-        image = np.asarray(open_image(source, channels))
+        return read_image(source, channels)
     except DatasetError as e:
         raise gr.Error(f"{name} cannot be used: {str(e).split(': ', 1)[-1]}") from None
-    return image[:, :, None] if image.ndim == 2 else image
 
 
 def translate_array(G: torch.nn.Module, cfg: dict[str, Any], image: np.ndarray, mode: str, seed: int,

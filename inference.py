@@ -11,10 +11,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from dataset import DatasetError, build_transform, to_tensor
-from generator_model import UNetGenerator
 from checkpoint import CheckpointError, load_generator
 from configurator import default_settings
+from dataset import DatasetError, build_transform, to_tensor
+from generator_model import UNetGenerator
 from utils import ConfigError, pick_device, pick_precision
 
 

@@ -35,12 +35,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from dataset import IMG_EXTENSIONS, DatasetError, list_images, open_image, read_pair, to_tensor
+from dataset import IMG_EXTENSIONS, DatasetError, list_images, read_image, read_pair, to_tensor
 from generator_model import UNetGenerator
 from inference import batch_size_for, fit_back, fit_to_model, load_for_inference, model_arguments, run_cli
 from utils import generate, sample_grid, seeded_inference, to_unit
@@ -96,8 +95,7 @@ def load_item(path: Path, name: Path, args: argparse.Namespace, cfg: dict[str, A
             raise DatasetError(f"{path}: too narrow to split into A|B halves")
         return Item(path, name, fit_to_model(x, args.fit, cfg["IMAGE_SIZE"], multiple), x.shape[:2],
                     to_tensor(x), to_tensor(y))
-    x = np.asarray(open_image(path, in_ch))  # converts palette, alpha, 16-bit, grayscale/RGB as training does
-    x = x[:, :, None] if x.ndim == 2 else x
+    x = read_image(path, in_ch)  # converts palette, alpha, 16-bit, grayscale/RGB as training does
     return Item(path, name, fit_to_model(x, args.fit, cfg["IMAGE_SIZE"], multiple), x.shape[:2])
 
 
