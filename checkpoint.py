@@ -18,6 +18,7 @@ import torch
 import torch.nn as nn
 
 import official_format
+from atomic import atomic_path, fsync_folder
 from discriminator_model import DISCRIMINATOR_KEYS
 from generator_model import GENERATOR_KEYS, LEGACY_GENERATOR_HPARAMS, UNetGenerator, use_test_mode
 
@@ -71,26 +72,16 @@ def save_generator(path: Path, G: nn.Module, D: nn.Module, epoch: int, cfg: dict
 def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temp file, flush+fsync, then os.replace: a crash mid-write never destroys `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
+    try:  # Ctrl-C mid-save, an unpicklable value, ...: atomic_path leaves no half-written temp file behind
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
             _pause_in_save_for_tests(path)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise CheckpointError(f"could not write {path}: {e.strerror or e}. The previous {path.name} (if any) "
                               f"is intact; free disk space or fix permissions of {path.parent}, then resume") from e
-    except BaseException:  # Ctrl-C mid-save, an unpicklable value, ...: no half-written temp file left behind
-        tmp.unlink(missing_ok=True)
-        raise
-    with contextlib.suppress(OSError):  # persist the rename itself (POSIX); best effort elsewhere
-        fd = os.open(path.parent, os.O_RDONLY)
-        os.fsync(fd)
-        os.close(fd)
+    fsync_folder(path.parent)
 
 
 _SAVES: dict[str, int] = {}  # atomic_save calls in this process per file name, for the test hook below

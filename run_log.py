@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from atomic import atomic_path
+
 COLUMNS = ["epoch", "step", "d_real", "d_fake", "g_gan", "g_l1", "lr", "images_per_s", "skipped_steps",
            "val_l1", "val_psnr", "val_ssim", "val_ratio"]
 
@@ -75,12 +77,10 @@ class RunLog:
             return list(csv.DictReader(f))
 
     def _write(self, rows: list[dict]) -> None:
-        tmp = self.csv_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        tmp.replace(self.csv_path)
 
     def scalars(self, values: dict[str, float], step: int, prefix: str = "train") -> None:
         for k, v in values.items():
@@ -121,7 +121,6 @@ def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
         if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
-    tmp.replace(path)

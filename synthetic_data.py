@@ -15,13 +15,13 @@ The same seed gives byte-identical files; the folder appears atomically or not a
 """
 import argparse
 import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from atomic import atomic_path
 
 # Class ids of the integer scene map, and their flat label colours (close to the facades palette).
 SKY, WALL, WINDOW, DOOR, CORNICE, SILL, BALCONY, SHOP, GROUND = range(9)
@@ -282,21 +282,13 @@ def generate(root: str | os.PathLike, n_train: int = 200, n_val: int = 100, size
     root = Path(root)
     if root.exists():
         raise FileExistsError(f"{root} already exists; delete it to regenerate")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # a sibling on the same filesystem, so the final os.replace is a single atomic rename
-    tmp = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_path(root) as tmp:  # includes KeyboardInterrupt: never a partial folder at root
         # separate streams: val scenes are never seen in training, and n_train does not change val
         for split, n, stream in (("train", n_train, 0), ("val", n_val, 1)):
             rng = np.random.default_rng([seed, stream])
-            (tmp / split).mkdir()
+            (tmp / split).mkdir(parents=True)
             for i in range(1, n + 1):
                 write_pair(tmp / split / f"{i}.jpg", *make_pair(rng, size))
-        os.replace(tmp, root)
-    except BaseException:  # includes KeyboardInterrupt: never leave the partial folder behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def main() -> None:
