@@ -20,7 +20,8 @@ import torch.nn as nn
 import official_format
 from atomic import atomic_path, fsync_folder
 from discriminator_model import DISCRIMINATOR_KEYS
-from generator_model import GENERATOR_KEYS, LEGACY_GENERATOR_HPARAMS, UNetGenerator, use_test_mode
+from generator_model import (GENERATOR_KEYS, LEGACY_GENERATOR_HPARAMS, UNetGenerator, generator_from_state,
+                             use_test_mode)
 
 CHECKPOINT_FORMAT = 1  # written into every checkpoint as "format"; bump when the layout below changes
 
@@ -165,10 +166,7 @@ def checkpoint_generator_hparams(ckpt: dict[str, Any]) -> dict[str, Any]:
 
 
 def generator_from_checkpoint(ckpt: dict[str, Any]) -> UNetGenerator:
-    hparams = checkpoint_generator_hparams(ckpt)
-    G = UNetGenerator(**{k: hparams[k] for k in GENERATOR_KEYS})
-    G.load_state_dict(ckpt["generator"])
-    return G
+    return generator_from_state(ckpt["generator_hparams"], ckpt["generator"])
 
 
 def keep_legacy_skips(G: UNetGenerator, ckpt: dict[str, Any]) -> bool:
