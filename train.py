@@ -135,6 +135,20 @@ def restore(path: Path, cfg: dict[str, Any], state: dict[str, Any], loader_rng: 
     return {k: saved[k] for k in ("epoch", "batch_in_epoch", "step", "best_val_l1")}
 
 
+def wrap_for_training(G: nn.Module, D: nn.Module, cfg: dict[str, Any], device: torch.device, local_rank: int,
+                      world_size: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(G, D on (x, real) and (x, fake), D) as train_step runs them: under DDP with several processes, compiled
+    with COMPILE. Checkpoints always save the plain G and D."""
+    G_train, D_scores = G, RealFakeScores(D)
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ids = [local_rank] if device.type == "cuda" else None
+        G_train, D_scores = DDP(G, device_ids=ids), DDP(D_scores, device_ids=ids)
+    if cfg["COMPILE"]:
+        return torch.compile(G_train), torch.compile(D_scores), torch.compile(D)
+    return G_train, D_scores, D
+
+
 def save_checkpoint(path: Path, state: dict[str, Any], progress: dict[str, Any], rank_rngs: list,
                     loader_rng: torch.Generator, cfg: dict[str, Any]) -> None:
     save_training_state(path, state, progress, {"rng": rng_states(), "rank_rngs": rank_rngs,
@@ -211,14 +225,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     check_ranks_agree(world_size, resume_from=resume_path and str(resume_path), step=progress["step"],
                       train_images=len(data["train_set"]))
 
-    G_train, D_scores = G, RealFakeScores(D)
-    if world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        ids = [local_rank] if device.type == "cuda" else None
-        G_train, D_scores = DDP(G, device_ids=ids), DDP(D_scores, device_ids=ids)
-    D_step = D
-    if cfg["COMPILE"]:
-        G_train, D_scores, D_step = torch.compile(G_train), torch.compile(D_scores), torch.compile(D)
+    G_train, D_scores, D_step = wrap_for_training(G, D, cfg, device, local_rank, world_size)
 
     start_epoch, total_epochs = progress["epoch"], cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"]
     if start_epoch >= total_epochs:
