@@ -475,7 +475,7 @@ def test_non_finite_loss_is_caught_before_any_poisoned_update(monkeypatch, poiso
     d_before = {k: v.detach().clone() for k, v in D.named_parameters()}
     x, y = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
     with pytest.raises(pix2pix.NonFiniteLoss, match=rf"step 7: non-finite {poisoned}=(nan|inf)"):
-        train.train_step(G, D, pix2pix.RealFakeScores(D), opt_G, opt_D, scaler_G, scaler_D, x, y, cfg,
+        pix2pix.train_step(G, D, pix2pix.RealFakeScores(D), opt_G, opt_D, scaler_G, scaler_D, x, y, cfg,
                          torch.autocast("cpu", enabled=False), step=7)
     assert all(torch.equal(v, dict(G.named_parameters())[k]) for k, v in g_before.items())
     assert not opt_G.state  # G was never stepped

@@ -165,7 +165,7 @@ def test_d_step_then_g_step_against_the_updated_d():
     opt_D.step = spy_step
 
     D_before = snapshot(D.parameters())
-    train.train_step(G, D, pix2pix.RealFakeScores(D), opt_G, opt_D, *scalers, x, y, cfg, utils.autocast(
+    pix2pix.train_step(G, D, pix2pix.RealFakeScores(D), opt_G, opt_D, *scalers, x, y, cfg, utils.autocast(
         torch.device("cpu"), "fp32"), step=0)
     assert len(seen_by_D_calls) == 3  # (x, real) and (x, fake) for D's step, (x, fake) for G's step
     for w0, w1, before in zip(seen_by_D_calls[0], seen_by_D_calls[1], D_before):
