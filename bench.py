@@ -2,14 +2,17 @@
 model FLOPs and the fraction of the device's measured convolution peak.
 
     python bench.py                                  # paper architecture, 256 px, batch 1, config.py settings
-    python bench.py --batch-size 16 --precision bf16 # other settings (see --help)
-    python bench.py --data ../shared/data/facades/train --workers 2   # data pipeline on real files
+    python bench.py --BATCH_SIZE=16 --PRECISION=bf16 # any config.py setting, --KEY=value as for train.py
+    python bench.py --data ../shared/data/facades/train --NUM_WORKERS=2   # data pipeline on real files
     python bench.py --sweep                          # img/s and memory over sizes 128/256/512 x batch 1/4/16
     python bench.py --json                           # machine-readable output
     python bench.py --profile --skip infer,data      # torch.profiler top ops of a training step
     python bench.py --skip train,data,peak           # inference only: PyTorch vs onnxruntime (CPU) img/s
 
-Every figure is the median of --repeats timed runs of --steps iterations after --warmup iterations.
+Settings of the run being measured (BATCH_SIZE, IMAGE_SIZE, PRECISION, DEVICE, CHANNELS_LAST, COMPILE,
+NUM_WORKERS, ...) come from config.py and --KEY=value exactly as for train.py (configurator.py); the lower-case
+--flags are the benchmark's own knobs (see --help). Every figure is the median of --repeats timed runs of --steps
+iterations after --warmup iterations.
 """
 import argparse
 import copy
@@ -25,33 +28,56 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 
-from generator_model import num_downs_for
-from train import RealFakeScores, train_step
-from utils import (autocast, build_models, default_settings, make_grad_scalers, make_optimizers, measure_peak_flops,
-                   pick_device, pick_precision, test_mode, training_flops_per_image)
+from configurator import load_config
+from pix2pix import (RealFakeScores, build_models, make_grad_scalers, make_optimizers, train_step,
+                     training_flops_per_image)
+from utils import AMP_DTYPES, ConfigError, autocast, pick_device, pick_precision, test_mode
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    cfg = default_settings()
+def is_setting(arg: str) -> bool:
+    """--KEY=value with an upper-case KEY: a config.py setting (the benchmark's own flags are lower-case)."""
+    return arg.startswith("--") and arg[2:].split("=", 1)[0].isupper()
+
+
+def parse_args(argv: list[str] | None) -> tuple[dict[str, Any], argparse.Namespace]:
+    """(the config, as train.py would load it from the --KEY=value arguments; the benchmark's own flags)."""
+    argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--batch-size", type=int, default=cfg["BATCH_SIZE"])
-    p.add_argument("--image-size", type=int, default=cfg["IMAGE_SIZE"])
-    p.add_argument("--precision", default=cfg["PRECISION"], choices=["auto", "fp32", "bf16", "fp16"])
-    p.add_argument("--device", default=cfg["DEVICE"])
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=cfg["CHANNELS_LAST"])
-    p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=cfg["COMPILE"])
     p.add_argument("--fused", action=argparse.BooleanOptionalAction, default=True, help="fused Adam")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data", default="", help="A|B folder for the data-pipeline figure (default: synthetic files)")
-    p.add_argument("--workers", type=int, default=cfg["NUM_WORKERS"])
     p.add_argument("--skip", default="", help="comma list of parts to skip: train,infer,onnx,data,peak")
     p.add_argument("--sweep", action="store_true", help="training img/s + memory over sizes and batch sizes")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of two training steps")
     p.add_argument("--json", action="store_true")
-    return p.parse_args(argv)
+    return load_config([a for a in argv if is_setting(a)]), p.parse_args([a for a in argv if not is_setting(a)])
+
+
+def measure_peak_flops(device: torch.device, precision: str, seconds: float = 0.5) -> float:
+    """Achieved FLOP/s of a representative 4x4 convolution (C256->C512 at 32x32) in this precision: the
+    practical peak that the fraction-of-peak figure is relative to."""
+    dtype = AMP_DTYPES.get(precision, torch.float32)
+    # made on the CPU with its RNG forked: the caller's random stream is untouched
+    with torch.random.fork_rng(devices=[]):
+        conv = nn.Conv2d(256, 512, 4, padding=1, bias=False)
+        x = torch.randn(8, 256, 32, 32)
+    conv = conv.to(device, dtype).to(memory_format=torch.channels_last)
+    x = x.to(device, dtype).to(memory_format=torch.channels_last)
+    flops = 2 * 8 * 512 * 31 * 31 * 256 * 16
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    with torch.no_grad():
+        conv(x)
+        sync()
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds or n < 3:
+            conv(x)
+            n += 1
+        sync()
+        return flops * n / (time.perf_counter() - start)
 
 
 def timed(fn, n: int, sync) -> float:
@@ -68,20 +94,18 @@ def median_rate(fn, images_per_call: int, args: argparse.Namespace, sync) -> flo
     return statistics.median(images_per_call * args.steps / timed(fn, args.steps, sync) for _ in range(args.repeats))
 
 
-def bench_model(args: argparse.Namespace, device: torch.device, precision: str) -> dict[str, Any]:
-    cfg = default_settings() | {"IMAGE_SIZE": args.image_size, "NUM_DOWNS": num_downs_for(args.image_size),
-                                "BATCH_SIZE": args.batch_size}
-    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+def bench_model(cfg: dict[str, Any], args: argparse.Namespace, device: torch.device, precision: str) -> dict[str, Any]:
+    memory_format = torch.channels_last if cfg["CHANNELS_LAST"] else torch.contiguous_format
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     G, D = (m.to(device, memory_format=memory_format) for m in build_models(cfg))
     opt_G, opt_D = make_optimizers(G, D, cfg, device, fused=args.fused)
     scaler_G, scaler_D = make_grad_scalers(device, precision)
     G_train, D_scores, D_step = G, RealFakeScores(D), D
     results: dict[str, Any] = {}
-    if args.compile:
+    if cfg["COMPILE"]:
         start = time.perf_counter()
         G_train, D_scores, D_step = torch.compile(G), torch.compile(D_scores), torch.compile(D)
-    shape = (args.batch_size, 3, args.image_size, args.image_size)
+    shape = (cfg["BATCH_SIZE"], cfg["IN_CHANNELS"], cfg["IMAGE_SIZE"], cfg["IMAGE_SIZE"])
     x = torch.randn(shape, device=device).contiguous(memory_format=memory_format)
     y = torch.randn(shape, device=device).clamp(-1, 1).contiguous(memory_format=memory_format)
     amp = autocast(device, precision)
@@ -90,10 +114,10 @@ def bench_model(args: argparse.Namespace, device: torch.device, precision: str) 
         torch.cuda.reset_peak_memory_stats(device)
     if "train" not in args.skip:
         step = lambda: train_step(G_train, D_step, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, 0)  # noqa: E731
-        if args.compile:
+        if cfg["COMPILE"]:
             step()
             results["compile_s"] = time.perf_counter() - start
-        results["train_img_s"] = median_rate(step, args.batch_size, args, sync)
+        results["train_img_s"] = median_rate(step, cfg["BATCH_SIZE"], args, sync)
         flops = training_flops_per_image(cfg)
         results["train_gflop_per_img"] = flops / 1e9
         results["train_tflop_s"] = results["train_img_s"] * flops / 1e12
@@ -103,7 +127,7 @@ def bench_model(args: argparse.Namespace, device: torch.device, precision: str) 
         def infer():
             with test_mode(G, "eval"), amp:
                 G(x)
-        results["infer_img_s"] = median_rate(infer, args.batch_size, args, sync)
+        results["infer_img_s"] = median_rate(infer, cfg["BATCH_SIZE"], args, sync)
     if "onnx" not in args.skip:
         results["onnx_infer_img_s"] = bench_onnx(G, x, args)
     results["peak_memory_mb"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
@@ -120,7 +144,7 @@ def bench_onnx(G: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) ->
         export_onnx(G_cpu, Path(tmp) / "generator.onnx")
         session = onnx_session(Path(tmp) / "generator.onnx", threads=torch.get_num_threads())
     feed = {INPUT_NAME: x.float().cpu().contiguous().numpy()}
-    return median_rate(lambda: session.run(None, feed), args.batch_size, args, lambda: None)
+    return median_rate(lambda: session.run(None, feed), x.shape[0], args, lambda: None)
 
 
 def print_profile(step) -> None:
@@ -134,20 +158,20 @@ def print_profile(step) -> None:
     print(prof.key_averages().table(sort_by=sort, row_limit=12, max_name_column_width=40), file=sys.stderr)
 
 
-def bench_data(args: argparse.Namespace) -> float:
-    """Decode + joint augmentation through the training DataLoader, images/s with args.workers workers."""
+def bench_data(cfg: dict[str, Any], args: argparse.Namespace) -> float:
+    """Decode + joint augmentation through the training DataLoader, images/s with NUM_WORKERS workers."""
     from torch.utils.data import DataLoader
     from dataset import AugmentationSampler, PairedImageDataset
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.data
         if not folder:
             import synthetic_data
-            synthetic_data.generate(Path(tmp) / "syn", n_train=64, n_val=1, size=args.image_size)
+            synthetic_data.generate(Path(tmp) / "syn", n_train=64, n_val=1, size=cfg["IMAGE_SIZE"])
             folder = str(Path(tmp) / "syn" / "train")
-        ds = PairedImageDataset(folder, image_size=args.image_size, load_size=args.image_size * 286 // 256)
+        ds = PairedImageDataset(folder, image_size=cfg["IMAGE_SIZE"], load_size=cfg["IMAGE_SIZE"] * 286 // 256)
         sampler = AugmentationSampler(len(ds), seed=0)
-        loader = DataLoader(ds, batch_size=args.batch_size, sampler=sampler, num_workers=args.workers,
-                            persistent_workers=args.workers > 0)
+        loader = DataLoader(ds, batch_size=cfg["BATCH_SIZE"], sampler=sampler, num_workers=cfg["NUM_WORKERS"],
+                            persistent_workers=cfg["NUM_WORKERS"] > 0)
         n = min(len(ds), 256)
         rates = []
         for epoch in range(args.repeats + 1):
@@ -162,15 +186,15 @@ def bench_data(args: argparse.Namespace) -> float:
         return statistics.median(rates)
 
 
-def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Each point in a fresh process, so peak memory is that configuration's own."""
+def sweep(cfg: dict[str, Any], settings: list[str]) -> list[dict[str, Any]]:
+    """Each point in a fresh process, so peak memory is that configuration's own; `settings` (the command line's
+    --KEY=value) apply to every point, sizes and batch sizes are the sweep's."""
     rows = []
     for size in (128, 256, 512):
         for batch in (1, 4, 16):
-            cmd = [sys.executable, __file__, "--json", "--skip", "infer,onnx,data,peak", "--image-size", str(size),
-                   "--batch-size", str(batch), "--precision", args.precision, "--device", args.device,
-                   "--warmup", "1", "--steps", str(max(1, 8 // batch)), "--repeats", "1",
-                   "--channels-last" if args.channels_last else "--no-channels-last"]
+            cmd = [sys.executable, __file__, "--json", "--skip", "infer,onnx,data,peak", *settings,
+                   f"--IMAGE_SIZE={size}", f"--LOAD_SIZE={max(size, cfg['LOAD_SIZE'])}", f"--BATCH_SIZE={batch}",
+                   "--warmup", "1", "--steps", str(max(1, 8 // batch)), "--repeats", "1"]
             out = subprocess.run(cmd, capture_output=True, text=True)
             if out.returncode:
                 rows.append({"image_size": size, "batch_size": batch, "error": out.stderr.strip()[-300:]})
@@ -183,21 +207,22 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    device = pick_device(args.device)
-    precision = pick_precision(args.precision, device)
+    argv = sys.argv[1:] if argv is None else argv
+    cfg, args = parse_args(argv)
+    device = pick_device(cfg["DEVICE"])
+    precision = pick_precision(cfg["PRECISION"], device)
     env = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else device),
            "precision": precision, "torch": torch.__version__, "threads": torch.get_num_threads(),
-           "cpus": os.cpu_count(), "batch_size": args.batch_size, "image_size": args.image_size,
-           "channels_last": args.channels_last, "compile": args.compile, "fused_adam": args.fused,
-           "workers": args.workers}
+           "cpus": os.cpu_count(), "batch_size": cfg["BATCH_SIZE"], "image_size": cfg["IMAGE_SIZE"],
+           "channels_last": cfg["CHANNELS_LAST"], "compile": cfg["COMPILE"], "fused_adam": args.fused,
+           "workers": cfg["NUM_WORKERS"]}
     if args.sweep:
-        rows = sweep(args)
+        rows = sweep(cfg, [a for a in argv if is_setting(a)])
         print(json.dumps({"env": env, "sweep": rows}, indent=2) if args.json else format_sweep(env, rows))
         return 0
-    results = bench_model(args, device, precision)
+    results = bench_model(cfg, args, device, precision)
     if "data" not in args.skip:
-        results["data_img_s"] = bench_data(args)
+        results["data_img_s"] = bench_data(cfg, args)
     if "peak" not in args.skip:
         results["peak_tflop_s"] = measure_peak_flops(device, precision, seconds=2.0) / 1e12
         if "train_tflop_s" in results:
@@ -230,4 +255,8 @@ def format_sweep(env: dict, rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except ConfigError as e:  # a bad --KEY=value: one line, as train.py says it
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

@@ -194,9 +194,10 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return image
 
 
-def read_array(path: Path, need_rgb: bool) -> np.ndarray:
-    """HxWxC uint8 (C = 3 if need_rgb else 1) of one file."""
-    image = np.asarray(open_image(path, 3 if need_rgb else 1))
+def read_image(path: Path | Any, channels: int = 3) -> np.ndarray:
+    """One image file (or file object) -> HxWxC uint8 with C = `channels` (1 or 3), converted as training converts
+    it (see open_image); grayscale keeps its channel axis. The one image reader of training, predict.py and demo.py."""
+    image = np.asarray(open_image(path, channels))
     return image[:, :, None] if image.ndim == 2 else image
 
 
@@ -214,9 +215,9 @@ def read_pair(path: Path, direction: str, in_channels: int = 3, out_channels: in
     size is resized to A's."""
     need_rgb = 3 in (in_channels, out_channels)
     if b_path is None:
-        x, y = split_pair(read_array(path, need_rgb), direction)
+        x, y = split_pair(read_image(path, 3 if need_rgb else 1), direction)
     else:
-        a, b = read_array(path, need_rgb), read_array(b_path, need_rgb)
+        a, b = read_image(path, 3 if need_rgb else 1), read_image(b_path, 3 if need_rgb else 1)
         b = resize([b], *a.shape[:2])[0]
         x, y = (a, b) if direction == "AtoB" else (b, a)
     return to_channels(x, in_channels), to_channels(y, out_channels)
@@ -519,7 +520,7 @@ def describe(cfg: dict[str, Any], folder: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from utils import ConfigError, load_config
+    from configurator import ConfigError, load_config
     argv = sys.argv[1:] if argv is None else argv
     folders = [a for a in argv if not a.startswith("--")]
     if len(folders) > 1 or argv[:1] in (["-h"], ["--help"]):

@@ -37,9 +37,9 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from dataset import DatasetError, list_images, open_image, read_pair
+from dataset import DatasetError, list_images, read_image, read_pair
 from inference import fit_back, fit_to_model, load_for_inference
-from utils import CheckpointError, autocast, fixed_noise, test_mode
+from utils import CheckpointError, generate, seeded_inference
 
 # The 12 CMP Facades classes and their colours in the pix2pix facades label maps, in the dataset's label order.
 # Measured on ../shared/data/facades/train (its 400 label halves): k-means of the flat regions' colours, started from
@@ -81,18 +81,17 @@ def read_upload(payload: dict[str, Any] | None, channels: int, max_pixels: int) 
     if hasattr(source, "seek"):
         source.seek(0)
     try:  # palette, alpha (onto white), 16-bit, CMYK and grayscale become the model's channel count
-        image = np.asarray(open_image(source, channels))
+        return read_image(source, channels)
     except DatasetError as e:
         raise gr.Error(f"{name} cannot be used: {str(e).split(': ', 1)[-1]}") from None
-    return image[:, :, None] if image.ndim == 2 else image
 
 
 def translate_array(G: torch.nn.Module, cfg: dict[str, Any], image: np.ndarray, mode: str, seed: int,
                     device: torch.device, precision: str) -> np.ndarray:
     """HxWxC uint8 -> the generator's HxWxC (or HxW) uint8 output at the same size."""
     x = fit_to_model(image, "resize", cfg["IMAGE_SIZE"], 2 ** G.hparams["num_downs"])
-    with test_mode(G, mode), fixed_noise(seed, device), autocast(device, precision):
-        out = G(x[None].to(device)).float().cpu()[0]
+    with seeded_inference(G, mode, seed, device):
+        out = generate(G, x[None], device, precision).cpu()[0]
     out = fit_back(out, image.shape[:2], "resize")
     pixels = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     return pixels[:, :, 0] if pixels.shape[2] == 1 else pixels

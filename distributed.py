@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from generator_model import UNetGenerator
+from generator_model import generator_from_state
 from utils import ConfigError
 
 
@@ -90,6 +90,5 @@ def without_sync_bn(G: nn.Module) -> nn.Module:
     and a SyncBatchNorm would gather them from ranks that are not there (rank 0 samples and validates alone)."""
     if not any(isinstance(m, nn.SyncBatchNorm) for m in G.modules()):
         return G
-    plain = UNetGenerator(**G.hparams).to(next(G.parameters()).device)
-    plain.load_state_dict(G.state_dict())  # SyncBatchNorm and BatchNorm2d share their state-dict keys
-    return plain
+    # SyncBatchNorm and BatchNorm2d share their state-dict keys
+    return generator_from_state(G.hparams, G.state_dict()).to(next(G.parameters()).device)

@@ -2,7 +2,7 @@
 Download and safely extract an official pix2pix dataset, then print the train.py command.
 
     python download_dataset.py facades                 # -> data/facades/{train,val,test}
-    python download_dataset.py maps --dest data/       # also: edges2shoes, edges2handbags, night2day
+    python download_dataset.py maps --output data/       # also: edges2shoes, edges2handbags, night2day
     python download_dataset.py cityscapes              # prints how to prepare it (not redistributable)
 
 The archive is downloaded to <dest>/<name>.tar.gz.part; re-running after a failure resumes
@@ -146,21 +146,22 @@ def train_command(dest: str, name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description="Download and extract a pix2pix dataset.")
     p.add_argument("name", choices=DATASETS + ["cityscapes"])
-    p.add_argument("--dest", default="data", help="folder to put the dataset in (default: data)")
+    p.add_argument("--output", "--dest", default="data",
+                   help="folder to put the dataset in (default: data); --dest is its former name")
     p.add_argument("--url", default=None, help="override the URL (default: BASE_URL/<name>.tar.gz)")
     args = p.parse_args(argv)
 
     if args.name == "cityscapes":
-        print(CITYSCAPES_HELP.format(dest=args.dest.rstrip("/") or "."))
+        print(CITYSCAPES_HELP.format(dest=args.output.rstrip("/") or "."))
         return 0
-    out = os.path.join(args.dest, args.name)
+    out = os.path.join(args.output, args.name)
     if os.path.isdir(out):
-        print(f"{out} already exists; not downloading again. To train:\n  {train_command(args.dest, args.name)}")
+        print(f"{out} already exists; not downloading again. To train:\n  {train_command(args.output, args.name)}")
         return 0
 
-    os.makedirs(args.dest, exist_ok=True)
+    os.makedirs(args.output, exist_ok=True)
     url = args.url or f"{BASE_URL}/{args.name}.tar.gz"
-    archive = os.path.join(args.dest, f"{args.name}.tar.gz")
+    archive = os.path.join(args.output, f"{args.name}.tar.gz")
     part = archive + ".part"
     if os.path.exists(archive):
         print(f"found {archive}; extracting it without downloading")
@@ -179,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
             return 1
 
     try:
-        extract(archive, args.dest, args.name)
+        extract(archive, args.output, args.name)
     except UnsafeArchiveError as e:
         print(f"error: {e}\n  nothing was extracted; {archive} was left for inspection.", file=sys.stderr)
         return 1
@@ -191,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     os.remove(archive)  # the extracted folder is what we keep
     if not os.path.isdir(os.path.join(out, "train")):
         print(f"warning: no train/ folder in {out}; check its layout", file=sys.stderr)
-    print(f"dataset ready in {out}. To train:\n  {train_command(args.dest, args.name)}")
+    print(f"dataset ready in {out}. To train:\n  {train_command(args.output, args.name)}")
     return 0
 
 

@@ -2,14 +2,14 @@
 L1 ratio, written as metrics.csv, summary.json and index.html (input | output | target thumbnails, works offline).
 
     python evaluate.py --checkpoint runs/facades/generator.pt --data data/facades/val
-    python evaluate.py --checkpoint runs/facades/generator_best.pt --data data/facades/test --out results/test
+    python evaluate.py --checkpoint runs/facades/generator_best.pt --data data/facades/test --output results/test
 
 Images are scored in [0, 1] at the model's resolution (the checkpoint's IMAGE_SIZE, through the dataset's eval
 transform) with the checkpoint's DIRECTION and channels, so runs compare. L1: lower is better; PSNR (dB) and
 SSIM: higher is better; ratio = mean L1 to an image's own target / mean L1 to the other images' targets:
 1.0 = the output ignores its input (as a mean-image predictor does), lower is better (see metrics.py).
 
-Default --out: <checkpoint folder>/eval_<data folder name>. Deterministic: --seed fixes the dropout noise of the
+Default --output: <checkpoint folder>/eval_<data folder name>. Deterministic: --seed fixes the dropout noise of the
 paper's test mode (--mode paper, the default; or eval). --batch-size defaults to 1 in paper mode, as the official
 test.py: there batch-norm uses the batch's statistics, so a larger batch makes each score depend on its batch-mates
 (faster, but not the paper's protocol); in eval mode it defaults to the checkpoint's BATCH_SIZE and changes only
@@ -133,7 +133,7 @@ def evaluate(args: argparse.Namespace) -> int:
     n = min(len(dataset), args.max_images or len(dataset))
     batch_size = batch_size_for(args, cfg)
     check_batchable(dataset, batch_size)
-    out = args.out or default_out(args.checkpoint, data)
+    out = args.output or default_out(args.checkpoint, data)
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=0)
     bar = tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True)
     result = evaluate_generator(G, bar, device, precision, args.mode, args.seed,
@@ -161,7 +161,8 @@ def evaluate(args: argparse.Namespace) -> int:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = model_arguments(__doc__, "evaluate.py")
     ap.add_argument("--data", type=Path, required=True, help="folder of side-by-side A|B images or A/ + B/ folders")
-    ap.add_argument("--out", type=Path, default=None, help="output folder (default <checkpoint dir>/eval_<data name>)")
+    ap.add_argument("--output", "--out", type=Path, default=None,
+                    help="output folder (default <checkpoint dir>/eval_<data name>); --out is its former name")
     ap.add_argument("--max-images", type=int, default=0, help="score only the first N files (0 = all)")
     args = ap.parse_args(argv)
     if args.batch_size < 0 or args.max_images < 0:

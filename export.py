@@ -13,14 +13,18 @@ Exit code 0 on success, 1 for a missing/corrupt checkpoint, an unwritable output
 2 for bad arguments.
 """
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Callable
 
 import torch.nn as nn
 
+from atomic import atomic_path
 from utils import CheckpointError, load_generator
+
+
+class CheckFailed(RuntimeError):
+    """The exported file does not compute what the PyTorch generator computes."""
 
 
 def export_onnx_format(G: nn.Module, output: Path) -> int:
@@ -28,20 +32,18 @@ def export_onnx_format(G: nn.Module, output: Path) -> int:
     from onnx_utils import TOLERANCE, check_shapes, describe, export_onnx, max_difference, onnx_session
     cfg = getattr(G, "train_config", {})
     metadata = {k.lower(): cfg[k] for k in ("DIRECTION", "IMAGE_SIZE") if k in cfg}
-    output.parent.mkdir(parents=True, exist_ok=True)
     # write beside the destination and rename only once the check passes: a failed export loses nothing
-    tmp = output.with_name(f".{output.name}.{os.getpid()}.tmp")
     try:
-        export_onnx(G, tmp, metadata)
-        shapes = check_shapes(G)
-        diff = max_difference(G, onnx_session(tmp), shapes)
-        if diff > TOLERANCE:
-            print(f"error: {output}: onnxruntime differs from PyTorch by up to {diff:.2e} (> {TOLERANCE:g}); the "
-                  f"file was not written", file=sys.stderr)
-            return 1
-        os.replace(tmp, output)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+        with atomic_path(output) as tmp:
+            export_onnx(G, tmp, metadata)
+            shapes = check_shapes(G)
+            diff = max_difference(G, onnx_session(tmp), shapes)
+            if diff > TOLERANCE:
+                raise CheckFailed(f"{output}: onnxruntime differs from PyTorch by up to {diff:.2e} "
+                                  f"(> {TOLERANCE:g}); the file was not written")
+    except CheckFailed as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     facts = describe(output)
     name, shape = next(iter(facts["inputs"].items()))
     out_name, out_shape = next(iter(facts["outputs"].items()))

@@ -99,6 +99,28 @@ class UNetGenerator(nn.Module):
         return self.head(x)
 
 
+def generator_from_state(hparams: dict, state: dict) -> UNetGenerator:
+    """Rebuild a U-Net from stored hyperparameters and load its weights (a checkpoint, or a live model's copy).
+    Keys a file written before they existed lacks take their legacy values, so it computes what it was trained as."""
+    hparams = LEGACY_GENERATOR_HPARAMS | hparams
+    G = UNetGenerator(**{k: hparams[k] for k in GENERATOR_KEYS})
+    G.load_state_dict(state)
+    return G
+
+
+def use_test_mode(G: nn.Module, mode: str = "paper") -> dict[nn.Module, float | None]:
+    """Put G in the test mode (paper §3.3 for "paper": dropout on and batch-norm with the test batch's
+    statistics; "eval": ordinary eval()). Running statistics are frozen (momentum 0) so inference never changes
+    the model. Returns each batch-norm layer's previous momentum, for a caller that restores training."""
+    if mode not in ("paper", "eval"):
+        raise ValueError(f"mode must be 'paper' or 'eval', got {mode!r}")
+    momenta = {m: m.momentum for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    G.train(mode == "paper")
+    for m in momenta:
+        m.momentum = 0.0
+    return momenta
+
+
 if __name__ == "__main__":
     G = UNetGenerator()
     print(f"UNetGenerator: {sum(p.numel() for p in G.parameters()) / 1e6:.2f} M parameters")

@@ -11,9 +11,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from checkpoint import CheckpointError, load_generator
+from configurator import default_settings
 from dataset import DatasetError, build_transform, to_tensor
 from generator_model import UNetGenerator
-from utils import CheckpointError, ConfigError, default_settings, load_generator, pick_device, pick_precision
+from utils import ConfigError, pick_device, pick_precision
 
 
 def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str = "auto", precision: str = "auto",

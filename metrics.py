@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from utils import autocast, fixed_noise, test_mode, to_unit
+from utils import generate, seeded_inference, to_unit
 
 RATIO_SIZE = 64  # the ratio compares every output with every target, so it is computed at a small size
 
@@ -60,13 +60,12 @@ def evaluate_generator(G: torch.nn.Module, loader: Any, device: torch.device, pr
     per_image: dict[str, list] = {"l1": [], "psnr": [], "ssim": []}
     fakes, targets = [], []
     seen = 0
-    with fixed_noise(seed, device), test_mode(G, mode):
+    with seeded_inference(G, mode, seed, device):
         for x, y in loader:
             if max_images and seen >= max_images:
                 break
             x, y = x.to(device), y.to(device)
-            with autocast(device, precision):
-                fake = G(x)
+            fake = generate(G, x, device, precision)
             fake01, y01 = to_unit(fake), to_unit(y)
             for k, v in per_image_metrics(fake01, y01).items():
                 per_image[k].append(v.cpu())

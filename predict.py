@@ -35,15 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from dataset import IMG_EXTENSIONS, DatasetError, list_images, open_image, read_pair, to_tensor
+from dataset import IMG_EXTENSIONS, DatasetError, list_images, read_image, read_pair, to_tensor
 from generator_model import UNetGenerator
 from inference import batch_size_for, fit_back, fit_to_model, load_for_inference, model_arguments, run_cli
-from utils import autocast, fixed_noise, sample_grid, to_unit
+from utils import generate, sample_grid, seeded_inference, to_unit
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -96,8 +95,7 @@ def load_item(path: Path, name: Path, args: argparse.Namespace, cfg: dict[str, A
             raise DatasetError(f"{path}: too narrow to split into A|B halves")
         return Item(path, name, fit_to_model(x, args.fit, cfg["IMAGE_SIZE"], multiple), x.shape[:2],
                     to_tensor(x), to_tensor(y))
-    x = np.asarray(open_image(path, in_ch))  # converts palette, alpha, 16-bit, grayscale/RGB as training does
-    x = x[:, :, None] if x.ndim == 2 else x
+    x = read_image(path, in_ch)  # converts palette, alpha, 16-bit, grayscale/RGB as training does
     return Item(path, name, fit_to_model(x, args.fit, cfg["IMAGE_SIZE"], multiple), x.shape[:2])
 
 
@@ -125,8 +123,7 @@ def predict(args: argparse.Namespace) -> int:
 
     def run_batch(items: list[Item]) -> None:
         nonlocal written
-        with autocast(device, precision):
-            out = G(torch.stack([it.x for it in items]).to(device)).float().cpu()
+        out = generate(G, torch.stack([it.x for it in items]), device, precision).cpu()
         for it, o in zip(items, out):
             o = fit_back(o, it.size, args.fit)
             image = sample_grid(it.original[None], o[None], it.target[None]) if args.paired else to_unit(o[None])[0]
@@ -140,8 +137,7 @@ def predict(args: argparse.Namespace) -> int:
         bar.update(len(items))
 
     pending: dict[tuple[int, ...], list[Item]] = {}  # fitted size -> images waiting for a full batch
-    # a fixed seed makes paper-mode dropout noise repeatable; the caller's RNG state is restored afterwards
-    with fixed_noise(args.seed, device), torch.no_grad():
+    with seeded_inference(G, args.mode, args.seed, device):
         for path, name in images:
             try:
                 item = load_item(path, name, args, cfg, G)

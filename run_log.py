@@ -1,14 +1,55 @@
 """What a training run records besides checkpoints: log.csv (one row per epoch), TensorBoard scalars and
 sample images, and curves.png, a plot of the losses and validation metrics refreshed every epoch.
 
+Also the check, before step 1, that RUN_DIR can hold all this.
 Not run directly; train.py uses it. Look at a run with:  tensorboard --logdir runs/
 """
+import contextlib
 import csv
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
+from atomic import atomic_path
+
 COLUMNS = ["epoch", "step", "d_real", "d_fake", "g_gan", "g_l1", "lr", "images_per_s", "skipped_steps",
            "val_l1", "val_psnr", "val_ssim", "val_ratio"]
+
+
+class RunDirError(RuntimeError):
+    """RUN_DIR cannot hold the run's files (not a folder, not writable, read-only or full); found before step 1."""
+
+
+RUN_DIR_HINTS = {errno.ENOTDIR: "a part of the path is a file, not a folder",
+                 errno.EEXIST: "it is a file, not a folder", errno.EACCES: "no permission to write there",
+                 errno.EPERM: "no permission to write there", errno.EROFS: "the file system is read-only",
+                 errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up"}
+
+
+def check_run_dir(run_dir: Path) -> None:
+    """Create RUN_DIR and write, fsync and delete a small file in it, so that a folder that cannot hold the run
+    stops it now with one line, not with a traceback after the data and models are built. Folders this check
+    created are removed again: an error later on (a bad checkpoint, bad data) leaves nothing behind."""
+    created = [p for p in (run_dir, *run_dir.parents) if not os.path.lexists(p)]
+    probe = run_dir / f".write-test-{os.getpid()}"
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        probe.unlink()
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
+        hint = RUN_DIR_HINTS.get(e.errno, e.strerror or type(e).__name__)
+        raise RunDirError(f"RUN_DIR={run_dir} cannot be used: {hint} ({e.strerror or e}: {e.filename or run_dir}). "
+                          f"Choose a RUN_DIR in a writable folder with free space") from None
+    finally:
+        for folder in created:  # deepest first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
 
 
 class RunLog:
@@ -36,12 +77,10 @@ class RunLog:
             return list(csv.DictReader(f))
 
     def _write(self, rows: list[dict]) -> None:
-        tmp = self.csv_path.with_suffix(".csv.tmp")
-        with open(tmp, "w", newline="") as f:
+        with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
             writer = csv.DictWriter(f, COLUMNS)
             writer.writeheader()
             writer.writerows(rows)
-        tmp.replace(self.csv_path)
 
     def scalars(self, values: dict[str, float], step: int, prefix: str = "train") -> None:
         for k, v in values.items():
@@ -82,7 +121,6 @@ def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
         if ax.lines:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=80)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
-    tmp.replace(path)

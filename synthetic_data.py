@@ -8,20 +8,20 @@ flat facades-like colour and the photo half renders the same map with lighting, 
 The class decides most of the appearance, so a U-Net learns the mapping in a few epochs, while the
 geometry (buildings, floors, columns, window sizes) changes with every image.
 
-    python synthetic_data.py --out data/synthetic                  # 200 train + 100 val, 256 px, seed 0
-    python synthetic_data.py --out /tmp/syn --n-train 8 --n-val 4 --size 128 --seed 1
+    python synthetic_data.py --output data/synthetic                  # 200 train + 100 val, 256 px, seed 0
+    python synthetic_data.py --output /tmp/syn --n-train 8 --n-val 4 --size 128 --seed 1
 
 The same seed gives byte-identical files; the folder appears atomically or not at all.
 """
 import argparse
 import os
-import shutil
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from atomic import atomic_path
 
 # Class ids of the integer scene map, and their flat label colours (close to the facades palette).
 SKY, WALL, WINDOW, DOOR, CORNICE, SILL, BALCONY, SHOP, GROUND = range(9)
@@ -282,26 +282,18 @@ def generate(root: str | os.PathLike, n_train: int = 200, n_val: int = 100, size
     root = Path(root)
     if root.exists():
         raise FileExistsError(f"{root} already exists; delete it to regenerate")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    # a sibling on the same filesystem, so the final os.replace is a single atomic rename
-    tmp = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with atomic_path(root) as tmp:  # includes KeyboardInterrupt: never a partial folder at root
         # separate streams: val scenes are never seen in training, and n_train does not change val
         for split, n, stream in (("train", n_train, 0), ("val", n_val, 1)):
             rng = np.random.default_rng([seed, stream])
-            (tmp / split).mkdir()
+            (tmp / split).mkdir(parents=True)
             for i in range(1, n + 1):
                 write_pair(tmp / split / f"{i}.jpg", *make_pair(rng, size))
-        os.replace(tmp, root)
-    except BaseException:  # includes KeyboardInterrupt: never leave the partial folder behind
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Write a synthetic facades-style paired dataset (A=photo | B=labels).")
-    ap.add_argument("--out", required=True, help="folder to create (must not exist)")
+    ap.add_argument("--output", "--out", required=True, help="folder to create (must not exist); --out: former name")
     ap.add_argument("--n-train", type=int, default=200)
     ap.add_argument("--n-val", type=int, default=100)
     ap.add_argument("--size", type=int, default=256)
@@ -309,10 +301,10 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     try:
-        generate(args.out, args.n_train, args.n_val, args.size, args.seed)
+        generate(args.output, args.n_train, args.n_val, args.size, args.seed)
     except FileExistsError as e:
         raise SystemExit(f"error: {e}")  # a clear one-line message instead of a traceback
-    print(f"wrote {args.n_train} train + {args.n_val} val pairs of {2 * args.size}x{args.size} to {args.out} "
+    print(f"wrote {args.n_train} train + {args.n_val} val pairs of {2 * args.size}x{args.size} to {args.output} "
           f"in {time.perf_counter() - t0:.1f}s")
 
 

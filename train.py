@@ -6,59 +6,37 @@
 
 Settings live in config.py; any of them can be overridden with --KEY=value. Stop at any time with Ctrl-C:
 a resumable checkpoint is written, and running the same command again continues exactly where it stopped.
+
+The method itself (networks, objective, one training step) is in pix2pix.py; this file runs it: data, resume,
+the epoch loop, and what each epoch leaves behind (samples, validation, checkpoints).
 """
 import contextlib
 import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+import torchvision.utils as vutils
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
+from checkpoint import (CheckpointError, check_resume_compatible, keep_legacy_skips, load_checkpoint,
+                        remove_stale_temp_files, restore_training_state, save_generator, save_training_state)
+from configurator import load_config
 from dataset import AugmentationSampler, DatasetError, build_datasets, ensure_default_data, sample_batch
 from distributed import (barrier, check_ranks_agree, gather_from_ranks, max_over_ranks, setup_distributed,
                          sum_over_ranks, without_sync_bn)
 from interrupts import StopRequest, ignore_stop_signals, resume_command, shut_down_workers
-from run_log import RunLog
-from utils import (CheckpointError, ConfigError, RunDirError, atomic_save, autocast, build_models,
-                   check_resume_compatible, check_run_dir, fixed_noise, keep_legacy_skips, load_checkpoint,
-                   load_config, lr_factor, make_grad_scalers, make_optimizers, measure_peak_flops, model_hparams,
-                   pick_device, pick_precision, remove_stale_temp_files, resolve_resume, rng_states, sample_grid,
-                   seed_everything, set_rng_states, state_before_step, test_mode, training_flops_per_image, undo_step)
+from pix2pix import (NonFiniteLoss, RealFakeScores, build_models, lr_factor, make_grad_scalers, make_optimizers,
+                     state_before_step, train_step, training_flops_per_image, undo_step)
+from run_log import RunDirError, RunLog, check_run_dir
+from utils import (ConfigError, autocast, generate, pick_device, pick_precision, rng_states, sample_grid,
+                   seed_everything, seeded_inference, set_rng_states)
 
-
-# ----------------------------------------------------------------------------- the objective (paper §3.1)
-
-def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor):
-    """-> (loss, real term, fake term). paper §3.3: divide D's objective by 2 to slow D relative to G."""
-    real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-    fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-    return (real + fake) / 2, real, fake
-
-
-def generator_loss(fake_logits: torch.Tensor, fake: torch.Tensor, target: torch.Tensor, l1_lambda: float):
-    """-> (loss, GAN term, L1 term). The non-saturating GAN loss (maximise log D(x, G(x))) plus lambda * L1."""
-    gan = F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
-    l1 = (fake - target).abs().mean()
-    return gan + l1_lambda * l1, gan, l1
-
-
-class RealFakeScores(nn.Module):
-    """D on (x, real) and on (x, fake) in one call, so DDP sees one forward per backward. The two batches
-    still go through D separately, keeping their batch-norm statistics apart as in the official code, and in its
-    order (fake first), so that D's running statistics also match it."""
-
-    def __init__(self, D: nn.Module):
-        super().__init__()
-        self.D = D
-
-    def forward(self, x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor):
-        fake_logits = self.D(x, fake)
-        return self.D(x, real), fake_logits
+LOSS_TERMS = ("d_real", "d_fake", "g_gan", "g_l1")
 
 
 def evaluate_generator(*args, **kwargs):
@@ -68,42 +46,145 @@ def evaluate_generator(*args, **kwargs):
     return evaluate(*args, **kwargs)
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+def write_samples(G, x, y, cfg, device, precision, path: Path) -> torch.Tensor:
+    """input | generated | target grid of the fixed val images; fixed dropout noise, training RNG untouched."""
+    fakes = []
+    with seeded_inference(G, cfg["TEST_MODE"], cfg["SEED"], device):
+        for i in range(0, len(x), cfg["BATCH_SIZE"]):  # batches as in training, for the batch statistics
+            fakes.append(generate(G, x[i:i + cfg["BATCH_SIZE"]], device, precision).cpu())
+    grid = sample_grid(x, torch.cat(fakes), y)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vutils.save_image(grid, path)
+    return grid
 
 
-def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
-    bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-    # all ranks skip or stop together: a lone rank skipping its backward would desync DDP's all-reduce
-    if max_over_ranks(int(bool(bad)), next(iter(losses.values())).device):
-        found = ", ".join(f"{k}={losses[k].item()}" for k in bad) or "loss on another process"
-        raise NonFiniteLoss(f"step {step}: non-finite {found}")
+def resolve_resume(cfg: dict[str, Any], checkpoint_dir: Path) -> Path | None:
+    """RESUME: "auto" continues RUN_DIR's last.pt if there is one; "never" refuses to overwrite it; or a path."""
+    last = checkpoint_dir / "last.pt"
+    if cfg["RESUME"] == "auto":
+        return last if last.exists() else None
+    if cfg["RESUME"] == "never":
+        if last.exists():
+            raise ConfigError(f"RESUME=never but {last} exists and would be overwritten; choose a new RUN_DIR, "
+                              f"or RESUME=auto to continue that run")
+        return None
+    path = Path(cfg["RESUME"])
+    if not path.is_file():
+        raise ConfigError(f"RESUME={cfg['RESUME']!r}: no such checkpoint file; use auto, never, or a .pt path")
+    return path
 
 
-def train_step(G, D, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, step: int):
-    """One iteration of paper §3.3: a D step, then a G step against the freshly updated D.
-    Returns the four loss terms as floats, or raises NonFiniteLoss before any poisoned update."""
-    with amp:
-        fake = G(x)
-        real_logits, fake_logits = D_scores(x, y, fake.detach())  # detach: the D step must not reach G
-    loss_D, d_real, d_fake = discriminator_loss(real_logits.float(), fake_logits.float())  # losses in fp32
-    check_finite({"d_real": d_real, "d_fake": d_fake}, step)
-    opt_D.zero_grad(set_to_none=True)
-    scaler_D.scale(loss_D).backward()
-    scaler_D.step(opt_D)
-    scaler_D.update()
+# ----------------------------------------------------------------------------- the run's phases
 
-    D.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only, not its weights
-    with amp:
-        fake_logits = D(x, fake)
-    loss_G, g_gan, g_l1 = generator_loss(fake_logits.float(), fake.float(), y.float(), cfg["L1_LAMBDA"])
-    D.requires_grad_(True)
-    check_finite({"g_gan": g_gan, "g_l1": g_l1}, step)
-    opt_G.zero_grad(set_to_none=True)
-    scaler_G.scale(loss_G).backward()
-    scaler_G.step(opt_G)
-    scaler_G.update()
-    return {"d_real": d_real.item(), "d_fake": d_fake.item(), "g_gan": g_gan.item(), "g_l1": g_l1.item()}
+def make_loaders(cfg: dict[str, Any], device: torch.device, rank: int, world_size: int,
+                 cleanup: contextlib.ExitStack) -> dict[str, Any]:
+    """The training and validation data; a bad file stops us here, before the first step."""
+    if rank == 0:
+        ensure_default_data(cfg)
+    barrier(world_size)
+    train_set, val_set = build_datasets(cfg)
+    if len(train_set) < world_size:
+        raise DatasetError(f"{cfg['TRAIN_DIR']}: {len(train_set)} usable images for {world_size} processes; each "
+                           f"process needs at least one: add images or start fewer (torchrun --nproc_per_node)")
+    sampler = AugmentationSampler(len(train_set), cfg["SEED"], rank, world_size)
+    loader_rng = torch.Generator().manual_seed(cfg["SEED"])  # worker seeds must not consume the dropout RNG
+    loader = DataLoader(train_set, batch_size=cfg["BATCH_SIZE"], sampler=sampler, num_workers=cfg["NUM_WORKERS"],
+                        pin_memory=device.type == "cuda", persistent_workers=cfg["NUM_WORKERS"] > 0,
+                        generator=loader_rng, worker_init_fn=ignore_stop_signals)
+    cleanup.callback(shut_down_workers, loader)  # never left for interpreter exit (where they would hang it)
+    # evaluation batches match training's, so the paper's test mode sees batch statistics like training's
+    val_loader = DataLoader(Subset(val_set, range(min(len(val_set), cfg["VAL_MAX_IMAGES"] or len(val_set)))),
+                            batch_size=cfg["BATCH_SIZE"], num_workers=0)
+    return {"train_set": train_set, "val_set": val_set, "sampler": sampler, "loader_rng": loader_rng,
+            "loader": loader, "val_loader": val_loader, "samples": sample_batch(val_set, cfg["N_SAMPLES"])}
+
+
+def make_training_state(cfg: dict[str, Any], device: torch.device, world_size: int,
+                        memory_format: torch.memory_format, precision: str) -> dict[str, Any]:
+    """The networks, optimisers, LR schedules and loss scalers: checkpoint.TRAINING_STATE, by its names.
+    paper §3.3: Adam, lr 2e-4, betas (0.5, 0.999); the LR constant for N_EPOCHS, then linear to 0."""
+    G, D = build_models(cfg)
+    if cfg["SYNC_BN"] and world_size > 1:
+        G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
+    G, D = G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
+    opt_G, opt_D = make_optimizers(G, D, cfg, device)
+    schedule = lambda epoch: lr_factor(epoch, cfg["N_EPOCHS"], cfg["N_EPOCHS_DECAY"])  # noqa: E731
+    scaler_G, scaler_D = make_grad_scalers(device, precision)
+    return {"generator": G, "discriminator": D, "opt_G": opt_G, "opt_D": opt_D,
+            "sched_G": torch.optim.lr_scheduler.LambdaLR(opt_G, schedule),
+            "sched_D": torch.optim.lr_scheduler.LambdaLR(opt_D, schedule), "scaler_G": scaler_G, "scaler_D": scaler_D}
+
+
+def restore(path: Path, cfg: dict[str, Any], state: dict[str, Any], loader_rng: torch.Generator, rank: int,
+            world_size: int) -> dict[str, Any]:
+    """Continue the checkpoint at `path` exactly: weights, optimisers, schedules, scalers, RNGs and progress."""
+    ckpt = load_checkpoint(path)
+    check_resume_compatible(ckpt, cfg, path, state["discriminator"])
+    saved = restore_training_state(ckpt, state)
+    if keep_legacy_skips(state["generator"], ckpt) and rank == 0:
+        print(f"note: {path} predates the U-Net skip fix; this run keeps its legacy skip activations "
+              f"(skip_relu=False) so its function does not change. Train in a new RUN_DIR for the reference one")
+    rank_rngs = saved["rank_rngs"] or []  # every rank's RNG: each continues its own dropout noise
+    set_rng_states(rank_rngs[rank] if len(rank_rngs) == world_size else saved["rng"])
+    if rank and len(rank_rngs) != world_size:  # saved with another number of processes: fresh noise
+        seed_everything(cfg["SEED"] + rank + saved["step"])
+    loader_rng.set_state(saved["loader_rng"])
+    if rank == 0:
+        print(f"resuming from {path}: epoch {saved['epoch'] + 1}, batch {saved['batch_in_epoch']}, "
+              f"step {saved['step']}")
+    return {k: saved[k] for k in ("epoch", "batch_in_epoch", "step", "best_val_l1")}
+
+
+def wrap_for_training(G: nn.Module, D: nn.Module, cfg: dict[str, Any], device: torch.device, local_rank: int,
+                      world_size: int) -> tuple[nn.Module, nn.Module, nn.Module]:
+    """(G, D on (x, real) and (x, fake), D) as train_step runs them: under DDP with several processes, compiled
+    with COMPILE. Checkpoints always save the plain G and D."""
+    G_train, D_scores = G, RealFakeScores(D)
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ids = [local_rank] if device.type == "cuda" else None
+        G_train, D_scores = DDP(G, device_ids=ids), DDP(D_scores, device_ids=ids)
+    if cfg["COMPILE"]:
+        return torch.compile(G_train), torch.compile(D_scores), torch.compile(D)
+    return G_train, D_scores, D
+
+
+def save_checkpoint(path: Path, state: dict[str, Any], progress: dict[str, Any], rank_rngs: list,
+                    loader_rng: torch.Generator, cfg: dict[str, Any]) -> None:
+    save_training_state(path, state, progress, {"rng": rng_states(), "rank_rngs": rank_rngs,
+                                                "loader_rng": loader_rng.get_state()}, cfg)
+
+
+def end_of_epoch(row: dict[str, Any], progress: dict[str, Any], state: dict[str, Any], data: dict[str, Any],
+                 rank_rngs: list, cfg: dict[str, Any], device: torch.device, precision: str, log: RunLog) -> None:
+    """Rank 0, after epoch progress["epoch"] (1-based: completed epochs): samples, validation, log row, checkpoints
+    and the generator export. The other ranks wait at a barrier meanwhile: no collectives in here."""
+    epoch, step = progress["epoch"], progress["step"]
+    G, D = state["generator"], state["discriminator"]
+    run_dir = Path(cfg["RUN_DIR"])
+    ckpt_dir = run_dir / "checkpoints"
+    G_solo = without_sync_bn(G)
+    if cfg["SAMPLE_EVERY"] and epoch % cfg["SAMPLE_EVERY"] == 0:
+        grid = write_samples(G_solo, *data["samples"], cfg, device, precision,
+                             run_dir / "samples" / f"epoch_{epoch:04d}.png")
+        log.tb.add_image("samples", grid, step)
+    if cfg["VAL_EVERY"] and epoch % cfg["VAL_EVERY"] == 0:
+        val = evaluate_generator(G_solo, data["val_loader"], device, precision, cfg["TEST_MODE"],
+                                 cfg["SEED"])["summary"]
+        row |= {f"val_{k}": val[k] for k in ("l1", "psnr", "ssim", "ratio")}  # a None ratio: empty in log.csv
+        log.scalars({k: val[k] for k in ("l1", "psnr", "ssim", "ratio") if val[k] is not None}, step, "val")
+        ratio = "n/a (needs 2+ images)" if val["ratio"] is None else f"{val['ratio']:.3f}"
+        print(f"  val: L1 {val['l1']:.4f}  PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}  "
+              f"own/other L1 ratio {ratio}  ({val['n_images']} images)")
+        if val["l1"] < progress["best_val_l1"]:
+            progress["best_val_l1"] = val["l1"]
+            save_checkpoint(ckpt_dir / "best.pt", state, progress, rank_rngs, data["loader_rng"], cfg)
+            save_generator(run_dir / "generator_best.pt", G, D, epoch, cfg)
+    log.epoch_row(row)
+    save_checkpoint(ckpt_dir / "last.pt", state, progress, rank_rngs, data["loader_rng"], cfg)
+    if cfg["SNAPSHOT_EVERY"] and epoch % cfg["SNAPSHOT_EVERY"] == 0:
+        save_checkpoint(ckpt_dir / f"epoch_{epoch:04d}.pt", state, progress, rank_rngs, data["loader_rng"], cfg)
+    save_generator(run_dir / "generator.pt", G, D, epoch, cfg)
 
 
 # ----------------------------------------------------------------------------- the run
@@ -135,125 +216,64 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         remove_stale_temp_files(ckpt_dir, run_dir)
     seed_everything(cfg["SEED"] + rank)  # models are identical anyway: DDP broadcasts rank 0's weights
 
-    # data: a bad file stops us here, before the first step
-    if master:
-        ensure_default_data(cfg)
-    barrier(world_size)
-    train_set, val_set = build_datasets(cfg)
-    if len(train_set) < world_size:
-        raise DatasetError(f"{cfg['TRAIN_DIR']}: {len(train_set)} usable images for {world_size} processes; each "
-                           f"process needs at least one: add images or start fewer (torchrun --nproc_per_node)")
-    sampler = AugmentationSampler(len(train_set), cfg["SEED"], rank, world_size)
-    loader_rng = torch.Generator().manual_seed(cfg["SEED"])  # worker seeds must not consume the dropout RNG
-    loader = DataLoader(train_set, batch_size=cfg["BATCH_SIZE"], sampler=sampler, num_workers=cfg["NUM_WORKERS"],
-                        pin_memory=device.type == "cuda", persistent_workers=cfg["NUM_WORKERS"] > 0,
-                        generator=loader_rng, worker_init_fn=ignore_stop_signals)
-    cleanup.callback(shut_down_workers, loader)  # never left for interpreter exit (where they would hang it)
-    # evaluation batches match training's, so the paper's test mode sees batch statistics like training's
-    val_loader = DataLoader(Subset(val_set, range(min(len(val_set), cfg["VAL_MAX_IMAGES"] or len(val_set)))),
-                            batch_size=cfg["BATCH_SIZE"], num_workers=0)
-    sample_x, sample_y = sample_batch(val_set, cfg["N_SAMPLES"])
-
-    # models and optimisers (paper §3.3: Adam, lr 2e-4, betas (0.5, 0.999); LR constant then linear to 0)
-    G, D = build_models(cfg)
-    if cfg["SYNC_BN"] and world_size > 1:
-        G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
-    G, D = G.to(device, memory_format=memory_format), D.to(device, memory_format=memory_format)
-    opt_G, opt_D = make_optimizers(G, D, cfg, device)
-    schedule = lambda epoch: lr_factor(epoch, cfg["N_EPOCHS"], cfg["N_EPOCHS_DECAY"])  # noqa: E731
-    sched_G = torch.optim.lr_scheduler.LambdaLR(opt_G, schedule)
-    sched_D = torch.optim.lr_scheduler.LambdaLR(opt_D, schedule)
-    scaler_G, scaler_D = make_grad_scalers(device, precision)
-
-    start_epoch, step, batch_in_epoch, best_val_l1 = 0, 0, 0, float("inf")
+    data = make_loaders(cfg, device, rank, world_size, cleanup)
+    state = make_training_state(cfg, device, world_size, memory_format, precision)
+    G, D = state["generator"], state["discriminator"]
+    progress = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best_val_l1": float("inf")}
     if resume_path:
-        ckpt = load_checkpoint(resume_path)
-        check_resume_compatible(ckpt, cfg, resume_path)
-        for obj, key in ((G, "generator"), (D, "discriminator"), (opt_G, "opt_G"), (opt_D, "opt_D"),
-                         (sched_G, "sched_G"), (sched_D, "sched_D"), (scaler_G, "scaler_G"), (scaler_D, "scaler_D")):
-            obj.load_state_dict(ckpt[key])
-        if keep_legacy_skips(G, ckpt) and master:
-            print(f"note: {resume_path} predates the U-Net skip fix; this run keeps its legacy skip activations "
-                  f"(skip_relu=False) so its function does not change. Train in a new RUN_DIR for the reference one")
-        rank_rngs = ckpt.get("rank_rngs") or []  # every rank's RNG: each continues its own dropout noise
-        set_rng_states(rank_rngs[rank] if len(rank_rngs) == world_size else ckpt["rng"])
-        if rank and len(rank_rngs) != world_size:  # saved with another number of processes: fresh noise
-            seed_everything(cfg["SEED"] + rank + ckpt["step"])
-        loader_rng.set_state(ckpt["loader_rng"])
-        start_epoch, step, batch_in_epoch = ckpt["epoch"], ckpt["step"], ckpt["batch_in_epoch"]
-        best_val_l1 = ckpt.get("best_val_l1", best_val_l1)
-        if master:
-            print(f"resuming from {resume_path}: epoch {start_epoch + 1}, batch {batch_in_epoch}, step {step}")
-    check_ranks_agree(world_size, resume_from=resume_path and str(resume_path), step=step,
-                      train_images=len(train_set))
+        progress = restore(resume_path, cfg, state, data["loader_rng"], rank, world_size)
+    check_ranks_agree(world_size, resume_from=resume_path and str(resume_path), step=progress["step"],
+                      train_images=len(data["train_set"]))
 
-    G_train, D_scores = G, RealFakeScores(D)
-    if world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        ids = [local_rank] if device.type == "cuda" else None
-        G_train, D_scores = DDP(G, device_ids=ids), DDP(D_scores, device_ids=ids)
-    D_step = D
-    if cfg["COMPILE"]:
-        G_train, D_scores, D_step = torch.compile(G_train), torch.compile(D_scores), torch.compile(D)
+    G_train, D_scores, D_step = wrap_for_training(G, D, cfg, device, local_rank, world_size)
 
-    def checkpoint(path: Path) -> None:
-        atomic_save({"generator": G.state_dict(), "discriminator": D.state_dict(),
-                     "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(),
-                     "sched_G": sched_G.state_dict(), "sched_D": sched_D.state_dict(),
-                     "scaler_G": scaler_G.state_dict(), "scaler_D": scaler_D.state_dict(),
-                     "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "best_val_l1": best_val_l1,
-                     "rng": rng_states(), "rank_rngs": rank_rngs, "loader_rng": loader_rng.get_state(),
-                     "config": cfg, **model_hparams(G, D)}, path)
-
-    def export_generator(path: Path) -> None:
-        atomic_save({"generator": G.state_dict(), "epoch": epoch, "config": cfg, **model_hparams(G, D)}, path)
-
-    total_epochs = cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"]
+    start_epoch, total_epochs = progress["epoch"], cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"]
     if start_epoch >= total_epochs:
         if master:
             print(f"{run_dir} already finished its {total_epochs} epochs; nothing to do (new RUN_DIR to retrain)")
         return 0
-    log = None
+    log, flops = None, training_flops_per_image(cfg)
     if master:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
         log = RunLog(run_dir, resume_epoch=start_epoch)
         cleanup.callback(log.close)
-        flops = training_flops_per_image(cfg)
-        peak = measure_peak_flops(device, precision)
         print("config:", json.dumps(cfg))
         print(f"device {device} ({precision}), {world_size} process(es), global batch "
               f"{cfg['BATCH_SIZE'] * world_size}; G {sum(p.numel() for p in G.parameters()) / 1e6:.2f} M params, "
-              f"D {sum(p.numel() for p in D.parameters()) / 1e6:.2f} M; {len(train_set)} train / {len(val_set)} "
-              f"val images; {flops / 1e9:.1f} GFLOP per training image; measured conv peak {peak / 1e12:.2f} TFLOP/s")
+              f"D {sum(p.numel() for p in D.parameters()) / 1e6:.2f} M; {len(data['train_set'])} train / "
+              f"{len(data['val_set'])} val images; {flops / 1e9:.1f} GFLOP per training image")
 
     stop = StopRequest(announce=master)
     cleanup.callback(stop.release)  # after the loop a signal must end the process as usual
-    epoch, rank_rngs = start_epoch, []
+    rank_rngs: list = []  # every rank's RNG state, gathered whenever a checkpoint is written
     for epoch in range(start_epoch, total_epochs):
-        sampler.set_epoch(epoch, skip=batch_in_epoch * cfg["BATCH_SIZE"])
-        sums = dict.fromkeys(("d_real", "d_fake", "g_gan", "g_l1"), 0.0)
+        data["sampler"].set_epoch(epoch, skip=progress["batch_in_epoch"] * cfg["BATCH_SIZE"])
+        sums = dict.fromkeys(LOSS_TERMS, 0.0)
         n_ok, skipped, images, speed, t0 = 0, 0, 0, 0.0, time.perf_counter()
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not master, dynamic_ncols=True,
-                   initial=batch_in_epoch, total=batch_in_epoch + len(loader))
+        bar = tqdm(data["loader"], desc=f"epoch {epoch + 1}/{total_epochs}", disable=not master,
+                   dynamic_ncols=True, initial=progress["batch_in_epoch"],
+                   total=progress["batch_in_epoch"] + len(data["loader"]))
         for x, y in bar:
             x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             y = y.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             # ON_NAN=skip: D may have stepped, and batch-norm statistics moved, before a non-finite loss shows
-            saved = state_before_step(G, D, opt_D, scaler_D) if cfg["ON_NAN"] == "skip" else None
+            saved = state_before_step(G, D, state["opt_D"], state["scaler_D"]) if cfg["ON_NAN"] == "skip" else None
             try:
-                losses = train_step(G_train, D_step, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, step)
+                losses = train_step(G_train, D_step, D_scores, state["opt_G"], state["opt_D"], state["scaler_G"],
+                                    state["scaler_D"], x, y, cfg, amp, progress["step"])
                 n_ok += 1
                 for k in sums:
                     sums[k] += losses[k]
             except NonFiniteLoss as e:
                 if cfg["ON_NAN"] == "stop":
                     raise
-                undo_step(saved, G, D, opt_D, scaler_D)
+                undo_step(saved, G, D, state["opt_D"], state["scaler_D"])
                 skipped += 1
                 print(f"\n{e}; skipping this step (ON_NAN=skip)", file=sys.stderr)
-            step += 1
-            batch_in_epoch += 1
+            progress["step"] += 1
+            progress["batch_in_epoch"] += 1
+            step = progress["step"]
             images += x.shape[0] * world_size
             speed = images / (time.perf_counter() - t0)
             if master:
@@ -265,7 +285,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
             if stopping or (cfg["CHECKPOINT_EVERY_STEPS"] and step % cfg["CHECKPOINT_EVERY_STEPS"] == 0):
                 rank_rngs = gather_from_ranks(rng_states(), world_size)  # (every rank agrees on saving)
                 if master:
-                    checkpoint(ckpt_dir / "last.pt")
+                    save_checkpoint(ckpt_dir / "last.pt", state, progress, rank_rngs, data["loader_rng"], cfg)
             if stopping:
                 if master:
                     bar.close()
@@ -273,60 +293,24 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                           f"{resume_command(cfg, sys.argv[1:] if argv is None else argv, world_size)}")
                 return stop.exit_code()
         bar.close()
-        epoch, batch_in_epoch = epoch + 1, 0  # `epoch` now counts completed epochs, as checkpoints store it
-        epoch_lr = opt_G.param_groups[0]["lr"]  # the LR this epoch trained with (log it, not the next epoch's)
-        sched_G.step()
-        sched_D.step()
+        progress["epoch"], progress["batch_in_epoch"] = epoch + 1, 0  # checkpoints store completed epochs
+        epoch_lr = state["opt_G"].param_groups[0]["lr"]  # the LR this epoch trained with, not the next epoch's
+        state["sched_G"].step()
+        state["sched_D"].step()
         *totals, n_ok = sum_over_ranks([*sums.values(), n_ok], device)  # log means over every rank's images
         sums = dict(zip(sums, totals))
         rank_rngs = gather_from_ranks(rng_states(), world_size)
-        if not master:
-            barrier(world_size)
-            continue
-        row = {k: v / max(n_ok, 1) for k, v in sums.items()} | {
-            "epoch": epoch, "step": step, "lr": epoch_lr, "skipped_steps": skipped,
-            "images_per_s": speed}
-        print(f"epoch {epoch}: {images / (time.perf_counter() - t0):.2f} img/s, "
-              f"{speed * flops / 1e12:.3f} TFLOP/s, MFU {speed * flops / peak:.1%} of measured conv peak")
-        G_solo = without_sync_bn(G)  # the other ranks wait at the barrier below: no collectives in here
-        if cfg["SAMPLE_EVERY"] and epoch % cfg["SAMPLE_EVERY"] == 0:
-            sample_path = run_dir / "samples" / f"epoch_{epoch:04d}.png"
-            grid = write_samples(G_solo, sample_x, sample_y, cfg, device, precision, sample_path)
-            log.tb.add_image("samples", grid, step)
-        if cfg["VAL_EVERY"] and epoch % cfg["VAL_EVERY"] == 0:
-            val = evaluate_generator(G_solo, val_loader, device, precision, cfg["TEST_MODE"], cfg["SEED"])["summary"]
-            row |= {f"val_{k}": val[k] for k in ("l1", "psnr", "ssim", "ratio")}  # a None ratio: empty in log.csv
-            log.scalars({k: val[k] for k in ("l1", "psnr", "ssim", "ratio") if val[k] is not None}, step, "val")
-            ratio = "n/a (needs 2+ images)" if val["ratio"] is None else f"{val['ratio']:.3f}"
-            print(f"  val: L1 {val['l1']:.4f}  PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}  "
-                  f"own/other L1 ratio {ratio}  ({val['n_images']} images)")
-            if val["l1"] < best_val_l1:
-                best_val_l1 = val["l1"]
-                checkpoint(ckpt_dir / "best.pt")
-                export_generator(run_dir / "generator_best.pt")
-        log.epoch_row(row)
-        checkpoint(ckpt_dir / "last.pt")
-        if cfg["SNAPSHOT_EVERY"] and epoch % cfg["SNAPSHOT_EVERY"] == 0:
-            checkpoint(ckpt_dir / f"epoch_{epoch:04d}.pt")
-        export_generator(run_dir / "generator.pt")
+        if master:
+            print(f"epoch {epoch + 1}: {images / (time.perf_counter() - t0):.2f} img/s, "
+                  f"{speed * flops / 1e12:.3f} TFLOP/s")
+            row = {k: v / max(n_ok, 1) for k, v in sums.items()} | {
+                "epoch": epoch + 1, "step": progress["step"], "lr": epoch_lr, "skipped_steps": skipped,
+                "images_per_s": speed}
+            end_of_epoch(row, progress, state, data, rank_rngs, cfg, device, precision, log)
         barrier(world_size)
     if master:
         print(f"done: {run_dir / 'generator.pt'} (load it with utils.load_generator)")
     return 0
-
-
-def write_samples(G, x, y, cfg, device, precision, path: Path) -> torch.Tensor:
-    """input | generated | target grid of the fixed val images; fixed dropout noise, training RNG untouched."""
-    import torchvision.utils as vutils
-    fakes = []
-    with fixed_noise(cfg["SEED"], device), test_mode(G, cfg["TEST_MODE"]):
-        for i in range(0, len(x), cfg["BATCH_SIZE"]):  # batches as in training, for the batch statistics
-            with autocast(device, precision):
-                fakes.append(G(x[i:i + cfg["BATCH_SIZE"]].to(device)).float().cpu())
-    grid = sample_grid(x, torch.cat(fakes), y)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    vutils.save_image(grid, path)
-    return grid
 
 
 if __name__ == "__main__":

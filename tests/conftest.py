@@ -108,8 +108,3 @@ def one_thread_and_own_signals():
         signal.signal(s, h)
 
 
-@pytest.fixture
-def no_peak_probe(monkeypatch):
-    """Skip the ~2 s convolution probe behind the MFU figure that train.py logs (tested on its own)."""
-    import train
-    monkeypatch.setattr(train, "measure_peak_flops", lambda *args, **kwargs: 1e12)

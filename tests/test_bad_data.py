@@ -16,7 +16,6 @@ from conftest import make_pair_image, tiny_args, write_pairs
 from dataset import DatasetError, PairedImageDataset, check_image, list_images, open_image, scan_images
 
 
-pytestmark = pytest.mark.usefixtures("no_peak_probe")
 
 
 def pair(seed: int = 0, size: int = 32) -> np.ndarray:

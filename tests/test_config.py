@@ -1,4 +1,4 @@
-"""Tests for config.py and utils.load_config: overrides and types, typo hints, no code evaluation, presets,
+"""Tests for config.py and configurator.load_config: overrides and types, typo hints, no code evaluation, presets,
 validation messages, and train.py's command-line error handling (CPU, ~10 s; one subprocess).
 
     python -m pytest tests/test_config.py -q
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import config as default_config
-from utils import ConfigError, load_config
+from configurator import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -19,7 +19,7 @@ import train
 from conftest import ROOT, tiny_args
 from dataset import (PREPROCESS_MODES, DatasetError, PairedImageDataset, build_datasets, detect_layout, resize,
                      sample_batch)
-from utils import load_config
+from configurator import load_config
 
 
 def save(path: Path, array: np.ndarray, **options) -> Path:
@@ -214,7 +214,7 @@ def test_variable_sizes_need_batch_one(tmp_path):
     assert x.shape == (3, 3, 32, 32)
 
 
-def test_train_on_a_b_crops_then_predict_whole_images(tmp_path, no_peak_probe, capsys):
+def test_train_on_a_b_crops_then_predict_whole_images(tmp_path, capsys):
     """PREPROCESS=crop on A/ + B/ folders of 40x72 images trains; predict.py then picks --fit pad by itself and
     gives each whole image back at its size."""
     for split, n in (("train", 4), ("val", 2)):

@@ -15,7 +15,7 @@ from PIL import Image
 import dataset
 import synthetic_data
 from dataset import AugmentationSampler, DatasetError, PairedImageDataset, ensure_default_data, list_images
-from utils import load_config
+from configurator import load_config
 
 
 def save(path: Path, array: np.ndarray) -> Path:

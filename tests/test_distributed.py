@@ -377,6 +377,8 @@ def worker(argv: list[str]) -> int:
     """Run train.main on this rank with the wrapped names in place; always leave DUMP/rank<r>.pt behind."""
     import torch.nn as nn
 
+    import checkpoint
+    import pix2pix
     import train
 
     sep = argv.index("--")
@@ -450,9 +452,10 @@ def worker(argv: list[str]) -> int:
     wrapped = {"build_models": build_models, "train_step": train_step, "generator_loss": generator_loss}
     wrapped |= {name: recorder(name) for name in
                 ("evaluate_generator", "write_samples", "RunLog", "atomic_save", "load_checkpoint")}
-    real = {name: getattr(train, name) for name in wrapped}
+    home = {"generator_loss": pix2pix, "atomic_save": checkpoint}  # the module whose global the run calls
+    real = {name: getattr(home.get(name, train), name) for name in wrapped}
     for name, fn in wrapped.items():
-        setattr(train, name, fn)
+        setattr(home.get(name, train), name, fn)
     try:
         code = train.main(train_args)
         rec["exit"] = code

@@ -29,7 +29,7 @@ VAL_FILES = ["000.png", "001.png", "002.png", "003.png"]  # conftest.tiny_run's 
 def evaluated(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("evaluate") / "out"
     assert evaluate.main(["--checkpoint", str(tiny_run / "run" / "generator.pt"), "--data",
-                          str(tiny_run / "data" / "val"), "--out", str(out)]) == 0
+                          str(tiny_run / "data" / "val"), "--output", str(out)]) == 0
     return out
 
 
@@ -127,7 +127,7 @@ def test_unreadable_file_is_skipped_and_listed(tiny_run, tmp_path):
     shutil.copytree(tiny_run / "data" / "val", data)
     (data / "broken.png").write_bytes(b"not an image")
     assert evaluate.main(["--checkpoint", str(tiny_run / "run" / "generator.pt"), "--data", str(data),
-                          "--out", str(tmp_path / "out"), "--mode", "eval"]) == 0
+                          "--output", str(tmp_path / "out"), "--mode", "eval"]) == 0
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["skipped_files"] == ["broken.png"] and summary["n_images"] == 4
     assert [r["file"] for r in read_csv(tmp_path / "out" / "metrics.csv")] == VAL_FILES
@@ -137,7 +137,7 @@ def test_unreadable_file_is_skipped_and_listed(tiny_run, tmp_path):
 def test_missing_checkpoint_or_data_is_a_clear_error(tiny_run, tmp_path, capsys, what):
     checkpoint = tmp_path / "none.pt" if what == "checkpoint" else tiny_run / "run" / "generator.pt"
     data = tmp_path / "no_such_folder" if what == "data" else tiny_run / "data" / "val"
-    assert evaluate.main(["--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "o")]) == 1
+    assert evaluate.main(["--checkpoint", str(checkpoint), "--data", str(data), "--output", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "does not exist" in err and "Traceback" not in err
 

@@ -155,7 +155,6 @@ def test_training_leaves_no_worker_processes_and_gives_the_signals_back(tiny_dat
     import multiprocessing
 
     import train
-    monkeypatch.setattr(train, "measure_peak_flops", lambda *args, **kwargs: 1e12)
     sentinel = lambda signum, frame: None  # noqa: E731
     signal.signal(signal.SIGTERM, sentinel)
     args = tiny_args(tiny_data, tmp_path / "run", NUM_WORKERS=2, N_EPOCHS_DECAY=0, SAMPLE_EVERY=0)

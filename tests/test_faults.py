@@ -28,18 +28,21 @@ from pathlib import Path
 import pytest
 import torch
 
+import checkpoint
+import configurator
 import generator_model
+import pix2pix
+import run_log
 import train
 import utils
+from checkpoint import CheckpointError, atomic_save, load_checkpoint
 from conftest import ROOT, tiny_args
 from dataset import PairedImageDataset
-from utils import CheckpointError, atomic_save, load_checkpoint
 
 FAST = dict(VAL_EVERY=0, SAMPLE_EVERY=0)  # no validation or sample grids: only training steps
 ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")  # 1 thread: far faster on shared cores
 
 
-pytestmark = pytest.mark.usefixtures("no_peak_probe")
 
 
 def sha(path: Path) -> str:
@@ -196,7 +199,7 @@ def test_fewer_images_than_processes_is_a_clear_error(tmp_path, monkeypatch):
 
 # Imports train (torch, torch._dynamo, tensorboard, matplotlib: most of a start's ~8 s on busy cores) once, then
 # forks one real process per training run: each gets SIGKILLed like any process, and the test fits its time
-# budget. The MFU peak measurement (a log figure only, ~2 s on busy cores) is stubbed.
+# budget.
 # Protocol: stdin line = JSON [argv, log path, extra environment]; stdout: the child's pid, then its wait status.
 ZYGOTE = r"""
 import json, os, sys, traceback
@@ -204,7 +207,6 @@ sys.path.insert(0, sys.argv[1])
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot, torch._dynamo, torch.utils.tensorboard, train
-train.measure_peak_flops = lambda *args: 1e12
 for line in sys.stdin:
     args, log, env = json.loads(line)
     pid = os.fork()
@@ -348,16 +350,16 @@ def test_failed_save_keeps_previous_checkpoint_and_explains(tmp_path, monkeypatc
     enospc = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     eacces = PermissionError(errno.EACCES, os.strerror(errno.EACCES))
     if failure == "open":  # read-only folder (chmod does not stop root, so simulate it)
-        monkeypatch.setattr(utils, "open", lambda *a, **k: (_ for _ in ()).throw(eacces), raising=False)
+        monkeypatch.setattr(checkpoint, "open", lambda *a, **k: (_ for _ in ()).throw(eacces), raising=False)
     elif failure == "write":  # disk fills up halfway through the file
         def half_then_full(obj, f, *a, **k):
             f.write(b"PK\x03\x04 half a zip")
             raise enospc
         monkeypatch.setattr(torch, "save", half_then_full)
     elif failure == "fsync":
-        monkeypatch.setattr(utils.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
+        monkeypatch.setattr(checkpoint.os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.EIO, "I/O error")))
     elif failure == "replace":
-        monkeypatch.setattr(utils.os, "replace", lambda a, b: (_ for _ in ()).throw(eacces))
+        monkeypatch.setattr(checkpoint.os, "replace", lambda a, b: (_ for _ in ()).throw(eacces))
     else:  # a real ENOSPC from the kernel: the temp file name points at /dev/full
         if not Path("/dev/full").exists():
             pytest.skip("no /dev/full")
@@ -414,13 +416,13 @@ def test_unusable_run_dir_is_a_one_line_error_before_any_work(tiny_data, tmp_pat
         run_dir.write_text("not a folder")
     elif case == "full":
         full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        monkeypatch.setattr(utils.os, "fsync", lambda fd: (_ for _ in ()).throw(full))
+        monkeypatch.setattr(run_log.os, "fsync", lambda fd: (_ for _ in ()).throw(full))
     else:
         code = errno.EACCES if case == "not_writable" else errno.EROFS
         denied = OSError(code, os.strerror(code), str(run_dir / "probe"))
-        monkeypatch.setattr(utils, "open", lambda *a, **k: (_ for _ in ()).throw(denied), raising=False)
+        monkeypatch.setattr(run_log, "open", lambda *a, **k: (_ for _ in ()).throw(denied), raising=False)
     built = []
-    monkeypatch.setattr(utils, "build_models", lambda cfg: built.append(cfg))
+    monkeypatch.setattr(pix2pix, "build_models", lambda cfg: built.append(cfg))
     monkeypatch.setattr(sys, "argv", ["train.py", *tiny_args(tiny_data, run_dir, **FAST)])
     with pytest.raises(SystemExit) as exit_:
         runpy.run_path(str(ROOT / "train.py"), run_name="__main__")
@@ -434,20 +436,20 @@ def test_unusable_run_dir_is_a_one_line_error_before_any_work(tiny_data, tmp_pat
 
 def test_run_dir_check_leaves_a_usable_folder_as_it_was(tmp_path):
     run_dir = tmp_path / "a" / "b" / "run"
-    utils.check_run_dir(run_dir)
+    run_log.check_run_dir(run_dir)
     assert not (tmp_path / "a").exists()  # made for the probe, removed again
     run_dir.mkdir(parents=True)
     (run_dir / "log.csv").write_text("kept")
-    utils.check_run_dir(run_dir)
+    run_log.check_run_dir(run_dir)
     assert [p.name for p in run_dir.iterdir()] == ["log.csv"]
 
 
 # ----------------------------------------------------------------------------- NaN / Inf
 
 def tiny_models():
-    cfg = utils.load_config(tiny_args(Path("."), Path("."), DROPOUT=False))
-    G, D = utils.build_models(cfg)
-    opt_G, opt_D = utils.make_optimizers(G, D, cfg, torch.device("cpu"))
+    cfg = configurator.load_config(tiny_args(Path("."), Path("."), DROPOUT=False))
+    G, D = pix2pix.build_models(cfg)
+    opt_G, opt_D = pix2pix.make_optimizers(G, D, cfg, torch.device("cpu"))
     scalers = [torch.amp.GradScaler("cpu", enabled=False) for _ in range(2)]
     return cfg, G, D, opt_G, opt_D, scalers
 
@@ -455,7 +457,7 @@ def tiny_models():
 @pytest.mark.parametrize("poisoned", ["d_real", "d_fake", "g_gan", "g_l1"])
 def test_non_finite_loss_is_caught_before_any_poisoned_update(monkeypatch, poisoned):
     cfg, G, D, opt_G, opt_D, (scaler_G, scaler_D) = tiny_models()
-    real_d, real_g = train.discriminator_loss, train.generator_loss
+    real_d, real_g = pix2pix.discriminator_loss, pix2pix.generator_loss
     bad = torch.tensor(float("inf") if poisoned.endswith("l1") else float("nan"))
 
     def d_loss(*a):
@@ -467,13 +469,13 @@ def test_non_finite_loss_is_caught_before_any_poisoned_update(monkeypatch, poiso
         loss, gan, l1 = real_g(*a)
         gan, l1 = (gan + bad if poisoned == "g_gan" else gan), (l1 + bad if poisoned == "g_l1" else l1)
         return gan + 100 * l1, gan, l1
-    monkeypatch.setattr(train, "discriminator_loss", d_loss)
-    monkeypatch.setattr(train, "generator_loss", g_loss)
+    monkeypatch.setattr(pix2pix, "discriminator_loss", d_loss)
+    monkeypatch.setattr(pix2pix, "generator_loss", g_loss)
     g_before = {k: v.detach().clone() for k, v in G.named_parameters()}
     d_before = {k: v.detach().clone() for k, v in D.named_parameters()}
     x, y = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
-    with pytest.raises(train.NonFiniteLoss, match=rf"step 7: non-finite {poisoned}=(nan|inf)"):
-        train.train_step(G, D, train.RealFakeScores(D), opt_G, opt_D, scaler_G, scaler_D, x, y, cfg,
+    with pytest.raises(pix2pix.NonFiniteLoss, match=rf"step 7: non-finite {poisoned}=(nan|inf)"):
+        pix2pix.train_step(G, D, pix2pix.RealFakeScores(D), opt_G, opt_D, scaler_G, scaler_D, x, y, cfg,
                          torch.autocast("cpu", enabled=False), step=7)
     assert all(torch.equal(v, dict(G.named_parameters())[k]) for k, v in g_before.items())
     assert not opt_G.state  # G was never stepped
@@ -554,7 +556,7 @@ def test_nan_skip_undoes_the_whole_step_even_after_d_has_stepped(tiny_data, tmp_
     """A non-finite G loss is found after D's step. With ON_NAN=skip, every tensor of G, D, opt_G and opt_D
     (weights, batch-norm statistics, Adam moments and step counts) must be back to its value before the step."""
     skip, before, at_g_loss, current = 3, {}, {}, {}
-    real_step, real_g_loss = train.train_step, train.generator_loss
+    real_step, real_g_loss = train.train_step, pix2pix.generator_loss
 
     def train_step(G, D, D_scores, opt_G, opt_D, *args):
         current.update(step=args[-1], G=G, D=D, opt_G=opt_G, opt_D=opt_D)
@@ -568,7 +570,7 @@ def test_nan_skip_undoes_the_whole_step_even_after_d_has_stepped(tiny_data, tmp_
         at_g_loss.update(states(D=current["D"], opt_D=current["opt_D"]))
         return loss * float("nan"), gan * float("nan"), l1
     monkeypatch.setattr(train, "train_step", train_step)
-    monkeypatch.setattr(train, "generator_loss", generator_loss)
+    monkeypatch.setattr(pix2pix, "generator_loss", generator_loss)
     assert train.main(tiny_args(tiny_data, tmp_path / "run", ON_NAN="skip", N_EPOCHS=1, N_EPOCHS_DECAY=0,
                                 **FAST)) == 0
     assert log_rows(tmp_path / "run")[0]["skipped_steps"] == "1"

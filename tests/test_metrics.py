@@ -92,7 +92,7 @@ def test_evaluate_reports_the_ratio_of_a_single_image_as_undefined(tiny_run, tmp
     import evaluate
     out = tmp_path / "eval"
     assert evaluate.main(["--checkpoint", str(tiny_run / "run" / "generator.pt"), "--data",
-                          str(tiny_run / "data" / "val"), "--out", str(out), "--max-images", "1"]) == 0
+                          str(tiny_run / "data" / "val"), "--output", str(out), "--max-images", "1"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["ratio"] is None and summary["n_images"] == 1 and summary["l1"] > 0
     printed = capsys.readouterr().out

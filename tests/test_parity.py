@@ -21,7 +21,8 @@ import train
 from conftest import tiny_args, write_pairs
 from discriminator_model import PatchDiscriminator
 from generator_model import UNetGenerator
-from utils import CheckpointError, ConfigError, load_checkpoint, load_config, load_generator
+from checkpoint import CheckpointError, load_checkpoint, load_generator
+from configurator import ConfigError, load_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_unet_golden.pt"
 TOL = 1e-5  # the bound on max abs difference to the official network
@@ -248,7 +249,7 @@ def test_legacy_checkpoint_keeps_its_outputs(tiny_run, tmp_path):
         assert new.hparams["skip_relu"] is True and not torch.allclose(new(x), G(x), atol=1e-4)
 
 
-def test_resuming_a_legacy_checkpoint_continues_its_function(tiny_run, tmp_path, capsys, no_peak_probe):
+def test_resuming_a_legacy_checkpoint_continues_its_function(tiny_run, tmp_path, capsys):
     legacy = make_legacy(tiny_run / "run" / "checkpoints" / "last.pt", tmp_path / "legacy_last.pt")
     run_dir = tmp_path / "run"
     args = tiny_args(tiny_run / "data", run_dir, N_EPOCHS_DECAY=2, RESUME=legacy, VAL_EVERY=0, SAMPLE_EVERY=0)
@@ -328,14 +329,14 @@ def test_predict_paper_mode_output_does_not_depend_on_batch_mates(batch4_checkpo
 
 def test_evaluate_paper_mode_defaults_to_batch_1(batch4_checkpoint, tiny_run, tmp_path):
     data = tiny_run / "data" / "val"
-    assert evaluate.main(["--checkpoint", str(batch4_checkpoint), "--data", str(data), "--out",
+    assert evaluate.main(["--checkpoint", str(batch4_checkpoint), "--data", str(data), "--output",
                           str(tmp_path / "all")]) == 0
-    assert evaluate.main(["--checkpoint", str(batch4_checkpoint), "--data", str(data), "--out",
+    assert evaluate.main(["--checkpoint", str(batch4_checkpoint), "--data", str(data), "--output",
                           str(tmp_path / "one"), "--max-images", "1"]) == 0
     first = lambda out: (tmp_path / out / "metrics.csv").read_text().splitlines()[1]  # noqa: E731
     assert json.loads((tmp_path / "all" / "summary.json").read_text())["batch_size"] == 1
     assert first("all") == first("one")
-    assert evaluate.main(["--checkpoint", str(batch4_checkpoint), "--data", str(data), "--out",
+    assert evaluate.main(["--checkpoint", str(batch4_checkpoint), "--data", str(data), "--output",
                           str(tmp_path / "b4"), "--batch-size", "4"]) == 0
     assert first("b4") != first("one")
 
@@ -361,10 +362,10 @@ def test_predict_runs_an_official_file_without_direction(official_file, tmp_path
 def test_evaluate_official_file_needs_direction(official_file, tmp_path, capsys):
     write_pairs(tmp_path / "data", 2, size=32)
     args = ["--checkpoint", str(official_file), "--data", str(tmp_path / "data")]
-    assert evaluate.main(args + ["--out", str(tmp_path / "e0")]) == 2
+    assert evaluate.main(args + ["--output", str(tmp_path / "e0")]) == 2
     assert "stores no direction" in capsys.readouterr().err
     for direction in ("AtoB", "BtoA"):
-        assert evaluate.main(args + ["--out", str(tmp_path / direction), "--direction", direction]) == 0
+        assert evaluate.main(args + ["--output", str(tmp_path / direction), "--direction", direction]) == 0
     # the two directions feed different halves: different scores
     assert (tmp_path / "AtoB" / "metrics.csv").read_text() != (tmp_path / "BtoA" / "metrics.csv").read_text()
 
@@ -372,8 +373,8 @@ def test_evaluate_official_file_needs_direction(official_file, tmp_path, capsys)
 def test_evaluate_direction_must_agree_with_the_checkpoint(tiny_run, tmp_path, capsys):
     ckpt = tiny_run / "run" / "generator.pt"
     data = tiny_run / "data" / "val"
-    assert evaluate.main(["--checkpoint", str(ckpt), "--data", str(data), "--out", str(tmp_path / "a"),
+    assert evaluate.main(["--checkpoint", str(ckpt), "--data", str(data), "--output", str(tmp_path / "a"),
                           "--direction", "AtoB", "--max-images", "1"]) == 2
     assert "contradicts" in capsys.readouterr().err
-    assert evaluate.main(["--checkpoint", str(ckpt), "--data", str(data), "--out", str(tmp_path / "b"),
+    assert evaluate.main(["--checkpoint", str(ckpt), "--data", str(data), "--output", str(tmp_path / "b"),
                           "--direction", "BtoA", "--max-images", "1"]) == 0  # repeating its own is fine

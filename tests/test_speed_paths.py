@@ -6,9 +6,9 @@ import pytest
 import torch
 
 import bench
-import train
-from utils import (autocast, build_models, default_settings, make_grad_scalers, make_optimizers, pick_device,
-                   pick_precision)
+from configurator import default_settings
+from pix2pix import RealFakeScores, build_models, make_grad_scalers, make_optimizers, train_step
+from utils import autocast, pick_device, pick_precision
 
 CPU = torch.device("cpu")
 
@@ -63,7 +63,7 @@ def one_step(precision: str, channels_last: bool) -> tuple[dict, torch.Tensor]:
     scaler_G, scaler_D = make_grad_scalers(CPU, precision)
     x = torch.rand(2, 3, 32, 32).mul(2).sub(1).contiguous(memory_format=fmt)
     y = torch.rand(2, 3, 32, 32).mul(2).sub(1).contiguous(memory_format=fmt)
-    losses = train.train_step(G, D, train.RealFakeScores(D), opt_G, opt_D, scaler_G, scaler_D, x, y, cfg,
+    losses = train_step(G, D, RealFakeScores(D), opt_G, opt_D, scaler_G, scaler_D, x, y, cfg,
                               autocast(CPU, precision), 0)
     return losses, G.encoder[0][0].weight.detach().clone()
 
@@ -86,8 +86,8 @@ def test_bf16_step_stays_close_to_fp32_and_its_losses_are_fp32():
 
 
 def test_bench_reports_every_figure_as_json(capsys):
-    code = bench.main(["--image-size", "32", "--steps", "1", "--repeats", "1", "--warmup", "1", "--workers", "0",
-                       "--precision", "fp32", "--skip", "peak", "--json"])
+    code = bench.main(["--IMAGE_SIZE=32", "--steps", "1", "--repeats", "1", "--warmup", "1", "--NUM_WORKERS=0",
+                       "--PRECISION=fp32", "--skip", "peak", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["env"]["precision"] == "fp32" and out["env"]["image_size"] == 32
     for key in ("train_img_s", "infer_img_s", "onnx_infer_img_s", "data_img_s", "peak_memory_mb", "train_tflop_s"):

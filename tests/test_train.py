@@ -1,4 +1,4 @@
-"""Tests for train.py and the training helpers of utils.py: the losses, the LR schedule, the D/G step order,
+"""Tests for train.py and the method in pix2pix.py: the losses, the LR schedule, the D/G step order,
 bit-exact resume (at an epoch end and mid-epoch, with and without loader workers), checkpoints and
 load_generator, what a run writes, and a real learning test on CMP Facades.
 
@@ -19,14 +19,20 @@ import pytest
 import torch
 from PIL import Image
 
+import bench
+import checkpoint
+import configurator
+import pix2pix
 import run_log
 import train
 import utils
+from checkpoint import CheckpointError, atomic_save, load_checkpoint, load_generator
+from configurator import load_config
 from conftest import tiny_args, write_pairs
 from dataset import PairedImageDataset
 from generator_model import UNetGenerator
+from pix2pix import lr_factor
 from run_log import COLUMNS
-from utils import CheckpointError, atomic_save, load_checkpoint, load_config, load_generator, lr_factor
 
 # 8 images at BATCH_SIZE 2: 4 steps per epoch, 2 epochs (1 constant + 1 decayed), periodic checkpoints
 RUN = dict(BATCH_SIZE=2, N_EPOCHS=1, N_EPOCHS_DECAY=1)
@@ -60,9 +66,6 @@ def run_training(data: Path, run_dir: Path, on_step=None, after_epoch=None, **ov
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "train_step", step)
         mp.setattr(train, "barrier", barrier)
-        # seconds of fixed cost per run on busy cores, irrelevant here (that the peak probe leaves the RNG
-        # alone, which exact resume needs, is test_startup_probes_leave_the_training_rng_alone)
-        mp.setattr(train, "measure_peak_flops", lambda *a, **k: 1e12)
         mp.setattr(run_log, "plot_curves", lambda rows, path: None)
         torch.set_num_threads(1)
         try:
@@ -119,7 +122,7 @@ def test_discriminator_loss_by_hand():
     # BCE(z, 1) = -log(sigmoid(z)) = log(1 + e^-z);  BCE(z, 0) = log(1 + e^z)
     real = sum(math.log(1 + math.exp(-z)) for row in LOGITS_REAL for z in row) / 4
     fake = sum(math.log(1 + math.exp(z)) for row in LOGITS_FAKE for z in row) / 4
-    loss, real_term, fake_term = train.discriminator_loss(torch.tensor(LOGITS_REAL), torch.tensor(LOGITS_FAKE))
+    loss, real_term, fake_term = pix2pix.discriminator_loss(torch.tensor(LOGITS_REAL), torch.tensor(LOGITS_FAKE))
     assert real_term.item() == pytest.approx(real, rel=1e-6)
     assert fake_term.item() == pytest.approx(fake, rel=1e-6)
     assert loss.item() == pytest.approx((real + fake) / 2, rel=1e-6)  # paper §3.3: D's objective halved
@@ -131,7 +134,7 @@ def test_generator_loss_by_hand(l1_lambda):
     target = torch.tensor([[0.0, 0.25], [-1.0, 0.5]])
     gan = sum(math.log(1 + math.exp(-z)) for row in LOGITS_FAKE for z in row) / 4  # non-saturating: fake -> 1
     l1 = (0.5 + 0.5 + 2.0 + 0.5) / 4
-    loss, gan_term, l1_term = train.generator_loss(torch.tensor(LOGITS_FAKE), fake, target, l1_lambda)
+    loss, gan_term, l1_term = pix2pix.generator_loss(torch.tensor(LOGITS_FAKE), fake, target, l1_lambda)
     assert gan_term.item() == pytest.approx(gan, rel=1e-6)
     assert l1_term.item() == pytest.approx(l1, rel=1e-6)
     assert loss.item() == pytest.approx(gan + l1_lambda * l1, rel=1e-6)
@@ -141,8 +144,8 @@ def test_d_step_then_g_step_against_the_updated_d():
     """D's weights get no gradient from G's step, G none from D's step, and G's step sees D after opt_D.step."""
     cfg = load_config(tiny_args(Path("."), Path("."), DROPOUT=False))
     torch.manual_seed(0)
-    G, D = utils.build_models(cfg)
-    opt_G, opt_D = utils.make_optimizers(G, D, cfg, torch.device("cpu"))
+    G, D = pix2pix.build_models(cfg)
+    opt_G, opt_D = pix2pix.make_optimizers(G, D, cfg, torch.device("cpu"))
     scalers = [torch.amp.GradScaler("cpu", enabled=False) for _ in range(2)]
     x, y = torch.rand(2, 3, 32, 32) * 2 - 1, torch.rand(2, 3, 32, 32) * 2 - 1
     snapshot = lambda ps: [p.detach().clone() for p in ps]  # noqa: E731
@@ -162,7 +165,7 @@ def test_d_step_then_g_step_against_the_updated_d():
     opt_D.step = spy_step
 
     D_before = snapshot(D.parameters())
-    train.train_step(G, D, train.RealFakeScores(D), opt_G, opt_D, *scalers, x, y, cfg, utils.autocast(
+    pix2pix.train_step(G, D, pix2pix.RealFakeScores(D), opt_G, opt_D, *scalers, x, y, cfg, utils.autocast(
         torch.device("cpu"), "fp32"), step=0)
     assert len(seen_by_D_calls) == 3  # (x, real) and (x, fake) for D's step, (x, fake) for G's step
     for w0, w1, before in zip(seen_by_D_calls[0], seen_by_D_calls[1], D_before):
@@ -252,8 +255,8 @@ def test_startup_probes_leave_the_training_rng_alone():
     cfg = load_config(tiny_args(Path("."), Path(".")))
     torch.manual_seed(0)
     state = torch.get_rng_state()
-    utils.training_flops_per_image(cfg)
-    utils.measure_peak_flops(torch.device("cpu"), "fp32", seconds=0.01)
+    pix2pix.training_flops_per_image(cfg)
+    bench.measure_peak_flops(torch.device("cpu"), "fp32", seconds=0.01)
     assert torch.equal(torch.get_rng_state(), state)
 
 
@@ -293,7 +296,7 @@ def test_run_outputs(data, reference):
 
 def test_load_generator_rebuilds_from_the_file_alone(reference):
     run_dir, _ = reference(0)
-    assert utils.default_settings()["GEN_BASE_CHANNELS"] == 64  # config.py would build another network
+    assert configurator.default_settings()["GEN_BASE_CHANNELS"] == 64  # config.py would build another network
     G = load_generator(run_dir / "generator.pt", mode="eval")
     assert G.hparams["base_channels"] == 8 and G.hparams["num_downs"] == 5
     saved = load_checkpoint(run_dir / "generator.pt")["generator"]
@@ -382,7 +385,7 @@ def test_atomic_save_interrupted_by_a_non_os_error(tmp_path, monkeypatch, where)
             raise KeyboardInterrupt
         monkeypatch.setattr(torch, "save", half_then_fail)
     else:
-        monkeypatch.setattr(utils.os, "replace", lambda a, b: (_ for _ in ()).throw(KeyboardInterrupt()))
+        monkeypatch.setattr(checkpoint.os, "replace", lambda a, b: (_ for _ in ()).throw(KeyboardInterrupt()))
     with pytest.raises(KeyboardInterrupt):
         atomic_save({"generator": {"w": torch.zeros(3)}, "generator_hparams": {}, "step": 2}, path)
     monkeypatch.undo()

@@ -19,12 +19,12 @@ import torch
 
 import train
 from conftest import ROOT, tiny_args
-from utils import CheckpointError, ConfigError, load_checkpoint, load_config, load_generator
+from checkpoint import CheckpointError, load_checkpoint, load_generator
+from configurator import ConfigError, load_config
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
-pytestmark = pytest.mark.usefixtures("no_peak_probe")
 
 
 # ----------------------------------------------------------------------------- malicious checkpoints

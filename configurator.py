@@ -1,0 +1,120 @@
+"""The command line of train.py (and bench.py, dataset.py): config.py's settings < PRESET < --KEY=value, parsed
+as literals against config.py's types and validated before any heavy work, as nanoGPT's configurator does.
+
+Not run directly. In a notebook:
+    from configurator import load_config
+    cfg = load_config(["--PRESET=facades", "--BATCH_SIZE=4"])
+"""
+import ast
+import difflib
+import sys
+from typing import Any
+
+import config as default_config
+from generator_model import DROPOUT_PLACEMENTS, num_downs_for
+from layers import NORMS
+from utils import ConfigError, pick_device
+
+__all__ = ["ConfigError", "default_settings", "load_config", "parse_overrides", "validate_config"]
+
+
+def default_settings() -> dict[str, Any]:
+    return {k: v for k, v in vars(default_config).items() if k.isupper() and k != "PRESETS"}
+
+
+def parse_value(key: str, text: str, default: Any) -> Any:
+    """Turn the text of --KEY=text into a value of the default's type; literals only, never code."""
+    if isinstance(default, str):
+        return text
+    if isinstance(default, bool):
+        if text.lower() in ("true", "1", "yes", "on"):
+            return True
+        if text.lower() in ("false", "0", "no", "off"):
+            return False
+        raise ConfigError(f"--{key}={text}: expected True or False")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"--{key}={text}: not a {type(default).__name__} literal "
+                          f"(config values are parsed, never evaluated)") from None
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not type(default):
+        raise ConfigError(f"--{key}={text}: expected {type(default).__name__} like the default "
+                          f"{default!r}, got {type(value).__name__}")
+    return value
+
+
+def parse_overrides(argv: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
+    overrides = {}
+    for arg in argv:
+        if not arg.startswith("--") or "=" not in arg:
+            raise ConfigError(f"bad argument {arg!r}: use --KEY=value, e.g. --BATCH_SIZE=4")
+        key, text = arg[2:].split("=", 1)
+        if key not in defaults:
+            close = difflib.get_close_matches(key.upper(), defaults, n=3, cutoff=0.5)
+            hint = f" Did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown setting {key!r}.{hint} All settings are listed in config.py.")
+        overrides[key] = parse_value(key, text, defaults[key])
+    return overrides
+
+
+def load_config(argv: list[str] | None = None) -> dict[str, Any]:
+    """config.py defaults < PRESET < command-line --KEY=value overrides; validated before any heavy work."""
+    cfg = default_settings()
+    overrides = parse_overrides(sys.argv[1:] if argv is None else argv, cfg)
+    preset = overrides.get("PRESET", cfg["PRESET"])
+    if preset:
+        if preset not in default_config.PRESETS:
+            raise ConfigError(f"PRESET={preset!r} is unknown; valid: {', '.join(default_config.PRESETS)}")
+        cfg.update(default_config.PRESETS[preset])
+        cfg["RUN_DIR"] = f"runs/{preset}"
+        cfg["TRAIN_DIR"], cfg["VAL_DIR"] = f"data/{preset}/train", f"data/{preset}/val"
+    cfg.update(overrides)
+    if cfg["NUM_DOWNS"] == 0:
+        cfg["NUM_DOWNS"] = num_downs_for(cfg["IMAGE_SIZE"])
+    validate_config(cfg)
+    return cfg
+
+
+def _one_of(cfg: dict, key: str, valid: tuple) -> None:
+    if cfg[key] not in valid:
+        raise ConfigError(f"{key}={cfg[key]!r} is not valid; choose one of {', '.join(map(repr, valid))}")
+
+
+def _positive(cfg: dict, key: str, allow_zero: bool = False) -> None:
+    if cfg[key] < 0 or (cfg[key] == 0 and not allow_zero):
+        raise ConfigError(f"{key}={cfg[key]!r} must be {'>= 0' if allow_zero else '> 0'}")
+
+
+def validate_config(cfg: dict[str, Any]) -> None:
+    _one_of(cfg, "DIRECTION", ("AtoB", "BtoA"))
+    _one_of(cfg, "NORM", NORMS)
+    _one_of(cfg, "DROPOUT_PLACEMENT", DROPOUT_PLACEMENTS)
+    _one_of(cfg, "PRECISION", ("auto", "fp32", "bf16", "fp16"))
+    _one_of(cfg, "BAD_FILES", ("error", "skip"))
+    _one_of(cfg, "PREPROCESS", ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"))
+    _one_of(cfg, "ON_NAN", ("stop", "skip"))
+    _one_of(cfg, "TEST_MODE", ("paper", "eval"))
+    _one_of(cfg, "IN_CHANNELS", (1, 3))
+    _one_of(cfg, "OUT_CHANNELS", (1, 3))
+    _one_of(cfg, "DISC_N_LAYERS", (0, 1, 2, 3, 4, 5, 6))
+    for key in ("LEARNING_RATE", "BATCH_SIZE", "IMAGE_SIZE", "LOAD_SIZE", "GEN_BASE_CHANNELS",
+                "DISC_BASE_CHANNELS", "N_SAMPLES", "LOG_EVERY", "DIST_TIMEOUT_S", "NUM_DOWNS"):
+        _positive(cfg, key)
+    for key in ("N_EPOCHS", "N_EPOCHS_DECAY", "NUM_WORKERS", "SAMPLE_EVERY", "VAL_EVERY", "VAL_MAX_IMAGES",
+                "CHECKPOINT_EVERY_STEPS", "SNAPSHOT_EVERY", "L1_LAMBDA"):
+        _positive(cfg, key, allow_zero=True)
+    if cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"] == 0:
+        raise ConfigError("N_EPOCHS + N_EPOCHS_DECAY is 0: nothing to train")
+    if not (0 <= cfg["BETA1"] < 1 and 0 <= cfg["BETA2"] < 1):
+        raise ConfigError(f"BETA1={cfg['BETA1']}, BETA2={cfg['BETA2']}: Adam betas must be in [0, 1)")
+    side = 2 ** cfg["NUM_DOWNS"]
+    if cfg["IMAGE_SIZE"] % side:
+        raise ConfigError(f"IMAGE_SIZE={cfg['IMAGE_SIZE']} is not divisible by 2^NUM_DOWNS={side}; use a multiple "
+                          f"of {side} or NUM_DOWNS=0 to derive the depth (7 for 128, 8 for 256, 9 for 512)")
+    if cfg["JITTER"] and cfg["PREPROCESS"] in ("resize_and_crop", "scale_width_and_crop") \
+            and cfg["LOAD_SIZE"] < cfg["IMAGE_SIZE"]:
+        raise ConfigError(f"LOAD_SIZE={cfg['LOAD_SIZE']} < IMAGE_SIZE={cfg['IMAGE_SIZE']}: the random crop needs "
+                          f"LOAD_SIZE >= IMAGE_SIZE (paper: 286 for 256)")
+    pick_device(cfg["DEVICE"])  # raises ConfigError for a device that is not there
