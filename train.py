@@ -20,15 +20,16 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from dataset import AugmentationSampler, DatasetError, build_datasets, ensure_default_data, sample_batch
-from distributed import (barrier, check_ranks_agree, gather_from_ranks, max_over_ranks, setup_distributed,
-                         sum_over_ranks, without_sync_bn)
+from distributed import (barrier, check_ranks_agree, gather_from_ranks, max_flags_over_ranks, max_over_ranks,
+                         setup_distributed, sum_over_ranks, without_sync_bn)
 from interrupts import StopRequest, ignore_stop_signals, resume_command, shut_down_workers
 from run_log import RunLog
 from utils import (CheckpointError, ConfigError, RunDirError, atomic_save, autocast, build_models,
-                   check_resume_compatible, check_run_dir, fixed_noise, keep_legacy_skips, load_checkpoint,
-                   load_config, lr_factor, make_grad_scalers, make_optimizers, measure_peak_flops, model_hparams,
-                   pick_device, pick_precision, remove_stale_temp_files, resolve_resume, rng_states, sample_grid,
-                   seed_everything, set_rng_states, state_before_step, test_mode, training_flops_per_image, undo_step)
+                   check_resume_compatible, check_run_dir, cpu_state_dict, fixed_noise, keep_legacy_skips,
+                   load_checkpoint, load_config, load_optimizer_state, load_scaler_state, lr_factor,
+                   make_grad_scalers, make_optimizers, measure_peak_flops, model_hparams, pick_device, pick_precision,
+                   remove_stale_temp_files, resolve_resume, rng_states, sample_grid, seed_everything, set_determinism,
+                   set_rng_states, state_before_step, test_mode, training_flops_per_image, undo_step, use_device)
 
 
 # ----------------------------------------------------------------------------- the objective (paper §3.1)
@@ -72,25 +73,45 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
-    bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+FP16_HINT = ("; in fp16 this is usually an overflow (values above 65504): use PRECISION=bf16 (same range as fp32, "
+             "on Ampere+ GPUs and AMX CPUs) or PRECISION=fp32")
+
+
+def check_finite(losses: dict[str, torch.Tensor], step: int, fp16: bool = False) -> None:
+    """Raise NonFiniteLoss if any loss is NaN/Inf on any rank, with one fused check: one device->host read (under
+    DDP after one all-reduce)."""
+    values = torch.stack([v.detach().float() for v in losses.values()])
+    bad = (~torch.isfinite(values).all()).to(torch.int64).reshape(1)
     # all ranks skip or stop together: a lone rank skipping its backward would desync DDP's all-reduce
-    if max_over_ranks(int(bool(bad)), next(iter(losses.values())).device):
-        found = ", ".join(f"{k}={losses[k].item()}" for k in bad) or "loss on another process"
-        raise NonFiniteLoss(f"step {step}: non-finite {found}")
+    if max_flags_over_ranks(bad)[0]:
+        found = ", ".join(f"{k}={v.item()}" for k, v in losses.items() if not torch.isfinite(v)) \
+            or "loss on another process"
+        raise NonFiniteLoss(f"step {step}: non-finite {found}{FP16_HINT if fp16 else ''}")
+
+
+def scaler_skipped(scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer) -> torch.Tensor | float:
+    """1 if the fp16 loss scaler skipped this step of `opt` (inf/NaN gradients), as a device tensor (no sync);
+    call between scaler.step and scaler.update."""
+    if not scaler.is_enabled():
+        return 0.0
+    found = scaler._per_optimizer_states[id(opt)]["found_inf_per_device"].values()
+    return sum(f.float() for f in found).clamp(max=1)
 
 
 def train_step(G, D, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, step: int):
     """One iteration of paper §3.3: a D step, then a G step against the freshly updated D.
-    Returns the four loss terms as floats, or raises NonFiniteLoss before any poisoned update."""
+    Returns the four loss terms and "scaler_skips" (steps the fp16 loss scaler skipped) as 0-dim tensors on the
+    device, read by the caller only when it logs; or raises NonFiniteLoss before any poisoned update."""
+    fp16 = getattr(amp, "fast_dtype", None) == torch.float16
     with amp:
         fake = G(x)
         real_logits, fake_logits = D_scores(x, y, fake.detach())  # detach: the D step must not reach G
     loss_D, d_real, d_fake = discriminator_loss(real_logits.float(), fake_logits.float())  # losses in fp32
-    check_finite({"d_real": d_real, "d_fake": d_fake}, step)
+    check_finite({"d_real": d_real, "d_fake": d_fake}, step, fp16=fp16)
     opt_D.zero_grad(set_to_none=True)
     scaler_D.scale(loss_D).backward()
     scaler_D.step(opt_D)
+    skips = scaler_skipped(scaler_D, opt_D)
     scaler_D.update()
 
     D.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only, not its weights
@@ -98,12 +119,25 @@ def train_step(G, D, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp,
         fake_logits = D(x, fake)
     loss_G, g_gan, g_l1 = generator_loss(fake_logits.float(), fake.float(), y.float(), cfg["L1_LAMBDA"])
     D.requires_grad_(True)
-    check_finite({"g_gan": g_gan, "g_l1": g_l1}, step)
+    check_finite({"g_gan": g_gan, "g_l1": g_l1}, step, fp16)
     opt_G.zero_grad(set_to_none=True)
     scaler_G.scale(loss_G).backward()
     scaler_G.step(opt_G)
+    skips = skips + scaler_skipped(scaler_G, opt_G)
     scaler_G.update()
-    return {"d_real": d_real.item(), "d_fake": d_fake.item(), "g_gan": g_gan.item(), "g_l1": g_l1.item()}
+    losses = {"d_real": d_real, "d_fake": d_fake, "g_gan": g_gan, "g_l1": g_l1}
+    return {k: v.detach() for k, v in losses.items()} | {"scaler_skips": torch.as_tensor(skips, device=g_l1.device)}
+
+
+LOSS_KEYS = ("d_real", "d_fake", "g_gan", "g_l1")
+SUM_KEYS = (*LOSS_KEYS, "scaler_skips")  # what an epoch adds up on the device
+
+
+def running_means(sums: torch.Tensor, n_ok: int) -> dict[str, float]:
+    """The epoch's mean losses so far (sums over SUM_KEYS, n_ok finished steps) and the number of updates the fp16
+    loss scaler skipped, in one device->host read."""
+    *totals, scaler_skips = sums.tolist()
+    return {k: v / max(n_ok, 1) for k, v in zip(LOSS_KEYS, totals)} | {"scaler_skipped_steps": scaler_skips}
 
 
 # ----------------------------------------------------------------------------- the run
@@ -119,14 +153,14 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     master = rank == 0
     device = torch.device("cuda", local_rank) if world_size > 1 and torch.cuda.is_available() \
         else pick_device(cfg["DEVICE"])
+    use_device(device)
     precision = pick_precision(cfg["PRECISION"], device)
     amp = autocast(device, precision)
     if cfg["SYNC_BN"] and world_size > 1 and device.type != "cuda":
         raise ConfigError("SYNC_BN=True needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU version); use "
                           "SYNC_BN=False, or NORM=instance, which needs no statistics shared across processes")
     memory_format = torch.channels_last if cfg["CHANNELS_LAST"] else torch.contiguous_format
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    set_determinism(cfg["DETERMINISTIC"], device)
     run_dir = Path(cfg["RUN_DIR"])
     ckpt_dir = run_dir / "checkpoints"
     resume_path = resolve_resume(cfg, ckpt_dir)
@@ -169,14 +203,17 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     if resume_path:
         ckpt = load_checkpoint(resume_path)
         check_resume_compatible(ckpt, cfg, resume_path)
-        for obj, key in ((G, "generator"), (D, "discriminator"), (opt_G, "opt_G"), (opt_D, "opt_D"),
-                         (sched_G, "sched_G"), (sched_D, "sched_D"), (scaler_G, "scaler_G"), (scaler_D, "scaler_D")):
+        for obj, key in ((G, "generator"), (D, "discriminator"), (sched_G, "sched_G"), (sched_D, "sched_D")):
             obj.load_state_dict(ckpt[key])
+        for opt, key in ((opt_G, "opt_G"), (opt_D, "opt_D")):  # in the current layout (CHANNELS_LAST may differ)
+            load_optimizer_state(opt, ckpt[key])
+        for scaler, key in ((scaler_G, "scaler_G"), (scaler_D, "scaler_D")):  # PRECISION may differ
+            load_scaler_state(scaler, ckpt[key])
         if keep_legacy_skips(G, ckpt) and master:
             print(f"note: {resume_path} predates the U-Net skip fix; this run keeps its legacy skip activations "
                   f"(skip_relu=False) so its function does not change. Train in a new RUN_DIR for the reference one")
         rank_rngs = ckpt.get("rank_rngs") or []  # every rank's RNG: each continues its own dropout noise
-        set_rng_states(rank_rngs[rank] if len(rank_rngs) == world_size else ckpt["rng"])
+        set_rng_states(rank_rngs[rank] if len(rank_rngs) == world_size else ckpt["rng"], device)
         if rank and len(rank_rngs) != world_size:  # saved with another number of processes: fresh noise
             seed_everything(cfg["SEED"] + rank + ckpt["step"])
         loader_rng.set_state(ckpt["loader_rng"])
@@ -202,11 +239,11 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                      "sched_G": sched_G.state_dict(), "sched_D": sched_D.state_dict(),
                      "scaler_G": scaler_G.state_dict(), "scaler_D": scaler_D.state_dict(),
                      "epoch": epoch, "batch_in_epoch": batch_in_epoch, "step": step, "best_val_l1": best_val_l1,
-                     "rng": rng_states(), "rank_rngs": rank_rngs, "loader_rng": loader_rng.get_state(),
+                     "rng": rng_states(device), "rank_rngs": rank_rngs, "loader_rng": loader_rng.get_state(),
                      "config": cfg, **model_hparams(G, D)}, path)
 
     def export_generator(path: Path) -> None:
-        atomic_save({"generator": G.state_dict(), "epoch": epoch, "config": cfg, **model_hparams(G, D)}, path)
+        atomic_save({"generator": cpu_state_dict(G), "epoch": epoch, "config": cfg, **model_hparams(G, D)}, path)
 
     total_epochs = cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"]
     if start_epoch >= total_epochs:
@@ -232,7 +269,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     epoch, rank_rngs = start_epoch, []
     for epoch in range(start_epoch, total_epochs):
         sampler.set_epoch(epoch, skip=batch_in_epoch * cfg["BATCH_SIZE"])
-        sums = dict.fromkeys(("d_real", "d_fake", "g_gan", "g_l1"), 0.0)
+        sums = torch.zeros(len(SUM_KEYS), dtype=torch.float32 if device.type == "mps" else torch.float64,
+                           device=device)  # kept on the device: read only when logging (no sync per step)
         n_ok, skipped, images, speed, t0 = 0, 0, 0, 0.0, time.perf_counter()
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{total_epochs}", disable=not master, dynamic_ncols=True,
                    initial=batch_in_epoch, total=batch_in_epoch + len(loader))
@@ -244,8 +282,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
             try:
                 losses = train_step(G_train, D_step, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, step)
                 n_ok += 1
-                for k in sums:
-                    sums[k] += losses[k]
+                sums += torch.stack([losses[k] for k in SUM_KEYS]).to(sums.dtype)
             except NonFiniteLoss as e:
                 if cfg["ON_NAN"] == "stop":
                     raise
@@ -256,14 +293,15 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
             batch_in_epoch += 1
             images += x.shape[0] * world_size
             speed = images / (time.perf_counter() - t0)
-            if master:
-                bar.set_postfix({k: f"{v / max(n_ok, 1):.3f}" for k, v in sums.items()} | {"img/s": f"{speed:.2f}"})
-                if step % cfg["LOG_EVERY"] == 0 and n_ok:
-                    log.scalars({k: v / n_ok for k, v in sums.items()} | {"images_per_s": speed}, step)
+            if master and step % cfg["LOG_EVERY"] == 0:
+                means = running_means(sums, n_ok)
+                bar.set_postfix({k: f"{means[k]:.3f}" for k in LOSS_KEYS} | {"img/s": f"{speed:.2f}"})
+                if n_ok:
+                    log.scalars(means | {"images_per_s": speed}, step)
             stop.signum = max_over_ranks(stop.signum, device)  # any rank's signal stops every rank
             stopping = bool(stop.signum)
             if stopping or (cfg["CHECKPOINT_EVERY_STEPS"] and step % cfg["CHECKPOINT_EVERY_STEPS"] == 0):
-                rank_rngs = gather_from_ranks(rng_states(), world_size)  # (every rank agrees on saving)
+                rank_rngs = gather_from_ranks(rng_states(device), world_size)  # (every rank agrees on saving)
                 if master:
                     checkpoint(ckpt_dir / "last.pt")
             if stopping:
@@ -277,17 +315,19 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         epoch_lr = opt_G.param_groups[0]["lr"]  # the LR this epoch trained with (log it, not the next epoch's)
         sched_G.step()
         sched_D.step()
-        *totals, n_ok = sum_over_ranks([*sums.values(), n_ok], device)  # log means over every rank's images
-        sums = dict(zip(sums, totals))
-        rank_rngs = gather_from_ranks(rng_states(), world_size)
+        *totals, n_ok = sum_over_ranks([*sums.tolist(), n_ok], device)  # log means over every rank's images
+        means = running_means(torch.tensor(totals), n_ok)
+        rank_rngs = gather_from_ranks(rng_states(device), world_size)
         if not master:
             barrier(world_size)
             continue
-        row = {k: v / max(n_ok, 1) for k, v in sums.items()} | {
+        row = means | {
             "epoch": epoch, "step": step, "lr": epoch_lr, "skipped_steps": skipped,
             "images_per_s": speed}
         print(f"epoch {epoch}: {images / (time.perf_counter() - t0):.2f} img/s, "
-              f"{speed * flops / 1e12:.3f} TFLOP/s, MFU {speed * flops / peak:.1%} of measured conv peak")
+              f"{speed * flops / 1e12:.3f} TFLOP/s, MFU {speed * flops / peak:.1%} of measured conv peak"
+              + (f"; fp16 loss scaler skipped {means['scaler_skipped_steps']:.0f} G/D updates (inf/NaN gradients)"
+                 if scaler_G.is_enabled() else ""))
         G_solo = without_sync_bn(G)  # the other ranks wait at the barrier below: no collectives in here
         if cfg["SAMPLE_EVERY"] and epoch % cfg["SAMPLE_EVERY"] == 0:
             sample_path = run_dir / "samples" / f"epoch_{epoch:04d}.png"
