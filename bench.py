@@ -29,7 +29,7 @@ import torch
 from generator_model import num_downs_for
 from train import RealFakeScores, train_step
 from utils import (autocast, build_models, default_settings, make_grad_scalers, make_optimizers, measure_peak_flops,
-                   pick_device, pick_precision, test_mode, training_flops_per_image)
+                   pick_device, pick_precision, synchronize, test_mode, training_flops_per_image, use_device)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -72,7 +72,7 @@ def bench_model(args: argparse.Namespace, device: torch.device, precision: str) 
     cfg = default_settings() | {"IMAGE_SIZE": args.image_size, "NUM_DOWNS": num_downs_for(args.image_size),
                                 "BATCH_SIZE": args.batch_size}
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = lambda: synchronize(device)  # noqa: E731 - the device timed, not the current one
     G, D = (m.to(device, memory_format=memory_format) for m in build_models(cfg))
     opt_G, opt_D = make_optimizers(G, D, cfg, device, fused=args.fused)
     scaler_G, scaler_D = make_grad_scalers(device, precision)
@@ -185,6 +185,7 @@ def sweep(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     device = pick_device(args.device)
+    use_device(device)  # --device cuda:N: time and allocate on GPU N, not GPU 0
     precision = pick_precision(args.precision, device)
     env = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else device),
            "precision": precision, "torch": torch.__version__, "threads": torch.get_num_threads(),

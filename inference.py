@@ -13,7 +13,8 @@ import torch.nn.functional as F
 
 from dataset import DatasetError, build_transform, to_tensor
 from generator_model import UNetGenerator
-from utils import CheckpointError, ConfigError, default_settings, load_generator, pick_device, pick_precision
+from utils import (CheckpointError, ConfigError, default_settings, load_generator, pick_device, pick_precision,
+                   use_device)
 
 
 def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str = "auto", precision: str = "auto",
@@ -26,6 +27,7 @@ def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str 
     latest_net_G.pth; with `needs_direction`, such a file without it is an error rather than a silent guess.
     """
     dev = pick_device(device)
+    use_device(dev)  # DEVICE=cuda:N: N becomes the current GPU
     G = load_generator(checkpoint, dev, mode)
     saved = G.train_config.get("DIRECTION")
     if direction and saved and direction != saved:

@@ -5,6 +5,7 @@ reads per training step; fp16 details; CPU exports; DETERMINISTIC.
     python -m pytest tests/test_resume_anywhere.py -q
 """
 import collections
+import math
 import signal
 import sys
 from pathlib import Path
@@ -69,3 +70,129 @@ def test_a_training_step_reads_the_device_at_most_twice(tiny_data, tmp_path):
     """One fused finiteness check per loss group (D's, then G's) and nothing else: the losses stay on the device
     until a LOG_EVERY step or the epoch end (the old code read 8 values per step)."""
     assert count_host_reads_per_step(tiny_data, tmp_path / "run") == [2] * 5
+
+
+# ----------------------------------------------------------------------------- the resume matrix
+
+# 8 images at BATCH_SIZE 4: epoch 1 (2 steps) is saved under one setting, epoch 2 (2 steps) resumes under another.
+# No dropout: its masks are drawn in memory order, so another CHANNELS_LAST draws other (equally valid) noise, and
+# the updates could not be compared with the uninterrupted run's
+FAST = dict(DROPOUT=False, BATCH_SIZE=4, N_EPOCHS=1, N_EPOCHS_DECAY=1, VAL_EVERY=0, SAMPLE_EVERY=0, SNAPSHOT_EVERY=0)
+
+
+class EndOfEpoch1(Exception):
+    """Stands in for the machine going away right after epoch 1 was saved."""
+
+
+def run_training(data: Path, run_dir: Path, monkeypatch, stop_after_epoch_1: bool = False, **settings) -> int:
+    """train.main in-process (2 epochs of 2 steps); torch.compile (COMPILE=True) with the aot_eager backend: the
+    same graph capture, no C++ compiler needed (inductor's CPU build takes minutes on a shared 2-core machine)."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    real_compile = torch.compile
+    with monkeypatch.context() as mp:
+        mp.setattr(train, "measure_peak_flops", lambda *a, **k: 1e12)
+        mp.setattr(run_log, "plot_curves", lambda rows, path: None)
+        mp.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="aot_eager"))
+        if stop_after_epoch_1:  # train.py's end-of-epoch barrier comes after last.pt is written
+            def barrier(world_size):
+                if (run_dir / "checkpoints" / "last.pt").exists():
+                    raise EndOfEpoch1
+            mp.setattr(train, "barrier", barrier)
+        try:
+            return train.main(tiny_args(data, run_dir, **(FAST | settings)))
+        finally:
+            for s, h in handlers.items():
+                signal.signal(s, h)
+
+
+def ckpt_of(run_dir: Path) -> dict:
+    return torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+
+
+def update(before: dict, after: dict, nets=("generator", "discriminator")) -> torch.Tensor:
+    """Epoch 2's change of every convolution kernel of G and D (or `nets`), as one flat vector. (Biases of convolutions
+    followed by a normalisation get gradients of pure rounding noise - the norm cancels them - which Adam turns
+    into updates of +-lr, different in every layout and precision: they are left out.)"""
+    return torch.cat([(after[net][k] - before[net][k]).flatten()
+                      for net in nets for k in before[net] if before[net][k].dim() == 4])
+
+
+@pytest.fixture(scope="module")
+def saved_runs(tmp_path_factory):
+    """Epoch 1 under a setting (trained once per module and setting) -> its RUN_DIR, to be copied."""
+    from conftest import write_pairs
+    root = tmp_path_factory.mktemp("saved")
+    write_pairs(root / "data" / "train", 8, seed=0)
+    write_pairs(root / "data" / "val", 2, seed=1)
+    cache = {}
+
+    def get(**setting) -> Path:
+        key = tuple(sorted(setting.items()))
+        if key not in cache:
+            run_dir = root / "_".join(f"{k}{v}" for k, v in key)
+            with pytest.MonkeyPatch.context() as mp, pytest.raises(EndOfEpoch1):
+                run_training(root / "data", run_dir, mp, stop_after_epoch_1=True, **setting)
+            cache[key] = run_dir
+        return cache[key]
+    get.data = root / "data"
+    return get
+
+
+def resume(saved_runs, tmp_path: Path, monkeypatch, before: dict, after: dict) -> tuple[torch.Tensor, dict, dict]:
+    """Epoch 1 saved under `before`, epoch 2 resumed under `after` -> (epoch 2's update, checkpoint before it,
+    checkpoint after it)."""
+    import shutil
+    run_dir = tmp_path / "_".join(f"{k}{v}" for k, v in sorted(after.items()))
+    shutil.copytree(saved_runs(**before), run_dir)
+    assert run_training(saved_runs.data, run_dir, monkeypatch, **after) == 0
+    start, end = ckpt_of(saved_runs(**before)), ckpt_of(run_dir)
+    assert (start["step"], end["step"]) == (2, 4)  # the resumed run continued, it did not start again
+    return update(start, end), start, end
+
+
+def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+@pytest.mark.parametrize("saved", PRECISIONS)
+@pytest.mark.parametrize("now", PRECISIONS)
+def test_resume_under_another_precision(saved_runs, tmp_path, monkeypatch, capsys, saved, now):
+    """Every pair: the run continues (a fresh loss scaler where the checkpoint holds none, the saved one where it
+    does), and its next updates are those of the uninterrupted run up to the precisions' rounding (bf16 keeps 8
+    bits of mantissa: ~20 % apart; a wrong update, like the old layout bug's, is ~75 % or more). A fresh fp16
+    scaler starts at 2**16 and, as in any new fp16 run, skips the steps that overflow while it backs off: those
+    are counted (the run's scaler_skipped_steps), and that network's update is not compared."""
+    _, start, end = resume(saved_runs, tmp_path, monkeypatch, {"PRECISION": saved}, {"PRECISION": now})
+    out = capsys.readouterr().out
+    _, _, same = resume(saved_runs, tmp_path / "same", monkeypatch, {"PRECISION": saved}, {"PRECISION": saved})
+    compared, skips = [], 0
+    for net, key in (("generator", "scaler_G"), ("discriminator", "scaler_D")):
+        if now != "fp16":
+            assert end[key] == {}
+            backed_off = False
+        else:
+            first = start[key]["scale"] if saved == "fp16" else 2.0 ** 16  # the saved scaler, or a fresh one
+            assert end[key]["scale"] <= first
+            backed_off = end[key]["scale"] < first
+            skips += round(math.log2(first / end[key]["scale"]))  # each skipped step halves the scale
+        if not backed_off:
+            diff = relative_difference(update(start, end, [net]), update(start, same, [net]))
+            assert diff < (1e-6 if now == saved else 0.5), (net, diff)
+            compared.append(net)
+    assert compared  # at least one network's update checked in every cell
+    if now == "fp16":
+        assert f"fp16 loss scaler skipped {skips} G/D updates" in out
+
+
+@pytest.mark.parametrize("saved, now", [(True, False), (False, True)])
+def test_resume_with_the_other_memory_layout(saved_runs, tmp_path, monkeypatch, saved, now):
+    """CHANNELS_LAST on <-> off: Adam's moments take the parameters' new layout, so the fused update pairs the
+    right elements: the next updates equal the uninterrupted run's up to rounding (the old moments' layout gave
+    updates off by the order of the updates themselves)."""
+    changed, _, _ = resume(saved_runs, tmp_path, monkeypatch, {"CHANNELS_LAST": saved}, {"CHANNELS_LAST": now})
+    same, _, _ = resume(saved_runs, tmp_path / "same", monkeypatch, {"CHANNELS_LAST": saved},
+                        {"CHANNELS_LAST": saved})
+    assert relative_difference(changed, same) < 1e-4
