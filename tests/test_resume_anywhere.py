@@ -196,3 +196,43 @@ def test_resume_with_the_other_memory_layout(saved_runs, tmp_path, monkeypatch, 
     same, _, _ = resume(saved_runs, tmp_path / "same", monkeypatch, {"CHANNELS_LAST": saved},
                         {"CHANNELS_LAST": saved})
     assert relative_difference(changed, same) < 1e-4
+
+
+@pytest.mark.parametrize("saved, now", [(True, False), (False, True)])
+def test_resume_with_compile_switched(saved_runs, tmp_path, monkeypatch, saved, now):
+    """COMPILE on <-> off: checkpoints hold the plain modules' weights (no _orig_mod. prefixes), so either way the
+    next updates equal the uninterrupted run's up to rounding."""
+    changed, _, _ = resume(saved_runs, tmp_path, monkeypatch, {"COMPILE": saved}, {"COMPILE": now})
+    same, _, _ = resume(saved_runs, tmp_path / "same", monkeypatch, {"COMPILE": saved}, {"COMPILE": saved})
+    assert relative_difference(changed, same) < 1e-4
+
+
+@pytest.mark.timeout(600)
+@pytest.mark.parametrize("saved, now", [(1, 2), (2, 1)])
+def test_resume_with_another_number_of_processes(saved_runs, tmp_path, monkeypatch, saved, now):
+    """1 <-> 2 processes (gloo, torchrun) at the same global batch: 2 x BATCH_SIZE 2 or 1 x BATCH_SIZE 4, with
+    instance norm (no statistics shared across processes), so both are the same optimisation. A checkpoint saved
+    by either continues under the other with the updates of a single-process continuation, up to rounding. The
+    two-process save is stopped by a SIGTERM to rank 1 after epoch 1's last step."""
+    import shutil
+    from test_distributed import dist_settings, launch
+    same = {"NORM": "instance"}
+    batch = {1: {"BATCH_SIZE": 4}, 2: {"BATCH_SIZE": 2}}
+    run_dir = tmp_path / "run"
+    if saved == 1:
+        shutil.copytree(saved_runs(**same), run_dir)
+    else:
+        stopped = launch(tmp_path, "save", dist_settings(saved_runs.data, run_dir, **(FAST | same | batch[2])),
+                         worker_opts=("--sigterm=1:1",))
+        assert [d and d["exit"] for d in stopped.dumps] == [143, 143], stopped.describe()
+    start = ckpt_of(run_dir)
+    assert start["step"] == 2 and len(start["rank_rngs"]) == saved
+    if now == 1:
+        assert run_training(saved_runs.data, run_dir, monkeypatch, **same, **batch[1]) == 0
+    else:
+        resumed = launch(tmp_path, "resume", dist_settings(saved_runs.data, run_dir, **(FAST | same | batch[2])))
+        assert resumed.returncode == 0, resumed.describe()
+    end = ckpt_of(run_dir)
+    assert end["step"] == 4 and len(end["rank_rngs"]) == now
+    _, reference_start, reference_end = resume(saved_runs, tmp_path / "reference", monkeypatch, same, same)
+    assert relative_difference(update(start, end), update(reference_start, reference_end)) < 1e-4
