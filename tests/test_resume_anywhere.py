@@ -15,6 +15,7 @@ import torch
 
 import run_log
 import train
+import utils
 from conftest import tiny_args
 
 # device->host reads: every way Python code turns a tensor into a host value (a sync on a GPU)
@@ -236,3 +237,123 @@ def test_resume_with_another_number_of_processes(saved_runs, tmp_path, monkeypat
     assert end["step"] == 4 and len(end["rank_rngs"]) == now
     _, reference_start, reference_end = resume(saved_runs, tmp_path / "reference", monkeypatch, same, same)
     assert relative_difference(update(start, end), update(reference_start, reference_end)) < 1e-4
+
+
+# ----------------------------------------------------------------------------- GPUs (CUDA calls mocked)
+
+class Called(Exception):
+    """A mocked CUDA call was reached: the test stops there."""
+
+
+def test_each_process_saves_and_restores_only_its_own_gpus_rng(monkeypatch):
+    """Saved on GPU 3 of a 4-GPU machine, resumed on a 1-GPU machine: GPU 3's state goes to GPU 0, and no
+    per-machine list of states is indexed (set_rng_state_all raised IndexError on a smaller machine). Older
+    checkpoints with such a list restore their own GPU's entry; a CPU checkpoint leaves the GPU's seeded state."""
+    states = {i: torch.full((8,), i, dtype=torch.uint8) for i in range(4)}
+    restored = []
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the per-machine list of GPU RNG states must not be used")
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", refuse)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", refuse)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[torch.device(device).index])
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(
+        (state, torch.device(device))))
+    saved = utils.rng_states(torch.device("cuda", 3))
+    assert torch.equal(saved["cuda"], states[3])
+    utils.set_rng_states(saved, torch.device("cuda", 0))
+    assert len(restored) == 1 and torch.equal(restored[0][0], states[3]) and restored[0][1] == torch.device("cuda", 0)
+
+    restored.clear()
+    legacy = saved | {"cuda": [states[i] for i in range(4)]}  # written before issue 14 by a 4-GPU process
+    utils.set_rng_states(legacy, torch.device("cuda", 1))
+    assert len(restored) == 1 and torch.equal(restored[0][0], states[1])
+    restored.clear()
+    utils.set_rng_states(legacy | {"cuda": legacy["cuda"][:1]}, torch.device("cuda", 1))  # no entry for GPU 1
+    utils.set_rng_states(utils.rng_states(torch.device("cpu")), torch.device("cuda", 0))  # a CPU run's checkpoint
+    utils.set_rng_states(saved, torch.device("cpu"))  # a GPU checkpoint resumed on the CPU
+    assert restored == []
+
+
+def test_cuda_n_becomes_the_current_device_in_every_entry_point(monkeypatch, tmp_path, tiny_data):
+    """DEVICE=cuda:1: train, bench and predict/evaluate/demo (inference.load_for_inference) call
+    torch.cuda.set_device(cuda:1) first, so pin-memory threads and argument-less CUDA calls use GPU 1."""
+    import bench
+    import inference
+    cuda1 = torch.device("cuda", 1)
+
+    def set_device(device):
+        raise Called(device)
+    monkeypatch.setattr(torch.cuda, "set_device", set_device)
+    for module in (train, bench, inference):
+        monkeypatch.setattr(module, "pick_device", lambda name="auto": cuda1)
+    entry_points = {"train": lambda: train.main(tiny_args(tiny_data, tmp_path / "run")),
+                    "bench": lambda: bench.main(["--skip", "infer,data,peak,onnx"]),
+                    "inference": lambda: inference.load_for_inference(tmp_path / "generator.pt", "eval", "cuda:1")}
+    for name, call in entry_points.items():
+        with pytest.raises(Called) as called:
+            call()
+        assert called.value.args == (cuda1,), name
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: pytest.fail(f"set_device({device}) on a CPU run"))
+    utils.use_device(torch.device("cpu"))
+    synced = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: synced.append(device))
+    utils.synchronize(cuda1)
+    utils.synchronize(torch.device("cpu"))
+    assert synced == [cuda1]  # the device in use, not the current one
+
+
+def test_auto_precision_is_fp32_before_volta(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (6, 0))  # P100: no tensor cores
+    assert utils.pick_precision("auto", torch.device("cuda", 0)) == "fp32"
+
+
+# ----------------------------------------------------------------------------- fp16, exports, determinism
+
+def test_an_fp16_overflow_says_so_and_suggests_bf16_or_fp32(monkeypatch):
+    """Logits above fp16's 65504 become inf: the NaN guard stops the run, and its message names the cause."""
+    from utils import autocast, build_models, default_settings, make_grad_scalers, make_optimizers
+    cfg = default_settings() | {"IMAGE_SIZE": 32, "NUM_DOWNS": 5, "GEN_BASE_CHANNELS": 8, "DISC_BASE_CHANNELS": 8}
+    G, D = build_models(cfg)
+    cpu = torch.device("cpu")
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    monkeypatch.setattr(train, "discriminator_loss", lambda r, f: (r.sum() * float("inf"),) * 3)
+    for precision, hint in (("fp16", True), ("fp32", False)):
+        with pytest.raises(train.NonFiniteLoss) as e:
+            train.train_step(G, D, train.RealFakeScores(D), *make_optimizers(G, D, cfg, cpu),
+                             *make_grad_scalers(cpu, precision), x, x, cfg, autocast(cpu, precision), 7)
+        assert str(e.value).startswith("step 7: non-finite d_real=inf")
+        assert ("65504" in str(e.value) and "PRECISION=bf16" in str(e.value) and "PRECISION=fp32" in str(e.value)) \
+            == hint
+
+
+def test_exports_hold_cpu_tensors(saved_runs):
+    """generator.pt opens with a plain torch.load on any machine (its tensors are saved from the CPU)."""
+    export = torch.load(saved_runs() / "generator.pt", weights_only=True)
+    assert export["generator"] and all(t.device.type == "cpu" for t in export["generator"].values())
+
+
+def test_cpu_state_dict_copies_every_tensor_to_the_cpu(monkeypatch):
+    moved = []
+    real_cpu = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self: moved.append(self.shape) or real_cpu(self))
+    net = torch.nn.BatchNorm2d(3)
+    state = utils.cpu_state_dict(net)
+    assert len(moved) == len(net.state_dict()) == len(state)
+
+
+def test_deterministic_setting(saved_runs, tmp_path, monkeypatch):
+    """DETERMINISTIC=True turns on torch.use_deterministic_algorithms (and, on CUDA, turns off cuDNN autotuning);
+    a CPU run trains the same with it as without."""
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    try:
+        utils.set_determinism(True, torch.device("cuda", 0))
+        assert torch.are_deterministic_algorithms_enabled() and not torch.backends.cudnn.benchmark
+        assert run_training(saved_runs.data, tmp_path / "det", monkeypatch, DETERMINISTIC=True) == 0
+    finally:
+        torch.use_deterministic_algorithms(False)
+    utils.set_determinism(False, torch.device("cuda", 0))
+    assert torch.backends.cudnn.benchmark
+    assert run_training(saved_runs.data, tmp_path / "free", monkeypatch) == 0
+    a, b = (ckpt_of(tmp_path / name) for name in ("det", "free"))
+    assert all(torch.equal(v, b["generator"][k]) for k, v in a["generator"].items())
