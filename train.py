@@ -5,7 +5,8 @@
     torchrun --standalone --nproc_per_node=2 train.py # several GPUs (or CPU processes) with DDP
 
 Settings live in config.py; any of them can be overridden with --KEY=value. Stop at any time with Ctrl-C:
-a resumable checkpoint is written, and running the same command again continues exactly where it stopped.
+a resumable checkpoint is written, and running the same command again continues where it stopped (bit-exactly on
+the CPU, and on GPUs with --DETERMINISTIC=True).
 """
 import contextlib
 import json
