@@ -134,10 +134,10 @@ LOSS_KEYS = ("d_real", "d_fake", "g_gan", "g_l1")
 SUM_KEYS = (*LOSS_KEYS, "scaler_skips")  # what an epoch adds up on the device
 
 
-def running_means(sums: torch.Tensor, n_ok: int) -> dict[str, float]:
+def running_means(sums: list[float], n_ok: int) -> dict[str, float]:
     """The epoch's mean losses so far (sums over SUM_KEYS, n_ok finished steps) and the number of updates the fp16
-    loss scaler skipped, in one device->host read."""
-    *totals, scaler_skips = sums.tolist()
+    loss scaler skipped."""
+    *totals, scaler_skips = sums
     return {k: v / max(n_ok, 1) for k, v in zip(LOSS_KEYS, totals)} | {"scaler_skipped_steps": scaler_skips}
 
 
@@ -295,7 +295,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
             images += x.shape[0] * world_size
             speed = images / (time.perf_counter() - t0)
             if master and step % cfg["LOG_EVERY"] == 0:
-                means = running_means(sums, n_ok)
+                means = running_means(sums.tolist(), n_ok)  # the one device->host read of a logging step
                 bar.set_postfix({k: f"{means[k]:.3f}" for k in LOSS_KEYS} | {"img/s": f"{speed:.2f}"})
                 if n_ok:
                     log.scalars(means | {"images_per_s": speed}, step)
@@ -317,7 +317,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         sched_G.step()
         sched_D.step()
         *totals, n_ok = sum_over_ranks([*sums.tolist(), n_ok], device)  # log means over every rank's images
-        means = running_means(torch.tensor(totals), n_ok)
+        means = running_means(totals, n_ok)
         rank_rngs = gather_from_ranks(rng_states(device), world_size)
         if not master:
             barrier(world_size)
