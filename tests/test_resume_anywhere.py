@@ -158,8 +158,8 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
-@pytest.mark.parametrize("saved", PRECISIONS)
 @pytest.mark.parametrize("now", PRECISIONS)
+@pytest.mark.parametrize("saved", PRECISIONS)  # innermost: test ids read [saved-now]
 def test_resume_under_another_precision(saved_runs, tmp_path, monkeypatch, capsys, saved, now):
     """Every pair: the run continues (a fresh loss scaler where the checkpoint holds none, the saved one where it
     does), and its next updates are those of the uninterrupted run up to the precisions' rounding (bf16 keeps 8
