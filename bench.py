@@ -33,7 +33,7 @@ import torch.nn as nn
 from configurator import load_config
 from pix2pix import (RealFakeScores, build_models, make_grad_scalers, make_optimizers, train_step,
                      training_flops_per_image)
-from utils import AMP_DTYPES, ConfigError, autocast, pick_device, pick_precision, test_mode
+from utils import AMP_DTYPES, ConfigError, autocast, pick_device, pick_precision, synchronize, test_mode, use_device
 
 
 def is_setting(arg: str) -> bool:
@@ -68,7 +68,7 @@ def measure_peak_flops(device: torch.device, precision: str, seconds: float = 0.
     conv = conv.to(device, dtype).to(memory_format=torch.channels_last)
     x = x.to(device, dtype).to(memory_format=torch.channels_last)
     flops = 2 * 8 * 512 * 31 * 31 * 256 * 16
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = lambda: synchronize(device)  # noqa: E731
     with torch.no_grad():
         conv(x)
         sync()
@@ -96,7 +96,7 @@ def median_rate(fn, images_per_call: int, args: argparse.Namespace, sync) -> flo
 
 def bench_model(cfg: dict[str, Any], args: argparse.Namespace, device: torch.device, precision: str) -> dict[str, Any]:
     memory_format = torch.channels_last if cfg["CHANNELS_LAST"] else torch.contiguous_format
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = lambda: synchronize(device)  # noqa: E731 - the device timed, not the current one
     G, D = (m.to(device, memory_format=memory_format) for m in build_models(cfg))
     opt_G, opt_D = make_optimizers(G, D, cfg, device, fused=args.fused)
     scaler_G, scaler_D = make_grad_scalers(device, precision)
@@ -210,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cfg, args = parse_args(argv)
     device = pick_device(cfg["DEVICE"])
+    use_device(device)  # DEVICE=cuda:N: time and allocate on GPU N, not GPU 0
     precision = pick_precision(cfg["PRECISION"], device)
     env = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else device),
            "precision": precision, "torch": torch.__version__, "threads": torch.get_num_threads(),

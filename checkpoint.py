@@ -55,17 +55,46 @@ def save_training_state(path: Path, state: dict[str, Any], progress: dict[str, A
 
 
 def restore_training_state(ckpt: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
-    """Load TRAINING_STATE into `state`'s objects; returns PROGRESS and RNG_STATE (defaults where optional)."""
+    """Load TRAINING_STATE into `state`'s objects; returns PROGRESS and RNG_STATE (defaults where optional).
+    Optimisers and loss scalers load through their own helpers: a run resumes under another CHANNELS_LAST or
+    PRECISION."""
+    loaders = {"opt_G": load_optimizer_state, "opt_D": load_optimizer_state,
+               "scaler_G": load_scaler_state, "scaler_D": load_scaler_state}
     for k in TRAINING_STATE:
-        state[k].load_state_dict(ckpt[k])
+        if k in loaders:
+            loaders[k](state[k], ckpt[k])
+        else:
+            state[k].load_state_dict(ckpt[k])
     defaults = {"best_val_l1": float("inf"), "rank_rngs": []}
     return {k: ckpt.get(k, defaults.get(k)) if k in OPTIONAL else ckpt[k] for k in (*PROGRESS, *RNG_STATE)}
 
 
+def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
+    """A saved loss-scaler state; a run saved without fp16 (empty state) starts a fresh scaler, and an fp16 state
+    is ignored by a run without one: a checkpoint resumes under any PRECISION."""
+    if state:
+        scaler.load_state_dict(state)
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """Load Adam's state and give each moment its parameter's memory layout (strides): a run saved with another
+    CHANNELS_LAST keeps the old layout, and the fused kernels would then pair up the wrong elements."""
+    opt.load_state_dict(state)
+    for p, saved in opt.state.items():
+        for key, value in saved.items():
+            if torch.is_tensor(value) and value.shape == p.shape and value.stride() != p.stride():
+                saved[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
+
+
 def save_generator(path: Path, G: nn.Module, D: nn.Module, epoch: int, cfg: dict[str, Any]) -> None:
-    """generator.pt: the generator alone, loadable by load_generator without config.py."""
-    atomic_save({"format": CHECKPOINT_FORMAT, "generator": G.state_dict(), "epoch": epoch, "config": cfg,
+    """generator.pt: the generator alone, loadable by load_generator without config.py (on any machine)."""
+    atomic_save({"format": CHECKPOINT_FORMAT, "generator": cpu_state_dict(G), "epoch": epoch, "config": cfg,
                  **model_hparams(G, D)}, path)
+
+
+def cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
+    """module.state_dict() as CPU tensors: an export that plain torch.load opens on any machine."""
+    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 # ----------------------------------------------------------------------------- saving and loading

@@ -52,6 +52,14 @@ def max_over_ranks(value: int, device: torch.device) -> int:
     return int(flag.item())
 
 
+def max_flags_over_ranks(flags: torch.Tensor) -> list[int]:
+    """Element-wise max of an integer tensor over all ranks, read to the host in one go: several yes/no
+    decisions (a non-finite loss, a stop request) agreed in a single all-reduce."""
+    if is_distributed():
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags.tolist()
+
+
 def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
     if not is_distributed():
         return values

@@ -15,7 +15,7 @@ from checkpoint import CheckpointError, load_generator
 from configurator import default_settings
 from dataset import DatasetError, build_transform, to_tensor
 from generator_model import UNetGenerator
-from utils import ConfigError, pick_device, pick_precision
+from utils import ConfigError, pick_device, pick_precision, use_device
 
 
 def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str = "auto", precision: str = "auto",
@@ -28,6 +28,7 @@ def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str 
     latest_net_G.pth; with `needs_direction`, such a file without it is an error rather than a silent guess.
     """
     dev = pick_device(device)
+    use_device(dev)  # DEVICE=cuda:N: N becomes the current GPU
     G = load_generator(checkpoint, dev, mode)
     saved = G.train_config.get("DIRECTION")
     if direction and saved and direction != saved:

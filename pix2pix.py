@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from discriminator_model import PatchDiscriminator
-from distributed import max_over_ranks
+from distributed import max_flags_over_ranks
 from generator_model import UNetGenerator
 
 # ----------------------------------------------------------------------------- the networks and optimisers (§3.3)
@@ -79,25 +79,45 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
-def check_finite(losses: dict[str, torch.Tensor], step: int) -> None:
-    bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+FP16_HINT = ("; in fp16 this is usually an overflow (values above 65504): use PRECISION=bf16 (same range as fp32, "
+             "on Ampere+ GPUs and AMX CPUs) or PRECISION=fp32")
+
+
+def check_finite(losses: dict[str, torch.Tensor], step: int, fp16: bool = False) -> None:
+    """Raise NonFiniteLoss if any loss is NaN/Inf on any rank, with one fused check: one device->host read (under
+    DDP after one all-reduce)."""
+    values = torch.stack([v.detach().float() for v in losses.values()])
+    bad = (~torch.isfinite(values).all()).to(torch.int64).reshape(1)
     # all ranks skip or stop together: a lone rank skipping its backward would desync DDP's all-reduce
-    if max_over_ranks(int(bool(bad)), next(iter(losses.values())).device):
-        found = ", ".join(f"{k}={losses[k].item()}" for k in bad) or "loss on another process"
-        raise NonFiniteLoss(f"step {step}: non-finite {found}")
+    if max_flags_over_ranks(bad)[0]:
+        found = ", ".join(f"{k}={v.item()}" for k, v in losses.items() if not torch.isfinite(v)) \
+            or "loss on another process"
+        raise NonFiniteLoss(f"step {step}: non-finite {found}{FP16_HINT if fp16 else ''}")
+
+
+def scaler_skipped(scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer) -> torch.Tensor | float:
+    """1 if the fp16 loss scaler skipped this step of `opt` (inf/NaN gradients), as a device tensor (no sync);
+    call between scaler.step and scaler.update."""
+    if not scaler.is_enabled():
+        return 0.0
+    found = scaler._per_optimizer_states[id(opt)]["found_inf_per_device"].values()
+    return sum(f.float() for f in found).clamp(max=1)
 
 
 def train_step(G, D, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, step: int):
     """One iteration of paper §3.3: a D step, then a G step against the freshly updated D.
-    Returns the four loss terms as floats, or raises NonFiniteLoss before any poisoned update."""
+    Returns the four loss terms and "scaler_skips" (steps the fp16 loss scaler skipped) as 0-dim tensors on the
+    device, read by the caller only when it logs; or raises NonFiniteLoss before any poisoned update."""
+    fp16 = getattr(amp, "fast_dtype", None) == torch.float16
     with amp:
         fake = G(x)
         real_logits, fake_logits = D_scores(x, y, fake.detach())  # detach: the D step must not reach G
     loss_D, d_real, d_fake = discriminator_loss(real_logits.float(), fake_logits.float())  # losses in fp32
-    check_finite({"d_real": d_real, "d_fake": d_fake}, step)
+    check_finite({"d_real": d_real, "d_fake": d_fake}, step, fp16)
     opt_D.zero_grad(set_to_none=True)
     scaler_D.scale(loss_D).backward()
     scaler_D.step(opt_D)
+    skips = scaler_skipped(scaler_D, opt_D)
     scaler_D.update()
 
     D.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only, not its weights
@@ -105,12 +125,14 @@ def train_step(G, D, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp,
         fake_logits = D(x, fake)
     loss_G, g_gan, g_l1 = generator_loss(fake_logits.float(), fake.float(), y.float(), cfg["L1_LAMBDA"])
     D.requires_grad_(True)
-    check_finite({"g_gan": g_gan, "g_l1": g_l1}, step)
+    check_finite({"g_gan": g_gan, "g_l1": g_l1}, step, fp16)
     opt_G.zero_grad(set_to_none=True)
     scaler_G.scale(loss_G).backward()
     scaler_G.step(opt_G)
+    skips = skips + scaler_skipped(scaler_G, opt_G)
     scaler_G.update()
-    return {"d_real": d_real.item(), "d_fake": d_fake.item(), "g_gan": g_gan.item(), "g_l1": g_l1.item()}
+    losses = {"d_real": d_real, "d_fake": d_fake, "g_gan": g_gan, "g_l1": g_l1}
+    return {k: v.detach() for k, v in losses.items()} | {"scaler_skips": torch.as_tensor(skips, device=g_l1.device)}
 
 
 

@@ -5,7 +5,8 @@
     torchrun --standalone --nproc_per_node=2 train.py # several GPUs (or CPU processes) with DDP
 
 Settings live in config.py; any of them can be overridden with --KEY=value. Stop at any time with Ctrl-C:
-a resumable checkpoint is written, and running the same command again continues exactly where it stopped.
+a resumable checkpoint is written, and running the same command again continues where it stopped (bit-exactly on
+the CPU, and on GPUs with --DETERMINISTIC=True).
 
 The method itself (networks, objective, one training step) is in pix2pix.py; this file runs it: data, resume,
 the epoch loop, and what each epoch leaves behind (samples, validation, checkpoints).
@@ -34,9 +35,17 @@ from pix2pix import (NonFiniteLoss, RealFakeScores, build_models, lr_factor, mak
                      state_before_step, train_step, training_flops_per_image, undo_step)
 from run_log import RunDirError, RunLog, check_run_dir
 from utils import (ConfigError, autocast, generate, pick_device, pick_precision, rng_states, sample_grid,
-                   seed_everything, seeded_inference, set_rng_states)
+                   seed_everything, seeded_inference, set_determinism, set_rng_states, use_device)
 
 LOSS_TERMS = ("d_real", "d_fake", "g_gan", "g_l1")
+SUM_KEYS = (*LOSS_TERMS, "scaler_skips")  # what an epoch adds up on the device
+
+
+def running_means(sums: list[float], n_ok: int) -> dict[str, float]:
+    """The epoch's mean losses so far (sums over SUM_KEYS, n_ok finished steps) and the number of updates the fp16
+    loss scaler skipped."""
+    *totals, scaler_skips = sums
+    return {k: v / max(n_ok, 1) for k, v in zip(LOSS_TERMS, totals)} | {"scaler_skipped_steps": scaler_skips}
 
 
 def evaluate_generator(*args, **kwargs):
@@ -116,7 +125,7 @@ def make_training_state(cfg: dict[str, Any], device: torch.device, world_size: i
 
 
 def restore(path: Path, cfg: dict[str, Any], state: dict[str, Any], loader_rng: torch.Generator, rank: int,
-            world_size: int) -> dict[str, Any]:
+            world_size: int, device: torch.device) -> dict[str, Any]:
     """Continue the checkpoint at `path` exactly: weights, optimisers, schedules, scalers, RNGs and progress."""
     ckpt = load_checkpoint(path)
     check_resume_compatible(ckpt, cfg, path, state["discriminator"])
@@ -125,7 +134,7 @@ def restore(path: Path, cfg: dict[str, Any], state: dict[str, Any], loader_rng: 
         print(f"note: {path} predates the U-Net skip fix; this run keeps its legacy skip activations "
               f"(skip_relu=False) so its function does not change. Train in a new RUN_DIR for the reference one")
     rank_rngs = saved["rank_rngs"] or []  # every rank's RNG: each continues its own dropout noise
-    set_rng_states(rank_rngs[rank] if len(rank_rngs) == world_size else saved["rng"])
+    set_rng_states(rank_rngs[rank] if len(rank_rngs) == world_size else saved["rng"], device)
     if rank and len(rank_rngs) != world_size:  # saved with another number of processes: fresh noise
         seed_everything(cfg["SEED"] + rank + saved["step"])
     loader_rng.set_state(saved["loader_rng"])
@@ -151,7 +160,8 @@ def wrap_for_training(G: nn.Module, D: nn.Module, cfg: dict[str, Any], device: t
 
 def save_checkpoint(path: Path, state: dict[str, Any], progress: dict[str, Any], rank_rngs: list,
                     loader_rng: torch.Generator, cfg: dict[str, Any]) -> None:
-    save_training_state(path, state, progress, {"rng": rng_states(), "rank_rngs": rank_rngs,
+    device = next(state["generator"].parameters()).device  # this process's GPU RNG only
+    save_training_state(path, state, progress, {"rng": rng_states(device), "rank_rngs": rank_rngs,
                                                 "loader_rng": loader_rng.get_state()}, cfg)
 
 
@@ -200,14 +210,14 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     master = rank == 0
     device = torch.device("cuda", local_rank) if world_size > 1 and torch.cuda.is_available() \
         else pick_device(cfg["DEVICE"])
+    use_device(device)
     precision = pick_precision(cfg["PRECISION"], device)
     amp = autocast(device, precision)
     if cfg["SYNC_BN"] and world_size > 1 and device.type != "cuda":
         raise ConfigError("SYNC_BN=True needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU version); use "
                           "SYNC_BN=False, or NORM=instance, which needs no statistics shared across processes")
     memory_format = torch.channels_last if cfg["CHANNELS_LAST"] else torch.contiguous_format
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
+    set_determinism(cfg["DETERMINISTIC"], device)
     run_dir = Path(cfg["RUN_DIR"])
     ckpt_dir = run_dir / "checkpoints"
     resume_path = resolve_resume(cfg, ckpt_dir)
@@ -221,7 +231,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     G, D = state["generator"], state["discriminator"]
     progress = {"epoch": 0, "batch_in_epoch": 0, "step": 0, "best_val_l1": float("inf")}
     if resume_path:
-        progress = restore(resume_path, cfg, state, data["loader_rng"], rank, world_size)
+        progress = restore(resume_path, cfg, state, data["loader_rng"], rank, world_size, device)
     check_ranks_agree(world_size, resume_from=resume_path and str(resume_path), step=progress["step"],
                       train_images=len(data["train_set"]))
 
@@ -249,7 +259,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     rank_rngs: list = []  # every rank's RNG state, gathered whenever a checkpoint is written
     for epoch in range(start_epoch, total_epochs):
         data["sampler"].set_epoch(epoch, skip=progress["batch_in_epoch"] * cfg["BATCH_SIZE"])
-        sums = dict.fromkeys(LOSS_TERMS, 0.0)
+        sums = torch.zeros(len(SUM_KEYS), dtype=torch.float32 if device.type == "mps" else torch.float64,
+                           device=device)  # kept on the device: read only when logging (no sync per step)
         n_ok, skipped, images, speed, t0 = 0, 0, 0, 0.0, time.perf_counter()
         bar = tqdm(data["loader"], desc=f"epoch {epoch + 1}/{total_epochs}", disable=not master,
                    dynamic_ncols=True, initial=progress["batch_in_epoch"],
@@ -263,8 +274,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                 losses = train_step(G_train, D_step, D_scores, state["opt_G"], state["opt_D"], state["scaler_G"],
                                     state["scaler_D"], x, y, cfg, amp, progress["step"])
                 n_ok += 1
-                for k in sums:
-                    sums[k] += losses[k]
+                sums += torch.stack([losses[k] for k in SUM_KEYS]).to(sums.dtype)
             except NonFiniteLoss as e:
                 if cfg["ON_NAN"] == "stop":
                     raise
@@ -276,14 +286,15 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
             step = progress["step"]
             images += x.shape[0] * world_size
             speed = images / (time.perf_counter() - t0)
-            if master:
-                bar.set_postfix({k: f"{v / max(n_ok, 1):.3f}" for k, v in sums.items()} | {"img/s": f"{speed:.2f}"})
-                if step % cfg["LOG_EVERY"] == 0 and n_ok:
-                    log.scalars({k: v / n_ok for k, v in sums.items()} | {"images_per_s": speed}, step)
+            if master and step % cfg["LOG_EVERY"] == 0:
+                means = running_means(sums.tolist(), n_ok)  # the one device->host read of a logging step
+                bar.set_postfix({k: f"{means[k]:.3f}" for k in LOSS_TERMS} | {"img/s": f"{speed:.2f}"})
+                if n_ok:
+                    log.scalars(means | {"images_per_s": speed}, step)
             stop.signum = max_over_ranks(stop.signum, device)  # any rank's signal stops every rank
             stopping = bool(stop.signum)
             if stopping or (cfg["CHECKPOINT_EVERY_STEPS"] and step % cfg["CHECKPOINT_EVERY_STEPS"] == 0):
-                rank_rngs = gather_from_ranks(rng_states(), world_size)  # (every rank agrees on saving)
+                rank_rngs = gather_from_ranks(rng_states(device), world_size)  # (every rank agrees on saving)
                 if master:
                     save_checkpoint(ckpt_dir / "last.pt", state, progress, rank_rngs, data["loader_rng"], cfg)
             if stopping:
@@ -297,13 +308,15 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         epoch_lr = state["opt_G"].param_groups[0]["lr"]  # the LR this epoch trained with, not the next epoch's
         state["sched_G"].step()
         state["sched_D"].step()
-        *totals, n_ok = sum_over_ranks([*sums.values(), n_ok], device)  # log means over every rank's images
-        sums = dict(zip(sums, totals))
-        rank_rngs = gather_from_ranks(rng_states(), world_size)
+        *totals, n_ok = sum_over_ranks([*sums.tolist(), n_ok], device)  # log means over every rank's images
+        means = running_means(totals, n_ok)
+        rank_rngs = gather_from_ranks(rng_states(device), world_size)
         if master:
             print(f"epoch {epoch + 1}: {images / (time.perf_counter() - t0):.2f} img/s, "
-                  f"{speed * flops / 1e12:.3f} TFLOP/s")
-            row = {k: v / max(n_ok, 1) for k, v in sums.items()} | {
+                  f"{speed * flops / 1e12:.3f} TFLOP/s"
+                  + (f"; fp16 loss scaler skipped {means['scaler_skipped_steps']:.0f} G/D updates (inf/NaN gradients)"
+                     if state["scaler_G"].is_enabled() else ""))
+            row = means | {
                 "epoch": epoch + 1, "step": progress["step"], "lr": epoch_lr, "skipped_steps": skipped,
                 "images_per_s": speed}
             end_of_epoch(row, progress, state, data, rank_rngs, cfg, device, precision, log)

@@ -8,6 +8,7 @@ Not run directly. In a notebook:
     G = load_generator("latest_net_G.pth")            # also a generator of the official pix2pix code
 """
 import contextlib
+import os
 import random
 from typing import Any, Iterator
 
@@ -45,14 +46,39 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def pick_precision(name: str, device: torch.device) -> str:
-    """'auto' -> bf16 where the hardware runs it natively, fp16 on pre-Ampere CUDA, else fp32."""
+    """'auto' -> bf16 where the hardware runs it natively, fp16 on Volta/Turing CUDA, else fp32."""
     if name != "auto":
         return name
     if device.type == "cuda":
-        return "bf16" if torch.cuda.get_device_capability(device)[0] >= 8 else "fp16"
+        major = torch.cuda.get_device_capability(device)[0]
+        # fp16 pays off only with tensor cores (Volta, compute capability 7+); older GPUs run fp32 faster
+        return "bf16" if major >= 8 else "fp16" if major >= 7 else "fp32"
     if device.type == "cpu" and torch.cpu._is_amx_tile_supported():
         return "bf16"  # without AMX tiles (AVX512-BF16 alone) bf16 convolutions are slower than fp32
     return "fp32"
+
+
+def use_device(device: torch.device) -> None:
+    """Make `device` the current CUDA device (DEVICE=cuda:N): otherwise pin-memory threads, argument-less CUDA
+    calls and new contexts land on GPU 0."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on `device` (a no-op off CUDA), e.g. before reading a timer."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def set_determinism(deterministic: bool, device: torch.device) -> None:
+    """DETERMINISTIC=True: deterministic kernels only, no cuDNN autotuning, so a resumed GPU run continues
+    bit-exactly (slower). Otherwise let cuDNN pick the fastest kernels for our fixed input sizes."""
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS needs it for deterministic results
+        torch.use_deterministic_algorithms(True)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = not deterministic
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -71,25 +97,29 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_states() -> dict[str, Any]:
-    """Every global RNG, in a form torch.load(weights_only=True) accepts (tensors, ints, tuples)."""
+def rng_states(device: torch.device = torch.device("cpu")) -> dict[str, Any]:
+    """Every global RNG this process uses, in a form torch.load(weights_only=True) accepts (tensors, ints,
+    tuples): the CUDA one of `device` only, so the checkpoint resumes on a machine with fewer GPUs."""
     np_state = np.random.get_state()
     return {
         "python": random.getstate(),
         "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else [],
     }
 
 
-def set_rng_states(states: dict[str, Any]) -> None:
+def set_rng_states(states: dict[str, Any], device: torch.device = torch.device("cpu")) -> None:
     random.setstate(states["python"])
     name, key, *rest = states["numpy"]
     np.random.set_state((name, key.numpy(), *rest))
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-
+    cuda = states["cuda"]
+    if isinstance(cuda, (list, tuple)):  # older checkpoints: one state per GPU the saving machine had
+        index = device.index if device.index is not None else 0
+        cuda = cuda[index] if index < len(cuda) else None
+    if device.type == "cuda" and cuda is not None:  # none saved (a CPU run): the seeded state stays
+        torch.cuda.set_rng_state(cuda, device)
 
 
 # ----------------------------------------------------------------------------- inference
