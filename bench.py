@@ -33,7 +33,8 @@ import torch.nn as nn
 from configurator import load_config
 from pix2pix import (RealFakeScores, build_models, make_grad_scalers, make_optimizers, train_step,
                      training_flops_per_image)
-from utils import AMP_DTYPES, ConfigError, autocast, pick_device, pick_precision, synchronize, test_mode, use_device
+from utils import (AMP_DTYPES, ConfigError, autocast, memory_format_for, pick_device, pick_precision, synchronize,
+                   test_mode, use_device)
 
 
 def is_setting(arg: str) -> bool:
@@ -95,7 +96,7 @@ def median_rate(fn, images_per_call: int, args: argparse.Namespace, sync) -> flo
 
 
 def bench_model(cfg: dict[str, Any], args: argparse.Namespace, device: torch.device, precision: str) -> dict[str, Any]:
-    memory_format = torch.channels_last if cfg["CHANNELS_LAST"] else torch.contiguous_format
+    memory_format = memory_format_for(cfg["CHANNELS_LAST"], device, cfg["BATCH_SIZE"])
     sync = lambda: synchronize(device)  # noqa: E731 - the device timed, not the current one
     G, D = (m.to(device, memory_format=memory_format) for m in build_models(cfg))
     opt_G, opt_D = make_optimizers(G, D, cfg, device, fused=args.fused)
@@ -215,8 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else device),
            "precision": precision, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "cpus": os.cpu_count(), "batch_size": cfg["BATCH_SIZE"], "image_size": cfg["IMAGE_SIZE"],
-           "channels_last": cfg["CHANNELS_LAST"], "compile": cfg["COMPILE"], "fused_adam": args.fused,
-           "workers": cfg["NUM_WORKERS"]}
+           "channels_last": memory_format_for(cfg["CHANNELS_LAST"], device, cfg["BATCH_SIZE"]) == torch.channels_last,
+           "compile": cfg["COMPILE"], "fused_adam": args.fused, "workers": cfg["NUM_WORKERS"]}
     if args.sweep:
         rows = sweep(cfg, [a for a in argv if is_setting(a)])
         print(json.dumps({"env": env, "sweep": rows}, indent=2) if args.json else format_sweep(env, rows))

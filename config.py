@@ -46,7 +46,7 @@ ON_NAN = "stop"  # a NaN/Inf loss: "stop" = stop without saving poisoned weights
 SEED = 42  # seeds python, numpy, torch, shuffling and augmentation
 DEVICE = "auto"  # "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps"
 PRECISION = "auto"  # "auto" (bf16 on CUDA Ampere+ and AMX CPUs, fp16 on Volta/Turing, else fp32), "fp32", "bf16", "fp16"
-CHANNELS_LAST = True  # NHWC memory layout: faster convolutions on CUDA tensor cores and oneDNN
+CHANNELS_LAST = "auto"  # NHWC memory layout: "auto" (on CUDA; on CPU from batch 4, where it beats NCHW), True, False
 COMPILE = False  # torch.compile both networks (slow first epoch, faster later)
 DETERMINISTIC = False  # deterministic kernels, no cuDNN autotuning: bit-exact resume on GPUs too (slower)
 DIST_TIMEOUT_S = 600  # torchrun: a rank silent this long stops the whole job instead of hanging

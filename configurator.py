@@ -45,6 +45,15 @@ def parse_value(key: str, text: str, default: Any) -> Any:
     return value
 
 
+def auto_or_bool(key: str, value: Any) -> str | bool:
+    """A setting that is "auto" or a bool; --KEY=True/False/auto all parse (the default's type is str)."""
+    if isinstance(value, bool) or value == "auto":
+        return value
+    if str(value).lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return str(value).lower() in ("true", "1", "yes", "on")
+    raise ConfigError(f"{key}={value!r} is not valid; choose auto, True or False")
+
+
 def parse_overrides(argv: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
     overrides = {}
     for arg in argv:
@@ -88,6 +97,7 @@ def _positive(cfg: dict, key: str, allow_zero: bool = False) -> None:
 
 
 def validate_config(cfg: dict[str, Any]) -> None:
+    cfg["CHANNELS_LAST"] = auto_or_bool("CHANNELS_LAST", cfg["CHANNELS_LAST"])
     _one_of(cfg, "DIRECTION", ("AtoB", "BtoA"))
     _one_of(cfg, "NORM", NORMS)
     _one_of(cfg, "DROPOUT_PLACEMENT", DROPOUT_PLACEMENTS)

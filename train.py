@@ -34,8 +34,8 @@ from interrupts import StopRequest, ignore_stop_signals, resume_command, shut_do
 from pix2pix import (NonFiniteLoss, RealFakeScores, build_models, lr_factor, make_grad_scalers, make_optimizers,
                      state_before_step, train_step, training_flops_per_image, undo_step)
 from run_log import RunDirError, RunLog, check_run_dir
-from utils import (ConfigError, autocast, generate, pick_device, pick_precision, rng_states, sample_grid,
-                   seed_everything, seeded_inference, set_determinism, set_rng_states, use_device)
+from utils import (ConfigError, autocast, generate, memory_format_for, pick_device, pick_precision, rng_states,
+                   sample_grid, seed_everything, seeded_inference, set_determinism, set_rng_states, use_device)
 
 LOSS_TERMS = ("d_real", "d_fake", "g_gan", "g_l1")
 SUM_KEYS = (*LOSS_TERMS, "scaler_skips")  # what an epoch adds up on the device
@@ -216,7 +216,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     if cfg["SYNC_BN"] and world_size > 1 and device.type != "cuda":
         raise ConfigError("SYNC_BN=True needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU version); use "
                           "SYNC_BN=False, or NORM=instance, which needs no statistics shared across processes")
-    memory_format = torch.channels_last if cfg["CHANNELS_LAST"] else torch.contiguous_format
+    memory_format = memory_format_for(cfg["CHANNELS_LAST"], device, cfg["BATCH_SIZE"])
     set_determinism(cfg["DETERMINISTIC"], device)
     run_dir = Path(cfg["RUN_DIR"])
     ckpt_dir = run_dir / "checkpoints"

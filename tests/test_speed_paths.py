@@ -97,3 +97,19 @@ def test_bench_reports_every_figure_as_json(capsys):
     # achieved TFLOP/s is the measured rate times the model's FLOPs per image (counted on meta tensors)
     results = out["results"]
     assert results["train_tflop_s"] == pytest.approx(results["train_img_s"] * results["train_gflop_per_img"] / 1e3)
+
+
+def test_channels_last_auto_picks_the_layout_by_device_and_batch():
+    from configurator import load_config
+    from utils import ConfigError, memory_format_for
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert memory_format_for("auto", cpu, 1) == torch.contiguous_format  # measured faster at batch 1 on CPU
+    assert memory_format_for("auto", cpu, 16) == torch.channels_last
+    assert memory_format_for("auto", cuda, 1) == torch.channels_last
+    assert memory_format_for(True, cpu, 1) == torch.channels_last  # an explicit choice is kept
+    assert memory_format_for(False, cuda, 16) == torch.contiguous_format
+    assert load_config([])["CHANNELS_LAST"] == "auto"
+    assert load_config(["--CHANNELS_LAST=False"])["CHANNELS_LAST"] is False
+    assert load_config(["--CHANNELS_LAST=true"])["CHANNELS_LAST"] is True
+    with pytest.raises(ConfigError, match="CHANNELS_LAST='sometimes'"):
+        load_config(["--CHANNELS_LAST=sometimes"])
