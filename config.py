@@ -61,6 +61,7 @@ VAL_MAX_IMAGES = 100  # validate on at most this many VAL_DIR images
 TEST_MODE = "paper"  # generator at test time: "paper" (dropout on, batch statistics; paper §3.3) or "eval"
 LOG_EVERY = 50  # TensorBoard scalars every N steps
 CHECKPOINT_EVERY_STEPS = 500  # also refresh checkpoints/last.pt every N steps (0 = only at epoch ends)
+CHECKPOINT_EVERY_MINUTES = 10.0  # also refresh checkpoints/last.pt this many minutes after the last save (0 = off)
 SNAPSHOT_EVERY = 20  # keep checkpoints/epoch_NNNN.pt every N epochs (0 = never)
 PRESET = ""  # one word applying a dataset's paper settings (see PRESETS below): facades, maps, cityscapes, ...
 

@@ -113,7 +113,7 @@ def validate_config(cfg: dict[str, Any]) -> None:
                 "DISC_BASE_CHANNELS", "N_SAMPLES", "LOG_EVERY", "DIST_TIMEOUT_S", "NUM_DOWNS"):
         _positive(cfg, key)
     for key in ("N_EPOCHS", "N_EPOCHS_DECAY", "NUM_WORKERS", "SAMPLE_EVERY", "VAL_EVERY", "VAL_MAX_IMAGES",
-                "CHECKPOINT_EVERY_STEPS", "SNAPSHOT_EVERY", "L1_LAMBDA"):
+                "CHECKPOINT_EVERY_STEPS", "CHECKPOINT_EVERY_MINUTES", "SNAPSHOT_EVERY", "L1_LAMBDA"):
         _positive(cfg, key, allow_zero=True)
     if cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"] == 0:
         raise ConfigError("N_EPOCHS + N_EPOCHS_DECAY is 0: nothing to train")

@@ -100,17 +100,19 @@ def _fmt(v: Any) -> Any:
     return f"{v:.6g}" if isinstance(v, float) else v
 
 
-def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
-    """Losses and validation metrics per epoch, for people who look rather than read CSVs."""
+def plot_curves(rows: list[dict[str, str]], path: Path):
+    """Losses and validation metrics per epoch, for people who look rather than read CSVs. Each metric of its own
+    scale (PSNR ~12 dB, SSIM ~0.2) gets its own panel. Returns the (closed) matplotlib figure, or None."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     if not rows:
-        return
+        return None
     epochs = [int(r["epoch"]) for r in rows]
     panels = [("D loss terms", ["d_real", "d_fake"]), ("G loss terms", ["g_gan", "g_l1"]),
-              ("validation L1 (lower is better)", ["val_l1"]), ("validation PSNR / SSIM", ["val_psnr", "val_ssim"])]
-    fig, axes = plt.subplots(1, 4, figsize=(16, 3.2))
+              ("validation L1 (lower is better)", ["val_l1"]), ("validation PSNR (dB)", ["val_psnr"]),
+              ("validation SSIM", ["val_ssim"])]
+    fig, axes = plt.subplots(1, len(panels), figsize=(20, 3.2))
     for ax, (title, keys) in zip(axes, panels):
         for k in keys:
             points = [(e, float(r[k])) for e, r in zip(epochs, rows) if r.get(k) not in (None, "")]
@@ -124,3 +126,4 @@ def plot_curves(rows: list[dict[str, str]], path: Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
+    return fig

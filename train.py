@@ -38,6 +38,9 @@ from utils import (ConfigError, autocast, generate, memory_format_for, pick_devi
                    sample_grid, seed_everything, seeded_inference, set_determinism, set_rng_states, use_device)
 
 LOSS_TERMS = ("d_real", "d_fake", "g_gan", "g_l1")
+EARLY_SAMPLE_STEPS = 50  # first-epoch grids at step 0 and 50, 100, 200, 400, ...: a picture within a minute
+FIRST_CHECKPOINT_STEP = 100  # an early last.pt (~2.5 min at 0.7 img/s) before CHECKPOINT_EVERY_MINUTES is due
+clock = time.monotonic  # the checkpoint timer's clock (tests replace it rather than sleep)
 SUM_KEYS = (*LOSS_TERMS, "scaler_skips")  # what an epoch adds up on the device
 
 
@@ -65,6 +68,17 @@ def write_samples(G, x, y, cfg, device, precision, path: Path) -> torch.Tensor:
     path.parent.mkdir(parents=True, exist_ok=True)
     vutils.save_image(grid, path)
     return grid
+
+
+def is_early_sample_step(step: int) -> bool:
+    """Step 0 and EARLY_SAMPLE_STEPS times a power of two."""
+    n, rest = divmod(step, EARLY_SAMPLE_STEPS)
+    return step == 0 or (rest == 0 and n & (n - 1) == 0)
+
+
+def format_duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def resolve_resume(cfg: dict[str, Any], checkpoint_dir: Path) -> Path | None:
@@ -257,6 +271,10 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     stop = StopRequest(announce=master)
     cleanup.callback(stop.release)  # after the loop a signal must end the process as usual
     rank_rngs: list = []  # every rank's RNG state, gathered whenever a checkpoint is written
+    if master and cfg["SAMPLE_EVERY"] and progress["step"] == 0:  # the untrained generator: a picture at once
+        write_samples(without_sync_bn(G), *data["samples"], cfg, device, precision,
+                      run_dir / "samples" / "step_000000.png")
+    last_save = clock()
     for epoch in range(start_epoch, total_epochs):
         data["sampler"].set_epoch(epoch, skip=progress["batch_in_epoch"] * cfg["BATCH_SIZE"])
         sums = torch.zeros(len(SUM_KEYS), dtype=torch.float32 if device.type == "mps" else torch.float64,
@@ -286,17 +304,30 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
             step = progress["step"]
             images += x.shape[0] * world_size
             speed = images / (time.perf_counter() - t0)
+            if master and epoch == 0 and cfg["SAMPLE_EVERY"] and is_early_sample_step(step) \
+                    and progress["batch_in_epoch"] < bar.total:  # the epoch's last step has its epoch grid
+                write_samples(without_sync_bn(G), *data["samples"], cfg, device, precision,
+                              run_dir / "samples" / f"step_{step:06d}.png")
             if master and step % cfg["LOG_EVERY"] == 0:
                 means = running_means(sums.tolist(), n_ok)  # the one device->host read of a logging step
-                bar.set_postfix({k: f"{means[k]:.3f}" for k in LOSS_TERMS} | {"img/s": f"{speed:.2f}"})
+                left = (total_epochs - epoch) * len(data["train_set"]) \
+                    - progress["batch_in_epoch"] * cfg["BATCH_SIZE"] * world_size
+                bar.set_postfix({k: f"{means[k]:.3f}" for k in LOSS_TERMS} | {"img/s": f"{speed:.2f}"}
+                                | {"run ETA": format_duration(max(left, 0) / speed)})
                 if n_ok:
                     log.scalars(means | {"images_per_s": speed}, step)
-            stop.signum = max_over_ranks(stop.signum, device)  # any rank's signal stops every rank
+            # rank 0's clock decides a timed save; folded into the stop flag's all-reduce as its lowest bit (the
+            # max is exact whenever no rank stops, and a stop saves anyway), so every rank joins the same gather
+            due = master and cfg["CHECKPOINT_EVERY_MINUTES"] > 0 \
+                and clock() - last_save >= 60 * cfg["CHECKPOINT_EVERY_MINUTES"]
+            stop.signum, due = divmod(max_over_ranks(2 * stop.signum + due, device), 2)
             stopping = bool(stop.signum)
-            if stopping or (cfg["CHECKPOINT_EVERY_STEPS"] and step % cfg["CHECKPOINT_EVERY_STEPS"] == 0):
+            if stopping or due or step == FIRST_CHECKPOINT_STEP \
+                    or (cfg["CHECKPOINT_EVERY_STEPS"] and step % cfg["CHECKPOINT_EVERY_STEPS"] == 0):
                 rank_rngs = gather_from_ranks(rng_states(device), world_size)  # (every rank agrees on saving)
                 if master:
                     save_checkpoint(ckpt_dir / "last.pt", state, progress, rank_rngs, data["loader_rng"], cfg)
+                last_save = clock()
             if stopping:
                 if master:
                     bar.close()
@@ -320,6 +351,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                 "epoch": epoch + 1, "step": progress["step"], "lr": epoch_lr, "skipped_steps": skipped,
                 "images_per_s": speed}
             end_of_epoch(row, progress, state, data, rank_rngs, cfg, device, precision, log)
+        last_save = clock()
         barrier(world_size)
     if master:
         print(f"done: {run_dir / 'generator.pt'} (load it with utils.load_generator)")
