@@ -11,7 +11,11 @@ import os
 from pathlib import Path
 from typing import Any
 
+import torch
+import torchvision.utils as vutils
+
 from atomic import atomic_path
+from utils import generate, sample_grid, seeded_inference
 
 COLUMNS = ["epoch", "step", "d_real", "d_fake", "g_gan", "g_l1", "lr", "images_per_s", "skipped_steps",
            "val_l1", "val_psnr", "val_ssim", "val_ratio"]
@@ -127,3 +131,20 @@ def plot_curves(rows: list[dict[str, str]], path: Path):
         fig.savefig(tmp, dpi=80, format="png")
     plt.close(fig)
     return fig
+
+
+def write_samples(G, x, y, cfg, device, precision, path: Path) -> torch.Tensor:
+    """input | generated | target grid of the fixed val images; fixed dropout noise, training RNG untouched."""
+    fakes = []
+    with seeded_inference(G, cfg["TEST_MODE"], cfg["SEED"], device):
+        for i in range(0, len(x), cfg["BATCH_SIZE"]):  # batches as in training, for the batch statistics
+            fakes.append(generate(G, x[i:i + cfg["BATCH_SIZE"]], device, precision).cpu())
+    grid = sample_grid(x, torch.cat(fakes), y)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    vutils.save_image(grid, path)
+    return grid
+
+
+def format_duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m"

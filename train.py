@@ -20,7 +20,6 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-import torchvision.utils as vutils
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
@@ -33,9 +32,9 @@ from distributed import (barrier, check_ranks_agree, gather_from_ranks, max_over
 from interrupts import StopRequest, ignore_stop_signals, resume_command, shut_down_workers
 from pix2pix import (NonFiniteLoss, RealFakeScores, build_models, lr_factor, make_grad_scalers, make_optimizers,
                      state_before_step, train_step, training_flops_per_image, undo_step)
-from run_log import RunDirError, RunLog, check_run_dir
-from utils import (ConfigError, autocast, generate, memory_format_for, pick_device, pick_precision, rng_states,
-                   sample_grid, seed_everything, seeded_inference, set_determinism, set_rng_states, use_device)
+from run_log import RunDirError, RunLog, check_run_dir, format_duration, write_samples
+from utils import (ConfigError, autocast, memory_format_for, pick_device, pick_precision, rng_states,
+                   seed_everything, set_determinism, set_rng_states, use_device)
 
 LOSS_TERMS = ("d_real", "d_fake", "g_gan", "g_l1")
 EARLY_SAMPLE_STEPS = 50  # first-epoch grids at step 0 and 50, 100, 200, 400, ...: a picture within a minute
@@ -58,27 +57,10 @@ def evaluate_generator(*args, **kwargs):
     return evaluate(*args, **kwargs)
 
 
-def write_samples(G, x, y, cfg, device, precision, path: Path) -> torch.Tensor:
-    """input | generated | target grid of the fixed val images; fixed dropout noise, training RNG untouched."""
-    fakes = []
-    with seeded_inference(G, cfg["TEST_MODE"], cfg["SEED"], device):
-        for i in range(0, len(x), cfg["BATCH_SIZE"]):  # batches as in training, for the batch statistics
-            fakes.append(generate(G, x[i:i + cfg["BATCH_SIZE"]], device, precision).cpu())
-    grid = sample_grid(x, torch.cat(fakes), y)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    vutils.save_image(grid, path)
-    return grid
-
-
 def is_early_sample_step(step: int) -> bool:
     """Step 0 and EARLY_SAMPLE_STEPS times a power of two."""
     n, rest = divmod(step, EARLY_SAMPLE_STEPS)
     return step == 0 or (rest == 0 and n & (n - 1) == 0)
-
-
-def format_duration(seconds: float) -> str:
-    minutes = int(seconds // 60)
-    return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
 def resolve_resume(cfg: dict[str, Any], checkpoint_dir: Path) -> Path | None:
@@ -213,6 +195,61 @@ def end_of_epoch(row: dict[str, Any], progress: dict[str, Any], state: dict[str,
 
 # ----------------------------------------------------------------------------- the run
 
+def pick_runtime(cfg: dict[str, Any], local_rank: int, world_size: int) -> tuple[torch.device, str, Any]:
+    """(device, precision, memory format); under torchrun each process takes its own GPU."""
+    device = torch.device("cuda", local_rank) if world_size > 1 and torch.cuda.is_available() \
+        else pick_device(cfg["DEVICE"])
+    use_device(device)
+    if cfg["SYNC_BN"] and world_size > 1 and device.type != "cuda":
+        raise ConfigError("SYNC_BN=True needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU version); use "
+                          "SYNC_BN=False, or NORM=instance, which needs no statistics shared across processes")
+    set_determinism(cfg["DETERMINISTIC"], device)
+    return device, pick_precision(cfg["PRECISION"], device), \
+        memory_format_for(cfg["CHANNELS_LAST"], device, cfg["BATCH_SIZE"])
+
+
+def open_run_log(cfg: dict[str, Any], start_epoch: int, G: nn.Module, D: nn.Module, data: dict[str, Any],
+                 device: torch.device, precision: str, world_size: int, flops: float,
+                 cleanup: contextlib.ExitStack) -> RunLog:
+    """Rank 0: config.json, log.csv and TensorBoard in RUN_DIR, and what this run is, printed once."""
+    run_dir = Path(cfg["RUN_DIR"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+    log = RunLog(run_dir, resume_epoch=start_epoch)
+    cleanup.callback(log.close)
+    print("config:", json.dumps(cfg))
+    print(f"device {device} ({precision}), {world_size} process(es), global batch "
+          f"{cfg['BATCH_SIZE'] * world_size}; G {sum(p.numel() for p in G.parameters()) / 1e6:.2f} M params, "
+          f"D {sum(p.numel() for p in D.parameters()) / 1e6:.2f} M; {len(data['train_set'])} train / "
+          f"{len(data['val_set'])} val images; {flops / 1e9:.1f} GFLOP per training image")
+    return log
+
+
+def print_epoch_speed(row: dict[str, Any], epoch_img_s: float, flops: float, fp16_scaler: bool) -> None:
+    print(f"epoch {row['epoch']}: {epoch_img_s:.2f} img/s, {row['images_per_s'] * flops / 1e12:.3f} TFLOP/s"
+          + (f"; fp16 loss scaler skipped {row['scaler_skipped_steps']:.0f} G/D updates (inf/NaN gradients)"
+             if fp16_scaler else ""))
+
+
+def stop_or_save(stop: StopRequest, last_save: float, state: dict[str, Any], progress: dict[str, Any],
+                 data: dict[str, Any], cfg: dict[str, Any], device: torch.device, rank: int,
+                 world_size: int) -> tuple[bool, float]:
+    """After a step: does any rank stop, and is last.pt due? Saves it if so; -> (stopping, time of the last save).
+    Rank 0's clock decides a timed save; folded into the stop flag's all-reduce as its lowest bit (the max is exact
+    whenever no rank stops, and a stop saves anyway), so every rank joins the same collectives."""
+    step, master = progress["step"], rank == 0
+    due = master and cfg["CHECKPOINT_EVERY_MINUTES"] > 0 and clock() - last_save >= 60 * cfg["CHECKPOINT_EVERY_MINUTES"]
+    stop.signum, due = divmod(max_over_ranks(2 * stop.signum + due, device), 2)
+    if stop.signum or due or step == FIRST_CHECKPOINT_STEP \
+            or (cfg["CHECKPOINT_EVERY_STEPS"] and step % cfg["CHECKPOINT_EVERY_STEPS"] == 0):
+        rank_rngs = gather_from_ranks(rng_states(device), world_size)  # (every rank agrees on saving)
+        if master:
+            save_checkpoint(Path(cfg["RUN_DIR"]) / "checkpoints" / "last.pt", state, progress, rank_rngs,
+                            data["loader_rng"], cfg)
+        last_save = clock()
+    return bool(stop.signum), last_save
+
+
 def main(argv: list[str] | None = None) -> int:
     with contextlib.ExitStack() as cleanup:  # runs on every way out: done, stop signal, error
         return run(argv, cleanup)
@@ -222,16 +259,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
     cfg = load_config(argv)
     rank, local_rank, world_size = setup_distributed(cfg["DIST_TIMEOUT_S"])
     master = rank == 0
-    device = torch.device("cuda", local_rank) if world_size > 1 and torch.cuda.is_available() \
-        else pick_device(cfg["DEVICE"])
-    use_device(device)
-    precision = pick_precision(cfg["PRECISION"], device)
+    device, precision, memory_format = pick_runtime(cfg, local_rank, world_size)
     amp = autocast(device, precision)
-    if cfg["SYNC_BN"] and world_size > 1 and device.type != "cuda":
-        raise ConfigError("SYNC_BN=True needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU version); use "
-                          "SYNC_BN=False, or NORM=instance, which needs no statistics shared across processes")
-    memory_format = memory_format_for(cfg["CHANNELS_LAST"], device, cfg["BATCH_SIZE"])
-    set_determinism(cfg["DETERMINISTIC"], device)
     run_dir = Path(cfg["RUN_DIR"])
     ckpt_dir = run_dir / "checkpoints"
     resume_path = resolve_resume(cfg, ckpt_dir)
@@ -256,21 +285,11 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         if master:
             print(f"{run_dir} already finished its {total_epochs} epochs; nothing to do (new RUN_DIR to retrain)")
         return 0
-    log, flops = None, training_flops_per_image(cfg)
-    if master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
-        log = RunLog(run_dir, resume_epoch=start_epoch)
-        cleanup.callback(log.close)
-        print("config:", json.dumps(cfg))
-        print(f"device {device} ({precision}), {world_size} process(es), global batch "
-              f"{cfg['BATCH_SIZE'] * world_size}; G {sum(p.numel() for p in G.parameters()) / 1e6:.2f} M params, "
-              f"D {sum(p.numel() for p in D.parameters()) / 1e6:.2f} M; {len(data['train_set'])} train / "
-              f"{len(data['val_set'])} val images; {flops / 1e9:.1f} GFLOP per training image")
+    flops = training_flops_per_image(cfg)
+    log = open_run_log(cfg, start_epoch, G, D, data, device, precision, world_size, flops, cleanup) if master else None
 
     stop = StopRequest(announce=master)
     cleanup.callback(stop.release)  # after the loop a signal must end the process as usual
-    rank_rngs: list = []  # every rank's RNG state, gathered whenever a checkpoint is written
     if master and cfg["SAMPLE_EVERY"] and progress["step"] == 0:  # the untrained generator: a picture at once
         write_samples(without_sync_bn(G), *data["samples"], cfg, device, precision,
                       run_dir / "samples" / "step_000000.png")
@@ -316,18 +335,7 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                                 | {"run ETA": format_duration(max(left, 0) / speed)})
                 if n_ok:
                     log.scalars(means | {"images_per_s": speed}, step)
-            # rank 0's clock decides a timed save; folded into the stop flag's all-reduce as its lowest bit (the
-            # max is exact whenever no rank stops, and a stop saves anyway), so every rank joins the same gather
-            due = master and cfg["CHECKPOINT_EVERY_MINUTES"] > 0 \
-                and clock() - last_save >= 60 * cfg["CHECKPOINT_EVERY_MINUTES"]
-            stop.signum, due = divmod(max_over_ranks(2 * stop.signum + due, device), 2)
-            stopping = bool(stop.signum)
-            if stopping or due or step == FIRST_CHECKPOINT_STEP \
-                    or (cfg["CHECKPOINT_EVERY_STEPS"] and step % cfg["CHECKPOINT_EVERY_STEPS"] == 0):
-                rank_rngs = gather_from_ranks(rng_states(device), world_size)  # (every rank agrees on saving)
-                if master:
-                    save_checkpoint(ckpt_dir / "last.pt", state, progress, rank_rngs, data["loader_rng"], cfg)
-                last_save = clock()
+            stopping, last_save = stop_or_save(stop, last_save, state, progress, data, cfg, device, rank, world_size)
             if stopping:
                 if master:
                     bar.close()
@@ -343,13 +351,9 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
         means = running_means(totals, n_ok)
         rank_rngs = gather_from_ranks(rng_states(device), world_size)
         if master:
-            print(f"epoch {epoch + 1}: {images / (time.perf_counter() - t0):.2f} img/s, "
-                  f"{speed * flops / 1e12:.3f} TFLOP/s"
-                  + (f"; fp16 loss scaler skipped {means['scaler_skipped_steps']:.0f} G/D updates (inf/NaN gradients)"
-                     if state["scaler_G"].is_enabled() else ""))
-            row = means | {
-                "epoch": epoch + 1, "step": progress["step"], "lr": epoch_lr, "skipped_steps": skipped,
-                "images_per_s": speed}
+            row = means | {"epoch": epoch + 1, "step": progress["step"], "lr": epoch_lr, "skipped_steps": skipped,
+                           "images_per_s": speed}
+            print_epoch_speed(row, images / (time.perf_counter() - t0), flops, state["scaler_G"].is_enabled())
             end_of_epoch(row, progress, state, data, rank_rngs, cfg, device, precision, log)
         last_save = clock()
         barrier(world_size)
