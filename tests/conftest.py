@@ -108,3 +108,10 @@ def one_thread_and_own_signals():
         signal.signal(s, h)
 
 
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    """A tiny A|B data root shared by a module's runs: root/train (8 pairs) and root/val (4 pairs)."""
+    root = tmp_path_factory.mktemp("data")
+    write_pairs(root / "train", 8, seed=0)
+    write_pairs(root / "val", 4, seed=1)
+    return root

@@ -9,20 +9,12 @@ import run_log
 import train
 from checkpoint import load_checkpoint
 from configurator import load_config
-from conftest import tiny_args, write_pairs
+from conftest import tiny_args
 from test_train import Crash, run_training
 from utils import ConfigError
 
 # 8 images at BATCH_SIZE 1: 8 steps per epoch, 2 epochs
 FAST = dict(BATCH_SIZE=1, VAL_EVERY=0)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("first_run_data")
-    write_pairs(root / "train", 8, seed=0)
-    write_pairs(root / "val", 4, seed=1)
-    return root
 
 
 def grids(run_dir: Path) -> set[str]:

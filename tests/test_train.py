@@ -28,7 +28,7 @@ import train
 import utils
 from checkpoint import CheckpointError, atomic_save, load_checkpoint, load_generator
 from configurator import load_config
-from conftest import tiny_args, write_pairs
+from conftest import tiny_args
 from dataset import PairedImageDataset
 from generator_model import UNetGenerator
 from pix2pix import lr_factor
@@ -76,14 +76,6 @@ def run_training(data: Path, run_dir: Path, on_step=None, after_epoch=None, **ov
                 signal.signal(s, h)
     return record
 
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    write_pairs(root / "train", 8, seed=0)
-    write_pairs(root / "val", 4, seed=1)
-    return root
 
 
 @pytest.fixture(scope="module")
