@@ -4,7 +4,7 @@ the objective (§3.1) and one training step (§3.3). Read this first; train.py r
 Not run directly. bench.py times the same train_step that train.py runs.
 """
 import copy
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
@@ -83,16 +83,19 @@ FP16_HINT = ("; in fp16 this is usually an overflow (values above 65504): use PR
              "on Ampere+ GPUs and AMX CPUs) or PRECISION=fp32")
 
 
-def check_finite(losses: dict[str, torch.Tensor], step: int, fp16: bool = False) -> None:
+def check_finite(losses: dict[str, torch.Tensor], step: int, fp16: bool = False, flags: int = 0) -> int:
     """Raise NonFiniteLoss if any loss is NaN/Inf on any rank, with one fused check: one device->host read (under
-    DDP after one all-reduce)."""
+    DDP after one all-reduce). `flags`, a small int this rank wants the others to hear of (a stop request), rides in
+    the same all-reduce: returns its max over ranks."""
     values = torch.stack([v.detach().float() for v in losses.values()])
-    bad = (~torch.isfinite(values).all()).to(torch.int64).reshape(1)
+    bad = (~torch.isfinite(values).all()).to(torch.int64)
     # all ranks skip or stop together: a lone rank skipping its backward would desync DDP's all-reduce
-    if max_flags_over_ranks(bad)[0]:
+    any_bad, agreed_flags = max_flags_over_ranks(torch.stack([bad, torch.full_like(bad, flags)]))
+    if any_bad:
         found = ", ".join(f"{k}={v.item()}" for k, v in losses.items() if not torch.isfinite(v)) \
             or "loss on another process"
         raise NonFiniteLoss(f"step {step}: non-finite {found}{FP16_HINT if fp16 else ''}")
+    return agreed_flags
 
 
 def scaler_skipped(scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer) -> torch.Tensor | float:
@@ -104,10 +107,12 @@ def scaler_skipped(scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer) -> 
     return sum(f.float() for f in found).clamp(max=1)
 
 
-def train_step(G, D, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, step: int):
+def train_step(G, D, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, step: int,
+               flags: Callable[[], int] = lambda: 0):
     """One iteration of paper §3.3: a D step, then a G step against the freshly updated D.
     Returns the four loss terms and "scaler_skips" (steps the fp16 loss scaler skipped) as 0-dim tensors on the
-    device, read by the caller only when it logs; or raises NonFiniteLoss before any poisoned update."""
+    device, read by the caller only when it logs, and "flags": the max over ranks of `flags()`, read at G's loss
+    check (no collective of its own); or raises NonFiniteLoss before any poisoned update."""
     fp16 = getattr(amp, "fast_dtype", None) == torch.float16
     with amp:
         fake = G(x)
@@ -125,14 +130,15 @@ def train_step(G, D, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp,
         fake_logits = D(x, fake)
     loss_G, g_gan, g_l1 = generator_loss(fake_logits.float(), fake.float(), y.float(), cfg["L1_LAMBDA"])
     D.requires_grad_(True)
-    check_finite({"g_gan": g_gan, "g_l1": g_l1}, step, fp16)
+    agreed_flags = check_finite({"g_gan": g_gan, "g_l1": g_l1}, step, fp16, flags())
     opt_G.zero_grad(set_to_none=True)
     scaler_G.scale(loss_G).backward()
     scaler_G.step(opt_G)
     skips = skips + scaler_skipped(scaler_G, opt_G)
     scaler_G.update()
     losses = {"d_real": d_real, "d_fake": d_fake, "g_gan": g_gan, "g_l1": g_l1}
-    return {k: v.detach() for k, v in losses.items()} | {"scaler_skips": torch.as_tensor(skips, device=g_l1.device)}
+    return {k: v.detach() for k, v in losses.items()} | {"scaler_skips": torch.as_tensor(skips, device=g_l1.device),
+                                                         "flags": agreed_flags}
 
 
 

@@ -231,23 +231,33 @@ def print_epoch_speed(row: dict[str, Any], epoch_img_s: float, flops: float, fp1
              if fp16_scaler else ""))
 
 
-def stop_or_save(stop: StopRequest, last_save: float, state: dict[str, Any], progress: dict[str, Any],
-                 data: dict[str, Any], cfg: dict[str, Any], device: torch.device, rank: int,
-                 world_size: int) -> tuple[bool, float]:
-    """After a step: does any rank stop, and is last.pt due? Saves it if so; -> (stopping, time of the last save).
-    Rank 0's clock decides a timed save; folded into the stop flag's all-reduce as its lowest bit (the max is exact
-    whenever no rank stops, and a stop saves anyway), so every rank joins the same collectives."""
-    step, master = progress["step"], rank == 0
+def stop_or_save_flags(stop: StopRequest, last_save: float, cfg: dict[str, Any], master: bool) -> int:
+    """This rank's say on stopping and saving, as one int the ranks can max-reduce: 2 * the stop signal's number
+    + 1 if rank 0's clock says a timed save is due (the max is exact whenever no rank stops; a stop saves anyway)."""
     due = master and cfg["CHECKPOINT_EVERY_MINUTES"] > 0 and clock() - last_save >= 60 * cfg["CHECKPOINT_EVERY_MINUTES"]
-    stop.signum, due = divmod(max_over_ranks(2 * stop.signum + due, device), 2)
-    if stop.signum or due or step == FIRST_CHECKPOINT_STEP \
+    return 2 * stop.signum + due
+
+
+def stop_or_save(stop: StopRequest, agreed: int | None, last_save: float, state: dict[str, Any],
+                 progress: dict[str, Any], data: dict[str, Any], cfg: dict[str, Any], device: torch.device,
+                 rank: int, world_size: int) -> tuple[bool, float]:
+    """After a step: does any rank stop, and is last.pt due? Saves it if so; -> (stopping, time of the last save).
+    Under torchrun the ranks agreed on stop_or_save_flags in the step's own loss check (`agreed`): a signal that
+    comes after that check stops every rank one step later. A single process reads its flags now."""
+    step, master = progress["step"], rank == 0
+    if world_size == 1 or agreed is None:  # None: a skipped step never reached its loss check, so agree here
+        agreed = max_over_ranks(stop_or_save_flags(stop, last_save, cfg, master), device)
+    signum, due = divmod(agreed, 2)
+    if signum:  # every rank stops, and exits, as the signalled one (a later signal here waits for the next check)
+        stop.signum = signum
+    if signum or due or step == FIRST_CHECKPOINT_STEP \
             or (cfg["CHECKPOINT_EVERY_STEPS"] and step % cfg["CHECKPOINT_EVERY_STEPS"] == 0):
         rank_rngs = gather_from_ranks(rng_states(device), world_size)  # (every rank agrees on saving)
         if master:
             save_checkpoint(Path(cfg["RUN_DIR"]) / "checkpoints" / "last.pt", state, progress, rank_rngs,
                             data["loader_rng"], cfg)
         last_save = clock()
-    return bool(stop.signum), last_save
+    return bool(signum), last_save
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -307,9 +317,12 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
             y = y.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             # ON_NAN=skip: D may have stepped, and batch-norm statistics moved, before a non-finite loss shows
             saved = state_before_step(G, D, state["opt_D"], state["scaler_D"]) if cfg["ON_NAN"] == "skip" else None
+            agreed = None
             try:
                 losses = train_step(G_train, D_step, D_scores, state["opt_G"], state["opt_D"], state["scaler_G"],
-                                    state["scaler_D"], x, y, cfg, amp, progress["step"])
+                                    state["scaler_D"], x, y, cfg, amp, progress["step"],
+                                    flags=lambda: stop_or_save_flags(stop, last_save, cfg, master))
+                agreed = losses["flags"]
                 n_ok += 1
                 sums += torch.stack([losses[k] for k in SUM_KEYS]).to(sums.dtype)
             except NonFiniteLoss as e:
@@ -335,7 +348,8 @@ def run(argv: list[str] | None, cleanup: contextlib.ExitStack) -> int:
                                 | {"run ETA": format_duration(max(left, 0) / speed)})
                 if n_ok:
                     log.scalars(means | {"images_per_s": speed}, step)
-            stopping, last_save = stop_or_save(stop, last_save, state, progress, data, cfg, device, rank, world_size)
+            stopping, last_save = stop_or_save(stop, agreed, last_save, state, progress, data, cfg, device, rank,
+                                               world_size)
             if stopping:
                 if master:
                     bar.close()

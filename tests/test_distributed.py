@@ -5,7 +5,8 @@ train.main, watching it through a few wrapped names of the train module, and sav
 (final weights, gradients, first-step dropout masks, which ranks wrote or validated) to DUMP/rank<r>.pt.
 
     torchrun --standalone --nproc_per_node=2 tests/test_distributed.py DUMP [--fail=RANK:STEP] [--nan=RANK:STEP] \
-        [--sigterm=RANK:STEP] [--hang=RANK:STEP] [--ctrl-c=RANK:STEP] -- --TRAIN_DIR=... (train.py settings)
+        [--sigterm=RANK:STEP] [--late-sigterm=RANK:STEP] [--hang=RANK:STEP] [--ctrl-c=RANK:STEP] -- --TRAIN_DIR=...
+    (train.py settings). Signals come during that step, before its loss check; --late-sigterm's after the step.
 """
 import os
 import shutil
@@ -281,6 +282,27 @@ def test_a_stuck_rank_stops_the_job_after_dist_timeout_s(tmp_path):
     assert "rank      : 0 " in run.stderr.split("Root Cause")[-1], run.describe()
 
 
+@pytest.mark.timeout(600)  # one launch, limited by LAUNCH_TIMEOUT_S
+def test_ranks_agree_on_stopping_inside_the_loss_check_and_a_late_signal_stops_them_one_step_later(tmp_path):
+    """The stop flag rides in G's loss-check all-reduce (2 all-reduces per step, not 3). A SIGTERM that reaches
+    rank 1 after that check in step 0 is heard by both ranks at step 1's check: both finish step 1 and stop
+    there together, and rank 0 saves it, mid-epoch."""
+    write_pairs(tmp_path / "data" / "train", 6, seed=0)  # BATCH_SIZE 1 on 2 ranks: 3 steps per epoch
+    write_pairs(tmp_path / "data" / "val", 1, seed=1)
+    run_dir = tmp_path / "run"
+    args = dist_settings(tmp_path / "data", run_dir, BATCH_SIZE=1, N_EPOCHS=1, N_EPOCHS_DECAY=0, VAL_EVERY=0,
+                         SAMPLE_EVERY=0, CHECKPOINT_EVERY_STEPS=0)
+    stopped = launch(tmp_path, "stopped", args, worker_opts=("--late-sigterm=1:0",))
+    assert [d and d.get("exit") for d in stopped.dumps] == [143, 143], stopped.describe()
+    assert [d["steps"] for d in stopped.dumps] == [2, 2], stopped.describe()
+    for dump in stopped.dumps:  # step 0's own all-reduces: D's loss check, G's loss check with the flags
+        first, second = dump["all_reduces_before_step"]
+        assert second - first == 2, stopped.describe()
+    assert f"saved {run_dir / 'checkpoints' / 'last.pt'} at epoch 1, step 2. Resume with:" in stopped.rank_out[0]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]) == (0, 2, 2)
+
+
 @pytest.mark.timeout(900)  # three launches, each limited by LAUNCH_TIMEOUT_S
 def test_ctrl_c_under_torchrun_saves_and_the_resumed_run_is_bit_identical(tmp_path):
     """Ctrl-C in torchrun's terminal (SIGINT to torchrun and every rank, sent by rank 0 after its first step):
@@ -387,7 +409,15 @@ def worker(argv: list[str]) -> int:
     rank = int(os.environ["RANK"])
     at = lambda key: tuple(map(int, opts[key].split(":"))) if key in opts else None  # noqa: E731
     fail_at, nan_at, signal_at, hang_at, ctrl_c_at = at("fail"), at("nan"), at("sigterm"), at("hang"), at("ctrl-c")
-    rec = {"rank": rank, "calls": [], "nonfinite_steps": [], "steps": 0}
+    late_signal_at = at("late-sigterm")
+    rec = {"rank": rank, "calls": [], "nonfinite_steps": [], "steps": 0, "all_reduces_before_step": []}
+    all_reduces = [0]  # the run's own all-reduces (DDP's gradient buckets go through its C++ reducer instead)
+    real_all_reduce = torch.distributed.all_reduce
+
+    def counted_all_reduce(*args, **kwargs):
+        all_reduces[0] += 1
+        return real_all_reduce(*args, **kwargs)
+    torch.distributed.all_reduce = counted_all_reduce
     models = {}
     state = {"step": -1}
 
@@ -415,7 +445,7 @@ def worker(argv: list[str]) -> int:
             dropouts[0].register_forward_hook(first_dropout)
         return G, D
 
-    def train_step(*args):
+    def train_step(*args, **kwargs):
         step = state["step"] = args[-1]
         if fail_at == (rank, step):
             raise RuntimeError(f"simulated crash of rank {rank} at step {step}")
@@ -423,12 +453,15 @@ def worker(argv: list[str]) -> int:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)  # end it without its 30 s grace period
             save()
             time.sleep(LAUNCH_TIMEOUT_S)  # longer than any test waits; bounded so no rank outlives a failed test
-        try:
-            losses = real["train_step"](*args)
+        rec["all_reduces_before_step"].append(all_reduces[0])
+        try:  # a signal during the step (before its loss check, where the ranks agree on stopping) ...
             if signal_at == (rank, step):  # as if this rank's node were preempted
                 os.kill(os.getpid(), signal.SIGTERM)
             if ctrl_c_at == (rank, step):  # Ctrl-C in torchrun's terminal: SIGINT to its whole process group
                 os.killpg(os.getpgid(0), signal.SIGINT)
+            losses = real["train_step"](*args, **kwargs)
+            if late_signal_at == (rank, step):  # ... or after it: heard at the next step's check
+                os.kill(os.getpid(), signal.SIGTERM)
             return losses
         except train.NonFiniteLoss:
             rec["nonfinite_steps"].append(step)

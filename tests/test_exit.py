@@ -168,8 +168,8 @@ def test_training_leaves_no_worker_processes_and_gives_the_signals_back(tiny_dat
     elif outcome == "stop":
         real_step = train.train_step
 
-        def step_then_sigint(*a):
-            losses = real_step(*a)
+        def step_then_sigint(*a, **k):
+            losses = real_step(*a, **k)
             os.kill(os.getpid(), signal.SIGINT)
             return losses
         monkeypatch.setattr(train, "train_step", step_then_sigint)

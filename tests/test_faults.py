@@ -558,10 +558,10 @@ def test_nan_skip_undoes_the_whole_step_even_after_d_has_stepped(tiny_data, tmp_
     skip, before, at_g_loss, current = 3, {}, {}, {}
     real_step, real_g_loss = train.train_step, pix2pix.generator_loss
 
-    def train_step(G, D, D_scores, opt_G, opt_D, *args):
+    def train_step(G, D, D_scores, opt_G, opt_D, *args, **kwargs):
         current.update(step=args[-1], G=G, D=D, opt_G=opt_G, opt_D=opt_D)
         before[args[-1]] = states(G=G, D=D, opt_G=opt_G, opt_D=opt_D)
-        return real_step(G, D, D_scores, opt_G, opt_D, *args)
+        return real_step(G, D, D_scores, opt_G, opt_D, *args, **kwargs)
 
     def generator_loss(*args):
         loss, gan, l1 = real_g_loss(*args)
