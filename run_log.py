@@ -7,11 +7,13 @@ Not run directly; train.py uses it. Look at a run with:  tensorboard --logdir ru
 import contextlib
 import csv
 import errno
+import json
 import os
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn as nn
 import torchvision.utils as vutils
 
 from atomic import atomic_path
@@ -148,3 +150,26 @@ def write_samples(G, x, y, cfg, device, precision, path: Path) -> torch.Tensor:
 def format_duration(seconds: float) -> str:
     minutes = int(seconds // 60)
     return f"{minutes // 60}h{minutes % 60:02d}m"
+
+
+def open_run_log(cfg: dict[str, Any], start_epoch: int, G: nn.Module, D: nn.Module, data: dict[str, Any],
+                 device: torch.device, precision: str, world_size: int, flops: float,
+                 cleanup: contextlib.ExitStack) -> RunLog:
+    """Rank 0: config.json, log.csv and TensorBoard in RUN_DIR, and what this run is, printed once."""
+    run_dir = Path(cfg["RUN_DIR"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
+    log = RunLog(run_dir, resume_epoch=start_epoch)
+    cleanup.callback(log.close)
+    print("config:", json.dumps(cfg))
+    print(f"device {device} ({precision}), {world_size} process(es), global batch "
+          f"{cfg['BATCH_SIZE'] * world_size}; G {sum(p.numel() for p in G.parameters()) / 1e6:.2f} M params, "
+          f"D {sum(p.numel() for p in D.parameters()) / 1e6:.2f} M; {len(data['train_set'])} train / "
+          f"{len(data['val_set'])} val images; {flops / 1e9:.1f} GFLOP per training image")
+    return log
+
+
+def print_epoch_speed(row: dict[str, Any], epoch_img_s: float, flops: float, fp16_scaler: bool) -> None:
+    print(f"epoch {row['epoch']}: {epoch_img_s:.2f} img/s, {row['images_per_s'] * flops / 1e12:.3f} TFLOP/s"
+          + (f"; fp16 loss scaler skipped {row['scaler_skipped_steps']:.0f} G/D updates (inf/NaN gradients)"
+             if fp16_scaler else ""))

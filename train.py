@@ -12,7 +12,6 @@ The method itself (networks, objective, one training step) is in pix2pix.py; thi
 the epoch loop, and what each epoch leaves behind (samples, validation, checkpoints).
 """
 import contextlib
-import json
 import sys
 import time
 from pathlib import Path
@@ -24,7 +23,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from checkpoint import (CheckpointError, check_resume_compatible, keep_legacy_skips, load_checkpoint,
-                        remove_stale_temp_files, restore_training_state, save_generator, save_training_state)
+                        remove_stale_temp_files, resolve_resume, restore_training_state, save_generator,
+                        save_training_state)
 from configurator import load_config
 from dataset import AugmentationSampler, DatasetError, build_datasets, ensure_default_data, sample_batch
 from distributed import (barrier, check_ranks_agree, gather_from_ranks, max_over_ranks, setup_distributed,
@@ -32,7 +32,7 @@ from distributed import (barrier, check_ranks_agree, gather_from_ranks, max_over
 from interrupts import StopRequest, ignore_stop_signals, resume_command, shut_down_workers
 from pix2pix import (NonFiniteLoss, RealFakeScores, build_models, lr_factor, make_grad_scalers, make_optimizers,
                      state_before_step, train_step, training_flops_per_image, undo_step)
-from run_log import RunDirError, RunLog, check_run_dir, format_duration, write_samples
+from run_log import RunDirError, RunLog, check_run_dir, format_duration, open_run_log, print_epoch_speed, write_samples
 from utils import (ConfigError, autocast, memory_format_for, pick_device, pick_precision, rng_states,
                    seed_everything, set_determinism, set_rng_states, use_device)
 
@@ -61,22 +61,6 @@ def is_early_sample_step(step: int) -> bool:
     """Step 0 and EARLY_SAMPLE_STEPS times a power of two."""
     n, rest = divmod(step, EARLY_SAMPLE_STEPS)
     return step == 0 or (rest == 0 and n & (n - 1) == 0)
-
-
-def resolve_resume(cfg: dict[str, Any], checkpoint_dir: Path) -> Path | None:
-    """RESUME: "auto" continues RUN_DIR's last.pt if there is one; "never" refuses to overwrite it; or a path."""
-    last = checkpoint_dir / "last.pt"
-    if cfg["RESUME"] == "auto":
-        return last if last.exists() else None
-    if cfg["RESUME"] == "never":
-        if last.exists():
-            raise ConfigError(f"RESUME=never but {last} exists and would be overwritten; choose a new RUN_DIR, "
-                              f"or RESUME=auto to continue that run")
-        return None
-    path = Path(cfg["RESUME"])
-    if not path.is_file():
-        raise ConfigError(f"RESUME={cfg['RESUME']!r}: no such checkpoint file; use auto, never, or a .pt path")
-    return path
 
 
 # ----------------------------------------------------------------------------- the run's phases
@@ -206,29 +190,6 @@ def pick_runtime(cfg: dict[str, Any], local_rank: int, world_size: int) -> tuple
     set_determinism(cfg["DETERMINISTIC"], device)
     return device, pick_precision(cfg["PRECISION"], device), \
         memory_format_for(cfg["CHANNELS_LAST"], device, cfg["BATCH_SIZE"])
-
-
-def open_run_log(cfg: dict[str, Any], start_epoch: int, G: nn.Module, D: nn.Module, data: dict[str, Any],
-                 device: torch.device, precision: str, world_size: int, flops: float,
-                 cleanup: contextlib.ExitStack) -> RunLog:
-    """Rank 0: config.json, log.csv and TensorBoard in RUN_DIR, and what this run is, printed once."""
-    run_dir = Path(cfg["RUN_DIR"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
-    log = RunLog(run_dir, resume_epoch=start_epoch)
-    cleanup.callback(log.close)
-    print("config:", json.dumps(cfg))
-    print(f"device {device} ({precision}), {world_size} process(es), global batch "
-          f"{cfg['BATCH_SIZE'] * world_size}; G {sum(p.numel() for p in G.parameters()) / 1e6:.2f} M params, "
-          f"D {sum(p.numel() for p in D.parameters()) / 1e6:.2f} M; {len(data['train_set'])} train / "
-          f"{len(data['val_set'])} val images; {flops / 1e9:.1f} GFLOP per training image")
-    return log
-
-
-def print_epoch_speed(row: dict[str, Any], epoch_img_s: float, flops: float, fp16_scaler: bool) -> None:
-    print(f"epoch {row['epoch']}: {epoch_img_s:.2f} img/s, {row['images_per_s'] * flops / 1e12:.3f} TFLOP/s"
-          + (f"; fp16 loss scaler skipped {row['scaler_skipped_steps']:.0f} G/D updates (inf/NaN gradients)"
-             if fp16_scaler else ""))
 
 
 def stop_or_save_flags(stop: StopRequest, last_save: float, cfg: dict[str, Any], master: bool) -> int:
