@@ -2,12 +2,17 @@
 
     python export.py --checkpoint runs/facades/generator.pt --output generator.onnx
     python export.py --checkpoint runs/facades/checkpoints/last.pt --output g.onnx --format onnx
+    python export.py --checkpoint runs/facades/generator.pt --output latest_net_G.pth --format official
 
 --format onnx (the default): the generator in eval mode (dropout off, batch norm folded into the convolutions),
 with dynamic batch, height and width; sides must be multiples of 2^num_downs (256 for the paper's model). The file
 is checked with onnxruntime against PyTorch eval on two sizes (one square at batch 1, one non-square at batch 2):
 it is kept only if the max abs difference is at most 1e-4, otherwise an existing --output is left as it was.
 Prints the input and output names and shapes, the value range ([-1, 1]) and the required side multiple.
+
+--format official: the official code's latest_net_G.pth (junyanz/pytorch-CycleGAN-and-pix2pix), with the options
+its test.py needs printed. Only a generator that computes the official network's function qualifies: trained
+with DROPOUT_PLACEMENT=official (or DROPOUT=False) after the U-Net skip fix; others are refused, nothing written.
 
 Exit code 0 on success, 1 for a missing/corrupt checkpoint, an unwritable output or a failed check,
 2 for bad arguments.
@@ -17,6 +22,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
+import torch
 import torch.nn as nn
 
 from atomic import atomic_path
@@ -59,8 +65,30 @@ def export_onnx_format(G: nn.Module, output: Path) -> int:
     return 0
 
 
+def export_official_format(G: nn.Module, output: Path) -> int:
+    """Write the official code's generator file; print how its test.py loads it."""
+    from official_format import OfficialFormatError, official_options, official_state_dict
+    try:
+        state = official_state_dict(G)
+    except OfficialFormatError as e:
+        print(f"error: cannot export in the official format: {e}", file=sys.stderr)
+        return 1
+    with atomic_path(output) as tmp:
+        torch.save(state, tmp)
+    try:
+        options = official_options(G)
+    except OfficialFormatError as e:  # the file is fine; the official test.py just has no --netG for this depth
+        options = f"(no test.py option builds it: {e})"
+    direction = getattr(G, "train_config", {}).get("DIRECTION", "AtoB")
+    print(f"wrote {output} (the official pix2pix's latest_net_G.pth). To run it with the official code, put it at "
+          f"checkpoints/NAME/latest_net_G.pth and run:\n  python test.py --dataroot DATA --name NAME --model pix2pix "
+          f"--direction {direction} {options}")
+    return 0
+
+
 # one entry per output format; each takes the loaded eval-mode generator and the output path
-FORMATS: dict[str, Callable[[nn.Module, Path], int]] = {"onnx": export_onnx_format}
+FORMATS: dict[str, Callable[[nn.Module, Path], int]] = {"onnx": export_onnx_format,
+                                                         "official": export_official_format}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -111,3 +111,34 @@ def test_unknown_format_is_an_argument_error(exported, capsys):
     with pytest.raises(SystemExit) as e:
         export.main(["--checkpoint", str(exported[0]), "--output", "x", "--format", "tflite"])
     assert e.value.code == 2 and "invalid choice" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- --format official
+
+def test_official_format_refuses_the_paper_dropout_placement_and_writes_nothing(exported, tmp_path, capsys):
+    out = tmp_path / "latest_net_G.pth"  # the session's tiny run: dropout in the paper's place
+    assert export.main(["--checkpoint", str(exported[0]), "--output", str(out), "--format", "official"]) == 1
+    assert "DROPOUT_PLACEMENT=official" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_official_format_writes_a_file_the_official_loader_reads_back_unchanged(tmp_path, capsys):
+    from checkpoint import save_generator
+    from discriminator_model import PatchDiscriminator
+    torch.manual_seed(0)
+    G = UNetGenerator(3, 3, 4, 7, "batch", True, "official")
+    for m in G.modules():  # non-trivial running statistics, so that eval mode checks them too
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+    save_generator(tmp_path / "generator.pt", G, PatchDiscriminator(3, 3, 4), 3, {"DIRECTION": "BtoA"})
+    out = tmp_path / "latest_net_G.pth"
+    assert export.main(["--checkpoint", str(tmp_path / "generator.pt"), "--output", str(out),
+                        "--format", "official"]) == 0
+    printed = capsys.readouterr().out
+    assert "--model pix2pix --direction BtoA --netG unet_128 --ngf 4 --norm batch" in printed
+    assert all(k.startswith("model.model.") for k in torch.load(out, weights_only=True))  # the official names
+    loaded = load_generator(out, mode="eval")  # read as an official file (names inferred, official placement)
+    x = torch.rand(2, 3, 128, 128) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded(x), G.eval()(x))
