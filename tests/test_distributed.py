@@ -146,7 +146,7 @@ def test_ddp_run_writes_one_set_of_outputs_and_other_ranks_stay_silent(ddp_run):
     rank0, rank1 = (d["calls"] for d in ddp_run.dumps)
     assert rank1 == [], rank1
     names = [name for name, _ in rank0]
-    assert names.count("RunLog") == names.count("evaluate_generator") == 1
+    assert names.count("open_run_log") == names.count("evaluate_generator") == 1
     assert names.count("write_samples") == 2  # the step-0 grid and epoch 1's
     saved = {Path(path).name for name, path in rank0 if name == "atomic_save"}
     assert saved == {"last.pt", "best.pt", "generator.pt", "generator_best.pt"}
@@ -485,7 +485,7 @@ def worker(argv: list[str]) -> int:
 
     wrapped = {"build_models": build_models, "train_step": train_step, "generator_loss": generator_loss}
     wrapped |= {name: recorder(name) for name in
-                ("evaluate_generator", "write_samples", "RunLog", "atomic_save", "load_checkpoint")}
+                ("evaluate_generator", "write_samples", "open_run_log", "atomic_save", "load_checkpoint")}
     home = {"generator_loss": pix2pix, "atomic_save": checkpoint}  # the module whose global the run calls
     real = {name: getattr(home.get(name, train), name) for name in wrapped}
     for name, fn in wrapped.items():
