@@ -117,8 +117,9 @@ def plot_curves(rows: list[dict[str, str]], path: Path):
     epochs = [int(r["epoch"]) for r in rows]
     panels = [("D loss terms", ["d_real", "d_fake"]), ("G loss terms", ["g_gan", "g_l1"]),
               ("validation L1 (lower is better)", ["val_l1"]), ("validation PSNR (dB)", ["val_psnr"]),
-              ("validation SSIM", ["val_ssim"])]
-    fig, axes = plt.subplots(1, len(panels), figsize=(20, 3.2))
+              ("validation SSIM", ["val_ssim"]),
+              ("own/other-target L1 ratio (lower is better)", ["val_ratio"])]  # 1.0 = output ignores its input
+    fig, axes = plt.subplots(1, len(panels), figsize=(24, 3.2))
     for ax, (title, keys) in zip(axes, panels):
         for k in keys:
             points = [(e, float(r[k])) for e, r in zip(epochs, rows) if r.get(k) not in (None, "")]

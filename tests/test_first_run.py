@@ -95,12 +95,13 @@ def test_checkpoint_minutes_must_not_be_negative():
         load_config(tiny_args(Path("."), Path("."), CHECKPOINT_EVERY_MINUTES=-1))
 
 
-def test_curves_draw_psnr_and_ssim_on_separate_axes(tmp_path):
+def test_curves_draw_psnr_ssim_and_the_ratio_on_separate_axes(tmp_path):
     rows = [{"epoch": str(e), "d_real": "0.5", "d_fake": "0.5", "g_gan": "1.0", "g_l1": "0.3", "val_l1": "0.3",
-             "val_psnr": str(12 + e / 10), "val_ssim": str(0.2 + e / 100)} for e in (1, 2, 3)]
+             "val_psnr": str(12 + e / 10), "val_ssim": str(0.2 + e / 100), "val_ratio": str(0.9 - e / 100)}
+            for e in (1, 2, 3)]
     fig = run_log.plot_curves(rows, tmp_path / "curves.png")
     assert (tmp_path / "curves.png").stat().st_size > 0
     axes_of = {line.get_label(): line.axes for ax in fig.axes for line in ax.lines}
-    assert axes_of["val_psnr"] is not axes_of["val_ssim"]
+    assert len({axes_of[k] for k in ("val_l1", "val_psnr", "val_ssim", "val_ratio")}) == 4
     low, high = axes_of["val_ssim"].get_ylim()
     assert high - low < 0.2  # scaled to SSIM's own range, not stretched to PSNR's ~12
