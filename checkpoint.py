@@ -267,19 +267,3 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str
         raise CheckpointError(f"cannot resume from {path}: its PixelGAN discriminator was written before its last "
                               f"1x1 conv lost its bias (as in the official code); start a new RUN_DIR. Its "
                               f"generator still loads for predict.py/evaluate.py")
-
-
-def resolve_resume(cfg: dict[str, Any], checkpoint_dir: Path) -> Path | None:
-    """RESUME: "auto" continues RUN_DIR's last.pt if there is one; "never" refuses to overwrite it; or a path."""
-    last = checkpoint_dir / "last.pt"
-    if cfg["RESUME"] == "auto":
-        return last if last.exists() else None
-    if cfg["RESUME"] == "never":
-        if last.exists():
-            raise CheckpointError(f"RESUME=never but {last} exists and would be overwritten; choose a new RUN_DIR, "
-                              f"or RESUME=auto to continue that run")
-        return None
-    path = Path(cfg["RESUME"])
-    if not path.is_file():
-        raise CheckpointError(f"RESUME={cfg['RESUME']!r}: no such checkpoint file; use auto, never, or a .pt path")
-    return path

@@ -8,6 +8,7 @@ Not run directly. In a notebook:
 import ast
 import difflib
 import sys
+from pathlib import Path
 from typing import Any
 
 import config as default_config
@@ -15,7 +16,7 @@ from generator_model import DROPOUT_PLACEMENTS, num_downs_for
 from layers import NORMS
 from utils import ConfigError, pick_device
 
-__all__ = ["ConfigError", "default_settings", "load_config", "parse_overrides", "validate_config"]
+__all__ = ["ConfigError", "default_settings", "load_config", "parse_overrides", "resolve_resume", "validate_config"]
 
 
 def default_settings() -> dict[str, Any]:
@@ -128,3 +129,19 @@ def validate_config(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"LOAD_SIZE={cfg['LOAD_SIZE']} < IMAGE_SIZE={cfg['IMAGE_SIZE']}: the random crop needs "
                           f"LOAD_SIZE >= IMAGE_SIZE (paper: 286 for 256)")
     pick_device(cfg["DEVICE"])  # raises ConfigError for a device that is not there
+
+
+def resolve_resume(cfg: dict[str, Any], checkpoint_dir: Path) -> Path | None:
+    """RESUME: "auto" continues RUN_DIR's last.pt if there is one; "never" refuses to overwrite it; or a path."""
+    last = checkpoint_dir / "last.pt"
+    if cfg["RESUME"] == "auto":
+        return last if last.exists() else None
+    if cfg["RESUME"] == "never":
+        if last.exists():
+            raise ConfigError(f"RESUME=never but {last} exists and would be overwritten; choose a new RUN_DIR, "
+                              f"or RESUME=auto to continue that run")
+        return None
+    path = Path(cfg["RESUME"])
+    if not path.is_file():
+        raise ConfigError(f"RESUME={cfg['RESUME']!r}: no such checkpoint file; use auto, never, or a .pt path")
+    return path

@@ -23,9 +23,8 @@ from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
 from checkpoint import (CheckpointError, check_resume_compatible, keep_legacy_skips, load_checkpoint,
-                        remove_stale_temp_files, resolve_resume, restore_training_state, save_generator,
-                        save_training_state)
-from configurator import load_config
+                        remove_stale_temp_files, restore_training_state, save_generator, save_training_state)
+from configurator import load_config, resolve_resume
 from dataset import AugmentationSampler, DatasetError, build_datasets, ensure_default_data, sample_batch
 from distributed import (barrier, check_ranks_agree, gather_from_ranks, max_over_ranks, setup_distributed,
                          sum_over_ranks, without_sync_bn)

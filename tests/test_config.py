@@ -133,3 +133,20 @@ def test_cli_error_is_one_line_exit_2(tmp_path):
     assert len(lines) == 1 and lines[0].startswith("error:") and "BAD" in lines[0], result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert list(tmp_path.iterdir()) == []  # nothing generated or written
+
+
+def test_resume_setting_resolves_to_a_checkpoint_or_a_setting_error(tmp_path):
+    """RESUME is a setting: auto finds last.pt, never refuses to overwrite it, a missing path is refused; the
+    refusals are ConfigErrors (train.py exits 2 for them), raised before any data or model work."""
+    from configurator import resolve_resume
+    ckpt_dir = tmp_path / "checkpoints"
+    assert resolve_resume({"RESUME": "auto"}, ckpt_dir) is None
+    assert resolve_resume({"RESUME": "never"}, ckpt_dir) is None
+    ckpt_dir.mkdir()
+    (ckpt_dir / "last.pt").write_bytes(b"saved")
+    assert resolve_resume({"RESUME": "auto"}, ckpt_dir) == ckpt_dir / "last.pt"
+    with pytest.raises(ConfigError, match="RESUME=never but .*last.pt exists"):
+        resolve_resume({"RESUME": "never"}, ckpt_dir)
+    with pytest.raises(ConfigError, match="no such checkpoint file"):
+        resolve_resume({"RESUME": str(tmp_path / "missing.pt")}, ckpt_dir)
+    assert resolve_resume({"RESUME": str(ckpt_dir / "last.pt")}, ckpt_dir) == ckpt_dir / "last.pt"
