@@ -160,16 +160,17 @@ def print_profile(step) -> None:
 
 
 def bench_data(cfg: dict[str, Any], args: argparse.Namespace) -> float:
-    """Decode + joint augmentation through the training DataLoader, images/s with NUM_WORKERS workers."""
+    """Decode + joint augmentation through the training DataLoader (the training set's own settings), images/s
+    with NUM_WORKERS workers."""
     from torch.utils.data import DataLoader
-    from dataset import AugmentationSampler, PairedImageDataset
+    from dataset import AugmentationSampler, training_dataset
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.data
         if not folder:
             import synthetic_data
             synthetic_data.generate(Path(tmp) / "syn", n_train=64, n_val=1, size=cfg["IMAGE_SIZE"])
             folder = str(Path(tmp) / "syn" / "train")
-        ds = PairedImageDataset(folder, image_size=cfg["IMAGE_SIZE"], load_size=cfg["IMAGE_SIZE"] * 286 // 256)
+        ds = training_dataset(cfg, folder)
         sampler = AugmentationSampler(len(ds), seed=0)
         loader = DataLoader(ds, batch_size=cfg["BATCH_SIZE"], sampler=sampler, num_workers=cfg["NUM_WORKERS"],
                             persistent_workers=cfg["NUM_WORKERS"] > 0)

@@ -435,14 +435,24 @@ class AugmentationSampler(Sampler):
                 yield index, index_seed(self.seed, self.epoch, index)
 
 
+def dataset_arguments(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The PairedImageDataset arguments a config sets for both training and validation folders."""
+    return dict(direction=cfg["DIRECTION"], image_size=cfg["IMAGE_SIZE"], load_size=cfg["LOAD_SIZE"],
+                in_channels=cfg["IN_CHANNELS"], out_channels=cfg["OUT_CHANNELS"], bad_files=cfg["BAD_FILES"],
+                preprocess=cfg["PREPROCESS"], multiple=2 ** cfg["NUM_DOWNS"])
+
+
+def training_dataset(cfg: dict[str, Any], folder: str | os.PathLike | None = None) -> PairedImageDataset:
+    """The training set of a config (TRAIN_DIR unless `folder`): its jitter, mirroring and every data setting."""
+    return PairedImageDataset(folder or cfg["TRAIN_DIR"], jitter=cfg["JITTER"], mirror=cfg["MIRROR"], train=True,
+                              **dataset_arguments(cfg))
+
+
 def build_datasets(cfg: dict[str, Any]) -> tuple[PairedImageDataset, PairedImageDataset]:
     """(train, val) datasets of a config; a bad file in either folder is reported before any training."""
-    kwargs = dict(direction=cfg["DIRECTION"], image_size=cfg["IMAGE_SIZE"], load_size=cfg["LOAD_SIZE"],
-                  in_channels=cfg["IN_CHANNELS"], out_channels=cfg["OUT_CHANNELS"], bad_files=cfg["BAD_FILES"],
-                  preprocess=cfg["PREPROCESS"], multiple=2 ** cfg["NUM_DOWNS"])
+    kwargs = dataset_arguments(cfg)
     try:
-        train_set = PairedImageDataset(cfg["TRAIN_DIR"], jitter=cfg["JITTER"], mirror=cfg["MIRROR"], train=True,
-                                       **kwargs)
+        train_set = training_dataset(cfg)
     except DatasetError as train_error:  # scan VAL_DIR too, so one error lists the bad files of both folders
         try:
             PairedImageDataset(cfg["VAL_DIR"], train=False, **kwargs)
