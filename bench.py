@@ -10,7 +10,7 @@ model FLOPs and the fraction of the device's measured convolution peak.
     python bench.py --skip train,data,peak           # inference only: PyTorch vs onnxruntime (CPU) img/s
 
 Settings of the run being measured (BATCH_SIZE, IMAGE_SIZE, PRECISION, DEVICE, CHANNELS_LAST, COMPILE,
-NUM_WORKERS, ...) come from config.py and --KEY=value exactly as for train.py (configurator.py); the lower-case
+NUM_WORKERS, ...) come from config.py and --KEY=value exactly as for train.py (harness/configurator.py); the lower-case
 --flags are the benchmark's own knobs (see --help). Every figure is the median of --repeats timed runs of --steps
 iterations after --warmup iterations.
 """
@@ -30,11 +30,12 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from configurator import load_config
-from pix2pix import (RealFakeScores, build_models, make_grad_scalers, make_optimizers, train_step,
-                     training_flops_per_image)
-from utils import (AMP_DTYPES, ConfigError, autocast, memory_format_for, pick_device, pick_precision, synchronize,
-                   test_mode, use_device)
+from generator_model import test_mode
+from harness.configurator import load_config
+from harness.errors import exit_on_error
+from harness.run_log import training_flops_per_image
+from pix2pix import Pix2Pix, build_models, make_grad_scalers, make_optimizers, train_step
+from utils import AMP_DTYPES, Runtime, pick_runtime, synchronize, wrap_for_training
 
 
 def is_setting(arg: str) -> bool:
@@ -95,26 +96,26 @@ def median_rate(fn, images_per_call: int, args: argparse.Namespace, sync) -> flo
     return statistics.median(images_per_call * args.steps / timed(fn, args.steps, sync) for _ in range(args.repeats))
 
 
-def bench_model(cfg: dict[str, Any], args: argparse.Namespace, device: torch.device, precision: str) -> dict[str, Any]:
-    memory_format = memory_format_for(cfg["CHANNELS_LAST"], device, cfg["BATCH_SIZE"])
+def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime) -> dict[str, Any]:
+    """The training step exactly as train.py builds and wraps it (pix2pix.Pix2Pix, utils.wrap_for_training), on
+    random tensors already on the device; and G's inference."""
+    device, precision = runtime.device, runtime.precision
     sync = lambda: synchronize(device)  # noqa: E731 - the device timed, not the current one
-    G, D = (m.to(device, memory_format=memory_format) for m in build_models(cfg))
-    opt_G, opt_D = make_optimizers(G, D, cfg, device, fused=args.fused)
-    scaler_G, scaler_D = make_grad_scalers(device, precision)
-    G_train, D_scores, D_step = G, RealFakeScores(D), D
+    G, D = (m.to(device, memory_format=runtime.memory_format) for m in build_models(cfg))
+    model = Pix2Pix(G, D, *make_optimizers(G, D, cfg, device, fused=args.fused),
+                    *make_grad_scalers(device, precision), cfg["L1_LAMBDA"], runtime.amp)
     results: dict[str, Any] = {}
-    if cfg["COMPILE"]:
-        start = time.perf_counter()
-        G_train, D_scores, D_step = torch.compile(G), torch.compile(D_scores), torch.compile(D)
+    start = time.perf_counter()
+    wrap_for_training(model, cfg["COMPILE"])
     shape = (cfg["BATCH_SIZE"], cfg["IN_CHANNELS"], cfg["IMAGE_SIZE"], cfg["IMAGE_SIZE"])
-    x = torch.randn(shape, device=device).contiguous(memory_format=memory_format)
-    y = torch.randn(shape, device=device).clamp(-1, 1).contiguous(memory_format=memory_format)
-    amp = autocast(device, precision)
+    x = runtime.to_device(torch.randn(shape))
+    y = runtime.to_device(torch.randn(shape).clamp(-1, 1))
+    amp = runtime.amp
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
     if "train" not in args.skip:
-        step = lambda: train_step(G_train, D_step, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, 0)  # noqa: E731
+        step = lambda: train_step(model, x, y)  # noqa: E731
         if cfg["COMPILE"]:
             step()
             results["compile_s"] = time.perf_counter() - start
@@ -139,7 +140,7 @@ def bench_model(cfg: dict[str, Any], args: argparse.Namespace, device: torch.dev
 def bench_onnx(G: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> float:
     """The same generator exported as export.py does (eval mode, fp32), run by onnxruntime on the CPU with as
     many threads as PyTorch uses."""
-    from onnx_utils import INPUT_NAME, export_onnx, onnx_session
+    from harness.onnx_export import INPUT_NAME, export_onnx, onnx_session
     G_cpu = copy.deepcopy(G).to("cpu", torch.float32, memory_format=torch.contiguous_format)
     with tempfile.TemporaryDirectory() as tmp:
         export_onnx(G_cpu, Path(tmp) / "generator.onnx")
@@ -163,14 +164,15 @@ def bench_data(cfg: dict[str, Any], args: argparse.Namespace) -> float:
     """Decode + joint augmentation through the training DataLoader (the training set's own settings), images/s
     with NUM_WORKERS workers."""
     from torch.utils.data import DataLoader
-    from dataset import AugmentationSampler, training_dataset
+    from dataset import AugmentationSampler
+    from harness.data_checks import checked_dataset
     with tempfile.TemporaryDirectory() as tmp:
         folder = args.data
         if not folder:
-            import synthetic_data
+            from harness import synthetic_data
             synthetic_data.generate(Path(tmp) / "syn", n_train=64, n_val=1, size=cfg["IMAGE_SIZE"])
             folder = str(Path(tmp) / "syn" / "train")
-        ds = training_dataset(cfg, folder)
+        ds = checked_dataset(folder, cfg, train=True)
         sampler = AugmentationSampler(len(ds), seed=0)
         loader = DataLoader(ds, batch_size=cfg["BATCH_SIZE"], sampler=sampler, num_workers=cfg["NUM_WORKERS"],
                             persistent_workers=cfg["NUM_WORKERS"] > 0)
@@ -211,19 +213,18 @@ def sweep(cfg: dict[str, Any], settings: list[str]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cfg, args = parse_args(argv)
-    device = pick_device(cfg["DEVICE"])
-    use_device(device)  # DEVICE=cuda:N: time and allocate on GPU N, not GPU 0
-    precision = pick_precision(cfg["PRECISION"], device)
+    runtime = pick_runtime(cfg)  # as train.py picks it; DEVICE=cuda:N: time and allocate on GPU N
+    device, precision = runtime.device, runtime.precision
     env = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else device),
            "precision": precision, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "cpus": os.cpu_count(), "batch_size": cfg["BATCH_SIZE"], "image_size": cfg["IMAGE_SIZE"],
-           "channels_last": memory_format_for(cfg["CHANNELS_LAST"], device, cfg["BATCH_SIZE"]) == torch.channels_last,
+           "channels_last": runtime.memory_format == torch.channels_last,
            "compile": cfg["COMPILE"], "fused_adam": args.fused, "workers": cfg["NUM_WORKERS"]}
     if args.sweep:
         rows = sweep(cfg, [a for a in argv if is_setting(a)])
         print(json.dumps({"env": env, "sweep": rows}, indent=2) if args.json else format_sweep(env, rows))
         return 0
-    results = bench_model(cfg, args, device, precision)
+    results = bench_model(cfg, args, runtime)
     if "data" not in args.skip:
         results["data_img_s"] = bench_data(cfg, args)
     if "peak" not in args.skip:
@@ -258,8 +259,4 @@ def format_sweep(env: dict, rows: list[dict]) -> str:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except ConfigError as e:  # a bad --KEY=value: one line, as train.py says it
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    sys.exit(exit_on_error(main))

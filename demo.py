@@ -37,9 +37,11 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from dataset import DatasetError, list_images, read_image, read_pair
-from inference import fit_back, fit_to_model, load_for_inference
-from utils import CheckpointError, generate, seeded_inference
+from dataset import list_images, read_image, read_pair
+from generator_model import test_mode
+from harness.errors import CheckpointError, ConfigError
+from harness.inference import fit_back, fit_to_model, load_for_inference
+from utils import generate
 
 # The 12 CMP Facades classes and their colours in the pix2pix facades label maps, in the dataset's label order.
 # Measured on ../shared/data/facades/train (its 400 label halves): k-means of the flat regions' colours, started from
@@ -82,15 +84,15 @@ def read_upload(payload: dict[str, Any] | None, channels: int, max_pixels: int) 
         source.seek(0)
     try:  # palette, alpha (onto white), 16-bit, CMYK and grayscale become the model's channel count
         return read_image(source, channels)
-    except DatasetError as e:
-        raise gr.Error(f"{name} cannot be used: {str(e).split(': ', 1)[-1]}") from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise gr.Error(f"{name} cannot be used: {e}") from None
 
 
 def translate_array(G: torch.nn.Module, cfg: dict[str, Any], image: np.ndarray, mode: str, seed: int,
                     device: torch.device, precision: str) -> np.ndarray:
     """HxWxC uint8 -> the generator's HxWxC (or HxW) uint8 output at the same size."""
     x = fit_to_model(image, "resize", cfg["IMAGE_SIZE"], 2 ** G.hparams["num_downs"])
-    with seeded_inference(G, mode, seed, device):
+    with test_mode(G, mode, seed):
         out = generate(G, x[None], device, precision).cpu()[0]
     out = fit_back(out, image.shape[:2], "resize")
     pixels = ((out + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
@@ -129,8 +131,8 @@ def build_app(G: torch.nn.Module, cfg: dict[str, Any], device: torch.device, pre
         path = random.choice(val_files)
         try:
             return read_pair(path, cfg["DIRECTION"], in_channels, G.hparams["out_channels"])[0].squeeze()
-        except DatasetError as e:
-            raise gr.Error(str(e)) from None
+        except (OSError, ValueError, SyntaxError) as e:
+            raise gr.Error(f"{path}: {e}") from None
 
     def use_drawing(value: dict[str, Any] | None) -> np.ndarray:
         if not value or value.get("composite") is None:
@@ -189,14 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         G, cfg, device, precision = load_for_inference(args.checkpoint, "eval", args.device)
-    except CheckpointError as e:
+    except (CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return e.exit_code
     val_dir = args.val_dir or Path(cfg.get("VAL_DIR", ""))
-    try:
-        val_files = list_images(val_dir) if str(val_dir) and val_dir.is_dir() else []
-    except DatasetError:
-        val_files = []
+    val_files = list_images(val_dir) if str(val_dir) and val_dir.is_dir() else []
     if args.val_dir and not val_files:
         print(f"error: --val-dir {args.val_dir}: no images found there", file=sys.stderr)
         return 1

@@ -24,6 +24,8 @@ import urllib.request
 
 from tqdm import tqdm
 
+from harness.errors import DownloadError
+
 BASE_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets"
 DATASETS = ["facades", "maps", "edges2shoes", "edges2handbags", "night2day"]
 CHUNK = 1 << 16  # bytes per read
@@ -40,12 +42,8 @@ cityscapes is not redistributable, so it cannot be downloaded by this script. To
   3. python train.py --PRESET=cityscapes --TRAIN_DIR={dest}/cityscapes/train --VAL_DIR={dest}/cityscapes/val"""
 
 
-class DownloadError(Exception):
-    pass
-
-
-class UnsafeArchiveError(Exception):
-    pass
+class UnsafeArchiveError(DownloadError):
+    """An archive member would land outside the destination (or is a device file): nothing is extracted."""
 
 
 def download(url: str, part: str, final: str) -> None:

@@ -7,7 +7,7 @@ L1 ratio, written as metrics.csv, summary.json and index.html (input | output | 
 Images are scored in [0, 1] at the model's resolution (the checkpoint's IMAGE_SIZE, through the dataset's eval
 transform) with the checkpoint's DIRECTION and channels, so runs compare. L1: lower is better; PSNR (dB) and
 SSIM: higher is better; ratio = mean L1 to an image's own target / mean L1 to the other images' targets:
-1.0 = the output ignores its input (as a mean-image predictor does), lower is better (see metrics.py).
+1.0 = the output ignores its input (as a mean-image predictor does), lower is better (harness/metrics.py).
 
 Default --output: <checkpoint folder>/eval_<data folder name>. Deterministic: --seed fixes the dropout noise of the
 paper's test mode (--mode paper, the default; or eval). --batch-size defaults to 1 in paper mode, as the official
@@ -32,9 +32,10 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from dataset import PairedImageDataset, check_batchable
-from metrics import evaluate_generator
-from inference import batch_size_for, load_for_inference, model_arguments, run_cli
+from harness.data_checks import check_batchable, checked_dataset
+from harness.errors import exit_on_error
+from harness.inference import batch_size_for, load_for_inference, model_arguments
+from harness.metrics import evaluate_generator
 
 THUMB_SIZE = 256  # thumbnails in index.html are at most this many pixels wide
 KINDS = ("input", "output", "target")
@@ -125,10 +126,7 @@ def evaluate(args: argparse.Namespace) -> int:
     G, cfg, device, precision = load_for_inference(args.checkpoint, args.mode, args.device, args.precision,
                                                    args.direction, needs_direction=True)
     data = Path(args.data)
-    dataset = PairedImageDataset(data, direction=cfg["DIRECTION"], image_size=cfg["IMAGE_SIZE"],
-                                 load_size=cfg["IMAGE_SIZE"], train=False, in_channels=G.hparams["in_channels"],
-                                 out_channels=G.hparams["out_channels"], bad_files="skip",
-                                 preprocess=cfg["PREPROCESS"], multiple=2 ** G.hparams["num_downs"])
+    dataset = checked_dataset(data, cfg, train=False, bad_files="skip")
     skipped = sorted(str(p.relative_to(data)) for p, _ in dataset.skipped)
     n = min(len(dataset), args.max_images or len(dataset))
     batch_size = batch_size_for(args, cfg)
@@ -171,7 +169,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(evaluate, parse_args(argv))
+    args = parse_args(argv)
+    return exit_on_error(lambda: evaluate(args))
 
 
 if __name__ == "__main__":

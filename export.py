@@ -25,31 +25,24 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from atomic import atomic_path
-from utils import CheckpointError, load_generator
-
-
-class CheckFailed(RuntimeError):
-    """The exported file does not compute what the PyTorch generator computes."""
+from harness.atomic import atomic_path
+from harness.errors import ExportError, OfficialFormatError, exit_on_error
+from utils import load_generator
 
 
 def export_onnx_format(G: nn.Module, output: Path) -> int:
     """Write and check the ONNX file; print what a user of it needs to know."""
-    from onnx_utils import TOLERANCE, check_shapes, describe, export_onnx, max_difference, onnx_session
+    from harness.onnx_export import TOLERANCE, check_shapes, describe, export_onnx, max_difference, onnx_session
     cfg = getattr(G, "train_config", {})
     metadata = {k.lower(): cfg[k] for k in ("DIRECTION", "IMAGE_SIZE") if k in cfg}
     # write beside the destination and rename only once the check passes: a failed export loses nothing
-    try:
-        with atomic_path(output) as tmp:
-            export_onnx(G, tmp, metadata)
-            shapes = check_shapes(G)
-            diff = max_difference(G, onnx_session(tmp), shapes)
-            if diff > TOLERANCE:
-                raise CheckFailed(f"{output}: onnxruntime differs from PyTorch by up to {diff:.2e} "
-                                  f"(> {TOLERANCE:g}); the file was not written")
-    except CheckFailed as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    with atomic_path(output) as tmp:
+        export_onnx(G, tmp, metadata)
+        shapes = check_shapes(G)
+        diff = max_difference(G, onnx_session(tmp), shapes)
+        if not diff <= TOLERANCE:  # NaN compares false: a NaN output fails too
+            raise ExportError(f"{output}: onnxruntime differs from PyTorch by up to {diff:.2e} "
+                              f"(> {TOLERANCE:g}); the file was not written")
     facts = describe(output)
     name, shape = next(iter(facts["inputs"].items()))
     out_name, out_shape = next(iter(facts["outputs"].items()))
@@ -67,12 +60,11 @@ def export_onnx_format(G: nn.Module, output: Path) -> int:
 
 def export_official_format(G: nn.Module, output: Path) -> int:
     """Write the official code's generator file; print how its test.py loads it."""
-    from official_format import OfficialFormatError, official_options, official_state_dict
+    from harness.official_format import official_options, official_state_dict
     try:
         state = official_state_dict(G)
     except OfficialFormatError as e:
-        print(f"error: cannot export in the official format: {e}", file=sys.stderr)
-        return 1
+        raise ExportError(f"cannot export in the official format: {e}") from None
     with atomic_path(output) as tmp:
         torch.save(state, tmp)
     try:
@@ -102,16 +94,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        G = load_generator(args.checkpoint, "cpu", mode="eval")
-        return FORMATS[args.format](G, args.output)
-    except CheckpointError as e:
-        print(f"error: {e}", file=sys.stderr)
-    except ImportError as e:
-        print(f"error: --format {args.format} needs {e.name}: pip install -r requirements.txt", file=sys.stderr)
-    except OSError as e:
-        print(f"error: cannot write {args.output}: {e.strerror or e}", file=sys.stderr)
-    return 1
+
+    def export() -> int:
+        try:
+            return FORMATS[args.format](load_generator(args.checkpoint, "cpu", mode="eval"), args.output)
+        except ImportError as e:
+            raise ExportError(f"--format {args.format} needs {e.name}: pip install -r requirements.txt") from None
+        except OSError as e:
+            raise ExportError(f"cannot write {args.output}: {e.strerror or e}") from None
+    return exit_on_error(export)
 
 
 if __name__ == "__main__":

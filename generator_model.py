@@ -2,20 +2,20 @@
 
 Encoder C64-C128-C256-C512-C512-C512-C512-C512, decoder CD512-CD1024-CD1024-C1024-C1024-C512-C256-C128
 (channel counts after the skip concatenation), 4x4 convolutions with stride 2 throughout.
+Its test mode (paper §3.3: dropout stays on, batch norm uses the test batch's statistics) is here too.
 Quick check:  python generator_model.py   (prints the parameter count and an output shape)
 """
+import contextlib
+from typing import Iterator
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from layers import conv_bias, init_weights, norm_layer
 
-# The hyperparameters a checkpoint stores so that it can rebuild its own generator.
-GENERATOR_KEYS = ("in_channels", "out_channels", "base_channels", "num_downs", "norm", "dropout",
-                  "dropout_placement", "skip_relu")
-# What a checkpoint written before these keys existed was built with: its outputs must not change on loading.
-LEGACY_GENERATOR_HPARAMS = {"dropout_placement": "paper", "skip_relu": False}
 DROPOUT_PLACEMENTS = ("paper", "official")
+TEST_MODES = ("paper", "eval")
 
 
 def dropout_blocks(num_downs: int, placement: str) -> range:
@@ -99,26 +99,34 @@ class UNetGenerator(nn.Module):
         return self.head(x)
 
 
-def generator_from_state(hparams: dict, state: dict) -> UNetGenerator:
-    """Rebuild a U-Net from stored hyperparameters and load its weights (a checkpoint, or a live model's copy).
-    Keys a file written before they existed lacks take their legacy values, so it computes what it was trained as."""
-    hparams = LEGACY_GENERATOR_HPARAMS | hparams
-    G = UNetGenerator(**{k: hparams[k] for k in GENERATOR_KEYS})
-    G.load_state_dict(state)
-    return G
-
-
-def use_test_mode(G: nn.Module, mode: str = "paper") -> dict[nn.Module, float | None]:
-    """Put G in the test mode (paper §3.3 for "paper": dropout on and batch-norm with the test batch's
-    statistics; "eval": ordinary eval()). Running statistics are frozen (momentum 0) so inference never changes
-    the model. Returns each batch-norm layer's previous momentum, for a caller that restores training."""
-    if mode not in ("paper", "eval"):
-        raise ValueError(f"mode must be 'paper' or 'eval', got {mode!r}")
+def set_test_mode(G: nn.Module, mode: str = "paper") -> dict[nn.Module, float | None]:
+    """Put G in a test mode for good: "paper" (§3.3: dropout on, batch norm with the test batch's statistics) or
+    "eval" (ordinary eval(): dropout off, running statistics). Running statistics are frozen (momentum 0), so
+    inference never changes the model. Returns each batch-norm layer's previous momentum."""
+    if mode not in TEST_MODES:
+        raise ValueError(f"test mode must be one of {TEST_MODES}, got {mode!r}")
     momenta = {m: m.momentum for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     G.train(mode == "paper")
     for m in momenta:
         m.momentum = 0.0
     return momenta
+
+
+@contextlib.contextmanager
+def test_mode(G: nn.Module, mode: str = "paper", seed: int = 0) -> Iterator[None]:
+    """How every inference runs (samples, validation, predict, evaluate, the demo): G in its test mode without
+    autograd, the paper mode's dropout noise drawn from `seed` (a repeat gives the same images), and afterwards G
+    and the caller's random stream exactly as they were."""
+    cuda = [p.device for p in G.parameters() if p.device.type == "cuda"][:1]
+    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        torch.manual_seed(seed)
+        was_training, momenta = G.training, set_test_mode(G, mode)
+        try:
+            yield
+        finally:
+            G.train(was_training)
+            for m, momentum in momenta.items():
+                m.momentum = momentum
 
 
 if __name__ == "__main__":

@@ -1,17 +1,19 @@
-"""The pix2pix method (Isola et al., CVPR 2017, arXiv 1611.07004): the networks and their optimisers (§3.3),
-the objective (§3.1) and one training step (§3.3). Read this first; train.py runs it (data, resume, logging).
+"""The pix2pix method (Isola et al., CVPR 2017, arXiv 1611.07004): the networks and their optimisers (§3.3), the
+objective (§3.1) and one training step (§3.3). Read this first; train.py runs it.
 
-Not run directly. bench.py times the same train_step that train.py runs.
+    G: a U-Net (generator_model.py)     D: a conditional 70x70 PatchGAN on (input, output) pairs (discriminator_model.py)
+    D maximises   log D(x, y) + log(1 - D(x, G(x)))        halved, so that D learns slower than G (§3.3)
+    G minimises   -log D(x, G(x)) + lambda * |y - G(x)|_1   lambda = 100 (§3.1, §4.2)
 """
-import copy
-from typing import Any, Callable
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from discriminator_model import PatchDiscriminator
-from distributed import max_flags_over_ranks
 from generator_model import UNetGenerator
 
 # ----------------------------------------------------------------------------- the networks and optimisers (§3.3)
@@ -39,12 +41,17 @@ def make_grad_scalers(device: torch.device, precision: str) -> tuple[torch.amp.G
 
 
 def lr_factor(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
-    """Multiplier of the base LR during 0-based `epoch`: 1 for n_epochs, then linear to 0 (official schedule)."""
+    """Multiplier of the base LR during 0-based `epoch`: 1 for n_epochs, then linear to 0 (the official schedule)."""
     return 1.0 - max(0, epoch + 1 - n_epochs) / float(n_epochs_decay + 1)
 
 
+def set_learning_rate(optimizers: tuple[torch.optim.Optimizer, ...], lr: float) -> None:
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr
 
-# ----------------------------------------------------------------------------- the objective (paper §3.1)
+
+# ----------------------------------------------------------------------------- the objective (§3.1)
 
 def discriminator_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor):
     """-> (loss, real term, fake term). paper §3.3: divide D's objective by 2 to slow D relative to G."""
@@ -61,9 +68,9 @@ def generator_loss(fake_logits: torch.Tensor, fake: torch.Tensor, target: torch.
 
 
 class RealFakeScores(nn.Module):
-    """D on (x, real) and on (x, fake) in one call, so DDP sees one forward per backward. The two batches
-    still go through D separately, keeping their batch-norm statistics apart as in the official code, and in its
-    order (fake first), so that D's running statistics also match it."""
+    """D on (x, real) and on (x, fake) in one call, so DDP sees one forward per backward. The two batches still go
+    through D separately, keeping their batch-norm statistics apart as the official code does, and in its order
+    (fake first), so that D's running statistics match it too."""
 
     def __init__(self, D: nn.Module):
         super().__init__()
@@ -74,110 +81,73 @@ class RealFakeScores(nn.Module):
         return self.D(x, real), fake_logits
 
 
+# ----------------------------------------------------------------------------- one training step (§3.3)
 
-class NonFiniteLoss(RuntimeError):
-    pass
+@dataclass
+class Pix2Pix:
+    """What a training step updates: the two networks, their optimisers and fp16 loss scalers (no-ops otherwise);
+    checkpoints save these. G_run, D_pairs and D_run are the networks as the step runs them: the plain ones, or
+    DDP/torch.compile wrappers of them (wrap_for_training)."""
+    G: UNetGenerator
+    D: PatchDiscriminator
+    opt_G: torch.optim.Optimizer
+    opt_D: torch.optim.Optimizer
+    scaler_G: torch.amp.GradScaler
+    scaler_D: torch.amp.GradScaler
+    l1_lambda: float = 100.0
+    amp: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)  # bf16/fp16 autocast
+    G_run: nn.Module = None
+    D_pairs: nn.Module = None  # D's step: D on (x, real) and (x, fake) together
+    D_run: nn.Module = None    # G's step: D alone (never under DDP: its weights get no gradient there)
 
-
-FP16_HINT = ("; in fp16 this is usually an overflow (values above 65504): use PRECISION=bf16 (same range as fp32, "
-             "on Ampere+ GPUs and AMX CPUs) or PRECISION=fp32")
-
-
-def check_finite(losses: dict[str, torch.Tensor], step: int, fp16: bool = False, flags: int = 0) -> int:
-    """Raise NonFiniteLoss if any loss is NaN/Inf on any rank, with one fused check: one device->host read (under
-    DDP after one all-reduce). `flags`, a small int this rank wants the others to hear of (a stop request), rides in
-    the same all-reduce: returns its max over ranks."""
-    values = torch.stack([v.detach().float() for v in losses.values()])
-    bad = (~torch.isfinite(values).all()).to(torch.int64)
-    # all ranks skip or stop together: a lone rank skipping its backward would desync DDP's all-reduce
-    any_bad, agreed_flags = max_flags_over_ranks(torch.stack([bad, torch.full_like(bad, flags)]))
-    if any_bad:
-        found = ", ".join(f"{k}={v.item()}" for k, v in losses.items() if not torch.isfinite(v)) \
-            or "loss on another process"
-        raise NonFiniteLoss(f"step {step}: non-finite {found}{FP16_HINT if fp16 else ''}")
-    return agreed_flags
-
-
-def scaler_skipped(scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer) -> torch.Tensor | float:
-    """1 if the fp16 loss scaler skipped this step of `opt` (inf/NaN gradients), as a device tensor (no sync);
-    call between scaler.step and scaler.update."""
-    if not scaler.is_enabled():
-        return 0.0
-    found = scaler._per_optimizer_states[id(opt)]["found_inf_per_device"].values()
-    return sum(f.float() for f in found).clamp(max=1)
+    def __post_init__(self):
+        self.G_run = self.G_run or self.G
+        self.D_pairs = self.D_pairs or RealFakeScores(self.D)
+        self.D_run = self.D_run or self.D
 
 
-def train_step(G, D, D_scores, opt_G, opt_D, scaler_G, scaler_D, x, y, cfg, amp, step: int,
-               flags: Callable[[], int] = lambda: 0):
-    """One iteration of paper §3.3: a D step, then a G step against the freshly updated D.
-    Returns the four loss terms and "scaler_skips" (steps the fp16 loss scaler skipped) as 0-dim tensors on the
-    device, read by the caller only when it logs, and "flags": the max over ranks of `flags()`, read at G's loss
-    check (no collective of its own); or raises NonFiniteLoss before any poisoned update."""
-    fp16 = getattr(amp, "fast_dtype", None) == torch.float16
-    with amp:
-        fake = G(x)
-        real_logits, fake_logits = D_scores(x, y, fake.detach())  # detach: the D step must not reach G
+class StepGuard(Protocol):
+    """What train_step asks of a guard against NaN/Inf losses (harness/step_guard.py has the real one)."""
+    def check(self, **losses: torch.Tensor) -> None: ...
+    def hold_if_not_finite(self, opt: torch.optim.Optimizer) -> None: ...
+    def after_update(self, scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer) -> None: ...
+
+
+def train_step(m: Pix2Pix, x: torch.Tensor, y: torch.Tensor, guard: StepGuard | None = None
+               ) -> dict[str, torch.Tensor]:
+    """One iteration of paper §3.3: a gradient step on D, then one on G against the freshly updated D.
+    Returns the four loss terms as 0-dim tensors on the device (read them only when logging: reading waits for
+    the device). `guard` watches for NaN/Inf losses; without one this is the bare algorithm."""
+    # D step: real pairs should score 1, generated pairs 0
+    with m.amp:
+        fake = m.G_run(x)
+        real_logits, fake_logits = m.D_pairs(x, y, fake.detach())  # detach: D's step must not reach G
     loss_D, d_real, d_fake = discriminator_loss(real_logits.float(), fake_logits.float())  # losses in fp32
-    check_finite({"d_real": d_real, "d_fake": d_fake}, step, fp16)
-    opt_D.zero_grad(set_to_none=True)
-    scaler_D.scale(loss_D).backward()
-    scaler_D.step(opt_D)
-    skips = scaler_skipped(scaler_D, opt_D)
-    scaler_D.update()
+    if guard:
+        guard.check(d_real=d_real, d_fake=d_fake)
+    m.opt_D.zero_grad(set_to_none=True)
+    m.scaler_D.scale(loss_D).backward()
+    update(m.opt_D, m.scaler_D, guard)
 
-    D.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only, not its weights
-    with amp:
-        fake_logits = D(x, fake)
-    loss_G, g_gan, g_l1 = generator_loss(fake_logits.float(), fake.float(), y.float(), cfg["L1_LAMBDA"])
-    D.requires_grad_(True)
-    agreed_flags = check_finite({"g_gan": g_gan, "g_l1": g_l1}, step, fp16, flags())
-    opt_G.zero_grad(set_to_none=True)
-    scaler_G.scale(loss_G).backward()
-    scaler_G.step(opt_G)
-    skips = skips + scaler_skipped(scaler_G, opt_G)
-    scaler_G.update()
-    losses = {"d_real": d_real, "d_fake": d_fake, "g_gan": g_gan, "g_l1": g_l1}
-    return {k: v.detach() for k, v in losses.items()} | {"scaler_skips": torch.as_tensor(skips, device=g_l1.device),
-                                                         "flags": agreed_flags}
+    # G step: make the updated D score the generated pair 1, and stay close to the target in L1
+    m.D.requires_grad_(False)  # the G step needs gradients w.r.t. D's input only, not its weights
+    with m.amp:
+        fake_logits = m.D_run(x, fake)
+    loss_G, g_gan, g_l1 = generator_loss(fake_logits.float(), fake.float(), y.float(), m.l1_lambda)
+    m.D.requires_grad_(True)
+    if guard:
+        guard.check(g_gan=g_gan, g_l1=g_l1)
+    m.opt_G.zero_grad(set_to_none=True)
+    m.scaler_G.scale(loss_G).backward()
+    update(m.opt_G, m.scaler_G, guard)
+    return {"d_real": d_real.detach(), "d_fake": d_fake.detach(), "g_gan": g_gan.detach(), "g_l1": g_l1.detach()}
 
 
-
-# ----------------------------------------------------------------------------- undoing a skipped step (ON_NAN=skip)
-
-def state_before_step(G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer,
-                      scaler_D: torch.amp.GradScaler) -> dict[str, Any]:
-    """What a training step can change before its last loss is known to be finite: the D step (D's weights, its
-    optimiser and loss scaler) and both networks' batch-norm statistics (updated in the forward pass). G's
-    weights and optimiser are stepped last, after every check. D is small, so a full copy is cheap."""
-    return {"D": copy.deepcopy(D.state_dict()), "opt_D": copy.deepcopy(opt_D.state_dict()),
-            "scaler_D": scaler_D.state_dict(), "G_buffers": [b.clone() for b in G.buffers()]}
-
-
-def undo_step(saved: dict[str, Any], G: nn.Module, D: nn.Module, opt_D: torch.optim.Optimizer,
-              scaler_D: torch.amp.GradScaler) -> None:
-    """Put back everything state_before_step saved (ON_NAN=skip): the skipped step leaves no trace."""
-    D.load_state_dict(saved["D"])  # copies into the existing tensors: DDP and the optimiser keep theirs
-    opt_D.load_state_dict(copy.deepcopy(saved["opt_D"]))
-    if saved["scaler_D"]:  # empty unless fp16
-        scaler_D.load_state_dict(saved["scaler_D"])
-    with torch.no_grad():
-        for buffer, value in zip(G.buffers(), saved["G_buffers"]):
-            buffer.copy_(value)
-
-
-
-# ----------------------------------------------------------------------------- cost
-
-def training_flops_per_image(cfg: dict[str, Any]) -> float:
-    """Model FLOPs of one training image (D step + G step), counted on meta tensors (no compute)."""
-    from torch.utils.flop_counter import FlopCounterMode
-    with torch.device("meta"):
-        G, D = build_models(cfg)
-        x = torch.empty(1, cfg["IN_CHANNELS"], cfg["IMAGE_SIZE"], cfg["IMAGE_SIZE"])
-        with FlopCounterMode(display=False) as g_count:
-            fake = G(x)
-        with FlopCounterMode(display=False) as d_count:
-            D(x, fake)
-    # backward costs ~2x forward; D runs three times (real, fake, and in the G step)
-    return 3.0 * g_count.get_total_flops() + 9.0 * d_count.get_total_flops()
-
+def update(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, guard: StepGuard | None = None) -> None:
+    """One optimiser step, through the fp16 loss scaler (which skips it when the gradients overflowed)."""
+    if guard:
+        guard.hold_if_not_finite(opt)
+    scaler.step(opt)
+    if guard:
+        guard.after_update(scaler, opt)
+    scaler.update()

@@ -39,10 +39,11 @@ import torch
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from dataset import IMG_EXTENSIONS, DatasetError, list_images, read_image, read_pair, to_tensor
-from generator_model import UNetGenerator
-from inference import batch_size_for, fit_back, fit_to_model, load_for_inference, model_arguments, run_cli
-from utils import generate, sample_grid, seeded_inference, to_unit
+from dataset import IMG_EXTENSIONS, list_images, read_image, read_pair, to_tensor
+from generator_model import UNetGenerator, test_mode
+from harness.errors import DatasetError, exit_on_error
+from harness.inference import batch_size_for, fit_back, fit_to_model, load_for_inference, model_arguments
+from utils import generate, sample_grid, to_unit
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -52,11 +53,8 @@ def find_images(inputs: list[str]) -> list[tuple[Path, Path]]:
     found: dict[Path, tuple[Path, Path]] = {}
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            try:
-                files = [(f, f.relative_to(path)) for f in list_images(path)]
-            except DatasetError:  # an empty folder: reported below if nothing at all is found
-                files = []
+        if path.is_dir():  # an empty folder: reported below if nothing at all is found
+            files = [(f, f.relative_to(path)) for f in list_images(path)]
         elif path.is_file():
             files = [(path, Path(path.name))]  # named explicitly: tried whatever its extension
         else:
@@ -100,8 +98,8 @@ def load_item(path: Path, name: Path, args: argparse.Namespace, cfg: dict[str, A
 
 
 def reason(e: Exception) -> str:
-    """The why of a DatasetError without the file name and the training-only advice."""
-    return str(e).split(": ", 1)[-1].split("; ")[0] if isinstance(e, DatasetError) else f"{type(e).__name__}: {e}"
+    """Why an image could not be used, in a few words."""
+    return str(e).split("; ")[0] if isinstance(e, ValueError) else f"cannot be read as an image ({type(e).__name__}: {e})"
 
 
 # ----------------------------------------------------------------------------- the run
@@ -137,7 +135,7 @@ def predict(args: argparse.Namespace) -> int:
         bar.update(len(items))
 
     pending: dict[tuple[int, ...], list[Item]] = {}  # fitted size -> images waiting for a full batch
-    with seeded_inference(G, args.mode, args.seed, device):
+    with test_mode(G, args.mode, args.seed):
         for path, name in images:
             try:
                 item = load_item(path, name, args, cfg, G)
@@ -177,7 +175,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_cli(predict, parse_args(argv))
+    args = parse_args(argv)
+    return exit_on_error(lambda: predict(args))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,5 @@
-"""Helpers shared by the scripts: the runtime (device, precision, autocast, seeds, RNG states) and inference
-(the paper's test mode, fixed noise, [-1, 1] -> [0, 1], sample grids). Checkpoints live in checkpoint.py; its
-load_generator is also importable from here.
+"""The runtime a training or inference run picks for this machine (device, precision, memory layout, DDP and
+compile wrapping), seeds, and small image helpers; plus the one-line way to load a trained generator.
 
 Not run directly. In a notebook:
     from utils import load_generator
@@ -10,18 +9,20 @@ Not run directly. In a notebook:
 import contextlib
 import os
 import random
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
 
-from checkpoint import CheckpointError, load_checkpoint, load_generator  # noqa: F401  (the public loader)
-from generator_model import use_test_mode
 
-
-class ConfigError(ValueError):
-    """A setting is unknown or has a bad value; the message names it and the valid values."""
+def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", mode: str = "paper") -> nn.Module:
+    """A trained generator from generator.pt, any training checkpoint, or an official latest_net_G.pth, rebuilt
+    from the file alone, in test mode `mode` ("paper": dropout on and batch statistics, §3.3; or "eval"); its
+    training settings are in G.train_config. The loader itself is harness/checkpoint.py's."""
+    from harness.checkpoint import load_generator as load
+    return load(path, device, mode)
 
 
 # ----------------------------------------------------------------------------- device, precision, seeds
@@ -33,16 +34,7 @@ def pick_device(name: str = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"DEVICE={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
-    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ConfigError(f"DEVICE={name!r} but {torch.cuda.device_count()} CUDA device(s) are available; "
-                          f"use DEVICE=auto or cpu")
-    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"DEVICE={name!r} but MPS is not available; use DEVICE=auto or cpu")
-    return device
+    return torch.device(name)  # checked by the configurator (harness/configurator.py: check_device)
 
 
 def pick_precision(name: str, device: torch.device) -> str:
@@ -106,68 +98,44 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_states(device: torch.device = torch.device("cpu")) -> dict[str, Any]:
-    """Every global RNG this process uses, in a form torch.load(weights_only=True) accepts (tensors, ints,
-    tuples): the CUDA one of `device` only, so the checkpoint resumes on a machine with fewer GPUs."""
-    np_state = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else [],
-    }
+@dataclass
+class Runtime:
+    """Where and how a run computes: device, precision ("fp32", "bf16", "fp16"), memory layout, autocast."""
+    device: torch.device
+    precision: str
+    memory_format: torch.memory_format = torch.contiguous_format
+
+    @property
+    def amp(self) -> contextlib.AbstractContextManager:
+        return autocast(self.device, self.precision)
+
+    def to_device(self, x: torch.Tensor) -> torch.Tensor:
+        return x.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
 
 
-def set_rng_states(states: dict[str, Any], device: torch.device = torch.device("cpu")) -> None:
-    random.setstate(states["python"])
-    name, key, *rest = states["numpy"]
-    np.random.set_state((name, key.numpy(), *rest))
-    torch.set_rng_state(states["torch"])
-    cuda = states["cuda"]
-    if isinstance(cuda, (list, tuple)):  # older checkpoints: one state per GPU the saving machine had
-        index = device.index if device.index is not None else 0
-        cuda = cuda[index] if index < len(cuda) else None
-    if device.type == "cuda" and cuda is not None:  # none saved (a CPU run): the seeded state stays
-        torch.cuda.set_rng_state(cuda, device)
+def pick_runtime(cfg: dict[str, Any], local_rank: int | None = None) -> Runtime:
+    """DEVICE, PRECISION, CHANNELS_LAST and DETERMINISTIC for this machine; under torchrun (`local_rank`) each
+    process takes its own GPU."""
+    device = torch.device("cuda", local_rank) if local_rank is not None and torch.cuda.is_available() \
+        else pick_device(cfg["DEVICE"])
+    use_device(device)
+    set_determinism(cfg["DETERMINISTIC"], device)
+    return Runtime(device, pick_precision(cfg["PRECISION"], device),
+                   memory_format_for(cfg["CHANNELS_LAST"], device, cfg["BATCH_SIZE"]))
 
 
-# ----------------------------------------------------------------------------- inference
-
-@contextlib.contextmanager
-def fixed_noise(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed the RNG for a block (e.g. paper-mode dropout at test time) and give the caller's RNG state back
-    afterwards, so repeated evaluations match and training's random stream is untouched."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
-@contextlib.contextmanager
-def test_mode(G: nn.Module, mode: str = "paper") -> Iterator[None]:
-    """Run G for inference, restoring its training state afterwards.
-
-    "paper" (§3.3): dropout on and batch-norm with the test batch's statistics; running stats are left
-    untouched (momentum 0) so sampling never changes the model. "eval": ordinary eval() mode.
-    """
-    was_training = G.training
-    momenta = use_test_mode(G, mode)
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        G.train(was_training)
-        for m, momentum in momenta.items():
-            m.momentum = momentum
+def wrap_for_training(m: Any, compile: bool, world_size: int = 1, device: torch.device | None = None) -> None:
+    """Set the networks a pix2pix.Pix2Pix trains through: DDP across processes (the D step's pair of D calls as one
+    module, so DDP sees one forward per backward), then torch.compile. Checkpoints keep saving the plain m.G, m.D."""
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        ids = [device] if device is not None and device.type == "cuda" else None
+        m.G_run, m.D_pairs = DDP(m.G, device_ids=ids), DDP(m.D_pairs, device_ids=ids)
+    if compile:
+        m.G_run, m.D_pairs, m.D_run = torch.compile(m.G_run), torch.compile(m.D_pairs), torch.compile(m.D)
 
 
-@contextlib.contextmanager
-def seeded_inference(G: nn.Module, mode: str, seed: int, device: torch.device) -> Iterator[None]:
-    """How every inference runs (training's samples and validation, predict.py, evaluate.py, demo.py, the
-    notebook): G in its test mode without autograd, and the dropout noise of paper mode drawn from `seed`, so a
-    repeat gives the same images; the caller's RNG state is given back afterwards."""
-    with fixed_noise(seed, device), test_mode(G, mode):
-        yield
-
+# ----------------------------------------------------------------------------- images
 
 def generate(G: nn.Module, x: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
     """G(x) on `device` in `precision`, returned as float32 on that device (the network's [-1, 1] range)."""
@@ -186,4 +154,3 @@ def sample_grid(x: torch.Tensor, fake: torch.Tensor, y: torch.Tensor) -> torch.T
     import torchvision.utils as vutils
     rows = torch.stack([to_unit(x), to_unit(fake), to_unit(y)], dim=1).flatten(0, 1)
     return vutils.make_grid(rows.cpu(), nrow=3, padding=2, pad_value=1.0)
-

@@ -47,6 +47,17 @@ def tiny_data(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+def make_dataset(folder, train: bool = True, bad_files: str = "error", scan: bool = True, multiple: int = 0,
+                 **settings):
+    """A checked PairedImageDataset of `folder` (harness.data_checks.checked_dataset), with config.py's defaults
+    and lower-case keyword overrides of its settings (image_size=32 for IMAGE_SIZE, ...)."""
+    from harness.configurator import default_settings
+    from harness.data_checks import checked_dataset
+    cfg = default_settings() | {k.upper(): v for k, v in settings.items()}
+    cfg["NUM_DOWNS"] = (multiple or cfg["IMAGE_SIZE"]).bit_length() - 1
+    return checked_dataset(folder, cfg, train=train, bad_files=bad_files, scan=scan)
+
+
 def tiny_args(data: Path, run_dir: Path, **overrides) -> list[str]:
     """Command-line overrides for a seconds-long CPU run on tiny_data (32 px, narrow nets, fp32)."""
     settings = dict(TRAIN_DIR=data / "train", VAL_DIR=data / "val", RUN_DIR=run_dir, IMAGE_SIZE=32, LOAD_SIZE=36,

@@ -13,7 +13,12 @@ from PIL import Image
 import dataset
 import train
 from conftest import make_pair_image, tiny_args, write_pairs
-from dataset import DatasetError, PairedImageDataset, check_image, list_images, open_image, scan_images
+from conftest import make_dataset
+from dataset import list_images, read_image
+from harness import data_checks
+from harness.configurator import default_settings
+from harness.data_checks import check_image, check_layout, raise_if, usable_pairs
+from harness.errors import DatasetError
 
 
 
@@ -118,11 +123,11 @@ def test_listing_finds_nested_unicode_files_skips_hidden_and_survives_symlink_lo
 
 def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
-        list_images(tmp_path / "nope")
+        check_layout(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / ".DS_Store").write_bytes(b"x")
     with pytest.raises(DatasetError, match="has no images"):
-        list_images(tmp_path / "empty")
+        check_layout(tmp_path / "empty")
 
 
 # ----------------------------------------------------------------------------- single files
@@ -140,8 +145,8 @@ def test_every_convertible_file_passes_the_check(messy):
 @pytest.mark.parametrize("channels,mode", [(3, "RGB"), (1, "L")])
 def test_convertible_files_decode_to_the_configured_channels(messy, channels, mode):
     for path in messy["good"]:
-        image = open_image(path, channels)
-        assert image.mode == mode and image.size == (64, 32), path.name
+        image = read_image(path, channels)
+        assert image.dtype == np.uint8 and image.shape == (32, 64, channels), path.name
 
 
 def test_exif_rotation_is_applied(tmp_path):
@@ -150,7 +155,7 @@ def test_exif_rotation_is_applied(tmp_path):
     exif_rotated_jpeg(tmp_path / "rot.jpg", stored)
     with Image.open(tmp_path / "rot.jpg") as raw:
         assert raw.size == (32, 64)  # the file itself is portrait
-    array = np.asarray(open_image(tmp_path / "rot.jpg"))
+    array = np.asarray(read_image(tmp_path / "rot.jpg"))
     # rotated 90 degrees clockwise: landscape, and the red top half is now the right half
     assert array.shape == (32, 64, 3)
     assert array[:, 40:, 0].mean() > 200 and array[:, :24, 0].mean() < 50
@@ -161,7 +166,7 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     values = np.array([[0, 100 * 257, 200 * 257, 65535]], np.uint16).repeat(4, axis=0)
     Image.fromarray(values).save(tmp_path / "g16.png")
     assert Image.open(tmp_path / "g16.png").mode.startswith("I")
-    array = np.asarray(open_image(tmp_path / "g16.png", channels=1)).astype(int)
+    array = read_image(tmp_path / "g16.png", channels=1)[:, :, 0].astype(int)
     assert array[0].tolist() == [0, 100, 200, 255]
 
 
@@ -174,7 +179,7 @@ def test_transparent_pixels_become_white_in_rgb_and_grayscale(tmp_path, channels
     palette.putpalette([0, 0, 0, 0, 0, 0])
     palette.save(tmp_path / "alpha_palette.png", transparency=0)  # index 0 (black) is transparent
     for name in ("alpha.png", "alpha_palette.png"):
-        array = np.asarray(open_image(tmp_path / name, channels)).astype(int)
+        array = np.asarray(read_image(tmp_path / name, channels)).astype(int)
         assert array[:, :4].min() == 255 and array[:, 4:].max() == 0, (name, channels)
 
 
@@ -184,19 +189,21 @@ def test_palette_png_keeps_its_colours(tmp_path):
     rgb[:, 4:] = (10, 220, 90)
     Image.fromarray(rgb).quantize(4).save(tmp_path / "p.png")
     assert Image.open(tmp_path / "p.png").mode == "P"
-    assert np.array_equal(np.asarray(open_image(tmp_path / "p.png")), rgb)
+    assert np.array_equal(np.asarray(read_image(tmp_path / "p.png")), rgb)
 
 
 def test_decompression_bomb_limits(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((64, 128, 3), np.uint8)).save(tmp_path / "big.png")
     assert check_image(tmp_path / "big.png") is None
     monkeypatch.setattr(dataset, "MAX_IMAGE_PIXELS", 8191)  # ours: refused before decoding
-    with pytest.raises(DatasetError, match="decompression-bomb"):
-        open_image(tmp_path / "big.png")
+    with pytest.raises(ValueError, match="decompression-bomb"):
+        read_image(tmp_path / "big.png")
+    assert "decompression-bomb" in check_image(tmp_path / "big.png")
     monkeypatch.setattr(dataset, "MAX_IMAGE_PIXELS", 10 ** 9)
-    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's own (raises beyond 2x): also a DatasetError
-    with pytest.raises(DatasetError, match="DecompressionBomb"):
-        open_image(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's own (raises beyond 2x): refused as well
+    with pytest.raises(Image.DecompressionBombError):
+        read_image(tmp_path / "big.png")
+    assert "DecompressionBomb" in check_image(tmp_path / "big.png")
 
 
 # ----------------------------------------------------------------------------- scanning a folder
@@ -208,7 +215,7 @@ def listed(text: str, path: Path) -> int:
 
 def test_scan_error_mode_lists_every_bad_file(messy):
     with pytest.raises(DatasetError) as e:
-        PairedImageDataset(messy["folder"], image_size=32, load_size=36)
+        make_dataset(messy["folder"], image_size=32, load_size=36)
     message = str(e.value)
     assert f"{len(messy['bad'])} of {len(messy['good']) + len(messy['bad'])} files" in message
     for path, why in messy["bad"].items():
@@ -219,7 +226,7 @@ def test_scan_error_mode_lists_every_bad_file(messy):
 
 
 def test_scan_skip_mode_lists_bad_files_once_and_uses_the_rest(messy, capsys):
-    ds = PairedImageDataset(messy["folder"], image_size=32, load_size=36, bad_files="skip")
+    ds = make_dataset(messy["folder"], image_size=32, load_size=36, bad_files="skip")
     err = capsys.readouterr().err
     assert sorted(ds.files) == sorted(messy["good"])
     assert err.count("skipping") == 1
@@ -228,7 +235,7 @@ def test_scan_skip_mode_lists_bad_files_once_and_uses_the_rest(messy, capsys):
     for i in range(len(ds)):  # every kept file, conversions included, gives a finite 3x32x32 pair
         x, y = ds[i]
         assert x.shape == y.shape == (3, 32, 32) and torch.isfinite(x).all() and torch.isfinite(y).all()
-    gray = PairedImageDataset(messy["folder"], image_size=32, load_size=36, bad_files="skip", in_channels=1,
+    gray = make_dataset(messy["folder"], image_size=32, load_size=36, bad_files="skip", in_channels=1,
                               out_channels=1)
     x, y = gray[0]
     assert x.shape == y.shape == (1, 32, 32)
@@ -240,18 +247,19 @@ def test_scan_all_bad_is_an_error_in_both_modes(tmp_path, monkeypatch):
     write_unusable(tmp_path / "bad")
     for mode in ("error", "skip"):
         with pytest.raises(DatasetError, match="cannot be used|every file"):
-            PairedImageDataset(tmp_path / "bad", bad_files=mode)
+            make_dataset(tmp_path / "bad", bad_files=mode)
     with pytest.raises(DatasetError, match="every file .* unusable"):
-        scan_images(list_images(tmp_path / "bad"), "skip", str(tmp_path / "bad"))
+        raise_if([usable_pairs(tmp_path / "bad", default_settings(), "skip")[2]])
 
 
 def test_scan_shows_a_progress_bar_on_big_folders(tmp_path, monkeypatch, capsys):
-    files = write_pairs(tmp_path / "d", 3)
-    scan_images(files, folder="small")
+    write_pairs(tmp_path / "small", 3)
+    write_pairs(tmp_path / "big", 3)
+    usable_pairs(tmp_path / "small", default_settings())
     assert "scanning" not in capsys.readouterr().err
-    monkeypatch.setattr(dataset, "SCAN_PROGRESS_MIN_FILES", 3)
-    scan_images(files, folder="big")
-    assert "scanning big" in capsys.readouterr().err
+    monkeypatch.setattr(data_checks, "SCAN_PROGRESS_MIN_FILES", 3)
+    usable_pairs(tmp_path / "big", default_settings())
+    assert f"scanning {tmp_path / 'big'}" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------- through train.main

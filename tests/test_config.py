@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import config as default_config
-from configurator import ConfigError, load_config
+from harness.configurator import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -138,7 +138,7 @@ def test_cli_error_is_one_line_exit_2(tmp_path):
 def test_resume_setting_resolves_to_a_checkpoint_or_a_setting_error(tmp_path):
     """RESUME is a setting: auto finds last.pt, never refuses to overwrite it, a missing path is refused; the
     refusals are ConfigErrors (train.py exits 2 for them), raised before any data or model work."""
-    from configurator import resolve_resume
+    from harness.configurator import resolve_resume
     ckpt_dir = tmp_path / "checkpoints"
     assert resolve_resume({"RESUME": "auto"}, ckpt_dir) is None
     assert resolve_resume({"RESUME": "never"}, ckpt_dir) is None

@@ -17,9 +17,16 @@ from PIL import Image
 import predict
 import train
 from conftest import ROOT, tiny_args
-from dataset import (PREPROCESS_MODES, DatasetError, PairedImageDataset, build_datasets, detect_layout, resize,
-                     sample_batch)
-from configurator import load_config
+from conftest import make_dataset
+from dataset import PREPROCESS_MODES, find_pairs, resize
+from harness.configurator import load_config
+from harness.data_checks import training_data
+from harness.errors import DatasetError
+from harness.run_log import sample_batch
+
+
+def detect_layout(folder: Path) -> str:
+    return "A/B" if find_pairs(folder)[0][0][1] is not None else "A|B"
 
 
 def save(path: Path, array: np.ndarray, **options) -> Path:
@@ -71,7 +78,7 @@ def test_dataset_resizes_like_pil(tmp_path):
     """End to end: a 600 px A|B pair at IMAGE_SIZE 256 (validation) equals PIL's bicubic resize of each half."""
     a, b = fine_detail(600), pattern(600, 600)
     save(tmp_path / "d" / "0.png", np.concatenate([a, b], 1))
-    x, y = PairedImageDataset(tmp_path / "d", direction="AtoB", image_size=256, train=False)[0]
+    x, y = make_dataset(tmp_path / "d", direction="AtoB", image_size=256, train=False)[0]
     for got, half in ((x, a), (y, b)):
         expected = torch.from_numpy(pil_bicubic(half, 256, 256).astype(np.float32)).permute(2, 0, 1) / 127.5 - 1
         assert (got - expected).abs().mean() * 127.5 < 1
@@ -88,9 +95,9 @@ def test_a_b_folders_pair_by_stem_with_mixed_formats_and_sizes(tmp_path):
         save(root / "B" / f"{stem}{('.bmp', '.png', '.webp')[i]}", 255 - pil_bicubic(a, 2 * h, 2 * w), lossless=True)
     assert detect_layout(root) == "A/B"
     for direction in ("AtoB", "BtoA"):
-        ds = PairedImageDataset(root, direction=direction, image_size=32, load_size=32, train=False,
+        ds = make_dataset(root, direction=direction, image_size=32, load_size=32, train=False,
                                 preprocess="none", multiple=8)
-        assert ds.layout == "A/B" and len(ds) == 3 and ds.skipped == []
+        assert len(ds) == 3 and ds.skipped == []
         assert ds.files == [root / "A" / "1.png", root / "A" / "2.png", root / "A" / "sub" / "3.png"]
         for i, (h, w) in enumerate(sizes.values()):
             x, y = ds[i]
@@ -109,11 +116,11 @@ def test_a_b_unmatched_names_error_or_skip(tmp_path, capsys):
     for stem in ("1", "2", "4"):
         save(root / "B" / f"{stem}.jpg", pattern(16, 16))
     with pytest.raises(DatasetError) as err:
-        PairedImageDataset(root, image_size=16, load_size=16)
+        make_dataset(root, image_size=16, load_size=16)
     message = str(err.value)
     assert str(root / "A" / "3.png") in message and str(root / "B" / "4.jpg") in message
     assert "no B/3.*" in message and "BAD_FILES=skip" in message and "1.png" not in message
-    ds = PairedImageDataset(root, image_size=16, load_size=16, bad_files="skip")
+    ds = make_dataset(root, image_size=16, load_size=16, bad_files="skip")
     listing = capsys.readouterr().err
     assert len(ds) == 2 and [a.stem for a, _ in ds.pairs] == ["1", "2"]
     assert listing.count("skipping") == 1
@@ -121,10 +128,10 @@ def test_a_b_unmatched_names_error_or_skip(tmp_path, capsys):
     assert {p.name for p, _ in ds.skipped} == {"3.png", "4.jpg"}
     # an unreadable file takes its partner out with it, both listed
     (root / "B" / "2.jpg").write_bytes(b"not a jpeg")
-    ds = PairedImageDataset(root, image_size=16, load_size=16, bad_files="skip")
+    ds = make_dataset(root, image_size=16, load_size=16, bad_files="skip")
     assert len(ds) == 1 and {p.name for p, _ in ds.skipped} == {"3.png", "4.jpg", "2.jpg", "2.png"}
     with pytest.raises(DatasetError, match="2.jpg"):
-        PairedImageDataset(root, image_size=16, load_size=16)
+        make_dataset(root, image_size=16, load_size=16)
 
 
 def test_a_b_layout_errors(tmp_path):
@@ -132,12 +139,12 @@ def test_a_b_layout_errors(tmp_path):
     save(tmp_path / "dup" / "A" / "1.jpg", pattern(8, 8))
     save(tmp_path / "dup" / "B" / "1.png", pattern(8, 8))
     with pytest.raises(DatasetError, match=r"share the name '1'.*ambiguous"):
-        PairedImageDataset(tmp_path / "dup", image_size=8, load_size=8)
+        make_dataset(tmp_path / "dup", image_size=8, load_size=8)
     save(tmp_path / "half" / "A" / "1.png", pattern(8, 8))
     with pytest.raises(DatasetError, match="has a A/ folder but no B/"):
-        PairedImageDataset(tmp_path / "half", image_size=8, load_size=8)
+        make_dataset(tmp_path / "half", image_size=8, load_size=8)
     save(tmp_path / "ab" / "1.png", pattern(8, 16))  # the A|B layout still works, detected
-    assert detect_layout(tmp_path / "ab") == "A|B" and len(PairedImageDataset(tmp_path / "ab", image_size=8)) == 1
+    assert detect_layout(tmp_path / "ab") == "A|B" and len(make_dataset(tmp_path / "ab", image_size=8)) == 1
 
 
 # ----------------------------------------------------------------------------- PREPROCESS modes
@@ -161,7 +168,7 @@ def inverted_pair(tmp_path) -> Path:
 @pytest.mark.parametrize("preprocess", PREPROCESS_MODES)
 def test_each_mode_gives_its_shape_and_keeps_halves_aligned(inverted_pair, preprocess):
     kwargs = dict(image_size=32, load_size=56, preprocess=preprocess, multiple=16, direction="AtoB")
-    ds = PairedImageDataset(inverted_pair, train=True, **kwargs)
+    ds = make_dataset(inverted_pair, train=True, **kwargs)
     outputs, flips = set(), set()
     for seed in range(24):
         x, y = ds[(0, seed)]
@@ -174,7 +181,7 @@ def test_each_mode_gives_its_shape_and_keeps_halves_aligned(inverted_pair, prepr
     assert flips == {True, False}, "mirroring should occur, identically for both halves"
     random_crop = preprocess in ("resize_and_crop", "crop", "scale_width_and_crop")
     assert len(outputs) > (4 if random_crop else 1) and (random_crop or len(outputs) == 2)
-    val = PairedImageDataset(inverted_pair, train=False, **kwargs)
+    val = make_dataset(inverted_pair, train=False, **kwargs)
     x, y = val[(0, 0)]
     assert x.shape == (3, *EVAL_SHAPES[preprocess]) and (x + y).abs().max() <= 1 / 127.5 + 1e-6
     assert all(torch.equal(val[(0, s)][0], x) for s in (1, 2, 3))  # no randomness in evaluation
@@ -185,15 +192,15 @@ def test_crop_mode_takes_unscaled_crops_and_refuses_small_images(tmp_path):
     save(tmp_path / "d" / "0.png", np.concatenate([a, a], 1))
     save(tmp_path / "d" / "small.png", np.concatenate([a[:20, :20], a[:20, :20]], 1))
     with pytest.raises(DatasetError, match=r"small.png: 20x20 is smaller than the 32x32 crop of PREPROCESS=crop"):
-        PairedImageDataset(tmp_path / "d", image_size=32, preprocess="crop")
-    ds = PairedImageDataset(tmp_path / "d", image_size=32, preprocess="crop", bad_files="skip", direction="AtoB")
+        make_dataset(tmp_path / "d", image_size=32, preprocess="crop")
+    ds = make_dataset(tmp_path / "d", image_size=32, preprocess="crop", bad_files="skip", direction="AtoB")
     assert len(ds) == 1
     x, _ = ds[(0, 5)]
     crops = [np.ascontiguousarray(np.flip(a, 1)) if flip else a for flip in (False, True)]
     target = ((x.permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)
     windows = [c[i:i + 32, j:j + 32] for c in crops for i in range(19) for j in range(53)]
     assert any(np.array_equal(target, w) for w in windows), "a crop mode must not rescale the image"
-    centre = PairedImageDataset(tmp_path / "d", image_size=32, preprocess="crop", bad_files="skip",
+    centre = make_dataset(tmp_path / "d", image_size=32, preprocess="crop", bad_files="skip",
                                 direction="AtoB", train=False)[0][0]
     assert torch.equal(centre, torch.from_numpy(a[9:41, 26:58]).permute(2, 0, 1) / 127.5 - 1)
 
@@ -205,12 +212,12 @@ def test_variable_sizes_need_batch_one(tmp_path):
     base = [f"--TRAIN_DIR={tmp_path / 'train'}", f"--VAL_DIR={tmp_path / 'val'}", "--IMAGE_SIZE=32",
             "--PREPROCESS=none"]
     with pytest.raises(DatasetError, match=r"TRAIN_DIR .*giving 2 sizes \(64x32: 2, 32x32: 1\).*batch of 2"):
-        build_datasets(load_config(base + ["--BATCH_SIZE=2"]))
-    train_set, val_set = build_datasets(load_config(base + ["--BATCH_SIZE=1"]))
+        training_data(load_config(base + ["--BATCH_SIZE=2"]))
+    train_set, val_set = training_data(load_config(base + ["--BATCH_SIZE=1"]))
     assert len(train_set) == 3
     x, y = sample_batch(val_set, 3)  # sample grids stack only images of the first one's size
     assert x.shape == y.shape == (1, 3, 32, 32)
-    x, _ = sample_batch(PairedImageDataset(tmp_path / "val", image_size=32, preprocess="resize_and_crop"), 3)
+    x, _ = sample_batch(make_dataset(tmp_path / "val", image_size=32, preprocess="resize_and_crop"), 3)
     assert x.shape == (3, 3, 32, 32)
 
 
@@ -233,10 +240,10 @@ def test_train_on_a_b_crops_then_predict_whole_images(tmp_path, capsys):
     assert Image.open(tmp_path / "out" / "wide.png").size == (72, 40)
 
 
-# ----------------------------------------------------------------------------- python dataset.py FOLDER
+# ----------------------------------------------------------------------------- python -m harness.data_checks FOLDER
 
 def check_folder(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "dataset.py"), *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "harness.data_checks", *args], capture_output=True, text=True,
                           timeout=120, cwd=ROOT)
 
 

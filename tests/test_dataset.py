@@ -13,9 +13,12 @@ import torch
 from PIL import Image
 
 import dataset
-import synthetic_data
-from dataset import AugmentationSampler, DatasetError, PairedImageDataset, ensure_default_data, list_images
-from configurator import load_config
+from harness import synthetic_data
+from conftest import make_dataset
+from dataset import AugmentationSampler, list_images
+from harness.data_checks import ensure_default_data
+from harness.errors import DatasetError
+from harness.configurator import load_config
 
 
 def save(path: Path, array: np.ndarray) -> Path:
@@ -46,7 +49,7 @@ def test_split_at_half_width_and_direction(tmp_path, direction):
     # A = red, B = blue; at the native size the eval transform is a plain copy, so a split off by even one
     # column would bleed the other colour into the edge
     save(tmp_path / "d" / "0.png", np.concatenate([solid(16, 16, (255, 0, 0)), solid(16, 16, (0, 0, 255))], 1))
-    ds = PairedImageDataset(tmp_path / "d", direction=direction, image_size=16, load_size=16, train=False)
+    ds = make_dataset(tmp_path / "d", direction=direction, image_size=16, load_size=16, train=False)
     x, y = ds[0]
     red, blue = torch.tensor([1.0, -1.0, -1.0]), torch.tensor([-1.0, -1.0, 1.0])
     expect_x, expect_y = (red, blue) if direction == "AtoB" else (blue, red)
@@ -64,7 +67,7 @@ def test_listing_is_sorted_images_only(tmp_path):
     (root / "f.png.json").write_text("{}")
     expected = [root / n for n in ("a.jpg", "b.png", "e.PNG", "sub/c.png", "z.webp")]
     assert list_images(root) == expected
-    assert PairedImageDataset(root, image_size=8, load_size=8).files == expected
+    assert make_dataset(root, image_size=8, load_size=8).files == expected
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -78,7 +81,7 @@ def twin_pair(tmp_path) -> Path:
 
 
 def test_joint_augmentation_keeps_input_and_target_aligned(twin_pair):
-    ds = PairedImageDataset(twin_pair, image_size=32, load_size=40, jitter=True, mirror=True, train=True)
+    ds = make_dataset(twin_pair, image_size=32, load_size=40, jitter=True, mirror=True, train=True)
     outputs, flipped = set(), set()
     for seed in range(40):
         x, y = ds[(0, seed)]
@@ -92,8 +95,8 @@ def test_joint_augmentation_keeps_input_and_target_aligned(twin_pair):
 
 
 def test_flip_only_without_jitter(twin_pair):
-    ds = PairedImageDataset(twin_pair, image_size=32, load_size=40, jitter=False, mirror=True, train=True)
-    plain = PairedImageDataset(twin_pair, image_size=32, train=False)[0][0]
+    ds = make_dataset(twin_pair, image_size=32, load_size=40, jitter=False, mirror=True, train=True)
+    plain = make_dataset(twin_pair, image_size=32, train=False)[0][0]
     seen = set()
     for seed in range(12):
         x, y = ds[(0, seed)]
@@ -107,7 +110,7 @@ def test_flip_only_without_jitter(twin_pair):
 
 
 def test_eval_transform_is_deterministic(twin_pair):
-    ds = PairedImageDataset(twin_pair, image_size=16, load_size=40, jitter=True, mirror=True, train=False)
+    ds = make_dataset(twin_pair, image_size=16, load_size=40, jitter=True, mirror=True, train=False)
     first = ds[(0, 0)]
     for seed in (1, 2, 12345):
         x, y = ds[(0, seed)]
@@ -117,9 +120,9 @@ def test_eval_transform_is_deterministic(twin_pair):
 
 
 def test_same_index_and_seed_give_identical_tensors(tiny_data):
-    ds = PairedImageDataset(tiny_data / "train", image_size=32, load_size=36)
+    ds = make_dataset(tiny_data / "train", image_size=32, load_size=36)
     reference = ds[(3, 777)]
-    other = PairedImageDataset(tiny_data / "train", image_size=32, load_size=36)
+    other = make_dataset(tiny_data / "train", image_size=32, load_size=36)
     for disturb in range(3):  # global RNGs must play no part
         random.seed(disturb)
         np.random.seed(disturb)
@@ -133,9 +136,9 @@ def test_same_index_and_seed_give_identical_tensors(tiny_data):
 
 def test_values_in_minus_one_to_one(tmp_path, twin_pair):
     save(tmp_path / "bw" / "0.png", np.concatenate([solid(16, 16, (0, 0, 0)), solid(16, 16, (255, 255, 255))], 1))
-    x, y = PairedImageDataset(tmp_path / "bw", direction="AtoB", image_size=16, load_size=16, train=False)[0]
+    x, y = make_dataset(tmp_path / "bw", direction="AtoB", image_size=16, load_size=16, train=False)[0]
     assert x.dtype == torch.float32 and (x == -1).all() and (y == 1).all()  # black -> -1, white -> +1
-    ds = PairedImageDataset(twin_pair, image_size=32, load_size=40)
+    ds = make_dataset(twin_pair, image_size=32, load_size=40)
     for seed in range(10):
         x, y = ds[(0, seed)]
         assert x.min() >= -1 and x.max() <= 1 and y.min() >= -1 and y.max() <= 1
@@ -146,7 +149,7 @@ def test_values_in_minus_one_to_one(tmp_path, twin_pair):
 def test_channel_counts(tmp_path, in_ch, out_ch):
     left, right = solid(16, 16, (200, 100, 50)), solid(16, 16, (10, 20, 250))
     save(tmp_path / "rgb" / "0.png", np.concatenate([left, right], 1))
-    ds = PairedImageDataset(tmp_path / "rgb", direction="AtoB", image_size=16, load_size=16, train=False,
+    ds = make_dataset(tmp_path / "rgb", direction="AtoB", image_size=16, load_size=16, train=False,
                             in_channels=in_ch, out_channels=out_ch)
     x, y = ds[0]
     assert x.shape == (in_ch, 16, 16) and y.shape == (out_ch, 16, 16)
@@ -182,20 +185,25 @@ def test_augmentation_sampler_order_shards_and_skip():
     assert {i for i, _ in rank0 + rank1} == set(range(10))
     assert items(skip=3) == full[3:] and len(items(skip=3)) == 7
     assert items(epoch=2, skip=4) == items(epoch=2)[4:]
+    # a resumed epoch skips the images trained on, counted over all processes: any batch size, any process count
+    order = [i for i, _ in full]
+    assert [i for i, _ in items(world=2)] == order[0::2]
+    assert [i for i, _ in items(world=2, skip=4)] == order[4::2]
+    assert [i for i, _ in items(rank=1, world=2, skip=4)] == order[5::2]
 
 
 # ----------------------------------------------------------------------------- errors
 
 def test_missing_folder(tmp_path):
     with pytest.raises(DatasetError, match=str(tmp_path / "nope")):
-        PairedImageDataset(tmp_path / "nope")
+        make_dataset(tmp_path / "nope")
 
 
 def test_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no images here")
     with pytest.raises(DatasetError) as err:
-        PairedImageDataset(tmp_path / "empty")
+        make_dataset(tmp_path / "empty")
     assert str(tmp_path / "empty") in str(err.value) and "no images" in str(err.value)
 
 
@@ -205,21 +213,21 @@ def test_odd_width_and_unreadable_files_are_named(tmp_path):
     save(folder / "odd.png", np.zeros((8, 17, 3), dtype=np.uint8))
     (folder / "broken.jpg").write_bytes(b"this is not a jpeg")
     with pytest.raises(DatasetError) as err:
-        PairedImageDataset(folder, image_size=8, load_size=8)
+        make_dataset(folder, image_size=8, load_size=8)
     message = str(err.value)
     assert str(folder / "odd.png") in message and "odd" in message
     assert str(folder / "broken.jpg") in message
     assert str(folder / "good.png") not in message
-    ds = PairedImageDataset(folder, image_size=8, load_size=8, bad_files="skip")
+    ds = make_dataset(folder, image_size=8, load_size=8, bad_files="skip")
     assert ds.files == [folder / "good.png"]
 
 
 def test_unreadable_file_at_load_time(tmp_path):
     folder = tmp_path / "late"
     save(folder / "a.png", np.zeros((8, 16, 3), dtype=np.uint8))
-    ds = PairedImageDataset(folder, image_size=8, load_size=8)
+    ds = make_dataset(folder, image_size=8, load_size=8)
     (folder / "a.png").write_bytes(b"\x89PNG truncated")  # broken after the scan
-    with pytest.raises(DatasetError, match=str(folder / "a.png")):
+    with pytest.raises(OSError, match=str(folder / "a.png")):
         ds[0]
 
 
@@ -245,7 +253,7 @@ def test_default_folders_generate_synthetic_data_deterministically(tmp_path, mon
         root = tmp_path / name / "data" / "synthetic"
         assert len(list_images(root / "train")) == 6 and len(list_images(root / "val")) == 3
         contents.append({p.relative_to(root): p.read_bytes() for p in root.rglob("*") if p.is_file()})
-        x, y = PairedImageDataset(Path(cfg["TRAIN_DIR"]), image_size=32, load_size=36)[0]  # usable as is
+        x, y = make_dataset(Path(cfg["TRAIN_DIR"]), image_size=32, load_size=36)[0]  # usable as is
         assert x.shape == y.shape == (3, 32, 32)
     assert contents[0] == contents[1]
     assert len(calls) == 2

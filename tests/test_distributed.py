@@ -146,7 +146,7 @@ def test_ddp_run_writes_one_set_of_outputs_and_other_ranks_stay_silent(ddp_run):
     rank0, rank1 = (d["calls"] for d in ddp_run.dumps)
     assert rank1 == [], rank1
     names = [name for name, _ in rank0]
-    assert names.count("open_run_log") == names.count("evaluate_generator") == 1
+    assert names.count("RunLog") == names.count("evaluate_generator") == 1
     assert names.count("write_samples") == 2  # the step-0 grid and epoch 1's
     saved = {Path(path).name for name, path in rank0 if name == "atomic_save"}
     assert saved == {"last.pt", "best.pt", "generator.pt", "generator_best.pt"}
@@ -212,19 +212,19 @@ def test_distributed_run_stops_on_one_ranks_sigterm_and_resumes_mid_epoch(ddp_ru
     run_dir = tmp_path / "run"
     shutil.copytree(ddp_run.run_dir, run_dir)
     last = run_dir / "checkpoints" / "last.pt"
-    args = dist_settings(ddp_run.data, run_dir, BATCH_SIZE=1, VAL_EVERY=0, SAMPLE_EVERY=0,
-                         **(EQUIV | {"N_EPOCHS_DECAY": 1}))
+    args = dist_settings(ddp_run.data, run_dir, BATCH_SIZE=1, VAL_EVERY=0, SAMPLE_EVERY=0, LOG_EVERY=1,
+                         **(EQUIV | {"N_EPOCHS_DECAY": 1}))  # the ranks read their agreed stop flag every step
 
     stopped = launch(tmp_path, "stopped", args, worker_opts=("--sigterm=1:1",))
     assert stopped.returncode != 0 and None not in stopped.dumps, stopped.describe()  # 128 + SIGTERM, both ranks
     assert [d["exit"] for d in stopped.dumps] == [143, 143], stopped.describe()
     assert [d["steps"] for d in stopped.dumps] == [1, 1]
     assert f"resuming from {last}: epoch 2, batch 0, step 1" in stopped.rank_out[0], stopped.describe()
-    assert f"saved {last} at epoch 2, step 2. Resume with:\n  torchrun <the same torchrun options> train.py " \
-        in stopped.rank_out[0], stopped.describe()
+    assert f"saved {last} at epoch 2, step 2. Resume with:\n  torchrun <the same torchrun options> {__file__} " \
+        in stopped.rank_out[0], stopped.describe()  # the script torchrun ran (here this worker)
     assert stopped.rank_out[1] == "" and stopped.rank_err[1] == "", stopped.describe()
     ckpt = torch.load(last, weights_only=True)
-    assert (ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]) == (1, 1, 2)
+    assert (ckpt["epoch"], ckpt["images_in_epoch"], ckpt["step"]) == (1, 2, 2)  # 1 batch of 1 on each rank
 
     resumed = launch(tmp_path, "resumed", args)
     assert resumed.returncode == 0 and None not in resumed.dumps, resumed.describe()
@@ -249,7 +249,7 @@ def test_a_rank_that_fails_mid_training_stops_the_job(tmp_path):
     write_pairs(tmp_path / "data" / "train", 8, seed=0)
     write_pairs(tmp_path / "data" / "val", 2, seed=1)
     args = dist_settings(tmp_path / "data", tmp_path / "run", N_EPOCHS_DECAY=0, ON_NAN="skip", DIST_TIMEOUT_S=10,
-                         VAL_EVERY=0, SAMPLE_EVERY=0)
+                         VAL_EVERY=0, SAMPLE_EVERY=0, LOG_EVERY=1)
     run = launch(tmp_path, "fail", args, worker_opts=("--nan=1:1", "--fail=1:3"))
     assert run.returncode != 0 and None not in run.dumps, run.describe()
     assert run.seconds < 120, run.describe()  # seconds in practice; a hang would be cut by LAUNCH_TIMEOUT_S
@@ -259,8 +259,8 @@ def test_a_rank_that_fails_mid_training_stops_the_job(tmp_path):
 
     rank0, rank1 = run.dumps
     assert rank0["nonfinite_steps"] == rank1["nonfinite_steps"] == [1], run.describe()
-    assert "step 1: non-finite g_gan=nan; skipping this step (ON_NAN=skip)" in run.rank_err[1]
-    assert "step 1: non-finite loss on another process; skipping this step (ON_NAN=skip)" in run.rank_err[0]
+    assert "step 1: non-finite g_gan=nan; skipped 1 step(s) since the last report (ON_NAN=skip)" in run.rank_err[1]
+    assert "step 1: non-finite loss on another process; skipped 1 step(s) since the last report" in run.rank_err[0]
 
     differs = lambda a, b: any(not torch.equal(a[k], b[k]) for k in a)  # noqa: E731
     assert differs(rank0["init_G"], rank1["init_G"])  # seeded SEED + rank ...
@@ -284,23 +284,23 @@ def test_a_stuck_rank_stops_the_job_after_dist_timeout_s(tmp_path):
 
 @pytest.mark.timeout(600)  # one launch, limited by LAUNCH_TIMEOUT_S
 def test_ranks_agree_on_stopping_inside_the_loss_check_and_a_late_signal_stops_them_one_step_later(tmp_path):
-    """The stop flag rides in G's loss-check all-reduce (2 all-reduces per step, not 3). A SIGTERM that reaches
-    rank 1 after that check in step 0 is heard by both ranks at step 1's check: both finish step 1 and stop
-    there together, and rank 0 saves it, mid-epoch."""
+    """The stop flag rides in the loss checks' all-reduces (2 per step, none of their own), read at logging steps
+    (here every step). A SIGTERM that reaches rank 1 after step 0's checks is heard by both ranks at step 1's:
+    both finish step 1 and stop there together, and rank 0 saves it, mid-epoch."""
     write_pairs(tmp_path / "data" / "train", 6, seed=0)  # BATCH_SIZE 1 on 2 ranks: 3 steps per epoch
     write_pairs(tmp_path / "data" / "val", 1, seed=1)
     run_dir = tmp_path / "run"
     args = dist_settings(tmp_path / "data", run_dir, BATCH_SIZE=1, N_EPOCHS=1, N_EPOCHS_DECAY=0, VAL_EVERY=0,
-                         SAMPLE_EVERY=0, CHECKPOINT_EVERY_STEPS=0)
+                         SAMPLE_EVERY=0, CHECKPOINT_EVERY_STEPS=0, LOG_EVERY=1)
     stopped = launch(tmp_path, "stopped", args, worker_opts=("--late-sigterm=1:0",))
     assert [d and d.get("exit") for d in stopped.dumps] == [143, 143], stopped.describe()
     assert [d["steps"] for d in stopped.dumps] == [2, 2], stopped.describe()
-    for dump in stopped.dumps:  # step 0's own all-reduces: D's loss check, G's loss check with the flags
+    for dump in stopped.dumps:  # step 0's own all-reduces: D's loss check and G's, each with the flags
         first, second = dump["all_reduces_before_step"]
         assert second - first == 2, stopped.describe()
     assert f"saved {run_dir / 'checkpoints' / 'last.pt'} at epoch 1, step 2. Resume with:" in stopped.rank_out[0]
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert (ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]) == (0, 2, 2)
+    assert (ckpt["epoch"], ckpt["images_in_epoch"], ckpt["step"]) == (0, 4, 2)  # 2 batches of 1 on each rank
 
 
 @pytest.mark.timeout(900)  # three launches, each limited by LAUNCH_TIMEOUT_S
@@ -310,7 +310,8 @@ def test_ctrl_c_under_torchrun_saves_and_the_resumed_run_is_bit_identical(tmp_pa
     rank's own noise) ends bit-identical to the same run never interrupted: weights and optimiser states."""
     write_pairs(tmp_path / "data" / "train", 4, seed=0)
     write_pairs(tmp_path / "data" / "val", 1, seed=1)
-    settings = dict(BATCH_SIZE=1, N_EPOCHS=1, N_EPOCHS_DECAY=1, VAL_EVERY=0, SAMPLE_EVERY=0)  # 2 steps per epoch
+    settings = dict(BATCH_SIZE=1, N_EPOCHS=1, N_EPOCHS_DECAY=1, VAL_EVERY=0, SAMPLE_EVERY=0,  # 2 steps per epoch
+                    LOG_EVERY=1)
     whole = launch(tmp_path, "whole", dist_settings(tmp_path / "data", tmp_path / "whole", **settings))
     assert whole.returncode == 0 and None not in whole.dumps, whole.describe()
 
@@ -322,7 +323,7 @@ def test_ctrl_c_under_torchrun_saves_and_the_resumed_run_is_bit_identical(tmp_pa
     assert "SIGINT: finishing this step" in stopped.rank_err[0] and stopped.rank_err[1] == "", stopped.describe()
     assert f"saved {run_dir / 'checkpoints' / 'last.pt'} at epoch 1, step 1. Resume with:" in stopped.rank_out[0]
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
-    assert (ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]) == (0, 1, 1) and len(ckpt["rank_rngs"]) == 2
+    assert (ckpt["epoch"], ckpt["images_in_epoch"], ckpt["step"]) == (0, 2, 1) and len(ckpt["rank_rngs"]) == 2
 
     resumed = launch(tmp_path, "resumed", args)
     assert resumed.returncode == 0 and None not in resumed.dumps, resumed.describe()
@@ -339,8 +340,9 @@ def test_ctrl_c_under_torchrun_saves_and_the_resumed_run_is_bit_identical(tmp_pa
 
 def test_sync_bn_on_cpu_is_refused_up_front(tmp_path, monkeypatch):
     import train
-    from utils import ConfigError
-    monkeypatch.setattr(train, "setup_distributed", lambda timeout_s: (0, 0, 2))  # as if launched by torchrun
+    from harness.errors import ConfigError
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as if launched by torchrun (checked with the settings, before setup)
+    monkeypatch.setattr(train, "setup_distributed", lambda timeout_s: pytest.fail("got past the config check"))
     with pytest.raises(ConfigError, match="SYNC_BN=True needs CUDA"):
         train.main(tiny_args(tmp_path / "data", tmp_path / "run", SYNC_BN=True))
 
@@ -349,14 +351,13 @@ def test_rank0_samples_and_validates_with_a_plain_batchnorm_copy_of_a_sync_bn_ge
     """With SYNC_BN, G's SyncBatchNorm in the paper's test mode would wait for the other ranks (at a barrier)."""
     import torch.nn as nn
 
-    import train
-    from generator_model import UNetGenerator
-    from utils import test_mode
+    from generator_model import UNetGenerator, test_mode
+    from harness.distributed import without_sync_bn
     G = UNetGenerator(base_channels=8, num_downs=5)
-    assert train.without_sync_bn(G) is G
+    assert without_sync_bn(G) is G
     synced = nn.SyncBatchNorm.convert_sync_batchnorm(G)
     assert any(isinstance(m, nn.SyncBatchNorm) for m in synced.modules())
-    solo = train.without_sync_bn(synced)
+    solo = without_sync_bn(synced)
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in solo.modules())
     assert solo.state_dict().keys() == synced.state_dict().keys()
     assert all(torch.equal(solo.state_dict()[k], v) for k, v in synced.state_dict().items())
@@ -369,8 +370,8 @@ def test_rank0_samples_and_validates_with_a_plain_batchnorm_copy_of_a_sync_bn_ge
 
 
 def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
-    from distributed import setup_distributed
-    from utils import ConfigError
+    from harness.distributed import setup_distributed
+    from harness.errors import ConfigError
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     for key, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}.items():
@@ -380,18 +381,18 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
 
 
 def test_ranks_that_disagree_on_checkpoint_or_data_stop_with_a_clear_error(monkeypatch):
-    import train
-    from utils import ConfigError
-    train.check_ranks_agree(1, resume_from=None)  # single process: nothing to compare
+    from harness.distributed import check_ranks_agree
+    from harness.errors import ConfigError
+    check_ranks_agree(1, resume_from=None)  # single process: nothing to compare
 
     def gather(seen, facts, other=None):
         seen[:] = [facts, other or facts]
     monkeypatch.setattr(torch.distributed, "all_gather_object", gather)
-    train.check_ranks_agree(2, resume_from="run/checkpoints/last.pt", step=7, train_images=8)
+    check_ranks_agree(2, resume_from="run/checkpoints/last.pt", step=7, train_images=8)
     monkeypatch.setattr(torch.distributed, "all_gather_object",
                         lambda seen, facts: gather(seen, facts, {"resume_from": None, "step": 0, "train_images": 8}))
     with pytest.raises(ConfigError, match="processes disagree .*rank 1: .*shared storage"):
-        train.check_ranks_agree(2, resume_from="run/checkpoints/last.pt", step=7, train_images=8)
+        check_ranks_agree(2, resume_from="run/checkpoints/last.pt", step=7, train_images=8)
 
 
 # ----------------------------------------------------------------------------- the torchrun worker
@@ -400,9 +401,9 @@ def worker(argv: list[str]) -> int:
     """Run train.main on this rank with the wrapped names in place; always leave DUMP/rank<r>.pt behind."""
     import torch.nn as nn
 
-    import checkpoint
     import pix2pix
     import train
+    from harness import run as harness_run
 
     sep = argv.index("--")
     dump, opts, train_args = Path(argv[0]), dict(a[2:].split("=", 1) for a in argv[1:sep]), argv[sep + 1:]
@@ -445,8 +446,8 @@ def worker(argv: list[str]) -> int:
             dropouts[0].register_forward_hook(first_dropout)
         return G, D
 
-    def train_step(*args, **kwargs):
-        step = state["step"] = args[-1]
+    def train_step(model, x, y, guard):
+        step = state["step"] = guard.step
         if fail_at == (rank, step):
             raise RuntimeError(f"simulated crash of rank {rank} at step {step}")
         if hang_at == (rank, step):  # stuck, e.g. on a dead disk; SIGTERM left to kill it, so torchrun can
@@ -459,13 +460,12 @@ def worker(argv: list[str]) -> int:
                 os.kill(os.getpid(), signal.SIGTERM)
             if ctrl_c_at == (rank, step):  # Ctrl-C in torchrun's terminal: SIGINT to its whole process group
                 os.killpg(os.getpgid(0), signal.SIGINT)
-            losses = real["train_step"](*args, **kwargs)
+            losses = real["train_step"](model, x, y, guard)
+            if guard.bad.item():  # the ranks' agreed verdict on this step (read here by the test only)
+                rec["nonfinite_steps"].append(step)
             if late_signal_at == (rank, step):  # ... or after it: heard at the next step's check
                 os.kill(os.getpid(), signal.SIGTERM)
             return losses
-        except train.NonFiniteLoss:
-            rec["nonfinite_steps"].append(step)
-            raise
         finally:
             rec["steps"] += 1
             save()
@@ -485,11 +485,11 @@ def worker(argv: list[str]) -> int:
 
     wrapped = {"build_models": build_models, "train_step": train_step, "generator_loss": generator_loss}
     wrapped |= {name: recorder(name) for name in
-                ("evaluate_generator", "write_samples", "open_run_log", "atomic_save", "load_checkpoint")}
-    home = {"generator_loss": pix2pix, "atomic_save": checkpoint}  # the module whose global the run calls
-    real = {name: getattr(home.get(name, train), name) for name in wrapped}
+                ("evaluate_generator", "write_samples", "RunLog", "atomic_save", "load_checkpoint")}
+    home = {"generator_loss": pix2pix, "build_models": train, "train_step": train}  # whose global the run calls
+    real = {name: getattr(home.get(name, harness_run), name) for name in wrapped}
     for name, fn in wrapped.items():
-        setattr(home.get(name, train), name, fn)
+        setattr(home.get(name, harness_run), name, fn)
     try:
         code = train.main(train_args)
         rec["exit"] = code

@@ -17,8 +17,8 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import evaluate
-from dataset import PairedImageDataset
-from metrics import evaluate_generator, own_other_ratio
+from conftest import make_dataset
+from harness.metrics import evaluate_generator, own_other_ratio
 from utils import load_generator
 
 VAL_FILES = ["000.png", "001.png", "002.png", "003.png"]  # conftest.tiny_run's val folder
@@ -56,7 +56,7 @@ def test_summary_json_matches_an_independent_evaluation(evaluated, tiny_run):
     assert (summary["mode"], summary["seed"], summary["batch_size"]) == ("paper", 0, 1)
     assert (summary["image_size"], summary["direction"]) == (32, "BtoA")
     G = load_generator(tiny_run / "run" / "generator.pt")
-    data = PairedImageDataset(tiny_run / "data" / "val", direction="BtoA", image_size=32, train=False)
+    data = make_dataset(tiny_run / "data" / "val", direction="BtoA", image_size=32, train=False)
     expected = evaluate_generator(G, DataLoader(data, batch_size=1), torch.device("cpu"), seed=0)["summary"]
     for k in ("l1", "psnr", "ssim", "ratio"):
         assert summary[k] == pytest.approx(expected[k], rel=1e-6), k

@@ -115,7 +115,7 @@ def test_every_finished_run_exits_by_itself(tmp_path):
 CRASHING_CLI = """
 import runpy, sys
 sys.path.insert(0, sys.argv[1])
-import run_log
+from harness import run_log
 def fail(*args, **kwargs):
     raise RuntimeError("simulated failure after the first epoch")
 run_log.plot_curves = fail
@@ -155,13 +155,14 @@ def test_training_leaves_no_worker_processes_and_gives_the_signals_back(tiny_dat
     import multiprocessing
 
     import train
+    from harness import run as harness_run
     sentinel = lambda signum, frame: None  # noqa: E731
     signal.signal(signal.SIGTERM, sentinel)
     args = tiny_args(tiny_data, tmp_path / "run", NUM_WORKERS=2, N_EPOCHS_DECAY=0, SAMPLE_EVERY=0)
     if outcome == "error":
         def fail(*a, **k):
             raise RuntimeError("simulated failure in validation")
-        monkeypatch.setattr(train, "evaluate_generator", fail)
+        monkeypatch.setattr(harness_run, "evaluate_generator", fail)
         with pytest.raises(RuntimeError, match="simulated failure") as caught:
             train.main(args)
         assert caught.value.__traceback__ is not None  # the frame (and its loader) is still referenced here

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import export
-import onnx_utils
-from generator_model import GENERATOR_KEYS, UNetGenerator
+from harness import onnx_export as onnx_utils
+from generator_model import UNetGenerator
 from utils import load_generator
 
 
@@ -77,7 +77,7 @@ def test_prints_names_range_multiple_and_difference(exported):
 def test_instance_norm_generator_exports_too(tmp_path):
     G = UNetGenerator(base_channels=4, num_downs=3, norm="instance")
     ckpt = tmp_path / "g.pt"
-    torch.save({"generator": G.state_dict(), "generator_hparams": {k: G.hparams[k] for k in GENERATOR_KEYS}}, ckpt)
+    torch.save({"generator": G.state_dict(), "generator_hparams": dict(G.hparams)}, ckpt)
     assert export.main(["--checkpoint", str(ckpt), "--output", str(tmp_path / "g.onnx")]) == 0
     expected, got = pytorch_and_onnx(load_generator(ckpt, mode="eval"), tmp_path / "g.onnx", (2, 3, 8, 24))
     assert np.abs(got - expected).max() <= 1e-4
@@ -123,7 +123,7 @@ def test_official_format_refuses_the_paper_dropout_placement_and_writes_nothing(
 
 
 def test_official_format_writes_a_file_the_official_loader_reads_back_unchanged(tmp_path, capsys):
-    from checkpoint import save_generator
+    from harness.checkpoint import atomic_save, generator_export
     from discriminator_model import PatchDiscriminator
     torch.manual_seed(0)
     G = UNetGenerator(3, 3, 4, 7, "batch", True, "official")
@@ -131,7 +131,7 @@ def test_official_format_writes_a_file_the_official_loader_reads_back_unchanged(
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-1, 1)
             m.running_var.uniform_(0.5, 2)
-    save_generator(tmp_path / "generator.pt", G, PatchDiscriminator(3, 3, 4), 3, {"DIRECTION": "BtoA"})
+    atomic_save(generator_export(G, PatchDiscriminator(3, 3, 4), 3, {"DIRECTION": "BtoA"}), tmp_path / "generator.pt")
     out = tmp_path / "latest_net_G.pth"
     assert export.main(["--checkpoint", str(tmp_path / "generator.pt"), "--output", str(out),
                         "--format", "official"]) == 0

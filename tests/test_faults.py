@@ -28,14 +28,15 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoint
-import configurator
+from harness import checkpoint
+from harness import configurator
 import generator_model
 import pix2pix
-import run_log
+from harness import run_log
 import train
 import utils
-from checkpoint import CheckpointError, atomic_save, load_checkpoint
+from harness.checkpoint import atomic_save, load_checkpoint
+from harness.errors import CheckpointError, NonFiniteLoss
 from conftest import ROOT, tiny_args
 from dataset import PairedImageDataset
 
@@ -64,8 +65,8 @@ def all_finite(ckpt: dict) -> bool:
     return bool(tensors) and all(torch.isfinite(t).all() for t in tensors if t.is_floating_point())
 
 
-def start(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=ENV, text=True,
+def start(args: list[str], cwd: Path = ROOT, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=ENV, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
 
 
@@ -112,12 +113,15 @@ def log_rows(run_dir: Path) -> list[dict]:
 
 def test_sigint_saves_prints_a_working_resume_command_and_resume_finishes(tiny_data, tmp_path):
     """Ctrl-C: the step finishes, last.pt is written, exit 0, and the printed command (run dir with a space,
-    RESUME=never on the first run) continues from the checkpoint to the end."""
+    RESUME=never on the first run, train.py started by its path from another folder) continues from the checkpoint
+    to the end when run in that folder."""
     run_dir = tmp_path / "my run"
     args = tiny_args(tiny_data, run_dir, N_EPOCHS=2, N_EPOCHS_DECAY=0, CHECKPOINT_EVERY_STEPS=1, RESUME="never",
                      **FAST)
     last = run_dir / "checkpoints" / "last.pt"
-    proc = start(args)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    proc = start(args, cwd=elsewhere)
     wait_for(last.exists, proc)
     proc.send_signal(signal.SIGINT)
     out, err = finish(proc)
@@ -127,12 +131,12 @@ def test_sigint_saves_prints_a_working_resume_command_and_resume_finishes(tiny_d
     assert 0 < ckpt["step"] < 16 and all_finite(ckpt)
     assert f"saved {last} at epoch {ckpt['epoch'] + 1}, step {ckpt['step']}" in out
     command = out.split("Resume with:\n", 1)[1].splitlines()[0].strip()
-    assert command.startswith("python train.py ")
+    assert command.startswith(f"python {ROOT / 'train.py'} ")  # as invoked: `python train.py` fails there
 
-    resumed = subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=ROOT, env=ENV, text=True,
+    resumed = subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=elsewhere, env=ENV, text=True,
                              capture_output=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert (f"resuming from {last}: epoch {ckpt['epoch'] + 1}, batch {ckpt['batch_in_epoch']}, "
+    assert (f"resuming from {last}: epoch {ckpt['epoch'] + 1}, batch {ckpt['images_in_epoch']}, "
             f"step {ckpt['step']}") in resumed.stdout
     assert "done:" in resumed.stdout
     assert load_checkpoint(last)["step"] == 16 and [r["epoch"] for r in log_rows(run_dir)] == ["1", "2"]
@@ -183,14 +187,16 @@ def test_a_second_ctrl_c_aborts_without_saving(tiny_data, tmp_path, monkeypatch,
 
 def test_fewer_images_than_processes_is_a_clear_error(tmp_path, monkeypatch):
     """3 processes, 2 training images: one process would get none. A DatasetError before any training."""
-    import dataset
     from conftest import write_pairs
+    from harness import run as harness_run
+    from harness.distributed import Ranks
+    from harness.errors import DatasetError
     write_pairs(tmp_path / "data" / "train", 2)
     write_pairs(tmp_path / "data" / "val", 1)
-    monkeypatch.setattr(train, "setup_distributed", lambda timeout_s: (0, 0, 3))  # rank 0 of 3 under torchrun
-    monkeypatch.setattr(train, "barrier", lambda world_size: None)
+    monkeypatch.setattr(train, "setup_distributed", lambda timeout_s: Ranks(0, 0, 3))  # rank 0 of 3 (torchrun)
+    monkeypatch.setattr(harness_run, "barrier", lambda world_size: None)
     monkeypatch.setattr(train, "build_models", lambda cfg: pytest.fail("got past the check"))
-    with pytest.raises(dataset.DatasetError, match=r"train: 2 usable images for 3 processes; each process needs "
+    with pytest.raises(DatasetError, match=r"train: 2 usable images for 3 processes; each process needs "
                                                    r"at least one: add images or start fewer"):
         train.main(tiny_args(tmp_path / "data", tmp_path / "run", **FAST))
 
@@ -200,18 +206,31 @@ def test_fewer_images_than_processes_is_a_clear_error(tmp_path, monkeypatch):
 # Imports train (torch, torch._dynamo, tensorboard, matplotlib: most of a start's ~8 s on busy cores) once, then
 # forks one real process per training run: each gets SIGKILLed like any process, and the test fits its time
 # budget.
-# Protocol: stdin line = JSON [argv, log path, extra environment]; stdout: the child's pid, then its wait status.
+# Protocol: stdin line = JSON [argv, log path, pause]; stdout: the child's pid, then its wait status. A pause
+# "NAME:N:FILE" makes the child's N-th save to a file called NAME stop after writing its temp file, before the flush,
+# fsync and rename (torch.save patched in the child): it writes FILE and waits there to be killed.
 ZYGOTE = r"""
-import json, os, sys, traceback
+import json, os, sys, time, traceback
+from pathlib import Path
 sys.path.insert(0, sys.argv[1])
 import matplotlib
 matplotlib.use("Agg")
-import matplotlib.pyplot, torch._dynamo, torch.utils.tensorboard, train
+import matplotlib.pyplot, torch, torch._dynamo, torch.utils.tensorboard, train
 for line in sys.stdin:
-    args, log, env = json.loads(line)
+    args, log, pause = json.loads(line)
     pid = os.fork()
     if pid == 0:
-        os.environ.update(env)
+        if pause:
+            name, n, ready = pause.split(":", 2)
+            real_save, saves = torch.save, []
+            def save(obj, f, *a, **k):
+                real_save(obj, f, *a, **k)
+                if Path(getattr(f, "name", "")).name.startswith(f".{name}.tmp-"):
+                    saves.append(1)
+                    if len(saves) == int(n):
+                        Path(ready).write_text(str(os.getpid()))
+                        time.sleep(600)  # bounded: a test that failed before its kill leaves nothing for long
+            torch.save = save
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -253,8 +272,8 @@ def next_line(lines: "queue.Queue[str]", what: str, timeout: float = 120.0) -> s
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_kill_9_during_saves_and_at_random_moments_never_loses_the_run(tiny_data, tmp_path):
     """SIGKILL five runs of one training in turn. Runs 0, 2 and 4 are killed inside their second save of last.pt,
-    with the temp file written but not yet renamed (held there by the PIX2PIX_TEST_PAUSE_IN_SAVE hook: every
-    time, not by luck); runs 1 and 3 after a random delay. Each time the latest last.pt loads, is finite and
+    with the temp file written but not yet renamed (held there by the test's patched torch.save: every time, not
+    by luck); runs 1 and 3 after a random delay. Each time the latest last.pt loads, is finite and
     (for a kill inside a save) is byte-identical to the one before that save; each restart continues from it;
     stale temp files are never loaded and are removed; and a final run completes the training."""
     rng = random.Random(20240607)
@@ -269,8 +288,8 @@ def test_kill_9_during_saves_and_at_random_moments_never_loses_the_run(tiny_data
 
     launched = []
 
-    def launch(name: str, env: dict | None = None) -> int:
-        zygote.stdin.write(json.dumps([args, str(tmp_path / f"{name}.log"), env or {}]) + "\n")
+    def launch(name: str, pause: str = "") -> int:
+        zygote.stdin.write(json.dumps([args, str(tmp_path / f"{name}.log"), pause]) + "\n")
         zygote.stdin.flush()
         launched.append(int(next_line(replies, f"{name}'s pid")))
         return launched[-1]
@@ -298,7 +317,7 @@ def test_kill_9_during_saves_and_at_random_moments_never_loses_the_run(tiny_data
             name, in_save = f"run{attempt}", attempt % 2 == 0
             ready = tmp_path / f"{name}.paused"
             before = last.stat().st_ino if last.exists() else None
-            pid = launch(name, {"PIX2PIX_TEST_PAUSE_IN_SAVE": f"last.pt:2:{ready}"} if in_save else None)
+            pid = launch(name, f"last.pt:2:{ready}" if in_save else "")
             if in_save:  # its first save completed; its second is paused with the temp file written
                 until(ready.exists, pid, name)
                 intact = sha(last)
@@ -446,17 +465,25 @@ def test_run_dir_check_leaves_a_usable_folder_as_it_was(tmp_path):
 
 # ----------------------------------------------------------------------------- NaN / Inf
 
-def tiny_models():
+def tiny_model() -> pix2pix.Pix2Pix:
     cfg = configurator.load_config(tiny_args(Path("."), Path("."), DROPOUT=False))
     G, D = pix2pix.build_models(cfg)
-    opt_G, opt_D = pix2pix.make_optimizers(G, D, cfg, torch.device("cpu"))
-    scalers = [torch.amp.GradScaler("cpu", enabled=False) for _ in range(2)]
-    return cfg, G, D, opt_G, opt_D, scalers
+    return pix2pix.Pix2Pix(G, D, *pix2pix.make_optimizers(G, D, cfg, torch.device("cpu")),
+                           *pix2pix.make_grad_scalers(torch.device("cpu"), "fp32"))
+
+
+def untouched(opt: torch.optim.Optimizer) -> bool:
+    """Adam never stepped: no state, or (fused Adam told to skip on the device) zero moments at step 0."""
+    return all(torch.count_nonzero(v) == 0 for s in opt.state.values() for v in s.values())
 
 
 @pytest.mark.parametrize("poisoned", ["d_real", "d_fake", "g_gan", "g_l1"])
 def test_non_finite_loss_is_caught_before_any_poisoned_update(monkeypatch, poisoned):
-    cfg, G, D, opt_G, opt_D, (scaler_G, scaler_D) = tiny_models()
+    """The step guard never lets a poisoned step update a network, without reading the device during the step;
+    the next read (a logging or saving step) names the step and the loss."""
+    from harness.step_guard import StepGuard
+    model = tiny_model()
+    G, D, opt_G, opt_D = model.G, model.D, model.opt_G, model.opt_D
     real_d, real_g = pix2pix.discriminator_loss, pix2pix.generator_loss
     bad = torch.tensor(float("inf") if poisoned.endswith("l1") else float("nan"))
 
@@ -474,14 +501,16 @@ def test_non_finite_loss_is_caught_before_any_poisoned_update(monkeypatch, poiso
     g_before = {k: v.detach().clone() for k, v in G.named_parameters()}
     d_before = {k: v.detach().clone() for k, v in D.named_parameters()}
     x, y = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
-    with pytest.raises(pix2pix.NonFiniteLoss, match=rf"step 7: non-finite {poisoned}=(nan|inf)"):
-        pix2pix.train_step(G, D, pix2pix.RealFakeScores(D), opt_G, opt_D, scaler_G, scaler_D, x, y, cfg,
-                         torch.autocast("cpu", enabled=False), step=7)
+    guard = StepGuard("stop", torch.device("cpu"))
+    guard.begin_step(7, model)
+    guard.end_step(pix2pix.train_step(model, x, y, guard))
+    with pytest.raises(NonFiniteLoss, match=rf"step 7: non-finite {poisoned}=(nan|inf)"):
+        guard.read()
     assert all(torch.equal(v, dict(G.named_parameters())[k]) for k, v in g_before.items())
-    assert not opt_G.state  # G was never stepped
+    assert untouched(opt_G)  # G was never stepped
     if poisoned.startswith("d_"):
         assert all(torch.equal(v, dict(D.named_parameters())[k]) for k, v in d_before.items())
-        assert not opt_D.state
+        assert untouched(opt_D)
 
 
 def nan_generator_on(monkeypatch, calls: set[int], hook=None) -> None:
@@ -525,8 +554,12 @@ def test_nan_stops_the_cli_with_exit_1_and_keeps_the_last_good_checkpoint(tiny_d
 def test_nan_skip_skips_steps_and_keeps_training(tiny_data, tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "run"
     nan_generator_on(monkeypatch, {3, 6})
-    assert train.main(tiny_args(tiny_data, run_dir, ON_NAN="skip", N_EPOCHS=1, N_EPOCHS_DECAY=0, **FAST)) == 0
-    assert capsys.readouterr().err.count("skipping this step (ON_NAN=skip)") == 2
+    assert train.main(tiny_args(tiny_data, run_dir, ON_NAN="skip", N_EPOCHS=1, N_EPOCHS_DECAY=0, LOG_EVERY=4,
+                                **FAST)) == 0
+    err = capsys.readouterr().err  # reported at the next read: steps 0-3 at step 4, steps 4-7 at the epoch's end
+    for step in (2, 5):
+        assert re.search(rf"step {step}: non-finite d_fake=nan[^\n]*; skipped 1 step\(s\) since the last report "
+                         rf"\(ON_NAN=skip\)", err), err
     assert log_rows(run_dir)[0]["skipped_steps"] == "2"
     assert all_finite(load_checkpoint(run_dir / "checkpoints" / "last.pt"))
     assert all(torch.isfinite(v).all() for v in utils.load_generator(run_dir / "generator.pt").state_dict().values()
@@ -558,10 +591,10 @@ def test_nan_skip_undoes_the_whole_step_even_after_d_has_stepped(tiny_data, tmp_
     skip, before, at_g_loss, current = 3, {}, {}, {}
     real_step, real_g_loss = train.train_step, pix2pix.generator_loss
 
-    def train_step(G, D, D_scores, opt_G, opt_D, *args, **kwargs):
-        current.update(step=args[-1], G=G, D=D, opt_G=opt_G, opt_D=opt_D)
-        before[args[-1]] = states(G=G, D=D, opt_G=opt_G, opt_D=opt_D)
-        return real_step(G, D, D_scores, opt_G, opt_D, *args, **kwargs)
+    def train_step(model, x, y, guard):
+        current.update(step=guard.step, G=model.G, D=model.D, opt_G=model.opt_G, opt_D=model.opt_D)
+        before[guard.step] = states(G=model.G, D=model.D, opt_G=model.opt_G, opt_D=model.opt_D)
+        return real_step(model, x, y, guard)
 
     def generator_loss(*args):
         loss, gan, l1 = real_g_loss(*args)

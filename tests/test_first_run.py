@@ -5,13 +5,14 @@ from pathlib import Path
 
 import pytest
 
-import run_log
+from harness import run as harness_run
+from harness import run_log
 import train
-from checkpoint import load_checkpoint
-from configurator import load_config
+from harness.checkpoint import load_checkpoint
+from harness.configurator import load_config
 from conftest import tiny_args
 from test_train import Crash, run_training
-from utils import ConfigError
+from harness.errors import ConfigError
 
 # 8 images at BATCH_SIZE 1: 8 steps per epoch, 2 epochs
 FAST = dict(BATCH_SIZE=1, VAL_EVERY=0)
@@ -22,7 +23,7 @@ def grids(run_dir: Path) -> set[str]:
 
 
 def test_early_grids_from_step_0_then_doubling(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "EARLY_SAMPLE_STEPS", 2)  # steps 0, 2, 4 (8 ends epoch 1: its epoch grid)
+    monkeypatch.setattr(harness_run, "EARLY_SAMPLE_STEPS", 2)  # steps 0, 2, 4 (8 ends epoch 1: its epoch grid)
     assert run_training(data, tmp_path / "run", **FAST)["code"] == 0
     assert grids(tmp_path / "run") == {"step_000000.png", "step_000002.png", "step_000004.png",
                                        "epoch_0001.png", "epoch_0002.png"}
@@ -39,7 +40,7 @@ def test_step_0_grid_is_written_before_the_first_step(data, tmp_path):
 
 
 def test_resume_does_not_rewrite_early_grids(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "EARLY_SAMPLE_STEPS", 2)
+    monkeypatch.setattr(harness_run, "EARLY_SAMPLE_STEPS", 2)
     run_dir = tmp_path / "run"
 
     def crash_at_6(n):  # steps 1-5 done: grids 0, 2, 4; last.pt after step 3
@@ -59,14 +60,14 @@ def test_resume_does_not_rewrite_early_grids(data, tmp_path, monkeypatch):
 def last_pt_saves(data: Path, run_dir: Path, monkeypatch, minutes_per_clock_call: float, **overrides) -> list[int]:
     """Steps at which last.pt was written, with a clock that advances by minutes_per_clock_call on each reading."""
     ticks = itertools.count()
-    monkeypatch.setattr(train, "clock", lambda: 60 * minutes_per_clock_call * next(ticks))
-    steps, real_save = [], train.save_checkpoint
+    monkeypatch.setattr(harness_run, "clock", lambda: 60 * minutes_per_clock_call * next(ticks))
+    steps, real_save = [], harness_run.TrainingRun.save
 
-    def save(path, state, progress, *args, **kwargs):
+    def save(self, progress, model, path, *args, **kwargs):
         if path.name == "last.pt":
-            steps.append(progress["step"])
-        return real_save(path, state, progress, *args, **kwargs)
-    monkeypatch.setattr(train, "save_checkpoint", save)
+            steps.append(progress.step)
+        return real_save(self, progress, model, path, *args, **kwargs)
+    monkeypatch.setattr(harness_run.TrainingRun, "save", save)
     assert run_training(data, run_dir, **FAST, **overrides)["code"] == 0
     return steps
 
@@ -86,7 +87,7 @@ def test_time_based_checkpoint_off_or_not_due(data, tmp_path, monkeypatch):
 
 
 def test_first_checkpoint_after_first_checkpoint_step(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "FIRST_CHECKPOINT_STEP", 3)
+    monkeypatch.setattr(harness_run, "FIRST_CHECKPOINT_STEP", 3)
     assert last_pt_saves(data, tmp_path / "run", monkeypatch, 0.0, CHECKPOINT_EVERY_MINUTES=0) == [3, 8, 16]
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from metrics import evaluate_generator, own_other_ratio, per_image_metrics
+from harness.metrics import evaluate_generator, own_other_ratio, per_image_metrics
 
 
 def constant(values: list[float], size: int = 32) -> torch.Tensor:

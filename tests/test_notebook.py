@@ -18,8 +18,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Subset
 
 from conftest import ROOT
-from dataset import PairedImageDataset
-from metrics import evaluate_generator
+from conftest import make_dataset
+from harness.metrics import evaluate_generator
 from utils import load_generator
 
 NOTEBOOK = ROOT / "notebooks" / "inference.ipynb"
@@ -52,11 +52,11 @@ def test_notebook_runs_and_shows_images_and_metrics(tiny_run, this_interpreters_
     from nbclient import NotebookClient
     checkpoint, data = tiny_run / "run" / "generator.pt", tiny_run / "data" / "val"
     if official:  # an official-code latest_net_G.pth: no settings inside, the direction comes from the notebook
-        import official_format
+        from harness import official_format
         from generator_model import UNetGenerator
         torch.manual_seed(0)
         checkpoint = tmp_path / "latest_net_G.pth"
-        official_format.save_official(UNetGenerator(3, 3, 4, 5, dropout_placement="official"), checkpoint)
+        torch.save(official_format.official_state_dict(UNetGenerator(3, 3, 4, 5, dropout_placement="official")), checkpoint)
         monkeypatch.setenv("PIX2PIX_DIRECTION", "BtoA")
     for key, value in (("PIX2PIX_CHECKPOINT", checkpoint), ("PIX2PIX_DATA", data), ("MPLBACKEND", "Agg"),
                        ("OMP_NUM_THREADS", "1")):
@@ -80,7 +80,7 @@ def test_notebook_runs_and_shows_images_and_metrics(tiny_run, this_interpreters_
     n, l1, psnr, ssim, ratio = int(match[1]), *map(float, match.groups()[1:])
     # the same numbers as a direct evaluation with the notebook's settings (paper mode, seed 0, training batch)
     G = load_generator(checkpoint)
-    subset = Subset(PairedImageDataset(data, direction="BtoA", image_size=32, train=False), range(4))
+    subset = Subset(make_dataset(data, direction="BtoA", image_size=32, train=False), range(4))
     expected = evaluate_generator(G, DataLoader(subset, batch_size=1), torch.device("cpu"), seed=0)["summary"]
     assert n == 4
     assert (l1, psnr, ssim, ratio) == pytest.approx(

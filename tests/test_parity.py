@@ -15,14 +15,15 @@ import torch.nn as nn
 from PIL import Image
 
 import evaluate
-import official_format
+from harness import official_format
+from harness.errors import OfficialFormatError
 import predict
 import train
 from conftest import tiny_args, write_pairs
 from discriminator_model import PatchDiscriminator
 from generator_model import UNetGenerator
-from checkpoint import CheckpointError, load_checkpoint, load_generator
-from configurator import ConfigError, load_config
+from harness.checkpoint import CheckpointError, load_checkpoint, load_generator
+from harness.configurator import ConfigError, load_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_unet_golden.pt"
 TOL = 1e-5  # the issue's bound on max abs difference to the official network
@@ -176,7 +177,7 @@ def test_export_round_trip_and_official_key_names(golden):
 
 def test_saved_official_file_loads_back(tmp_path):
     G = randomised(UNetGenerator(3, 3, 4, 7, "batch", True, "official"))
-    official_format.save_official(G, tmp_path / "latest_net_G.pth")
+    torch.save(official_format.official_state_dict(G), tmp_path / "latest_net_G.pth")
     assert official_format.official_options(G) == "--netG unet_128 --ngf 4 --norm batch --input_nc 3 --output_nc 3"
     loaded = load_generator(tmp_path / "latest_net_G.pth", mode="eval")
     x = torch.randn(1, 3, 128, 128)
@@ -185,11 +186,11 @@ def test_saved_official_file_loads_back(tmp_path):
 
 
 def test_export_needs_the_official_function():
-    with pytest.raises(official_format.OfficialFormatError, match="DROPOUT_PLACEMENT=official"):
+    with pytest.raises(OfficialFormatError, match="DROPOUT_PLACEMENT=official"):
         official_format.official_state_dict(UNetGenerator(3, 3, 4, 6))  # paper placement (the default)
-    with pytest.raises(official_format.OfficialFormatError, match="skip fix"):
+    with pytest.raises(OfficialFormatError, match="skip fix"):
         official_format.official_state_dict(UNetGenerator(3, 3, 4, 6, dropout_placement="official", skip_relu=False))
-    with pytest.raises(official_format.OfficialFormatError, match="at least 5"):
+    with pytest.raises(OfficialFormatError, match="at least 5"):
         official_format.official_state_dict(UNetGenerator(3, 3, 4, 4, dropout_placement="official"))
     # without dropout the placement does not matter (the official test.py then needs --no_dropout)
     G = UNetGenerator(3, 3, 4, 7, dropout=False)
@@ -348,7 +349,7 @@ def official_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An official-format unet with 5 levels (32 px), as the official code would save it after training."""
     G = randomised(UNetGenerator(3, 3, 4, 5, "batch", True, "official"), seed=3)
     path = tmp_path_factory.mktemp("official") / "latest_net_G.pth"
-    official_format.save_official(G, path)
+    torch.save(official_format.official_state_dict(G), path)
     return path
 
 

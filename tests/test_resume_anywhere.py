@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 import torch
 
-import checkpoint
+from harness import checkpoint
 import pix2pix
-import run_log
+from harness import run as harness_run
+from harness import run_log
 import train
 import utils
 from conftest import tiny_args
@@ -68,10 +69,12 @@ def count_host_reads_per_step(data: Path, run_dir: Path, **overrides) -> list[in
     return [b - a for a, b in zip(starts[1:6], starts[2:7])]
 
 
-def test_a_training_step_reads_the_device_at_most_twice(tiny_data, tmp_path):
-    """One fused finiteness check per loss group (D's, then G's) and nothing else: the losses stay on the device
-    until a LOG_EVERY step or the epoch end (the old code read 8 values per step)."""
-    assert count_host_reads_per_step(tiny_data, tmp_path / "run") == [2] * 5
+def test_a_plain_training_step_reads_the_device_zero_times(tiny_data, tmp_path):
+    """The finiteness checks, the loss sums and the stop/save flags stay on the device until a LOG_EVERY step, a save
+    or the epoch end (the old code read twice per step, and before that 8 values): the host never waits for the
+    device mid-run. Also with ON_NAN=skip, whose undo is a device-side select (after its first step)."""
+    assert count_host_reads_per_step(tiny_data, tmp_path / "run") == [0] * 5
+    assert count_host_reads_per_step(tiny_data, tmp_path / "skip", ON_NAN="skip") == [0] * 5
 
 
 # ----------------------------------------------------------------------------- the resume matrix
@@ -98,7 +101,7 @@ def run_training(data: Path, run_dir: Path, monkeypatch, stop_after_epoch_1: boo
             def barrier(world_size):
                 if (run_dir / "checkpoints" / "last.pt").exists():
                     raise EndOfEpoch1
-            mp.setattr(train, "barrier", barrier)
+            mp.setattr(harness_run, "barrier", barrier)
         try:
             return train.main(tiny_args(data, run_dir, **(FAST | settings)))
         finally:
@@ -259,19 +262,19 @@ def test_each_process_saves_and_restores_only_its_own_gpus_rng(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[torch.device(device).index])
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": restored.append(
         (state, torch.device(device))))
-    saved = utils.rng_states(torch.device("cuda", 3))
+    saved = checkpoint.rng_states(torch.device("cuda", 3))
     assert torch.equal(saved["cuda"], states[3])
-    utils.set_rng_states(saved, torch.device("cuda", 0))
+    checkpoint.set_rng_states(saved, torch.device("cuda", 0))
     assert len(restored) == 1 and torch.equal(restored[0][0], states[3]) and restored[0][1] == torch.device("cuda", 0)
 
     restored.clear()
     legacy = saved | {"cuda": [states[i] for i in range(4)]}  # written before issue 14 by a 4-GPU process
-    utils.set_rng_states(legacy, torch.device("cuda", 1))
+    checkpoint.set_rng_states(legacy, torch.device("cuda", 1))
     assert len(restored) == 1 and torch.equal(restored[0][0], states[1])
     restored.clear()
-    utils.set_rng_states(legacy | {"cuda": legacy["cuda"][:1]}, torch.device("cuda", 1))  # no entry for GPU 1
-    utils.set_rng_states(utils.rng_states(torch.device("cpu")), torch.device("cuda", 0))  # a CPU run's checkpoint
-    utils.set_rng_states(saved, torch.device("cpu"))  # a GPU checkpoint resumed on the CPU
+    checkpoint.set_rng_states(legacy | {"cuda": legacy["cuda"][:1]}, torch.device("cuda", 1))  # no entry for GPU 1
+    checkpoint.set_rng_states(checkpoint.rng_states(torch.device("cpu")), torch.device("cuda", 0))  # a CPU run's
+    checkpoint.set_rng_states(saved, torch.device("cpu"))  # a GPU checkpoint resumed on the CPU
     assert restored == []
 
 
@@ -279,14 +282,15 @@ def test_cuda_n_becomes_the_current_device_in_every_entry_point(monkeypatch, tmp
     """DEVICE=cuda:1: train, bench and predict/evaluate/demo (inference.load_for_inference) call
     torch.cuda.set_device(cuda:1) first, so pin-memory threads and argument-less CUDA calls use GPU 1."""
     import bench
-    import inference
+    from harness import inference
     cuda1 = torch.device("cuda", 1)
 
     def set_device(device):
         raise Called(device)
     monkeypatch.setattr(torch.cuda, "set_device", set_device)
-    for module in (train, bench, inference):
+    for module in (utils, inference):
         monkeypatch.setattr(module, "pick_device", lambda name="auto": cuda1)
+    monkeypatch.setattr(inference, "check_device", lambda name: None)  # this machine has no cuda:1 to check
     entry_points = {"train": lambda: train.main(tiny_args(tiny_data, tmp_path / "run")),
                     "bench": lambda: bench.main(["--skip", "infer,data,peak,onnx"]),
                     "inference": lambda: inference.load_for_inference(tmp_path / "generator.pt", "eval", "cuda:1")}
@@ -312,8 +316,10 @@ def test_auto_precision_is_fp32_before_volta(monkeypatch):
 
 def test_an_fp16_overflow_says_so_and_suggests_bf16_or_fp32(monkeypatch):
     """Logits above fp16's 65504 become inf: the NaN guard stops the run, and its message names the cause."""
-    from configurator import default_settings
-    from pix2pix import build_models, make_grad_scalers, make_optimizers
+    from harness.configurator import default_settings
+    from harness.errors import NonFiniteLoss
+    from harness.step_guard import StepGuard
+    from pix2pix import Pix2Pix, build_models, make_grad_scalers, make_optimizers
     from utils import autocast
     cfg = default_settings() | {"IMAGE_SIZE": 32, "NUM_DOWNS": 5, "GEN_BASE_CHANNELS": 8, "DISC_BASE_CHANNELS": 8}
     G, D = build_models(cfg)
@@ -321,9 +327,13 @@ def test_an_fp16_overflow_says_so_and_suggests_bf16_or_fp32(monkeypatch):
     x = torch.rand(2, 3, 32, 32) * 2 - 1
     monkeypatch.setattr(pix2pix, "discriminator_loss", lambda r, f: (r.sum() * float("inf"),) * 3)
     for precision, hint in (("fp16", True), ("fp32", False)):
-        with pytest.raises(pix2pix.NonFiniteLoss) as e:
-            pix2pix.train_step(G, D, pix2pix.RealFakeScores(D), *make_optimizers(G, D, cfg, cpu),
-                             *make_grad_scalers(cpu, precision), x, x, cfg, autocast(cpu, precision), 7)
+        model = Pix2Pix(G, D, *make_optimizers(G, D, cfg, cpu), *make_grad_scalers(cpu, precision), 100.0,
+                        autocast(cpu, precision))
+        guard = StepGuard("stop", cpu, precision == "fp16")
+        guard.begin_step(7, model)
+        guard.end_step(pix2pix.train_step(model, x, x, guard))
+        with pytest.raises(NonFiniteLoss) as e:
+            guard.read()
         assert str(e.value).startswith("step 7: non-finite d_real=inf")
         assert ("65504" in str(e.value) and "PRECISION=bf16" in str(e.value) and "PRECISION=fp32" in str(e.value)) \
             == hint
@@ -335,13 +345,15 @@ def test_exports_hold_cpu_tensors(saved_runs):
     assert export["generator"] and all(t.device.type == "cpu" for t in export["generator"].values())
 
 
-def test_cpu_state_dict_copies_every_tensor_to_the_cpu(monkeypatch):
-    moved = []
-    real_cpu = torch.Tensor.cpu
-    monkeypatch.setattr(torch.Tensor, "cpu", lambda self: moved.append(self.shape) or real_cpu(self))
+def test_cpu_copy_copies_every_tensor_to_the_cpu():
+    """What a checkpoint is built from: CPU copies (a later update of the live tensors does not reach them)."""
     net = torch.nn.BatchNorm2d(3)
-    state = checkpoint.cpu_state_dict(net)
-    assert len(moved) == len(net.state_dict()) == len(state)
+    live = net.state_dict()
+    state = checkpoint.cpu_copy({"net": live, "list": [live["weight"]]})
+    assert len(state["net"]) == len(live) and all(t.device.type == "cpu" for t in state["net"].values())
+    with torch.no_grad():
+        net.weight += 1
+    assert torch.equal(state["net"]["weight"], torch.ones(3)) and torch.equal(state["list"][0], torch.ones(3))
 
 
 def test_deterministic_setting(saved_runs, tmp_path, monkeypatch):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import synthetic_data as sd
+from harness import synthetic_data as sd
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -20,19 +20,21 @@ import torch
 from PIL import Image
 
 import bench
-import checkpoint
-import configurator
+from harness import checkpoint
+from harness import configurator
 import pix2pix
-import run_log
+from harness import run as harness_run
+from harness import run_log
 import train
+import generator_model
 import utils
-from checkpoint import CheckpointError, atomic_save, load_checkpoint, load_generator
-from configurator import load_config
+from harness.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_generator
+from harness.configurator import load_config
 from conftest import tiny_args
-from dataset import PairedImageDataset
+from conftest import make_dataset
 from generator_model import UNetGenerator
 from pix2pix import lr_factor
-from run_log import COLUMNS
+from harness.run_log import COLUMNS
 
 # 8 images at BATCH_SIZE 2: 4 steps per epoch, 2 epochs (1 constant + 1 decayed), periodic checkpoints
 RUN = dict(BATCH_SIZE=2, N_EPOCHS=1, N_EPOCHS_DECAY=1)
@@ -47,14 +49,14 @@ def run_training(data: Path, run_dir: Path, on_step=None, after_epoch=None, **ov
     """train.main in-process on one thread, with hooks: on_step(n) before the n-th train_step call (1-based)
     of this run, after_epoch(run_dir) at the end of every finished epoch (after its checkpoints are written).
     Returns {"code": main's exit code, "lrs": [(lr_G, lr_D) of every step]}."""
-    real_step, real_barrier = train.train_step, train.barrier
+    real_step, real_barrier = train.train_step, harness_run.barrier
     record = {"lrs": [], "code": None}
 
-    def step(G, D, D_scores, opt_G, opt_D, *args, **kwargs):
-        record["lrs"].append((opt_G.param_groups[0]["lr"], opt_D.param_groups[0]["lr"]))
+    def step(model, *args, **kwargs):
+        record["lrs"].append((model.opt_G.param_groups[0]["lr"], model.opt_D.param_groups[0]["lr"]))
         if on_step:
             on_step(len(record["lrs"]))
-        return real_step(G, D, D_scores, opt_G, opt_D, *args, **kwargs)
+        return real_step(model, *args, **kwargs)
 
     def barrier(world_size):
         if after_epoch and (run_dir / "checkpoints" / "last.pt").exists():
@@ -65,7 +67,7 @@ def run_training(data: Path, run_dir: Path, on_step=None, after_epoch=None, **ov
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(train, "train_step", step)
-        mp.setattr(train, "barrier", barrier)
+        mp.setattr(harness_run, "barrier", barrier)
         mp.setattr(run_log, "plot_curves", lambda rows, path: None)
         torch.set_num_threads(1)
         try:
@@ -157,8 +159,7 @@ def test_d_step_then_g_step_against_the_updated_d():
     opt_D.step = spy_step
 
     D_before = snapshot(D.parameters())
-    pix2pix.train_step(G, D, pix2pix.RealFakeScores(D), opt_G, opt_D, *scalers, x, y, cfg, utils.autocast(
-        torch.device("cpu"), "fp32"), step=0)
+    pix2pix.train_step(pix2pix.Pix2Pix(G, D, opt_G, opt_D, *scalers), x, y)
     assert len(seen_by_D_calls) == 3  # (x, real) and (x, fake) for D's step, (x, fake) for G's step
     for w0, w1, before in zip(seen_by_D_calls[0], seen_by_D_calls[1], D_before):
         assert torch.equal(w0, before) and torch.equal(w1, before)
@@ -208,7 +209,7 @@ def test_resume_after_an_epoch_is_bit_identical(data, reference, tmp_path, num_w
     with pytest.raises(Crash):
         run_training(data, run_dir, after_epoch=crash, NUM_WORKERS=num_workers)
     ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
-    assert (ckpt["epoch"], ckpt["batch_in_epoch"], ckpt["step"]) == (1, 0, STEPS_PER_EPOCH)
+    assert (ckpt["epoch"], ckpt["images_in_epoch"], ckpt["step"]) == (1, 0, STEPS_PER_EPOCH)
     second = run_training(data, run_dir, NUM_WORKERS=num_workers)
     assert second["code"] == 0 and len(second["lrs"]) == STEPS_PER_EPOCH  # only epoch 2 was trained again
     assert_same_training_state(straight, run_dir)
@@ -227,7 +228,7 @@ def test_resume_mid_epoch_is_bit_identical(data, reference, tmp_path, num_worker
     with pytest.raises(Crash):
         run_training(data, run_dir, on_step=crash_at_4, CHECKPOINT_EVERY_STEPS=3, NUM_WORKERS=num_workers)
     ckpt = load_checkpoint(last)
-    assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (3, 0, 3)
+    assert (ckpt["step"], ckpt["epoch"], ckpt["images_in_epoch"]) == (3, 0, 3 * 2)  # 3 batches of 2
 
     def ctrl_c_in_2(n):  # steps 4 (end of epoch 1) and 5 (first of epoch 2)
         if n == 2:
@@ -235,7 +236,7 @@ def test_resume_mid_epoch_is_bit_identical(data, reference, tmp_path, num_worker
     second = run_training(data, run_dir, on_step=ctrl_c_in_2, CHECKPOINT_EVERY_STEPS=3, NUM_WORKERS=num_workers)
     assert second["code"] == 0 and len(second["lrs"]) == 2
     ckpt = load_checkpoint(last)
-    assert (ckpt["step"], ckpt["epoch"], ckpt["batch_in_epoch"]) == (5, 1, 1)
+    assert (ckpt["step"], ckpt["epoch"], ckpt["images_in_epoch"]) == (5, 1, 2)
 
     third = run_training(data, run_dir, CHECKPOINT_EVERY_STEPS=3, NUM_WORKERS=num_workers)
     assert third["code"] == 0 and len(third["lrs"]) == 3
@@ -247,7 +248,7 @@ def test_startup_probes_leave_the_training_rng_alone():
     cfg = load_config(tiny_args(Path("."), Path(".")))
     torch.manual_seed(0)
     state = torch.get_rng_state()
-    pix2pix.training_flops_per_image(cfg)
+    run_log.training_flops_per_image(cfg)
     bench.measure_peak_flops(torch.device("cpu"), "fp32", seconds=0.01)
     assert torch.equal(torch.get_rng_state(), state)
 
@@ -266,7 +267,7 @@ def test_run_outputs(data, reference):
     assert (run_dir / "samples" / "epoch_0002.png").is_file()
     last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert last["epoch"] == 2 and last["step"] == 2 * STEPS_PER_EPOCH
-    assert {"discriminator", "opt_G", "opt_D", "sched_G", "rng", "loader_rng"} <= last.keys()
+    assert {"discriminator", "opt_G", "opt_D", "rng", "loader_rng"} <= last.keys()
     exported = load_checkpoint(run_dir / "generator.pt")
     for name, tensor in exported["generator"].items():
         assert torch.equal(tensor, last["generator"][name])
@@ -294,7 +295,7 @@ def test_load_generator_rebuilds_from_the_file_alone(reference):
     saved = load_checkpoint(run_dir / "generator.pt")["generator"]
     assert all(torch.equal(v, saved[k]) for k, v in G.state_dict().items())
     assert G.train_config["RUN_DIR"] == str(run_dir)
-    x = PairedImageDataset(G.train_config["VAL_DIR"], image_size=32, load_size=36, train=False)[0][0][None]
+    x = make_dataset(G.train_config["VAL_DIR"], image_size=32, load_size=36, train=False)[0][0][None]
     x = torch.cat([x, -x])
     out_eval = G(x)
     assert torch.equal(out_eval, G(x))  # eval: deterministic
@@ -315,17 +316,17 @@ def test_load_generator_rebuilds_from_the_file_alone(reference):
 
 
 def test_test_mode_leaves_the_model_as_it_was():
-    """Sampling and validation during training (utils.test_mode) must not change G."""
+    """Sampling and validation during training (generator_model.test_mode) must not change G."""
     torch.manual_seed(0)
     G = UNetGenerator(base_channels=4, num_downs=5)
     x = torch.randn(2, 3, 32, 32)
     G(x)  # some non-trivial running statistics
     before = {k: v.clone() for k, v in G.state_dict().items() if "running" in k}
-    with utils.test_mode(G, "eval"):
+    with generator_model.test_mode(G, "eval"):
         assert not G.training
         a, b = G(x), G(x)
     assert torch.equal(a, b)
-    with utils.test_mode(G, "paper"):
+    with generator_model.test_mode(G, "paper"):
         assert G.training  # dropout on and batch statistics (paper §3.3)
         c, d = G(x), G(x)
         assert not c.requires_grad
@@ -406,16 +407,16 @@ def test_learns_facades_labels_to_photos(facades, tmp_path, capsys):
     Pixel L1 is printed next to the mean-training-image baseline, not asserted: this early it barely beats it.
     """
     from torch.utils.data import DataLoader
-    import metrics
+    from harness import metrics
 
     record = run_training(facades, tmp_path / "run", VAL_DIR=facades / "test", **LEARN)  # TRAIN_DIR: all 400
     assert record["code"] == 0 and len(record["lrs"]) == 400
 
     G = load_generator(tmp_path / "run" / "generator.pt")  # the paper's test mode, like train.py's validation
-    test_set = PairedImageDataset(facades / "test", direction="BtoA", image_size=128, load_size=143, train=False)
+    test_set = make_dataset(facades / "test", direction="BtoA", image_size=128, load_size=143, train=False)
     summary = metrics.evaluate_generator(G, DataLoader(test_set, batch_size=1), torch.device("cpu"), mode="paper",
                                          seed=0)["summary"]
-    train_set = PairedImageDataset(facades / "train", direction="BtoA", image_size=128, train=False, scan=False)
+    train_set = make_dataset(facades / "train", direction="BtoA", image_size=128, train=False, scan=False)
     mean_image = torch.stack([train_set[i][1] for i in range(len(train_set))]).mean(0)
     baseline_l1 = torch.stack([(mean_image - test_set[i][1]).abs().mean() / 2 for i in range(len(test_set))]).mean()
     with capsys.disabled():

@@ -19,8 +19,8 @@ import torch
 
 import train
 from conftest import ROOT, tiny_args
-from checkpoint import CheckpointError, load_checkpoint, load_generator
-from configurator import ConfigError, load_config
+from harness.checkpoint import CheckpointError, load_checkpoint, load_generator
+from harness.configurator import ConfigError, load_config
 
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
@@ -154,7 +154,8 @@ def test_bad_settings_are_one_line_errors_naming_setting_and_valid_values(overri
 
 
 def test_config_is_validated_before_any_data_or_model_work(tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "build_datasets", lambda *a, **k: pytest.fail("data touched"))
+    from harness import run
+    monkeypatch.setattr(run, "training_data", lambda *a, **k: pytest.fail("data touched"))
     monkeypatch.setattr(train, "build_models", lambda *a, **k: pytest.fail("models built"))
     with pytest.raises(ConfigError, match="NORM"):
         train.main(tiny_args(tmp_path / "no-data", tmp_path / "run", NORM="layer"))

@@ -3,19 +3,19 @@ command-line options, and fitting images of any size to the U-Net and back. A li
 """
 import argparse
 import functools
-import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from checkpoint import CheckpointError, load_generator
-from configurator import default_settings
-from dataset import DatasetError, build_transform, to_tensor
+from dataset import PairTransform, to_tensor
 from generator_model import UNetGenerator
-from utils import ConfigError, pick_device, pick_precision, use_device
+from harness.checkpoint import load_generator
+from harness.configurator import check_device, default_settings
+from harness.errors import ConfigError
+from utils import pick_device, pick_precision, use_device
 
 
 def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str = "auto", precision: str = "auto",
@@ -27,6 +27,7 @@ def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str 
     from the U-Net's depth. `direction` (--direction) is for files that store none, such as the official
     latest_net_G.pth; with `needs_direction`, such a file without it is an error rather than a silent guess.
     """
+    check_device(device)
     dev = pick_device(device)
     use_device(dev)  # DEVICE=cuda:N: N becomes the current GPU
     G = load_generator(checkpoint, dev, mode)
@@ -38,8 +39,10 @@ def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str 
         raise ConfigError(f"{checkpoint} stores no direction (e.g. an official latest_net_G.pth); pass --direction "
                           f"AtoB or BtoA: which half of each A|B file is the input")
     cfg = default_settings() | {"IMAGE_SIZE": 2 ** G.hparams["num_downs"]} | G.train_config
-    cfg["DIRECTION"] = direction or cfg["DIRECTION"]
+    cfg |= {"DIRECTION": direction or cfg["DIRECTION"], "IN_CHANNELS": G.hparams["in_channels"],
+            "OUT_CHANNELS": G.hparams["out_channels"], "NUM_DOWNS": G.hparams["num_downs"]}
     return G, cfg, dev, pick_precision(precision, dev)
+
 
 def batch_size_for(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     """--batch-size, else 1 in paper mode (batch statistics: an output must not depend on its batch-mates, as in
@@ -65,18 +68,9 @@ def model_arguments(doc: str, script: str) -> argparse.ArgumentParser:
     return ap
 
 
-def run_cli(run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    """Run a CLI body; a known error becomes one 'error: ...' line and an exit code instead of a traceback."""
-    try:
-        return run(args)
-    except (CheckpointError, ConfigError, DatasetError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
-
-
 @functools.lru_cache(maxsize=4)
 def _eval_transform(image_size: int):
-    return build_transform(image_size, image_size, jitter=False, mirror=False, train=False)  # square, PIL-like bicubic
+    return PairTransform("resize_and_crop", image_size, image_size, image_size, random_crop=False, mirror=False)
 
 
 def fit_to_model(image: np.ndarray, fit: str, image_size: int, multiple: int) -> torch.Tensor:

@@ -5,25 +5,18 @@ keys like `model.model.1.model.3.weight`, with no settings inside. This module m
 the same convolutions and norms, so the weights carry over one to one, with the official dropout placement and
 ReLU'd skips, so the function is the official one.
 
-Not run directly. Library use (utils.load_generator, and so predict.py and evaluate.py, accept such files too):
-    import torch
-    from official_format import generator_from_official, save_official
-    G = generator_from_official(torch.load("latest_net_G.pth", map_location="cpu", weights_only=True))
-    save_official(G, "checkpoints/mine/latest_net_G.pth")  # the official test.py --name mine then loads it
+Not run directly: utils.load_generator (and so predict.py, evaluate.py, demo.py) reads such files, and
+`python export.py --format official` writes one.
 """
-import os
 from typing import Any
 
 import torch
 
 from generator_model import UNetGenerator
+from harness.errors import OfficialFormatError
 
 ROOT = "model.model."  # the outermost UnetSkipConnectionBlock's layers
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-
-
-class OfficialFormatError(ValueError):
-    """The file is not an official U-Net generator, or a generator cannot be written in that format."""
 
 
 def _level(k: int) -> str:
@@ -168,8 +161,3 @@ def official_options(G: UNetGenerator) -> str:
                                   f"unet_256 (8); build its UnetGenerator(num_downs={hp['num_downs']}) directly")
     return (f"--netG unet_{2 ** hp['num_downs']} --ngf {hp['base_channels']} --norm {hp['norm']} --input_nc "
             f"{hp['in_channels']} --output_nc {hp['out_channels']}" + ("" if hp["dropout"] else " --no_dropout"))
-
-
-def save_official(G: UNetGenerator, path: str | os.PathLike) -> None:
-    """Write G as an official latest_net_G.pth (see official_options for the matching test.py options)."""
-    torch.save(official_state_dict(G), path)

@@ -8,8 +8,8 @@ flat facades-like colour and the photo half renders the same map with lighting, 
 The class decides most of the appearance, so a U-Net learns the mapping in a few epochs, while the
 geometry (buildings, floors, columns, window sizes) changes with every image.
 
-    python synthetic_data.py --output data/synthetic                  # 200 train + 100 val, 256 px, seed 0
-    python synthetic_data.py --output /tmp/syn --n-train 8 --n-val 4 --size 128 --seed 1
+    python -m harness.synthetic_data --output data/synthetic                  # 200 train + 100 val, 256 px, seed 0
+    python -m harness.synthetic_data --output /tmp/syn --n-train 8 --n-val 4 --size 128 --seed 1
 
 The same seed gives byte-identical files; the folder appears atomically or not at all.
 """
@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from atomic import atomic_path
+from harness.atomic import atomic_path
 
 # Class ids of the integer scene map, and their flat label colours (close to the facades palette).
 SKY, WALL, WINDOW, DOOR, CORNICE, SILL, BALCONY, SHOP, GROUND = range(9)
-CLASS_NAMES = ("sky", "wall", "window", "door", "cornice", "sill", "balcony", "shop", "ground")
 PALETTE = np.array([
     (0, 0, 222),     # sky / background: dark blue, as facades "background"
     (0, 48, 255),    # wall: facades "facade" blue

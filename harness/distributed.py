@@ -6,19 +6,31 @@ Not run directly:  torchrun --standalone --nproc_per_node=N train.py [--KEY=valu
 import datetime
 import io
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from generator_model import generator_from_state
-from utils import ConfigError
+from harness.errors import ConfigError
 
 
-def setup_distributed(timeout_s: int) -> tuple[int, int, int]:
-    """(rank, local_rank, world_size); initialises torch.distributed only when launched by torchrun."""
+@dataclass
+class Ranks:
+    """This process's place in a torchrun job (0, 0, 1 in a single process). Rank 0 writes every file."""
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def master(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(timeout_s: int) -> Ranks:
+    """Initialises torch.distributed when launched by torchrun (several processes); else a single process."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 0, 1
+        return Ranks()
     local_rank = int(os.environ["LOCAL_RANK"])
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     device_id = None
@@ -30,7 +42,7 @@ def setup_distributed(timeout_s: int) -> tuple[int, int, int]:
         device_id = torch.device("cuda", local_rank)  # barriers and object collectives use this GPU
     # the timeout turns a dead or stuck rank into an error on the others instead of a hang
     dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s), device_id=device_id)
-    return dist.get_rank(), local_rank, dist.get_world_size()
+    return Ranks(dist.get_rank(), local_rank, dist.get_world_size())
 
 
 def is_distributed() -> bool:
@@ -50,14 +62,6 @@ def max_over_ranks(value: int, device: torch.device) -> int:
     flag = torch.tensor([value], dtype=torch.int64, device=device)  # nccl needs a CUDA tensor
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag.item())
-
-
-def max_flags_over_ranks(flags: torch.Tensor) -> list[int]:
-    """Element-wise max of an integer tensor over all ranks, read to the host in one go: several yes/no
-    decisions (a non-finite loss, a stop request) agreed in a single all-reduce."""
-    if is_distributed():
-        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-    return flags.tolist()
 
 
 def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
@@ -98,5 +102,5 @@ def without_sync_bn(G: nn.Module) -> nn.Module:
     and a SyncBatchNorm would gather them from ranks that are not there (rank 0 samples and validates alone)."""
     if not any(isinstance(m, nn.SyncBatchNorm) for m in G.modules()):
         return G
-    # SyncBatchNorm and BatchNorm2d share their state-dict keys
+    from harness.checkpoint import generator_from_state  # SyncBatchNorm and BatchNorm2d share state-dict keys
     return generator_from_state(G.hparams, G.state_dict()).to(next(G.parameters()).device)

@@ -1,79 +1,99 @@
-"""Checkpoints: what one holds (written once, below), atomic saving, loading without code, rebuilding a
-generator from its file alone, and the checks before resuming. train.py saves and restores through
-save_training_state/restore_training_state and save_generator; predict.py, evaluate.py, demo.py and export.py
-load through load_generator.
+"""Checkpoints: what one holds (the schema, declared once below), atomic saving, loading without running code,
+rebuilding a generator from its file alone, the checks before resuming, and how files written by older versions
+are read (the legacy section, the one place that knows them).
 
 Not run directly. In a notebook:
-    from checkpoint import load_generator   # also: from utils import load_generator
+    from utils import load_generator   # this module's load_generator
     G = load_generator("runs/pix2pix/generator.pt")
 """
 import contextlib
 import os
 import pickle
-import time
+import random
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn as nn
 
-import official_format
-from atomic import atomic_path, fsync_folder
-from discriminator_model import DISCRIMINATOR_KEYS
-from generator_model import (GENERATOR_KEYS, LEGACY_GENERATOR_HPARAMS, UNetGenerator, generator_from_state,
-                             use_test_mode)
+from generator_model import TEST_MODES, UNetGenerator, set_test_mode
+from harness import official_format
+from harness.atomic import atomic_path, fsync_folder
+from harness.errors import CheckpointError
 
-CHECKPOINT_FORMAT = 1  # written into every checkpoint as "format"; bump when the layout below changes
+CHECKPOINT_FORMAT = 2  # written into every checkpoint as "format"; bump when the schema below changes
 
 # ----------------------------------------------------------------------------- the schema: what a checkpoint holds
 
-# A training checkpoint (RUN_DIR/checkpoints/*.pt): everything an exact resume needs.
-TRAINING_STATE = ("generator", "discriminator", "opt_G", "opt_D", "sched_G", "sched_D", "scaler_G", "scaler_D")
-PROGRESS = ("epoch", "batch_in_epoch", "step", "best_val_l1")  # epoch = completed epochs
+# A training checkpoint (RUN_DIR/checkpoints/*.pt) holds everything an exact resume needs:
+# the training state: checkpoint key -> attribute of pix2pix.Pix2Pix (anything with state_dict())
+TRAINING_STATE = {"generator": "G", "discriminator": "D", "opt_G": "opt_G", "opt_D": "opt_D",
+                  "scaler_G": "scaler_G", "scaler_D": "scaler_D"}
 RNG_STATE = ("rng", "rank_rngs", "loader_rng")  # this rank's RNGs, every rank's, and the DataLoader's generator
-OPTIONAL = ("best_val_l1", "rank_rngs")  # older checkpoints lack them; restoring uses the defaults
-# Both kinds also hold "format", "config" (the run's settings) and "generator_hparams"/"discriminator_hparams"
-# (enough to rebuild the networks without config.py). A generator export (generator.pt) holds "generator",
-# "epoch", "config" and the hparams only.
+# and "format", "config" (the run's settings), "train_data" (what it trained on: data_fingerprint), PROGRESS below,
+# and "generator_hparams"/"discriminator_hparams" (enough to rebuild the networks without config.py).
+# A generator export (generator.pt) holds "format", "generator", "epoch", "config" and the hparams only.
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, unreadable or does not fit the requested run; the message says which file."""
+@dataclass
+class Progress:
+    """Where a run is. `epoch` counts completed epochs; `images_in_epoch` the images the current epoch has trained
+    on (all processes together), so a run resumes at the right image whatever its batch size or process count."""
+    epoch: int = 0
+    step: int = 0
+    images_in_epoch: int = 0
+    best_val_l1: float = float("inf")
+
+
+PROGRESS = tuple(f.name for f in fields(Progress))
 
 
 def model_hparams(G: nn.Module, D: nn.Module) -> dict[str, dict]:
-    return {"generator_hparams": {k: G.hparams[k] for k in GENERATOR_KEYS},
-            "discriminator_hparams": {k: D.hparams[k] for k in DISCRIMINATOR_KEYS}}
+    return {"generator_hparams": dict(G.hparams), "discriminator_hparams": dict(D.hparams)}
 
 
-def save_training_state(path: Path, state: dict[str, Any], progress: dict[str, Any], rngs: dict[str, Any],
-                        cfg: dict[str, Any]) -> None:
-    """state: TRAINING_STATE's objects (anything with state_dict()); progress: PROGRESS; rngs: RNG_STATE."""
-    assert set(state) == set(TRAINING_STATE) and set(progress) == set(PROGRESS) and set(rngs) == set(RNG_STATE)
-    atomic_save({"format": CHECKPOINT_FORMAT, **{k: state[k].state_dict() for k in TRAINING_STATE}, **progress,
-                 **rngs, "config": cfg, **model_hparams(state["generator"], state["discriminator"])}, path)
+def training_checkpoint(model: Any, progress: Progress, rngs: dict[str, Any], cfg: dict[str, Any],
+                        train_data: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint of a run, as CPU copies (the live tensors may change as soon as this returns)."""
+    assert set(rngs) == set(RNG_STATE)
+    state = {key: cpu_copy(getattr(model, attr).state_dict()) for key, attr in TRAINING_STATE.items()}
+    return {"format": CHECKPOINT_FORMAT, **state, **asdict(progress), **cpu_copy(rngs), "config": cfg,
+            "train_data": train_data, **model_hparams(model.G, model.D)}
 
 
-def restore_training_state(ckpt: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
-    """Load TRAINING_STATE into `state`'s objects; returns PROGRESS and RNG_STATE (defaults where optional).
-    Optimisers and loss scalers load through their own helpers: a run resumes under another CHANNELS_LAST or
-    PRECISION."""
-    loaders = {"opt_G": load_optimizer_state, "opt_D": load_optimizer_state,
-               "scaler_G": load_scaler_state, "scaler_D": load_scaler_state}
-    for k in TRAINING_STATE:
-        if k in loaders:
-            loaders[k](state[k], ckpt[k])
+def generator_export(G: nn.Module, D: nn.Module, epoch: int, cfg: dict[str, Any]) -> dict[str, Any]:
+    """generator.pt: the generator alone, loadable by load_generator without config.py (on any machine)."""
+    return {"format": CHECKPOINT_FORMAT, "generator": cpu_copy(G.state_dict()), "epoch": epoch, "config": cfg,
+            **model_hparams(G, D)}
+
+
+def cpu_copy(obj: Any) -> Any:
+    """`obj` with every tensor copied to the CPU (nested dicts, lists and tuples): a snapshot that plain
+    torch.load opens on any machine."""
+    if torch.is_tensor(obj):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(cpu_copy(v) for v in obj)
+    return obj
+
+
+def restore_training_state(ckpt: dict[str, Any], model: Any) -> Progress:
+    """Load the training state into `model`'s objects; returns the progress. Optimisers and loss scalers load
+    through their own helpers, so a run resumes under another CHANNELS_LAST or PRECISION."""
+    for key, attr in TRAINING_STATE.items():
+        target = getattr(model, attr)
+        if key.startswith("opt_"):
+            load_optimizer_state(target, ckpt[key])
+        elif key.startswith("scaler_"):
+            if ckpt[key]:  # empty unless saved in fp16; an fp16 state is ignored by a run without a scaler
+                target.load_state_dict(ckpt[key])
         else:
-            state[k].load_state_dict(ckpt[k])
-    defaults = {"best_val_l1": float("inf"), "rank_rngs": []}
-    return {k: ckpt.get(k, defaults.get(k)) if k in OPTIONAL else ckpt[k] for k in (*PROGRESS, *RNG_STATE)}
-
-
-def load_scaler_state(scaler: torch.amp.GradScaler, state: dict[str, Any]) -> None:
-    """A saved loss-scaler state; a run saved without fp16 (empty state) starts a fresh scaler, and an fp16 state
-    is ignored by a run without one: a checkpoint resumes under any PRECISION."""
-    if state:
-        scaler.load_state_dict(state)
+            target.load_state_dict(ckpt[key])
+    return Progress(**{k: ckpt[k] for k in PROGRESS})
 
 
 def load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
@@ -86,15 +106,27 @@ def load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any]) -> N
                 saved[key] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
-def save_generator(path: Path, G: nn.Module, D: nn.Module, epoch: int, cfg: dict[str, Any]) -> None:
-    """generator.pt: the generator alone, loadable by load_generator without config.py (on any machine)."""
-    atomic_save({"format": CHECKPOINT_FORMAT, "generator": cpu_state_dict(G), "epoch": epoch, "config": cfg,
-                 **model_hparams(G, D)}, path)
+# ----------------------------------------------------------------------------- RNG states
+
+def rng_states(device: torch.device = torch.device("cpu")) -> dict[str, Any]:
+    """Every global RNG this process uses, in a form torch.load(weights_only=True) accepts (tensors, ints,
+    tuples): the CUDA one of `device` only, so the checkpoint resumes on a machine with fewer GPUs."""
+    np_state = np.random.get_state()
+    return {"python": random.getstate(), "numpy": (np_state[0], torch.from_numpy(np_state[1].copy()), *np_state[2:]),
+            "torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else []}
 
 
-def cpu_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """module.state_dict() as CPU tensors: an export that plain torch.load opens on any machine."""
-    return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+def set_rng_states(states: dict[str, Any], device: torch.device = torch.device("cpu")) -> None:
+    random.setstate(states["python"])
+    name, key, *rest = states["numpy"]
+    np.random.set_state((name, key.numpy(), *rest))
+    torch.set_rng_state(states["torch"])
+    cuda = states["cuda"]
+    if isinstance(cuda, (list, tuple)):  # older checkpoints: one state per GPU the saving machine had
+        index = device.index if device.index is not None else 0
+        cuda = cuda[index] if index < len(cuda) else None
+    if device.type == "cuda" and cuda is not None:  # none saved (a CPU run): the seeded state stays
+        torch.cuda.set_rng_state(cuda, device)
 
 
 # ----------------------------------------------------------------------------- saving and loading
@@ -105,30 +137,12 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     try:  # Ctrl-C mid-save, an unpicklable value, ...: atomic_path leaves no half-written temp file behind
         with atomic_path(path) as tmp, open(tmp, "wb") as f:
             torch.save(obj, f)
-            _pause_in_save_for_tests(path)
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
         raise CheckpointError(f"could not write {path}: {e.strerror or e}. The previous {path.name} (if any) "
                               f"is intact; free disk space or fix permissions of {path.parent}, then resume") from e
     fsync_folder(path.parent)
-
-
-_SAVES: dict[str, int] = {}  # atomic_save calls in this process per file name, for the test hook below
-
-
-def _pause_in_save_for_tests(path: Path) -> None:
-    """Test hook, off unless PIX2PIX_TEST_PAUSE_IN_SAVE=NAME:N:FILE is set: the N-th save to a file called NAME
-    stops after writing its temp file, before flush, fsync and rename, writes FILE and waits to be killed.
-    tests/test_faults.py SIGKILLs it there: the most fragile moment of a save, every time, not by luck."""
-    hook = os.environ.get("PIX2PIX_TEST_PAUSE_IN_SAVE")
-    if not hook:
-        return
-    name, n, ready = hook.split(":", 2)
-    _SAVES[path.name] = _SAVES.get(path.name, 0) + 1
-    if path.name == name and _SAVES[path.name] == int(n):
-        Path(ready).write_text(str(os.getpid()))
-        time.sleep(600)  # bounded: a test that failed before its kill leaves nothing running for long
 
 
 def remove_stale_temp_files(*folders: Path) -> None:
@@ -170,7 +184,8 @@ def read_weights_file(path: str | os.PathLike) -> Any:
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
-    """A checkpoint written by train.py (a training checkpoint or a generator export), loaded without code."""
+    """A checkpoint written by train.py (a training checkpoint or a generator export), loaded without code and
+    brought to the current schema."""
     return checked_checkpoint(read_weights_file(path), path)
 
 
@@ -185,24 +200,14 @@ def checked_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
     if ckpt.get("format", 1) > CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} has checkpoint format {ckpt['format']}, newer than this code reads "
                               f"({CHECKPOINT_FORMAT}); update the code (git pull)")
-    return ckpt
+    return upgrade_legacy(ckpt)
 
 
-def checkpoint_generator_hparams(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The generator's hyperparameters; keys added since a checkpoint was written take their legacy values, so
-    an old checkpoint keeps computing the function it was trained as."""
-    return LEGACY_GENERATOR_HPARAMS | ckpt["generator_hparams"]
-
-
-def generator_from_checkpoint(ckpt: dict[str, Any]) -> UNetGenerator:
-    return generator_from_state(ckpt["generator_hparams"], ckpt["generator"])
-
-
-def keep_legacy_skips(G: UNetGenerator, ckpt: dict[str, Any]) -> bool:
-    """Resuming a checkpoint written before the U-Net skip fix (issue 9) continues its own, legacy function
-    (skip_relu=False, also recorded in the checkpoints it writes next); returns True if it is such a checkpoint."""
-    G.skip_relu = G.hparams["skip_relu"] = checkpoint_generator_hparams(ckpt)["skip_relu"]
-    return not G.skip_relu
+def generator_from_state(hparams: dict[str, Any], state: dict[str, torch.Tensor]) -> UNetGenerator:
+    """Rebuild a U-Net from stored hyperparameters and load its weights (a checkpoint, or a live model's copy)."""
+    G = UNetGenerator(**(LEGACY_GENERATOR_HPARAMS | hparams))
+    G.load_state_dict(state)
+    return G
 
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
@@ -216,43 +221,44 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
     or "eval" (ordinary eval(): dropout off, running statistics). The checkpoint's training settings are
     available as G.train_config (e.g. G.train_config["DIRECTION"]).
     """
-    if mode not in ("paper", "eval"):
-        raise ValueError(f"mode must be 'paper' or 'eval', got {mode!r}")
+    if mode not in TEST_MODES:
+        raise ValueError(f"mode must be one of {TEST_MODES}, got {mode!r}")
     ckpt = read_weights_file(path)
     if official_format.is_state_dict(ckpt):
         try:
             G = official_format.generator_from_official(ckpt)
-        except official_format.OfficialFormatError as e:
+        except CheckpointError as e:
             raise CheckpointError(f"{path}: {e}") from None
         ckpt = {}
     else:
         ckpt = checked_checkpoint(ckpt, path)
         try:
-            G = generator_from_checkpoint(ckpt)
+            G = generator_from_state(ckpt["generator_hparams"], ckpt["generator"])
         except (KeyError, TypeError, ValueError, RuntimeError) as e:  # hparams and weights disagree: a damaged file
             raise CheckpointError(f"{path}: its generator weights do not match its hyperparameters "
                                   f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
     G = G.to(device)
-    use_test_mode(G, mode)  # for good: inference never changes the stored statistics
+    set_test_mode(G, mode)  # for good: inference never changes the stored statistics
     G.requires_grad_(False)
     G.train_config = ckpt.get("config", {})
     return G
 
 
+# ----------------------------------------------------------------------------- resuming
+
 ARCHITECTURE_KEYS = ("IN_CHANNELS", "OUT_CHANNELS", "GEN_BASE_CHANNELS", "NUM_DOWNS", "NORM", "DROPOUT",
                      "DROPOUT_PLACEMENT", "DISC_BASE_CHANNELS", "DISC_N_LAYERS", "IMAGE_SIZE", "DIRECTION")
-LEGACY_CONFIG = {"DROPOUT_PLACEMENT": "paper"}  # settings older checkpoints lack, at the value they were trained with
 
 
 def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str | os.PathLike,
                             D: nn.Module | None = None) -> None:
     """A resumed run must build the same networks; say which settings differ instead of a key-mismatch wall."""
-    missing = [k for k in (*TRAINING_STATE, *PROGRESS, *RNG_STATE) if k not in ckpt and k not in OPTIONAL]
+    missing = [k for k in (*TRAINING_STATE, *PROGRESS, *RNG_STATE) if k not in ckpt]
     if missing:
         raise CheckpointError(f"cannot resume from {path}: not a training checkpoint (no {', '.join(missing)}; "
                               f"exports such as generator.pt hold the generator only); resume from the run's "
                               f"checkpoints/*.pt")
-    saved = LEGACY_CONFIG | ckpt.get("config", {})
+    saved = ckpt.get("config", {})
     diffs = [f"{k}: checkpoint {saved[k]!r} vs now {cfg[k]!r}" for k in ARCHITECTURE_KEYS
              if k in saved and saved[k] != cfg[k]]
     if D is not None:  # the discriminator the weights were written for (its hparams), against the one built now
@@ -267,3 +273,36 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str
         raise CheckpointError(f"cannot resume from {path}: its PixelGAN discriminator was written before its last "
                               f"1x1 conv lost its bias (as in the official code); start a new RUN_DIR. Its "
                               f"generator still loads for predict.py/evaluate.py")
+
+
+def keep_legacy_skips(G: UNetGenerator, ckpt: dict[str, Any]) -> bool:
+    """Resuming a checkpoint written before the U-Net skip fix continues its own, legacy function (skip_relu=False,
+    also recorded in the checkpoints it writes next); returns True if it is such a checkpoint."""
+    G.skip_relu = G.hparams["skip_relu"] = ckpt["generator_hparams"]["skip_relu"]
+    return not G.skip_relu
+
+
+# ----------------------------------------------------------------------------- files of older versions
+
+# Generator settings a checkpoint written before they existed was built with: its outputs must not change.
+LEGACY_GENERATOR_HPARAMS = {"dropout_placement": "paper", "skip_relu": False}
+LEGACY_CONFIG = {"DROPOUT_PLACEMENT": "paper"}
+
+
+def upgrade_legacy(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint of any earlier format, read as the current schema (in memory; the file is not changed).
+    Format 1 had LR schedulers (the LR now follows from the epoch), counted batches rather than images into the
+    epoch, and may lack best_val_l1, rank_rngs and train_data."""
+    ckpt = dict(ckpt)
+    ckpt["generator_hparams"] = LEGACY_GENERATOR_HPARAMS | ckpt["generator_hparams"]
+    if "config" in ckpt:
+        ckpt["config"] = LEGACY_CONFIG | ckpt["config"]
+    if ckpt.get("format", 1) == 1 and "batch_in_epoch" in ckpt:
+        processes = max(1, len(ckpt.get("rank_rngs") or []))
+        ckpt["images_in_epoch"] = ckpt.pop("batch_in_epoch") * ckpt["config"]["BATCH_SIZE"] * processes
+        ckpt.setdefault("best_val_l1", float("inf"))
+        ckpt.setdefault("rank_rngs", [])
+        for key in ("sched_G", "sched_D"):
+            ckpt.pop(key, None)
+    ckpt.setdefault("train_data", {})
+    return ckpt

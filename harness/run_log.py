@@ -1,13 +1,12 @@
 """What a training run records besides checkpoints: log.csv (one row per epoch), TensorBoard scalars and
-sample images, and curves.png, a plot of the losses and validation metrics refreshed every epoch.
+sample images, curves.png (the losses and validation metrics, refreshed every epoch), and what it prints.
 
 Also the check, before step 1, that RUN_DIR can hold all this.
-Not run directly; train.py uses it. Look at a run with:  tensorboard --logdir runs/
+Not run directly; harness/run.py uses it. Look at a run with:  tensorboard --logdir runs/
 """
 import contextlib
 import csv
 import errno
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -16,15 +15,13 @@ import torch
 import torch.nn as nn
 import torchvision.utils as vutils
 
-from atomic import atomic_path
-from utils import generate, sample_grid, seeded_inference
+from generator_model import test_mode
+from harness.atomic import atomic_path
+from harness.errors import RunDirError
+from utils import generate, sample_grid
 
 COLUMNS = ["epoch", "step", "d_real", "d_fake", "g_gan", "g_l1", "lr", "images_per_s", "skipped_steps",
            "val_l1", "val_psnr", "val_ssim", "val_ratio"]
-
-
-class RunDirError(RuntimeError):
-    """RUN_DIR cannot hold the run's files (not a folder, not writable, read-only or full); found before step 1."""
 
 
 RUN_DIR_HINTS = {errno.ENOTDIR: "a part of the path is a file, not a folder",
@@ -139,7 +136,7 @@ def plot_curves(rows: list[dict[str, str]], path: Path):
 def write_samples(G, x, y, cfg, device, precision, path: Path) -> torch.Tensor:
     """input | generated | target grid of the fixed val images; fixed dropout noise, training RNG untouched."""
     fakes = []
-    with seeded_inference(G, cfg["TEST_MODE"], cfg["SEED"], device):
+    with test_mode(G, cfg["TEST_MODE"], cfg["SEED"]):
         for i in range(0, len(x), cfg["BATCH_SIZE"]):  # batches as in training, for the batch statistics
             fakes.append(generate(G, x[i:i + cfg["BATCH_SIZE"]], device, precision).cpu())
     grid = sample_grid(x, torch.cat(fakes), y)
@@ -148,26 +145,46 @@ def write_samples(G, x, y, cfg, device, precision, path: Path) -> torch.Tensor:
     return grid
 
 
+def sample_batch(dataset: Any, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, targets) of up to n items that share the first item's size, stacked (for sample grids)."""
+    items = [dataset[0]]
+    for i in range(1, len(dataset)):
+        if len(items) == n:
+            break
+        item = dataset[i]
+        if item[0].shape == items[0][0].shape:
+            items.append(item)
+    return torch.stack([x for x, _ in items]), torch.stack([y for _, y in items])
+
+
 def format_duration(seconds: float) -> str:
     minutes = int(seconds // 60)
     return f"{minutes // 60}h{minutes % 60:02d}m"
 
 
-def open_run_log(cfg: dict[str, Any], start_epoch: int, G: nn.Module, D: nn.Module, data: dict[str, Any],
-                 device: torch.device, precision: str, world_size: int, flops: float,
-                 cleanup: contextlib.ExitStack) -> RunLog:
-    """Rank 0: config.json, log.csv and TensorBoard in RUN_DIR, and what this run is, printed once."""
-    run_dir = Path(cfg["RUN_DIR"])
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg, indent=2))
-    log = RunLog(run_dir, resume_epoch=start_epoch)
-    cleanup.callback(log.close)
+def training_flops_per_image(cfg: dict[str, Any]) -> float:
+    """Model FLOPs of one training image (D step + G step), counted on meta tensors (no compute)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    from pix2pix import build_models
+    with torch.device("meta"):
+        G, D = build_models(cfg)
+        x = torch.empty(1, cfg["IN_CHANNELS"], cfg["IMAGE_SIZE"], cfg["IMAGE_SIZE"])
+        with FlopCounterMode(display=False) as g_count:
+            fake = G(x)
+        with FlopCounterMode(display=False) as d_count:
+            D(x, fake)
+    # backward costs ~2x forward; D runs three times (real, fake, and in the G step)
+    return 3.0 * g_count.get_total_flops() + 9.0 * d_count.get_total_flops()
+
+
+def print_run(cfg: dict[str, Any], runtime: Any, world_size: int, G: nn.Module, D: nn.Module, n_train: int,
+              n_val: int, flops: float) -> None:
+    import json
     print("config:", json.dumps(cfg))
-    print(f"device {device} ({precision}), {world_size} process(es), global batch "
+    print(f"device {runtime.device} ({runtime.precision}), {world_size} process(es), global batch "
           f"{cfg['BATCH_SIZE'] * world_size}; G {sum(p.numel() for p in G.parameters()) / 1e6:.2f} M params, "
-          f"D {sum(p.numel() for p in D.parameters()) / 1e6:.2f} M; {len(data['train_set'])} train / "
-          f"{len(data['val_set'])} val images; {flops / 1e9:.1f} GFLOP per training image")
-    return log
+          f"D {sum(p.numel() for p in D.parameters()) / 1e6:.2f} M; {n_train} train / {n_val} val images; "
+          f"{flops / 1e9:.1f} GFLOP per training image")
 
 
 def print_epoch_speed(row: dict[str, Any], epoch_img_s: float, flops: float, fp16_scaler: bool) -> None:

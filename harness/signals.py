@@ -1,7 +1,7 @@
-"""Stopping a run cleanly: SIGINT/SIGTERM become a flag that train.py checks after each step (finish the step,
+"""Stopping a run cleanly: SIGINT/SIGTERM become a flag that the run checks after each step (finish the step,
 save, print how to resume), and DataLoader workers leave those signals to the main process.
 
-Not run directly; used by train.py.
+Not run directly; harness/run.py uses it.
 """
 import shlex
 import signal
@@ -15,9 +15,10 @@ class StopRequest:
     release() gives the signals their previous handlers back: once the loop has ended, nothing would check the
     flag, and a SIGTERM must still end the process."""
 
-    def __init__(self, announce: bool = True):
+    def __init__(self, announce: bool = True, install: bool = True):
         self.signum, self.announce = 0, announce  # announce: False on torchrun's other ranks (one message)
-        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)} \
+            if install else {}
 
     def release(self) -> None:
         for sig, handler in self.previous.items():
@@ -25,7 +26,7 @@ class StopRequest:
 
     def handle(self, signum, frame):
         if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt("aborted by a second Ctrl-C: nothing saved after the last checkpoint")
         self.signum = signum
         if self.announce:
             print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
@@ -53,7 +54,9 @@ def shut_down_workers(loader: DataLoader) -> None:
 
 
 def resume_command(cfg: dict, args: list[str], world_size: int) -> str:
-    """The command that continues this run: its overrides, shell-quoted, with RESUME pointed at its own last.pt."""
+    """The command that continues this run: the script as it was invoked (a path from another folder stays that
+    path), its overrides shell-quoted, with RESUME pointed at its own last.pt."""
     args = [str(a) for a in args if not str(a).startswith("--RESUME=")]
+    script = sys.argv[0] if sys.argv[0].endswith(".py") else "train.py"
     launcher = "python" if world_size == 1 else "torchrun <the same torchrun options>"
-    return f"{launcher} train.py {shlex.join(args + ([] if cfg['RESUME'] == 'auto' else ['--RESUME=auto']))}"
+    return f"{launcher} {shlex.quote(script)} {shlex.join(args + ([] if cfg['RESUME'] == 'auto' else ['--RESUME=auto']))}"

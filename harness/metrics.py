@@ -3,7 +3,7 @@
 Pixel metrics reward blurry averages: on facades the mean training image already scores L1 0.18. The ratio
    mean_i L1(out_i, target_i) / mean_{i != j} L1(out_i, target_j)
 asks whether each output follows its OWN input: 1.0 = it ignores the input (like a mean-image predictor),
-lower is better. All figures use images in [0, 1]. Not run directly; used by train.py and evaluate.py.
+lower is better. All figures use images in [0, 1]. Not run directly; used by harness/run.py and evaluate.py.
 """
 from typing import Any, Callable
 
@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from utils import generate, seeded_inference, to_unit
+from generator_model import test_mode
+from utils import generate, to_unit
 
 RATIO_SIZE = 64  # the ratio compares every output with every target, so it is computed at a small size
 
@@ -60,7 +61,7 @@ def evaluate_generator(G: torch.nn.Module, loader: Any, device: torch.device, pr
     per_image: dict[str, list] = {"l1": [], "psnr": [], "ssim": []}
     fakes, targets = [], []
     seen = 0
-    with seeded_inference(G, mode, seed, device):
+    with test_mode(G, mode, seed):
         for x, y in loader:
             if max_images and seen >= max_images:
                 break

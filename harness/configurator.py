@@ -1,22 +1,24 @@
-"""The command line of train.py (and bench.py, dataset.py): config.py's settings < PRESET < --KEY=value, parsed
-as literals against config.py's types and validated before any heavy work, as nanoGPT's configurator does.
+"""The command line of train.py (and bench.py, harness.data_checks): config.py's settings < PRESET < --KEY=value,
+parsed as literals against config.py's types and validated before any heavy work, as nanoGPT's configurator does.
 
 Not run directly. In a notebook:
-    from configurator import load_config
+    from harness.configurator import load_config
     cfg = load_config(["--PRESET=facades", "--BATCH_SIZE=4"])
 """
 import ast
 import difflib
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
-import config as default_config
-from generator_model import DROPOUT_PLACEMENTS, num_downs_for
-from layers import NORMS
-from utils import ConfigError, pick_device
+import torch
 
-__all__ = ["ConfigError", "default_settings", "load_config", "parse_overrides", "resolve_resume", "validate_config"]
+import config as default_config
+from dataset import PREPROCESS_MODES
+from generator_model import DROPOUT_PLACEMENTS, TEST_MODES, num_downs_for
+from harness.errors import ConfigError
+from layers import NORMS
 
 
 def default_settings() -> dict[str, Any]:
@@ -104,9 +106,9 @@ def validate_config(cfg: dict[str, Any]) -> None:
     _one_of(cfg, "DROPOUT_PLACEMENT", DROPOUT_PLACEMENTS)
     _one_of(cfg, "PRECISION", ("auto", "fp32", "bf16", "fp16"))
     _one_of(cfg, "BAD_FILES", ("error", "skip"))
-    _one_of(cfg, "PREPROCESS", ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"))
+    _one_of(cfg, "PREPROCESS", PREPROCESS_MODES)
     _one_of(cfg, "ON_NAN", ("stop", "skip"))
-    _one_of(cfg, "TEST_MODE", ("paper", "eval"))
+    _one_of(cfg, "TEST_MODE", TEST_MODES)
     _one_of(cfg, "IN_CHANNELS", (1, 3))
     _one_of(cfg, "OUT_CHANNELS", (1, 3))
     _one_of(cfg, "DISC_N_LAYERS", (0, 1, 2, 3, 4, 5, 6))
@@ -128,7 +130,25 @@ def validate_config(cfg: dict[str, Any]) -> None:
             and cfg["LOAD_SIZE"] < cfg["IMAGE_SIZE"]:
         raise ConfigError(f"LOAD_SIZE={cfg['LOAD_SIZE']} < IMAGE_SIZE={cfg['IMAGE_SIZE']}: the random crop needs "
                           f"LOAD_SIZE >= IMAGE_SIZE (paper: 286 for 256)")
-    pick_device(cfg["DEVICE"])  # raises ConfigError for a device that is not there
+    check_device(cfg["DEVICE"])
+    if cfg["SYNC_BN"] and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
+        raise ConfigError("SYNC_BN=True needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU version); use "
+                          "SYNC_BN=False, or NORM=instance, which needs no statistics shared across processes")
+
+
+def check_device(name: str) -> None:
+    """DEVICE (or --device): auto, or a device this machine has."""
+    if name == "auto":
+        return
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"DEVICE={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"DEVICE={name!r} but {torch.cuda.device_count()} CUDA device(s) are available; "
+                          f"use DEVICE=auto or cpu")
+    if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise ConfigError(f"DEVICE={name!r} but MPS is not available; use DEVICE=auto or cpu")
 
 
 def resolve_resume(cfg: dict[str, Any], checkpoint_dir: Path) -> Path | None:

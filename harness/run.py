@@ -1,0 +1,293 @@
+"""The machinery around train.py's loop that keeps a run alive for days, behind the few calls train.py makes:
+
+    with TrainingRun(cfg, ranks, runtime, argv) as run:  # RUN_DIR checked; clean-up on every way out
+        train_set, val_set = run.training_data()        # every file decoded once: a bad one stops the run now
+        loader = run.loader(train_set, sampler)         # workers that leave Ctrl-C to us, shut down on any exit
+        progress = run.resume(model)                    # a checkpoint's weights, optimisers, RNGs and position
+        run.begin(progress, model, guard)               # run log, stop signals, the untrained generator's grid
+        ... run.after_step(...)                         # logs, early grids, timed saves; a stop signal ends here
+        ... run.end_of_epoch(...)                       # samples, validation, log row, checkpoints, exports
+
+Rank 0 writes every file; the other ranks take part in the collectives (RNG states for checkpoints, agreement).
+"""
+import contextlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from torch.utils.data import DataLoader, Subset
+from tqdm import tqdm
+
+from harness.checkpoint import (Progress, atomic_save, check_resume_compatible, generator_export, keep_legacy_skips,
+                                load_checkpoint, remove_stale_temp_files, restore_training_state, rng_states,
+                                set_rng_states, training_checkpoint)
+from harness.configurator import resolve_resume
+from harness.data_checks import training_data
+from harness.distributed import Ranks, barrier, check_ranks_agree, gather_from_ranks, without_sync_bn
+from harness.errors import DatasetError
+from harness.run_log import (RunLog, check_run_dir, format_duration, print_epoch_speed, print_run, sample_batch,
+                             training_flops_per_image, write_samples)
+from harness.signals import StopRequest, ignore_stop_signals, resume_command, shut_down_workers
+from harness.step_guard import LOSS_TERMS, StepGuard
+from utils import Runtime, seed_everything
+
+clock = time.monotonic  # the timed saves' clock (tests replace it rather than sleep)
+EARLY_SAMPLE_STEPS = 50  # first-epoch grids at step 0 and 50, 100, 200, 400, ...: a picture within a minute
+FIRST_CHECKPOINT_STEP = 100  # an early last.pt (~2.5 min at 0.7 img/s) before CHECKPOINT_EVERY_MINUTES is due
+
+
+def evaluate_generator(*args, **kwargs) -> dict[str, Any]:
+    """harness.metrics.evaluate_generator, imported on first use: torchmetrics takes seconds to import, and a
+    config error or an interrupted start should not wait for it."""
+    from harness.metrics import evaluate_generator as evaluate
+    return evaluate(*args, **kwargs)
+
+
+def is_early_sample_step(step: int) -> bool:
+    """Step 0 and EARLY_SAMPLE_STEPS times a power of two."""
+    n, rest = divmod(step, EARLY_SAMPLE_STEPS)
+    return step == 0 or (rest == 0 and n & (n - 1) == 0)
+
+
+class TrainingRun:
+    def __init__(self, cfg: dict[str, Any], ranks: Ranks, runtime: Runtime, argv: list[str] | None):
+        self.cfg, self.ranks, self.runtime = cfg, ranks, runtime
+        self.argv = sys.argv[1:] if argv is None else argv
+        self.run_dir = Path(cfg["RUN_DIR"])
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.cleanup = contextlib.ExitStack()
+        self.loader_rng = torch.Generator().manual_seed(cfg["SEED"])  # worker seeds must not consume dropout's RNG
+        self.log: RunLog | None = None
+        self.stop = StopRequest(announce=False, install=False)
+        self.last_save = clock()
+        self.epoch_start = (time.perf_counter(), 0)  # (time, images) at the start of this epoch's timing
+        self.total_epochs = cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"]
+
+    def __enter__(self) -> "TrainingRun":
+        self.cleanup.__enter__()
+        self.resume_path = resolve_resume(self.cfg, self.ckpt_dir)
+        if self.ranks.master:  # the only writer; under torchrun its error ends the other ranks too
+            check_run_dir(self.run_dir)  # a folder that cannot hold the run fails now, in one line
+            remove_stale_temp_files(self.ckpt_dir, self.run_dir)
+        return self
+
+    def __exit__(self, *exc) -> bool:
+        return self.cleanup.__exit__(*exc)
+
+    # ------------------------------------------------------------------------- before the first step
+
+    def training_data(self) -> tuple[Any, Any]:
+        """The checked (train, val) datasets; every process needs at least one training image."""
+        train_set, val_set = training_data(self.cfg, self.ranks.rank, lambda: barrier(self.ranks.world_size))
+        if len(train_set) < self.ranks.world_size:
+            raise DatasetError(f"{self.cfg['TRAIN_DIR']}: {len(train_set)} usable images for {self.ranks.world_size} "
+                               f"processes; each process needs at least one: add images or start fewer "
+                               f"(torchrun --nproc_per_node)")
+        self.train_set, self.val_set = train_set, val_set
+        return train_set, val_set
+
+    def loader(self, dataset: Any, sampler: Any) -> DataLoader:
+        workers = self.cfg["NUM_WORKERS"]
+        loader = DataLoader(dataset, batch_size=self.cfg["BATCH_SIZE"], sampler=sampler, num_workers=workers,
+                            pin_memory=self.runtime.device.type == "cuda", persistent_workers=workers > 0,
+                            generator=self.loader_rng, worker_init_fn=ignore_stop_signals)
+        self.cleanup.callback(shut_down_workers, loader)  # never left for interpreter exit (where they would hang)
+        return loader
+
+    def resume(self, model: Any) -> Progress:
+        """Continue the checkpoint RESUME names exactly (weights, optimisers, scalers, RNGs and position), or
+        start fresh; then check that every process agrees on where it is."""
+        progress = Progress()
+        if self.resume_path:
+            progress = self._restore(self.resume_path, model)
+        check_ranks_agree(self.ranks.world_size, resume_from=self.resume_path and str(self.resume_path),
+                          step=progress.step, train_images=len(self.train_set))
+        return progress
+
+    def _restore(self, path: Path, model: Any) -> Progress:
+        rank, world_size, device = self.ranks.rank, self.ranks.world_size, self.runtime.device
+        ckpt = load_checkpoint(path)
+        check_resume_compatible(ckpt, self.cfg, path, model.D)
+        progress = restore_training_state(ckpt, model)
+        if keep_legacy_skips(model.G, ckpt) and rank == 0:
+            print(f"note: {path} predates the U-Net skip fix; this run keeps its legacy skip activations "
+                  f"(skip_relu=False) so its function does not change. Train in a new RUN_DIR for the reference one")
+        rank_rngs = ckpt["rank_rngs"] or []  # every rank's RNG: each continues its own dropout noise
+        set_rng_states(rank_rngs[rank] if len(rank_rngs) == world_size else ckpt["rng"], device)
+        if rank and len(rank_rngs) != world_size:  # saved with another number of processes: fresh noise
+            seed_everything(self.cfg["SEED"] + rank + progress.step)
+        self.loader_rng.set_state(ckpt["loader_rng"])
+        if rank == 0:
+            print(f"resuming from {path}: epoch {progress.epoch + 1}, "
+                  f"batch {progress.images_in_epoch // (self.cfg['BATCH_SIZE'] * world_size)}, step {progress.step}")
+        return progress
+
+    def begin(self, progress: Progress, model: Any) -> bool:
+        """Rank 0 opens the run log and prints what this run is; stop signals are ours from here on. False if the
+        run has already finished every epoch."""
+        if progress.epoch >= self.total_epochs:
+            if self.ranks.master:
+                print(f"{self.run_dir} already finished its {self.total_epochs} epochs; nothing to do "
+                      f"(new RUN_DIR to retrain)")
+            return False
+        self.flops = training_flops_per_image(self.cfg)
+        self.samples = sample_batch(self.val_set, self.cfg["N_SAMPLES"])
+        if self.ranks.master:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=2))
+            self.log = RunLog(self.run_dir, resume_epoch=progress.epoch)
+            self.cleanup.callback(self.log.close)
+            print_run(self.cfg, self.runtime, self.ranks.world_size, model.G, model.D, len(self.train_set),
+                      len(self.val_set), self.flops)
+        self.stop = StopRequest(announce=self.ranks.master)
+        self.cleanup.callback(self.stop.release)  # after the loop a signal must end the process as usual
+        if progress.step == 0:  # the untrained generator: a picture at once
+            self._samples(model.G, self.run_dir / "samples" / "step_000000.png")
+        self.last_save = clock()
+        return True
+
+    def progress_bar(self, loader: DataLoader, epoch: int, progress: Progress) -> tqdm:
+        per_step = self.cfg["BATCH_SIZE"] * self.ranks.world_size
+        done = progress.images_in_epoch // per_step
+        self.epoch_start = (time.perf_counter(), 0)
+        self.bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.total_epochs}", disable=not self.ranks.master,
+                        dynamic_ncols=True, initial=done, total=done + len(loader))
+        return self.bar
+
+    # ------------------------------------------------------------------------- after each step
+
+    def stop_or_save_flags(self) -> int:
+        """This rank's say on stopping and saving, as one int the ranks can max-reduce in the step's own loss check:
+        2 * the stop signal's number + 1 if rank 0's clock says a timed save is due."""
+        due = self.ranks.master and self.cfg["CHECKPOINT_EVERY_MINUTES"] > 0 \
+            and clock() - self.last_save >= 60 * self.cfg["CHECKPOINT_EVERY_MINUTES"]
+        return 2 * self.stop.signum + due
+
+    def after_step(self, progress: Progress, model: Any, guard: StepGuard, images: int) -> bool:
+        """Logs, early sample grids and saves after a step; True if a stop signal ended the run (saved)."""
+        cfg, step, master = self.cfg, progress.step, self.ranks.master
+        self.epoch_start = (self.epoch_start[0], self.epoch_start[1] + images)
+        if master and progress.epoch == 0 and cfg["SAMPLE_EVERY"] and is_early_sample_step(step) \
+                and progress.images_in_epoch < len(self.train_set):  # the epoch's last step has its epoch grid
+            self._samples(model.G, self.run_dir / "samples" / f"step_{step:06d}.png")
+        logging = step % cfg["LOG_EVERY"] == 0
+        reading = guard.read() if logging else None  # the one device->host read of a logging step
+        signum, due = self.agreed_flags(reading)
+        save = bool(signum or due) or step == FIRST_CHECKPOINT_STEP \
+            or bool(cfg["CHECKPOINT_EVERY_STEPS"] and step % cfg["CHECKPOINT_EVERY_STEPS"] == 0)
+        if save and reading is None:
+            reading = guard.read()  # before any save: a NaN under ON_NAN=stop raises here
+        if master and logging:
+            self._log_step(reading, progress)
+        if save:
+            self.save(progress, model, self.ckpt_dir / "last.pt")
+            self.last_save = clock()
+        return self.stopping(signum, progress)
+
+    def agreed_flags(self, reading: Any) -> tuple[int, int]:
+        """(stop signal, timed save due), the same on every rank: a single process's own, from the host; under
+        torchrun what the ranks agreed in the step's loss checks, known at reads (logging steps, epoch ends)."""
+        if self.ranks.world_size == 1:
+            return divmod(self.stop_or_save_flags(), 2)
+        return divmod(reading.flags, 2) if reading else (0, 0)
+
+    def stopping(self, signum: int, progress: Progress) -> bool:
+        """A stop signal on any rank, with last.pt just saved: every rank exits as the signalled one."""
+        if not signum:
+            return False
+        self.stop.signum = signum
+        if self.ranks.master:
+            self.bar.close()
+            print(f"saved {self.ckpt_dir / 'last.pt'} at epoch {progress.epoch + (progress.images_in_epoch > 0)}, "
+                  f"step {progress.step}. Resume with:\n  {resume_command(self.cfg, self.argv, self.ranks.world_size)}")
+        return True
+
+    def _log_step(self, reading: Any, progress: Progress) -> None:
+        speed = self.speed()
+        left = (self.total_epochs - progress.epoch) * len(self.train_set) - progress.images_in_epoch
+        self.bar.set_postfix({k: f"{reading.means[k]:.3f}" for k in LOSS_TERMS} | {"img/s": f"{speed:.2f}"}
+                             | {"run ETA": format_duration(max(left, 0) / max(speed, 1e-9))})
+        if reading.n_ok:
+            self.log.scalars(reading.means | {"images_per_s": speed}, progress.step)
+
+    def speed(self) -> float:
+        started, images = self.epoch_start
+        return images / max(time.perf_counter() - started, 1e-9)
+
+    # ------------------------------------------------------------------------- end of an epoch
+
+    def end_of_epoch(self, progress: Progress, model: Any, guard: StepGuard, lr: float) -> bool:
+        """After every rank's last step of an epoch (progress.epoch already counts it): samples, validation, the
+        log row, checkpoints and the generator export, by rank 0; the other ranks wait meanwhile. True if a stop
+        signal ends the run here (after these saves)."""
+        reading = guard.read(over_ranks=True)  # means over every rank's images
+        rank_rngs = gather_from_ranks(rng_states(self.runtime.device), self.ranks.world_size)
+        if self.ranks.master:
+            self.bar.close()
+            row = reading.means | {"epoch": progress.epoch, "step": progress.step, "lr": lr,
+                                   "skipped_steps": reading.skipped, "images_per_s": self.speed(),
+                                   "scaler_skipped_steps": reading.scaler_skips}
+            print_epoch_speed(row, self.speed(), self.flops, model.scaler_G.is_enabled())
+            self._epoch_outputs(row, progress, model, rank_rngs)
+        self.last_save = clock()
+        barrier(self.ranks.world_size)
+        return self.stopping(self.agreed_flags(reading)[0], progress)
+
+    def _epoch_outputs(self, row: dict[str, Any], progress: Progress, model: Any, rank_rngs: list) -> None:
+        cfg, epoch = self.cfg, progress.epoch
+        G = without_sync_bn(model.G)
+        if cfg["SAMPLE_EVERY"] and epoch % cfg["SAMPLE_EVERY"] == 0:
+            grid = self._samples(model.G, self.run_dir / "samples" / f"epoch_{epoch:04d}.png")
+            self.log.tb.add_image("samples", grid, progress.step)
+        if cfg["VAL_EVERY"] and epoch % cfg["VAL_EVERY"] == 0:
+            val = self.validate(G, progress.step)
+            row |= {f"val_{k}": val[k] for k in ("l1", "psnr", "ssim", "ratio")}  # a None ratio: empty in log.csv
+            if val["l1"] < progress.best_val_l1:
+                progress.best_val_l1 = val["l1"]
+                self.save(progress, model, self.ckpt_dir / "best.pt", rank_rngs)
+                atomic_save(generator_export(model.G, model.D, epoch, cfg), self.run_dir / "generator_best.pt")
+        self.log.epoch_row(row)
+        self.save(progress, model, self.ckpt_dir / "last.pt", rank_rngs)
+        if cfg["SNAPSHOT_EVERY"] and epoch % cfg["SNAPSHOT_EVERY"] == 0:
+            self.save(progress, model, self.ckpt_dir / f"epoch_{epoch:04d}.pt", rank_rngs)
+        atomic_save(generator_export(model.G, model.D, epoch, cfg), self.run_dir / "generator.pt")
+
+    def validate(self, G: nn.Module, step: int) -> dict[str, Any]:
+        """paper test mode (§3.3) metrics on up to VAL_MAX_IMAGES validation images, in training's batch size, so
+        that batch statistics are like training's."""
+        cfg = self.cfg
+        subset = Subset(self.val_set, range(min(len(self.val_set), cfg["VAL_MAX_IMAGES"] or len(self.val_set))))
+        loader = DataLoader(subset, batch_size=cfg["BATCH_SIZE"], num_workers=0)
+        val = evaluate_generator(G, loader, self.runtime.device, self.runtime.precision, cfg["TEST_MODE"],
+                                 cfg["SEED"])["summary"]
+        self.log.scalars({k: val[k] for k in ("l1", "psnr", "ssim", "ratio") if val[k] is not None}, step, "val")
+        ratio = "n/a (needs 2+ images)" if val["ratio"] is None else f"{val['ratio']:.3f}"
+        print(f"  val: L1 {val['l1']:.4f}  PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}  "
+              f"own/other L1 ratio {ratio}  ({val['n_images']} images)")
+        return val
+
+    def _samples(self, G: nn.Module, path: Path) -> torch.Tensor | None:
+        if not (self.ranks.master and self.cfg["SAMPLE_EVERY"]):
+            return None
+        return write_samples(without_sync_bn(G), *self.samples, self.cfg, self.runtime.device,
+                             self.runtime.precision, path)
+
+    # ------------------------------------------------------------------------- checkpoints
+
+    def save(self, progress: Progress, model: Any, path: Path, rank_rngs: list | None = None) -> None:
+        """A training checkpoint at `path` (rank 0 writes; every rank gives its RNG state)."""
+        if rank_rngs is None:
+            rank_rngs = gather_from_ranks(rng_states(self.runtime.device), self.ranks.world_size)
+        if self.ranks.master:
+            rngs = {"rng": rng_states(self.runtime.device), "rank_rngs": rank_rngs,
+                    "loader_rng": self.loader_rng.get_state()}
+            atomic_save(training_checkpoint(model, progress, rngs, self.cfg, {}), path)
+
+    def finished(self) -> int:
+        if self.ranks.master:
+            print(f"done: {self.run_dir / 'generator.pt'} (load it with utils.load_generator)")
+        return 0
