@@ -58,6 +58,7 @@ SAMPLE_EVERY = 1  # write an input|generated|target grid every N epochs
 N_SAMPLES = 4  # fixed validation images shown in each sample grid
 VAL_EVERY = 1  # compute validation L1/PSNR/SSIM every N epochs (0 = never)
 VAL_MAX_IMAGES = 100  # validate on at most this many VAL_DIR images
+PIXEL_ACCURACY = False  # validation also reports RMSE and pixel accuracy (within 5/16 grey levels): maps' figures
 TEST_MODE = "paper"  # generator at test time: "paper" (dropout on, batch statistics; paper §3.3) or "eval"
 LOG_EVERY = 50  # TensorBoard scalars every N steps
 CHECKPOINT_EVERY_STEPS = 500  # also refresh checkpoints/last.pt every N steps (0 = only at epoch ends)
@@ -70,7 +71,8 @@ PRESET = ""  # one word applying a dataset's paper settings (see PRESETS below):
 # Epochs are split half constant / half linear decay, as the official code does for its 200.
 PRESETS = {
     "facades": dict(DIRECTION="BtoA", N_EPOCHS=100, N_EPOCHS_DECAY=100, BATCH_SIZE=1, JITTER=True, MIRROR=True),
-    "maps": dict(DIRECTION="AtoB", N_EPOCHS=100, N_EPOCHS_DECAY=100, BATCH_SIZE=1, JITTER=True, MIRROR=True),
+    "maps": dict(DIRECTION="AtoB", N_EPOCHS=100, N_EPOCHS_DECAY=100, BATCH_SIZE=1, JITTER=True, MIRROR=True,
+                 PIXEL_ACCURACY=True),
     "cityscapes": dict(DIRECTION="BtoA", N_EPOCHS=100, N_EPOCHS_DECAY=100, BATCH_SIZE=1, JITTER=True, MIRROR=True),
     "edges2shoes": dict(DIRECTION="AtoB", N_EPOCHS=8, N_EPOCHS_DECAY=7, BATCH_SIZE=4, JITTER=False, MIRROR=False),
     "edges2handbags": dict(DIRECTION="AtoB", N_EPOCHS=8, N_EPOCHS_DECAY=7, BATCH_SIZE=4, JITTER=False, MIRROR=False),

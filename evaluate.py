@@ -1,13 +1,16 @@
-"""Score a trained generator on a folder of A|B images: per-image and mean L1, PSNR, SSIM, and the own/other-target
-L1 ratio, written as metrics.csv, summary.json and index.html (input | output | target thumbnails, works offline).
+"""Score a trained generator on a folder of A|B images: per-image and mean L1, PSNR, SSIM, RMSE, pixel accuracy and
+the own/other-target L1 ratio, written as metrics.csv, summary.json and index.html (input | output | target
+thumbnails, works offline).
 
     python evaluate.py --checkpoint runs/facades/generator.pt --data data/facades/val
     python evaluate.py --checkpoint runs/facades/generator_best.pt --data data/facades/test --output results/test
 
 Images are scored in [0, 1] at the model's resolution (the checkpoint's IMAGE_SIZE, through the dataset's eval
 transform) with the checkpoint's DIRECTION and channels, so runs compare. L1: lower is better; PSNR (dB) and
-SSIM: higher is better; ratio = mean L1 to an image's own target / mean L1 to the other images' targets:
-1.0 = the output ignores its input (as a mean-image predictor does), lower is better (harness/metrics.py).
+SSIM: higher is better; RMSE in grey levels (0-255): lower is better; pixel_acc_5 / pixel_acc_16: the fraction of
+pixels whose largest channel difference to the target is below 5 / 16 grey levels (the maps figure), higher is
+better; ratio = mean L1 to an image's own target / mean L1 to the other images' targets: 1.0 = the output ignores
+its input (as a mean-image predictor does), lower is better (harness/metrics.py).
 
 Default --output: <checkpoint folder>/eval_<data folder name>. Deterministic: --seed fixes the dropout noise of the
 paper's test mode (--mode paper, the default; or eval). --batch-size defaults to 1 in paper mode, as the official
@@ -35,11 +38,19 @@ from tqdm import tqdm
 from harness.data_checks import check_batchable, checked_dataset
 from harness.errors import exit_on_error
 from harness.inference import batch_size_for, load_for_inference, model_arguments
-from harness.metrics import evaluate_generator
+from harness.metrics import METRICS, PIXEL_ACC_DELTAS, evaluate_generator
 
 THUMB_SIZE = 256  # thumbnails in index.html are at most this many pixels wide
 KINDS = ("input", "output", "target")
-METRICS = ("l1", "psnr", "ssim")
+# short name, name, how it prints, what it means: one per summary figure (the per-image ones are METRICS)
+FIGURES = {"l1": ("L1", "L1", "{:.4f}", "lower is better"),
+           "psnr": ("PSNR", "PSNR, dB", "{:.2f}", "higher is better"),
+           "ssim": ("SSIM", "SSIM", "{:.4f}", "higher is better"),
+           "rmse": ("RMSE", "RMSE, grey levels", "{:.2f}", "lower is better"),
+           **{f"pixel_acc_{d}": (f"acc@{d}", f"pixel accuracy, delta {d}", "{:.4f}",
+                                 f"pixels within {d} grey levels in every channel; higher is better")
+              for d in PIXEL_ACC_DELTAS},
+           "ratio": ("ratio", "own/other-target L1 ratio", "{:.3f}", "1.0 = ignores the input, lower is better")}
 
 
 def default_out(checkpoint: Path, data: Path) -> Path:
@@ -73,19 +84,15 @@ def finite_or_none(v: float | None) -> float | None:
 
 def write_html(path: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) -> None:
     esc = html.escape
-    fmt = {"l1": "{:.4f}", "psnr": "{:.2f}", "ssim": "{:.4f}", "ratio": "{:.3f}"}
-    number = lambda k, v: "n/a" if v is None or not math.isfinite(v) else fmt[k].format(v)  # noqa: E731
+    number = lambda k, v: "n/a" if v is None or not math.isfinite(v) else FIGURES[k][2].format(v)  # noqa: E731
     facts = [
         ("checkpoint", summary["checkpoint"]), ("data", summary["data"]), ("images", summary["n_images"]),
         ("skipped files", ", ".join(summary["skipped_files"]) or "none"),
         ("mode / seed / batch size", f"{summary['mode']} / {summary['seed']} / {summary['batch_size']}"),
         ("resolution / direction", f"{summary['image_size']} px / {summary['direction']}"),
-        ("mean L1 (lower is better)", number("l1", summary["l1"])),
-        ("mean PSNR, dB (higher is better)", number("psnr", summary["psnr"])),
-        ("mean SSIM (higher is better)", number("ssim", summary["ssim"])),
-        ("own/other-target L1 ratio (1.0 = ignores the input, lower is better)", number("ratio", summary["ratio"])),
-    ]
+    ] + [(f"mean {name} ({meaning})", number(k, summary[k])) for k, (_, name, _, meaning) in FIGURES.items()]
     head = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in facts)
+    columns = "".join(f"<th>{esc(FIGURES[k][1])}</th>" for k in METRICS)
     body = "".join(
         f"<tr><td>{i + 1}</td><td class=f>{esc(r['file'])}</td>"
         + "".join(f'<td><img src="images/{thumb_name(i, kind)}" alt="{kind}" loading="lazy"></td>' for kind in KINDS)
@@ -103,23 +110,18 @@ img {{ width: 192px; display: block; }}
 <h1>pix2pix evaluation</h1>
 <table>{head}</table>
 <table>
-<tr><th>#</th><th>file</th><th>input</th><th>output</th><th>target</th><th>L1</th><th>PSNR</th><th>SSIM</th></tr>
+<tr><th>#</th><th>file</th><th>input</th><th>output</th><th>target</th>{columns}</tr>
 {body}</table>
 </body></html>
 """, encoding="utf-8")
 
 
 def summary_table(summary: dict[str, Any]) -> str:
-    def num(key: str, spec: str) -> str:
-        return "n/a" if summary[key] is None else format(summary[key], spec)
-    return "\n".join([
-        f"{summary['n_images']} images of {summary['data']} ({summary['mode']} mode, seed {summary['seed']}, "
-        f"batch {summary['batch_size']}, {summary['image_size']} px)",
-        f"  L1     {num('l1', '.4f'):>8}     lower is better",
-        f"  PSNR   {num('psnr', '.2f'):>8} dB  higher is better",
-        f"  SSIM   {num('ssim', '.4f'):>8}     higher is better",
-        f"  ratio  {num('ratio', '.3f'):>8}     own/other-target L1: 1.0 = ignores the input, lower is better",
-    ])
+    head = (f"{summary['n_images']} images of {summary['data']} ({summary['mode']} mode, seed {summary['seed']}, "
+            f"batch {summary['batch_size']}, {summary['image_size']} px)")
+    return "\n".join([head] + [
+        f"  {short:<6} {'n/a' if summary[k] is None else fmt.format(summary[k]):>8}  {name}: {meaning}"
+        for k, (short, name, fmt, meaning) in FIGURES.items()])
 
 
 def evaluate(args: argparse.Namespace) -> int:
@@ -146,7 +148,8 @@ def evaluate(args: argparse.Namespace) -> int:
     summary = {"checkpoint": str(args.checkpoint), "data": str(data), "n_images": n, "skipped_files": skipped,
                "mode": args.mode, "seed": args.seed, "batch_size": batch_size, "image_size": cfg["IMAGE_SIZE"],
                "direction": cfg["DIRECTION"], "device": str(device), "precision": precision,
-               **{k: finite_or_none(result["summary"][k]) for k in (*METRICS, "ratio")}}
+               **{k: finite_or_none(result["summary"][k]) for k in (*METRICS, "ratio")},
+               "pixel_acc_deltas": list(PIXEL_ACC_DELTAS)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_html(out / "index.html", rows, summary)
     print(summary_table(summary))

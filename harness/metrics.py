@@ -1,9 +1,16 @@
-"""Image-translation metrics: per-image L1, PSNR and SSIM (torchmetrics), and the own/other-target L1 ratio.
+"""Image-translation metrics: per-image L1, PSNR and SSIM (torchmetrics), RMSE and pixel accuracy, and the
+own/other-target L1 ratio.
 
 Pixel metrics reward blurry averages: on facades the mean training image already scores L1 0.18. The ratio
    mean_i L1(out_i, target_i) / mean_{i != j} L1(out_i, target_j)
 asks whether each output follows its OWN input: 1.0 = it ignores the input (like a mean-image predictor),
-lower is better. All figures use images in [0, 1]. Not run directly; used by harness/run.py and evaluate.py.
+lower is better.
+
+For maps (aerial -> map), whose targets are flat colour regions, the figures used in the image-translation
+literature are RMSE and per-pixel accuracy (e.g. DistanceGAN, Benaim & Wolf 2017; GcGAN, Fu et al. 2019): a pixel
+is correct when the largest absolute channel difference between output and target, in grey levels (0-255, the
+output rounded as a saved image is), is below a threshold delta. Reported for delta = 5 and 16 (PIXEL_ACC_DELTAS).
+Inputs are images in [0, 1]. Not run directly; used by harness/run.py and evaluate.py.
 """
 from typing import Any, Callable
 
@@ -15,15 +22,21 @@ from generator_model import test_mode
 from utils import generate, to_unit
 
 RATIO_SIZE = 64  # the ratio compares every output with every target, so it is computed at a small size
+PIXEL_ACC_DELTAS = (5, 16)  # grey levels
+METRICS = ("l1", "psnr", "ssim", "rmse", *(f"pixel_acc_{d}" for d in PIXEL_ACC_DELTAS))  # per image
 
 
 def per_image_metrics(fake: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
-    """fake/target in [0, 1], Bx3xHxW -> {"l1", "psnr", "ssim"}, each a B-vector."""
+    """fake/target in [0, 1], Bx3xHxW -> each of METRICS as a B-vector (RMSE in grey levels, accuracy in [0, 1])."""
     fake, target = fake.float(), target.float()
+    grey = ((fake * 255).round() - (target * 255).round()).abs()  # as the saved 8-bit images differ
+    worst_channel = grey.amax(dim=1).flatten(1)
     return {
         "l1": (fake - target).abs().flatten(1).mean(1),
         "psnr": peak_signal_noise_ratio(fake, target, data_range=1.0, reduction="none", dim=(1, 2, 3)),
         "ssim": structural_similarity_index_measure(fake, target, data_range=1.0, reduction="none"),
+        "rmse": grey.square().flatten(1).mean(1).sqrt(),
+        **{f"pixel_acc_{d}": (worst_channel < d).float().mean(1) for d in PIXEL_ACC_DELTAS},
     }
 
 
@@ -58,7 +71,7 @@ def evaluate_generator(G: torch.nn.Module, loader: Any, device: torch.device, pr
     caller's RNG state is restored afterwards. `on_batch(input, output, target)`, all in [0, 1] and 3 channels,
     sees every batch, e.g. to save the images (evaluate.py) without a second pass through G.
     """
-    per_image: dict[str, list] = {"l1": [], "psnr": [], "ssim": []}
+    per_image: dict[str, list] = {k: [] for k in METRICS}
     fakes, targets = [], []
     seen = 0
     with test_mode(G, mode, seed):

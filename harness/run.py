@@ -38,6 +38,8 @@ from utils import Runtime, seed_everything
 clock = time.monotonic  # the timed saves' clock (tests replace it rather than sleep)
 EARLY_SAMPLE_STEPS = 50  # first-epoch grids at step 0 and 50, 100, 200, 400, ...: a picture within a minute
 FIRST_CHECKPOINT_STEP = 100  # an early last.pt (~2.5 min at 0.7 img/s) before CHECKPOINT_EVERY_MINUTES is due
+VAL_METRICS = ("l1", "psnr", "ssim", "ratio")
+MAP_METRICS = ("rmse", "pixel_acc_5", "pixel_acc_16")  # with PIXEL_ACCURACY (the maps preset)
 
 
 def evaluate_generator(*args, **kwargs) -> dict[str, Any]:
@@ -245,7 +247,7 @@ class TrainingRun:
             self.log.tb.add_image("samples", grid, progress.step)
         if cfg["VAL_EVERY"] and epoch % cfg["VAL_EVERY"] == 0:
             val = self.validate(G, progress.step)
-            row |= {f"val_{k}": val[k] for k in ("l1", "psnr", "ssim", "ratio")}  # a None ratio: empty in log.csv
+            row |= {f"val_{k}": v for k, v in val.items() if k != "n_images"}  # a None ratio: empty in log.csv
             if val["l1"] < progress.best_val_l1:
                 progress.best_val_l1 = val["l1"]
                 self.save(progress, model, self.ckpt_dir / "best.pt", rank_rngs)
@@ -264,10 +266,13 @@ class TrainingRun:
         loader = DataLoader(subset, batch_size=cfg["BATCH_SIZE"], num_workers=0)
         val = evaluate_generator(G, loader, self.runtime.device, self.runtime.precision, cfg["TEST_MODE"],
                                  cfg["SEED"])["summary"]
-        self.log.scalars({k: val[k] for k in ("l1", "psnr", "ssim", "ratio") if val[k] is not None}, step, "val")
+        keys = VAL_METRICS + (MAP_METRICS if cfg["PIXEL_ACCURACY"] else ())
+        val = {k: val[k] for k in keys} | {"n_images": val["n_images"]}
+        self.log.scalars({k: val[k] for k in keys if val[k] is not None}, step, "val")
         ratio = "n/a (needs 2+ images)" if val["ratio"] is None else f"{val['ratio']:.3f}"
+        maps = "".join(f"  {k} {val[k]:.4f}" for k in MAP_METRICS if k in val)
         print(f"  val: L1 {val['l1']:.4f}  PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}  "
-              f"own/other L1 ratio {ratio}  ({val['n_images']} images)")
+              f"own/other L1 ratio {ratio}{maps}  ({val['n_images']} images)")
         return val
 
     def _samples(self, G: nn.Module, path: Path) -> torch.Tensor | None:

@@ -21,7 +21,7 @@ from harness.errors import RunDirError
 from utils import generate, sample_grid
 
 COLUMNS = ["epoch", "step", "d_real", "d_fake", "g_gan", "g_l1", "lr", "images_per_s", "skipped_steps",
-           "val_l1", "val_psnr", "val_ssim", "val_ratio"]
+           "val_l1", "val_psnr", "val_ssim", "val_ratio", "val_rmse", "val_pixel_acc_5", "val_pixel_acc_16"]
 
 
 RUN_DIR_HINTS = {errno.ENOTDIR: "a part of the path is a file, not a folder",
@@ -66,7 +66,8 @@ class RunLog:
         partial = self.csv_path.exists() and not self.csv_path.read_bytes().endswith(b"\n")
         if partial:  # a kill -9 mid-append left half a row (csv ends every complete row with a newline)
             rows = rows[:-1]
-        if partial or any(int(r["epoch"]) > resume_epoch for r in rows):
+        older = bool(rows) and list(rows[0]) != COLUMNS  # written by a version with other columns: rewrite
+        if partial or older or any(int(r["epoch"]) > resume_epoch for r in rows):
             # rows of epochs the checkpoint does not contain will be trained again: drop them, keep the rest
             self._write([r for r in rows if int(r["epoch"]) <= resume_epoch])
         elif not rows:
@@ -81,7 +82,7 @@ class RunLog:
 
     def _write(self, rows: list[dict]) -> None:
         with atomic_path(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, COLUMNS)
+            writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 
@@ -116,6 +117,8 @@ def plot_curves(rows: list[dict[str, str]], path: Path):
               ("validation L1 (lower is better)", ["val_l1"]), ("validation PSNR (dB)", ["val_psnr"]),
               ("validation SSIM", ["val_ssim"]),
               ("own/other-target L1 ratio (lower is better)", ["val_ratio"])]  # 1.0 = output ignores its input
+    if any(r.get("val_pixel_acc_5") for r in rows):  # PIXEL_ACCURACY (maps)
+        panels.append(("validation pixel accuracy", ["val_pixel_acc_5", "val_pixel_acc_16"]))
     fig, axes = plt.subplots(1, len(panels), figsize=(24, 3.2))
     for ax, (title, keys) in zip(axes, panels):
         for k in keys:

@@ -13,8 +13,9 @@ ROOT = Path(__file__).resolve().parent.parent
 # tests import the flat top-level scripts (e.g. `import train`)
 sys.path.insert(0, str(ROOT))
 
-# the real CMP Facades set, shared beside the project (never copied into it)
+# the real CMP Facades and Maps sets, shared beside the project (never copied into it)
 FACADES = ROOT.parent / "shared" / "data" / "facades"
+MAPS = ROOT.parent / "shared" / "data" / "maps"
 
 
 def make_pair_image(rng: np.random.Generator, size: int) -> np.ndarray:
@@ -90,20 +91,25 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def require_facades(folder: Path) -> Path:
-    """`folder` if it holds the real facades set; else a skip, or a failure where PIX2PIX_REQUIRE_FACADES=1 (set by
-    .ci/run: CI has the data, so a moved or missing folder must fail rather than quietly skip the learning test)."""
+def require_data(folder: Path) -> Path:
+    """`folder` if it holds a real dataset (a train/ folder); else a skip, or a failure where PIX2PIX_REQUIRE_DATA=1
+    (set by .ci/run: CI has the data, so a moved or missing folder must fail rather than quietly skip its tests)."""
     if not (folder / "train").is_dir():
-        message = f"real facades data not found at {folder} (see DEVELOPERS guide: ../shared/data/facades)"
-        if os.environ.get("PIX2PIX_REQUIRE_FACADES") == "1":
-            pytest.fail(f"{message}; PIX2PIX_REQUIRE_FACADES=1 requires it", pytrace=False)
+        message = f"real {folder.name} data not found at {folder} (see the DEVELOPERS guide: ../shared/data)"
+        if os.environ.get("PIX2PIX_REQUIRE_DATA") == "1":
+            pytest.fail(f"{message}; PIX2PIX_REQUIRE_DATA=1 requires it", pytrace=False)
         pytest.skip(message)
     return folder
 
 
 @pytest.fixture
 def facades() -> Path:
-    return require_facades(FACADES)
+    return require_data(FACADES)
+
+
+@pytest.fixture
+def maps() -> Path:
+    return require_data(MAPS)
 
 
 @pytest.fixture(autouse=True)

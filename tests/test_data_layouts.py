@@ -276,3 +276,21 @@ def test_dataset_cli_reports_layout_pairs_sizes_and_bad_files(tmp_path):
 
     out = check_folder(str(tmp_path / "missing"))
     assert out.returncode == 1 and "does not exist" in out.stderr
+
+
+# ----------------------------------------------------------------------------- the real Maps set
+
+def test_maps_val_reads_as_the_maps_preset_trains_it(maps):
+    """../shared/data/maps: 1200x600 A|B files, aerial LEFT (A), map RIGHT (B); the maps preset (AtoB) takes the
+    aerial half as the input at 256 px and validates with the maps figures (RMSE, pixel accuracy)."""
+    from harness.data_checks import checked_dataset
+    cfg = load_config(["--PRESET=maps", f"--TRAIN_DIR={maps / 'train'}", f"--VAL_DIR={maps / 'val'}"])
+    assert (cfg["DIRECTION"], cfg["IMAGE_SIZE"], cfg["LOAD_SIZE"], cfg["PIXEL_ACCURACY"]) == ("AtoB", 256, 286, True)
+    val = checked_dataset(cfg["VAL_DIR"], cfg, train=False)  # every file decoded: none unusable
+    assert len(val) == 100 and val.skipped == []
+    whole = np.asarray(Image.open(val.files[0]).convert("RGB"))
+    assert whole.shape == (600, 1200, 3)
+    x, y = val[0]
+    assert x.shape == y.shape == (3, 256, 256)
+    aerial = torch.from_numpy(resize([whole[:, :600]], 256, 256)[0]).permute(2, 0, 1) / 127.5 - 1
+    assert torch.equal(x, aerial)  # the input is the aerial (left) half, resized as training resizes it

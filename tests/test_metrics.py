@@ -1,5 +1,6 @@
-"""metrics.py against values worked out by hand: L1, PSNR and SSIM in [0, 1] image space, the [-1, 1] -> [0, 1]
-conversion inside evaluate_generator, and the own/other-target L1 ratio on a set small enough to do on paper.
+"""metrics.py against values worked out by hand: L1, PSNR and SSIM in [0, 1] image space, RMSE and pixel accuracy in
+grey levels, the [-1, 1] -> [0, 1] conversion inside evaluate_generator, and the own/other-target L1 ratio on a set
+small enough to do on paper.
 
     python -m pytest tests/test_metrics.py -q
 """
@@ -97,3 +98,35 @@ def test_evaluate_reports_the_ratio_of_a_single_image_as_undefined(tiny_run, tmp
     assert summary["ratio"] is None and summary["n_images"] == 1 and summary["l1"] > 0
     printed = capsys.readouterr().out
     assert "ratio       n/a" in printed and "nan" not in printed
+
+
+# ----------------------------------------------------------------------------- RMSE and pixel accuracy (maps)
+
+def grey(levels) -> torch.Tensor:
+    """A 1x3x16x16 image of 2x2 blocks from grey levels (0-255) given per block as (r, g, b), row by row (blocks
+    of equal size: the fractions of pixels are the fractions of blocks)."""
+    blocks = torch.tensor(levels, dtype=torch.float32).view(1, 2, 2, 3).permute(0, 3, 1, 2) / 255
+    return blocks.repeat_interleave(8, dim=2).repeat_interleave(8, dim=3)
+
+
+def test_pixel_accuracy_counts_pixels_whose_worst_channel_is_within_delta():
+    target = grey([[100, 100, 100]] * 4)
+    fake = grey([[100, 100, 100],    # exact
+                 [104, 100, 96],     # 4 off in two channels: within 5 and 16
+                 [100, 110, 100],    # 10 off in one channel: within 16 only
+                 [99, 100, 130]])    # 30 off in one channel: within neither, whatever the others
+    m = per_image_metrics(fake, target)
+    assert m["pixel_acc_5"].item() == pytest.approx(2 / 4)
+    assert m["pixel_acc_16"].item() == pytest.approx(3 / 4)
+    squares = [0, 0, 0, 16, 0, 16, 0, 100, 0, 1, 0, 900]  # every channel of every pixel
+    assert m["rmse"].item() == pytest.approx(math.sqrt(sum(squares) / 12), rel=1e-6)
+
+
+def test_pixel_accuracy_is_measured_on_8_bit_values_and_is_perfect_for_a_perfect_output():
+    target = grey([[0, 128, 255], [10, 20, 30], [5, 5, 5], [200, 100, 0]])
+    m = per_image_metrics(target.clone(), target)
+    assert m["rmse"].item() == 0 and m["pixel_acc_5"].item() == m["pixel_acc_16"].item() == 1
+    # 4.6 grey levels off rounds to 5 as a saved image: no longer within 5
+    m = per_image_metrics(target + 4.6 / 255 * (target < 0.5), target)
+    assert m["pixel_acc_5"].item() == pytest.approx(0 / 4) and m["pixel_acc_16"].item() == 1
+    assert m["rmse"].item() == pytest.approx(math.sqrt(25 * 9 / 12), rel=1e-6)  # 9 of 12 channels below half

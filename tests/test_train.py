@@ -428,15 +428,16 @@ def test_learns_facades_labels_to_photos(facades, tmp_path, capsys):
 
 
 def test_ci_turns_missing_facades_data_into_a_failure(tmp_path, monkeypatch):
-    """The facades fixture skips where the data is absent, but .ci/run sets PIX2PIX_REQUIRE_FACADES=1: in CI a
-    moved or missing folder fails the learning test instead of quietly skipping it."""
-    from conftest import ROOT, require_facades
-    assert "PIX2PIX_REQUIRE_FACADES=1 python -m pytest" in (ROOT / ".ci" / "run").read_text()
-    monkeypatch.delenv("PIX2PIX_REQUIRE_FACADES", raising=False)
-    with pytest.raises(pytest.skip.Exception, match="real facades data not found"):
-        require_facades(tmp_path / "nowhere")
-    monkeypatch.setenv("PIX2PIX_REQUIRE_FACADES", "1")
-    with pytest.raises(pytest.fail.Exception, match="PIX2PIX_REQUIRE_FACADES=1 requires it"):
-        require_facades(tmp_path / "nowhere")
+    """The facades and maps fixtures skip where the data is absent, but .ci/run sets PIX2PIX_REQUIRE_DATA=1: in CI a
+    moved or missing folder fails the tests that need it instead of quietly skipping them."""
+    from conftest import FACADES, MAPS, ROOT, require_data
+    assert "PIX2PIX_REQUIRE_DATA=1 python -m pytest" in (ROOT / ".ci" / "run").read_text()
+    assert (FACADES.name, MAPS.name) == ("facades", "maps")
+    monkeypatch.delenv("PIX2PIX_REQUIRE_DATA", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="real maps data not found"):
+        require_data(tmp_path / "maps")
+    monkeypatch.setenv("PIX2PIX_REQUIRE_DATA", "1")
+    with pytest.raises(pytest.fail.Exception, match="PIX2PIX_REQUIRE_DATA=1 requires it"):
+        require_data(tmp_path / "facades")
     (tmp_path / "facades" / "train").mkdir(parents=True)
-    assert require_facades(tmp_path / "facades") == tmp_path / "facades"
+    assert require_data(tmp_path / "facades") == tmp_path / "facades"

@@ -108,3 +108,18 @@ def test_val_every_zero_leaves_the_columns_empty(tiny_data, tmp_path, monkeypatc
     assert not (run / "checkpoints" / "best.pt").exists() and not (run / "generator_best.pt").exists()
     assert (run / "generator.pt").exists()
     assert_png(run / "curves.png")  # still drawn every epoch, with the loss panels only
+
+
+def test_pixel_accuracy_setting_adds_rmse_and_pixel_accuracy_to_validation(tiny_data, tmp_path):
+    """PIXEL_ACCURACY=True (the maps preset's default) fills val_rmse and val_pixel_acc_* in log.csv; off (the
+    default) they stay empty."""
+    from harness.configurator import load_config
+    assert load_config(["--PRESET=maps"])["PIXEL_ACCURACY"] and not load_config([])["PIXEL_ACCURACY"]
+    for on, run in ((True, tmp_path / "on"), (False, tmp_path / "off")):
+        assert train.main(tiny_args(tiny_data, run, PIXEL_ACCURACY=on, SAMPLE_EVERY=0, N_EPOCHS_DECAY=0)) == 0
+        row = log_rows(run)[0]
+        if on:
+            assert 0 < float(row["val_rmse"]) < 255
+            assert 0 <= float(row["val_pixel_acc_5"]) <= float(row["val_pixel_acc_16"]) <= 1
+        else:
+            assert row["val_rmse"] == row["val_pixel_acc_5"] == row["val_pixel_acc_16"] == ""
