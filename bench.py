@@ -8,6 +8,7 @@ model FLOPs and the fraction of the device's measured convolution peak.
     python bench.py --json                           # machine-readable output
     python bench.py --profile --skip infer,data      # torch.profiler top ops of a training step
     python bench.py --skip train,data,peak           # inference only: PyTorch vs onnxruntime (CPU) img/s
+    python bench.py --skip infer,onnx,data,peak      # training, and the stall of a checkpoint save
 
 Settings of the run being measured (BATCH_SIZE, IMAGE_SIZE, PRECISION, DEVICE, CHANNELS_LAST, COMPILE,
 NUM_WORKERS, ...) come from config.py and --KEY=value exactly as for train.py (harness/configurator.py); the lower-case
@@ -52,7 +53,7 @@ def parse_args(argv: list[str] | None) -> tuple[dict[str, Any], argparse.Namespa
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data", default="", help="A|B folder for the data-pipeline figure (default: synthetic files)")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: train,infer,onnx,data,peak")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: train,infer,onnx,data,peak,save")
     p.add_argument("--sweep", action="store_true", help="training img/s + memory over sizes and batch sizes")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of two training steps")
     p.add_argument("--json", action="store_true")
@@ -130,11 +131,34 @@ def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime)
             with test_mode(G, "eval"), amp:
                 G(x)
         results["infer_img_s"] = median_rate(infer, cfg["BATCH_SIZE"], args, sync)
+    if "save" not in args.skip and "train" not in args.skip:  # Adam's state exists once training has stepped
+        results |= bench_save(model, cfg, args)
     if "onnx" not in args.skip:
         results["onnx_infer_img_s"] = bench_onnx(G, x, args)
     results["peak_memory_mb"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 20
     return results
+
+
+def bench_save(model: Pix2Pix, cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, float]:
+    """How long a checkpoint save holds training: written on the training thread (copy, write, fsync, rename), and
+    with the background writer train.py uses (only the copy to CPU memory; the write overlaps training). Median
+    of --repeats saves of last.pt with both networks and both Adam states, to a temp folder on this disk."""
+    from harness.checkpoint import CheckpointWriter, Progress, atomic_save, training_checkpoint
+    rngs = {"rng": {}, "rank_rngs": [], "loader_rng": torch.get_rng_state()}
+    snapshot = lambda: training_checkpoint(model, Progress(), rngs, cfg, {})  # noqa: E731
+    on_thread, stall = [], []
+    writer = CheckpointWriter()
+    with tempfile.TemporaryDirectory(dir=".") as tmp:
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            atomic_save(snapshot(), Path(tmp) / "last.pt")
+            on_thread.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            writer.write([(snapshot(), Path(tmp) / "last.pt")])
+            stall.append(time.perf_counter() - start)
+            writer.wait()  # not timed: it overlaps the next steps in a run
+    return {"save_on_thread_s": statistics.median(on_thread), "save_stall_s": statistics.median(stall)}
 
 
 def bench_onnx(G: torch.nn.Module, x: torch.Tensor, args: argparse.Namespace) -> float:
@@ -240,7 +264,9 @@ LABELS = {"train_img_s": "training (D+G step), images/s", "infer_img_s": "infere
           "data_img_s": "data pipeline (decode+augment), images/s", "peak_memory_mb": "peak memory, MB",
           "train_gflop_per_img": "model GFLOP per training image", "train_tflop_s": "achieved TFLOP/s (training)",
           "peak_tflop_s": "measured conv peak, TFLOP/s", "fraction_of_peak": "fraction of measured peak",
-          "compile_s": "torch.compile + first step, s"}
+          "compile_s": "torch.compile + first step, s",
+          "save_on_thread_s": "checkpoint save on the training thread, s", "save_stall_s": "checkpoint save stall, "
+          "background writer, s"}
 
 
 def format_table(env: dict, results: dict) -> str:

@@ -58,11 +58,12 @@ SAMPLE_EVERY = 1  # write an input|generated|target grid every N epochs
 N_SAMPLES = 4  # fixed validation images shown in each sample grid
 VAL_EVERY = 1  # compute validation L1/PSNR/SSIM every N epochs (0 = never)
 VAL_MAX_IMAGES = 100  # validate on at most this many VAL_DIR images
+EVAL_BUDGET = 0.1  # samples, validation and curves: at most this fraction of the time (spaced out if slower; 0 = off)
 PIXEL_ACCURACY = False  # validation also reports RMSE and pixel accuracy (within 5/16 grey levels): maps' figures
 TEST_MODE = "paper"  # generator at test time: "paper" (dropout on, batch statistics; paper §3.3) or "eval"
 LOG_EVERY = 50  # TensorBoard scalars every N steps
-CHECKPOINT_EVERY_STEPS = 500  # also refresh checkpoints/last.pt every N steps (0 = only at epoch ends)
-CHECKPOINT_EVERY_MINUTES = 10.0  # also refresh checkpoints/last.pt this many minutes after the last save (0 = off)
+CHECKPOINT_EVERY_MINUTES = 10.0  # refresh checkpoints/last.pt (and generator.pt) this often (0 = every epoch end)
+CHECKPOINT_EVERY_STEPS = 0  # also refresh checkpoints/last.pt every N steps (0 = off)
 SNAPSHOT_EVERY = 20  # keep checkpoints/epoch_NNNN.pt every N epochs (0 = never)
 PRESET = ""  # one word applying a dataset's paper settings (see PRESETS below): facades, maps, cityscapes, ...
 

@@ -10,6 +10,7 @@ import contextlib
 import os
 import pickle
 import random
+import threading
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,13 @@ def generator_export(G: nn.Module, D: nn.Module, epoch: int, cfg: dict[str, Any]
     """generator.pt: the generator alone, loadable by load_generator without config.py (on any machine)."""
     return {"format": CHECKPOINT_FORMAT, "generator": cpu_copy(G.state_dict()), "epoch": epoch, "config": cfg,
             **model_hparams(G, D)}
+
+
+def export_of(ckpt: dict[str, Any]) -> dict[str, Any]:
+    """The generator export of a training checkpoint (its CPU copies, shared, not copied again)."""
+    return {"format": CHECKPOINT_FORMAT, "generator": ckpt["generator"], "epoch": ckpt["epoch"],
+            "config": ckpt["config"], "generator_hparams": ckpt["generator_hparams"],
+            "discriminator_hparams": ckpt["discriminator_hparams"]}
 
 
 def cpu_copy(obj: Any) -> Any:
@@ -143,6 +151,40 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
         raise CheckpointError(f"could not write {path}: {e.strerror or e}. The previous {path.name} (if any) "
                               f"is intact; free disk space or fix permissions of {path.parent}, then resume") from e
     fsync_folder(path.parent)
+
+
+class CheckpointWriter:
+    """Writes checkpoints on a background thread, so that training does not wait for the disk: the caller hands over
+    CPU copies (training_checkpoint, generator_export) and goes on, and each file is written atomically (temp file,
+    fsync, rename) meanwhile. A second write waits for the first, so at most one set of copies is in memory; a
+    failed write (a full disk, say) is raised on the caller's thread at the next write or at wait(), and the
+    previous file stays intact."""
+
+    def __init__(self):
+        self.thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def write(self, files: list[tuple[Any, Path]]) -> None:
+        """Write each (object, path) in turn, in the background."""
+        self.wait()
+        self.thread = threading.Thread(target=self._write, args=(files,), name="checkpoint-writer")
+        self.thread.start()
+
+    def _write(self, files: list[tuple[Any, Path]]) -> None:
+        try:
+            for obj, path in files:
+                atomic_save(obj, path)
+        except BaseException as e:  # noqa: BLE001 - handed to the training thread
+            self.error = e
+
+    def wait(self) -> None:
+        """Block until the last write is on disk; raise its error, if it had one."""
+        if self.thread is not None:
+            self.thread.join()
+            self.thread = None
+        if self.error is not None:
+            error, self.error = self.error, None
+            raise error
 
 
 def remove_stale_temp_files(*folders: Path) -> None:

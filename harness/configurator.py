@@ -118,6 +118,9 @@ def validate_config(cfg: dict[str, Any]) -> None:
     for key in ("N_EPOCHS", "N_EPOCHS_DECAY", "NUM_WORKERS", "SAMPLE_EVERY", "VAL_EVERY", "VAL_MAX_IMAGES",
                 "CHECKPOINT_EVERY_STEPS", "CHECKPOINT_EVERY_MINUTES", "SNAPSHOT_EVERY", "L1_LAMBDA"):
         _positive(cfg, key, allow_zero=True)
+    if not 0 <= cfg["EVAL_BUDGET"] <= 1:
+        raise ConfigError(f"EVAL_BUDGET={cfg['EVAL_BUDGET']!r} is a fraction of the run's time: use a value in [0, 1] "
+                          f"(0 = no limit; default 0.1)")
     if cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"] == 0:
         raise ConfigError("N_EPOCHS + N_EPOCHS_DECAY is 0: nothing to train")
     if not (0 <= cfg["BETA1"] < 1 and 0 <= cfg["BETA2"] < 1):

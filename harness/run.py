@@ -12,6 +12,7 @@ Rank 0 writes every file; the other ranks take part in the collectives (RNG stat
 """
 import contextlib
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from harness.checkpoint import (Progress, atomic_save, check_resume_compatible, generator_export, keep_legacy_skips,
+from harness.checkpoint import (CheckpointWriter, Progress, check_resume_compatible, export_of, keep_legacy_skips,
                                 load_checkpoint, remove_stale_temp_files, restore_training_state, rng_states,
                                 set_rng_states, training_checkpoint)
 from harness.configurator import resolve_resume
@@ -67,10 +68,14 @@ class TrainingRun:
         self.stop = StopRequest(announce=False, install=False)
         self.last_save = clock()
         self.epoch_start = (time.perf_counter(), 0)  # (time, images) at the start of this epoch's timing
+        self.epoch_clock = clock()
+        self.outputs_every = 1  # samples and validation every SAMPLE_EVERY / VAL_EVERY x this (EVAL_BUDGET)
         self.total_epochs = cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"]
+        self.writer = CheckpointWriter()
 
     def __enter__(self) -> "TrainingRun":
         self.cleanup.__enter__()
+        self.cleanup.callback(self.writer.wait)  # on every way out, a checkpoint being written is finished
         self.resume_path = resolve_resume(self.cfg, self.ckpt_dir)
         if self.ranks.master:  # the only writer; under torchrun its error ends the other ranks too
             check_run_dir(self.run_dir)  # a folder that cannot hold the run fails now, in one line
@@ -139,6 +144,8 @@ class TrainingRun:
         self.flops = training_flops_per_image(self.cfg)
         self.samples = sample_batch(self.val_set, self.cfg["N_SAMPLES"])
         if self.ranks.master:
+            import matplotlib.pyplot  # noqa: F401 - imported now, not inside the first timed validation (EVAL_BUDGET)
+            import harness.metrics  # noqa: F401
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=2))
             self.log = RunLog(self.run_dir, resume_epoch=progress.epoch)
@@ -155,7 +162,7 @@ class TrainingRun:
     def progress_bar(self, loader: DataLoader, epoch: int, progress: Progress) -> tqdm:
         per_step = self.cfg["BATCH_SIZE"] * self.ranks.world_size
         done = progress.images_in_epoch // per_step
-        self.epoch_start = (time.perf_counter(), 0)
+        self.epoch_start, self.epoch_clock = (time.perf_counter(), 0), clock()
         self.bar = tqdm(loader, desc=f"epoch {epoch + 1}/{self.total_epochs}", disable=not self.ranks.master,
                         dynamic_ncols=True, initial=done, total=done + len(loader))
         return self.bar
@@ -202,6 +209,7 @@ class TrainingRun:
         if not signum:
             return False
         self.stop.signum = signum
+        self.writer.wait()  # "saved" means on disk
         if self.ranks.master:
             self.bar.close()
             print(f"saved {self.ckpt_dir / 'last.pt'} at epoch {progress.epoch + (progress.images_in_epoch > 0)}, "
@@ -223,40 +231,65 @@ class TrainingRun:
     # ------------------------------------------------------------------------- end of an epoch
 
     def end_of_epoch(self, progress: Progress, model: Any, guard: StepGuard, lr: float) -> bool:
-        """After every rank's last step of an epoch (progress.epoch already counts it): samples, validation, the
-        log row, checkpoints and the generator export, by rank 0; the other ranks wait meanwhile. True if a stop
-        signal ends the run here (after these saves)."""
-        reading = guard.read(over_ranks=True)  # means over every rank's images
+        """After every rank's last step of an epoch (progress.epoch already counts it), by rank 0 while the other
+        ranks wait: the log row; samples, validation and curves on their schedule (kept under EVAL_BUDGET of the
+        run's time); checkpoints and exports when due. True if a stop signal ends the run here (saved)."""
+        train_seconds = clock() - self.epoch_clock
+        reading = guard.read(over_ranks=True)  # means over every rank's images; a NaN under ON_NAN=stop raises here
+        signum, due = self.agreed_flags(reading)
         rank_rngs = gather_from_ranks(rng_states(self.runtime.device), self.ranks.world_size)
+        cfg, epoch = self.cfg, progress.epoch
+        snapshot = bool(cfg["SNAPSHOT_EVERY"]) and epoch % cfg["SNAPSHOT_EVERY"] == 0
+        save = bool(signum or due) or snapshot or epoch == self.total_epochs or not cfg["CHECKPOINT_EVERY_MINUTES"]
         if self.ranks.master:
             self.bar.close()
-            row = reading.means | {"epoch": progress.epoch, "step": progress.step, "lr": lr,
-                                   "skipped_steps": reading.skipped, "images_per_s": self.speed(),
-                                   "scaler_skipped_steps": reading.scaler_skips}
+            row = reading.means | {"epoch": epoch, "step": progress.step, "lr": lr, "skipped_steps": reading.skipped,
+                                   "images_per_s": self.speed(), "scaler_skipped_steps": reading.scaler_skips}
             print_epoch_speed(row, self.speed(), self.flops, model.scaler_G.is_enabled())
-            self._epoch_outputs(row, progress, model, rank_rngs)
-        self.last_save = clock()
+            started = clock()
+            best = self._epoch_outputs(row, progress, model)
+            self._keep_in_budget(clock() - started, train_seconds)
+            if save or best:
+                ckpt = self.checkpoint(progress, model, rank_rngs)
+                files = [(export_of(ckpt), self.run_dir / "generator_best.pt"), (ckpt, self.ckpt_dir / "best.pt")] \
+                    if best else []
+                if save:  # the export before last.pt: a kill between them leaves last.pt's epoch to train again
+                    files += [(export_of(ckpt), self.run_dir / "generator.pt"), (ckpt, self.ckpt_dir / "last.pt")]
+                    files += [(ckpt, self.ckpt_dir / f"epoch_{epoch:04d}.pt")] if snapshot else []
+                self.writer.write(files)
+        if save:
+            self.last_save = clock()
         barrier(self.ranks.world_size)
-        return self.stopping(self.agreed_flags(reading)[0], progress)
+        return self.stopping(signum, progress)
 
-    def _epoch_outputs(self, row: dict[str, Any], progress: Progress, model: Any, rank_rngs: list) -> None:
-        cfg, epoch = self.cfg, progress.epoch
-        G = without_sync_bn(model.G)
-        if cfg["SAMPLE_EVERY"] and epoch % cfg["SAMPLE_EVERY"] == 0:
+    def _epoch_outputs(self, row: dict[str, Any], progress: Progress, model: Any) -> bool:
+        """Samples, validation and the log row (curves.png with them); True if validation found a new best."""
+        cfg, epoch, k = self.cfg, progress.epoch, self.outputs_every
+        last = epoch == self.total_epochs  # the run ends with a picture and numbers whatever the schedule
+        samples = bool(cfg["SAMPLE_EVERY"]) and (epoch % (cfg["SAMPLE_EVERY"] * k) == 0 or last)
+        validate = bool(cfg["VAL_EVERY"]) and (epoch % (cfg["VAL_EVERY"] * k) == 0 or last)
+        if samples:
             grid = self._samples(model.G, self.run_dir / "samples" / f"epoch_{epoch:04d}.png")
             self.log.tb.add_image("samples", grid, progress.step)
-        if cfg["VAL_EVERY"] and epoch % cfg["VAL_EVERY"] == 0:
-            val = self.validate(G, progress.step)
+        best = False
+        if validate:
+            val = self.validate(without_sync_bn(model.G), progress.step)
             row |= {f"val_{k}": v for k, v in val.items() if k != "n_images"}  # a None ratio: empty in log.csv
-            if val["l1"] < progress.best_val_l1:
-                progress.best_val_l1 = val["l1"]
-                self.save(progress, model, self.ckpt_dir / "best.pt", rank_rngs)
-                atomic_save(generator_export(model.G, model.D, epoch, cfg), self.run_dir / "generator_best.pt")
-        self.log.epoch_row(row)
-        self.save(progress, model, self.ckpt_dir / "last.pt", rank_rngs)
-        if cfg["SNAPSHOT_EVERY"] and epoch % cfg["SNAPSHOT_EVERY"] == 0:
-            self.save(progress, model, self.ckpt_dir / f"epoch_{epoch:04d}.pt", rank_rngs)
-        atomic_save(generator_export(model.G, model.D, epoch, cfg), self.run_dir / "generator.pt")
+            best = val["l1"] < progress.best_val_l1
+            progress.best_val_l1 = min(val["l1"], progress.best_val_l1)
+        self.log.epoch_row(row, curves=samples or validate or epoch == 1)
+        return best
+
+    def _keep_in_budget(self, output_seconds: float, train_seconds: float) -> None:
+        """Samples, validation and curves may take at most EVAL_BUDGET of the time: if they took more, space them
+        out (in multiples of SAMPLE_EVERY / VAL_EVERY) from now on, and say so."""
+        base = min(n for n in (self.cfg["SAMPLE_EVERY"], self.cfg["VAL_EVERY"], 1 << 30) if n)
+        allowed = self.cfg["EVAL_BUDGET"] * base * self.outputs_every * max(train_seconds, 1e-9)
+        if self.cfg["EVAL_BUDGET"] and output_seconds > allowed:
+            self.outputs_every = math.ceil(output_seconds / (self.cfg["EVAL_BUDGET"] * base * max(train_seconds, 1e-9)))
+            print(f"  samples and validation took {output_seconds:.1f} s against {train_seconds:.1f} s of training "
+                  f"per epoch: from now on every {self.outputs_every} x SAMPLE_EVERY / VAL_EVERY epochs, and at the "
+                  f"end (EVAL_BUDGET={self.cfg['EVAL_BUDGET']:g} of the time)")
 
     def validate(self, G: nn.Module, step: int) -> dict[str, Any]:
         """paper test mode (§3.3) metrics on up to VAL_MAX_IMAGES validation images, in training's batch size, so
@@ -283,16 +316,19 @@ class TrainingRun:
 
     # ------------------------------------------------------------------------- checkpoints
 
-    def save(self, progress: Progress, model: Any, path: Path, rank_rngs: list | None = None) -> None:
-        """A training checkpoint at `path` (rank 0 writes; every rank gives its RNG state)."""
-        if rank_rngs is None:
-            rank_rngs = gather_from_ranks(rng_states(self.runtime.device), self.ranks.world_size)
+    def checkpoint(self, progress: Progress, model: Any, rank_rngs: list) -> dict[str, Any]:
+        """A training checkpoint as CPU copies (rank 0): the training goes on while the writer saves it."""
+        rngs = {"rng": rng_states(self.runtime.device), "rank_rngs": rank_rngs, "loader_rng": self.loader_rng.get_state()}
+        return training_checkpoint(model, progress, rngs, self.cfg, {})
+
+    def save(self, progress: Progress, model: Any, path: Path) -> None:
+        """A training checkpoint at `path`, written in the background (rank 0 writes; every rank gives its RNGs)."""
+        rank_rngs = gather_from_ranks(rng_states(self.runtime.device), self.ranks.world_size)
         if self.ranks.master:
-            rngs = {"rng": rng_states(self.runtime.device), "rank_rngs": rank_rngs,
-                    "loader_rng": self.loader_rng.get_state()}
-            atomic_save(training_checkpoint(model, progress, rngs, self.cfg, {}), path)
+            self.writer.write([(self.checkpoint(progress, model, rank_rngs), path)])
 
     def finished(self) -> int:
+        self.writer.wait()
         if self.ranks.master:
             print(f"done: {self.run_dir / 'generator.pt'} (load it with utils.load_generator)")
         return 0

@@ -90,11 +90,12 @@ class RunLog:
         for k, v in values.items():
             self.tb.add_scalar(f"{prefix}/{k}", v, step)
 
-    def epoch_row(self, row: dict[str, Any]) -> None:
+    def epoch_row(self, row: dict[str, Any], curves: bool = True) -> None:
         with open(self.csv_path, "a", newline="") as f:
             csv.DictWriter(f, COLUMNS).writerow({k: _fmt(row.get(k, "")) for k in COLUMNS})
         self.tb.flush()
-        plot_curves(self.rows(), self.run_dir / "curves.png")
+        if curves:
+            plot_curves(self.rows(), self.run_dir / "curves.png")
 
     def close(self) -> None:
         self.tb.close()

@@ -48,6 +48,18 @@ def tiny_data(tmp_path: Path) -> Path:
     return tmp_path / "data"
 
 
+def write_checkpoints_at_once(monkeypatch) -> None:
+    """The run's checkpoint writer finishes each write before training goes on (it writes in the background
+    otherwise): for tests that look at the files at a chosen moment, e.g. right after an epoch's save."""
+    from harness.checkpoint import CheckpointWriter
+    real_write = CheckpointWriter.write
+
+    def write_now(self, files):
+        real_write(self, files)
+        self.wait()
+    monkeypatch.setattr(CheckpointWriter, "write", write_now)
+
+
 def make_dataset(folder, train: bool = True, bad_files: str = "error", scan: bool = True, multiple: int = 0,
                  **settings):
     """A checked PairedImageDataset of `folder` (harness.data_checks.checked_dataset), with config.py's defaults
@@ -63,7 +75,9 @@ def tiny_args(data: Path, run_dir: Path, **overrides) -> list[str]:
     """Command-line overrides for a seconds-long CPU run on tiny_data (32 px, narrow nets, fp32)."""
     settings = dict(TRAIN_DIR=data / "train", VAL_DIR=data / "val", RUN_DIR=run_dir, IMAGE_SIZE=32, LOAD_SIZE=36,
                     GEN_BASE_CHANNELS=8, DISC_BASE_CHANNELS=8, N_EPOCHS=1, N_EPOCHS_DECAY=1, NUM_WORKERS=0,
-                    N_SAMPLES=2, PRECISION="fp32", DEVICE="cpu", CHECKPOINT_EVERY_STEPS=0)
+                    N_SAMPLES=2, PRECISION="fp32", DEVICE="cpu", CHECKPOINT_EVERY_STEPS=0,
+                    CHECKPOINT_EVERY_MINUTES=0,  # last.pt at every epoch end
+                    EVAL_BUDGET=0)  # tiny epochs take less time than one validation: keep every epoch's
     settings.update(overrides)
     return [f"--{k}={v}" for k, v in settings.items()]
 

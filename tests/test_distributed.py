@@ -403,6 +403,7 @@ def worker(argv: list[str]) -> int:
 
     import pix2pix
     import train
+    from harness import checkpoint
     from harness import run as harness_run
 
     sep = argv.index("--")
@@ -486,7 +487,8 @@ def worker(argv: list[str]) -> int:
     wrapped = {"build_models": build_models, "train_step": train_step, "generator_loss": generator_loss}
     wrapped |= {name: recorder(name) for name in
                 ("evaluate_generator", "write_samples", "RunLog", "atomic_save", "load_checkpoint")}
-    home = {"generator_loss": pix2pix, "build_models": train, "train_step": train}  # whose global the run calls
+    home = {"generator_loss": pix2pix, "build_models": train, "train_step": train,  # whose global the run calls
+            "atomic_save": checkpoint}  # (by the checkpoint writer's thread)
     real = {name: getattr(home.get(name, harness_run), name) for name in wrapped}
     for name, fn in wrapped.items():
         setattr(home.get(name, harness_run), name, fn)

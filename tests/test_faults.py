@@ -532,12 +532,15 @@ def nan_generator_on(monkeypatch, calls: set[int], hook=None) -> None:
 
 def test_nan_stops_the_cli_with_exit_1_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path, monkeypatch,
                                                                            capsys):
-    """ON_NAN=stop (default): NonFiniteLoss names the step and the loss, `python train.py` exits 1, and
-    last.pt from before is untouched and finite."""
+    """ON_NAN=stop (default): NonFiniteLoss names the step and the loss, `python train.py` exits 1, and no
+    checkpoint of the poisoned step or later is ever handed to the writer: last.pt is the one before, finite."""
+    from harness import run as harness_run
     run_dir = tmp_path / "run"
     last = run_dir / "checkpoints" / "last.pt"
-    before = {}
-    nan_generator_on(monkeypatch, {4}, hook=lambda: before.setdefault("sha", sha(last)))
+    nan_generator_on(monkeypatch, {4})
+    written, real_write = [], harness_run.CheckpointWriter.write
+    monkeypatch.setattr(harness_run.CheckpointWriter, "write",
+                        lambda self, files: written.extend(c["step"] for c, _ in files) or real_write(self, files))
     monkeypatch.setattr(sys, "argv", ["train.py", *tiny_args(tiny_data, run_dir, CHECKPOINT_EVERY_STEPS=1,
                                                              **FAST)])
     with pytest.raises(SystemExit) as exit_:
@@ -545,7 +548,7 @@ def test_nan_stops_the_cli_with_exit_1_and_keeps_the_last_good_checkpoint(tiny_d
     assert exit_.value.code == 1
     err = capsys.readouterr().err
     assert "error: step 3: non-finite d_fake=nan" in err
-    assert sha(last) == before["sha"]
+    assert written == [1, 2, 3]  # after steps 0, 1, 2; step 3's NaN stops the run before its save
     ckpt = load_checkpoint(last)
     assert ckpt["step"] == 3 and all_finite(ckpt)
     assert sorted(p.name for p in last.parent.iterdir()) == ["last.pt"] and not (run_dir / "generator.pt").exists()

@@ -61,13 +61,12 @@ def last_pt_saves(data: Path, run_dir: Path, monkeypatch, minutes_per_clock_call
     """Steps at which last.pt was written, with a clock that advances by minutes_per_clock_call on each reading."""
     ticks = itertools.count()
     monkeypatch.setattr(harness_run, "clock", lambda: 60 * minutes_per_clock_call * next(ticks))
-    steps, real_save = [], harness_run.TrainingRun.save
+    steps, real_write = [], harness_run.CheckpointWriter.write
 
-    def save(self, progress, model, path, *args, **kwargs):
-        if path.name == "last.pt":
-            steps.append(progress.step)
-        return real_save(self, progress, model, path, *args, **kwargs)
-    monkeypatch.setattr(harness_run.TrainingRun, "save", save)
+    def write(self, files):
+        steps.extend(ckpt["step"] for ckpt, path in files if path.name == "last.pt")
+        return real_write(self, files)
+    monkeypatch.setattr(harness_run.CheckpointWriter, "write", write)
     assert run_training(data, run_dir, **FAST, **overrides)["code"] == 0
     return steps
 
@@ -82,8 +81,12 @@ def test_time_based_checkpoint_refresh(data, tmp_path, monkeypatch):
 
 
 def test_time_based_checkpoint_off_or_not_due(data, tmp_path, monkeypatch):
+    """CHECKPOINT_EVERY_MINUTES=0: last.pt at every epoch end. On, but never due (a frozen clock): an epoch end saves
+    only at the run's end (or for a snapshot or a stop), so a GPU's seconds-long epochs don't each write 0.7 GB."""
     assert last_pt_saves(data, tmp_path / "off", monkeypatch, 1.0, CHECKPOINT_EVERY_MINUTES=0) == [8, 16]
-    assert last_pt_saves(data, tmp_path / "frozen", monkeypatch, 0.0, CHECKPOINT_EVERY_MINUTES=0.1) == [8, 16]
+    assert last_pt_saves(data, tmp_path / "frozen", monkeypatch, 0.0, CHECKPOINT_EVERY_MINUTES=0.1) == [16]
+    assert last_pt_saves(data, tmp_path / "snap", monkeypatch, 0.0, CHECKPOINT_EVERY_MINUTES=0.1,
+                         SNAPSHOT_EVERY=1) == [8, 16]
 
 
 def test_first_checkpoint_after_first_checkpoint_step(data, tmp_path, monkeypatch):

@@ -98,6 +98,9 @@ def run_training(data: Path, run_dir: Path, monkeypatch, stop_after_epoch_1: boo
         mp.setattr(run_log, "plot_curves", lambda rows, path: None)
         mp.setattr(torch, "compile", lambda model, **kw: real_compile(model, backend="aot_eager"))
         if stop_after_epoch_1:  # train.py's end-of-epoch barrier comes after last.pt is written
+            from conftest import write_checkpoints_at_once
+            write_checkpoints_at_once(mp)
+
             def barrier(world_size):
                 if (run_dir / "checkpoints" / "last.pt").exists():
                     raise EndOfEpoch1

@@ -30,7 +30,7 @@ import generator_model
 import utils
 from harness.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_generator
 from harness.configurator import load_config
-from conftest import tiny_args
+from conftest import tiny_args, write_checkpoints_at_once
 from conftest import make_dataset
 from generator_model import UNetGenerator
 from pix2pix import lr_factor
@@ -66,6 +66,7 @@ def run_training(data: Path, run_dir: Path, on_step=None, after_epoch=None, **ov
     threads = torch.get_num_threads()
     handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     with pytest.MonkeyPatch.context() as mp:
+        write_checkpoints_at_once(mp)  # after_epoch sees the epoch's checkpoint on disk
         mp.setattr(train, "train_step", step)
         mp.setattr(harness_run, "barrier", barrier)
         mp.setattr(run_log, "plot_curves", lambda rows, path: None)

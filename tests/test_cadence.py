@@ -1,0 +1,108 @@
+"""When a run spends time on anything but training: checkpoints written by a background thread (the training thread
+only copies the state to CPU memory), and samples, validation and curves kept under EVAL_BUDGET of the time. Clocks
+are replaced, writes are held by events with timeouts: nothing here depends on the machine's speed. CPU, ~20 s.
+
+    python -m pytest tests/test_cadence.py -q
+"""
+import errno
+import os
+import threading
+
+import pytest
+import torch
+
+import train
+from conftest import tiny_args
+from harness import run as harness_run
+from harness import run_log
+from harness.checkpoint import CheckpointWriter, cpu_copy
+from harness.errors import CheckpointError
+
+WAIT_S = 60  # every wait for the writer thread is bounded
+
+
+def held_save(monkeypatch) -> tuple[threading.Event, threading.Event]:
+    """torch.save that signals `started` and then waits for `release` (at most WAIT_S) before writing."""
+    started, release, real_save = threading.Event(), threading.Event(), torch.save
+
+    def save(obj, f, *args, **kwargs):
+        started.set()
+        assert release.wait(WAIT_S), "the test never released the write"
+        return real_save(obj, f, *args, **kwargs)
+    monkeypatch.setattr(torch, "save", save)
+    return started, release
+
+
+def test_a_checkpoint_write_does_not_hold_the_caller_and_saves_the_state_as_it_was(tmp_path, monkeypatch):
+    started, release = held_save(monkeypatch)
+    live = torch.nn.Linear(3, 3)
+    writer = CheckpointWriter()
+    writer.write([(cpu_copy(live.state_dict()), tmp_path / "last.pt")])  # returns while the write is held
+    assert started.wait(WAIT_S) and not (tmp_path / "last.pt").exists()
+    with torch.no_grad():
+        live.weight += 1  # training goes on meanwhile
+    release.set()
+    writer.wait()
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert torch.equal(saved["weight"] + 1, live.weight.detach())  # the copy from the moment of the save
+
+
+def test_a_second_write_waits_for_the_first(tmp_path, monkeypatch):
+    started, release = held_save(monkeypatch)
+    writer = CheckpointWriter()
+    writer.write([({"n": 1}, tmp_path / "a.pt")])
+    assert started.wait(WAIT_S)
+    second = threading.Thread(target=writer.write, args=([({"n": 2}, tmp_path / "b.pt")],))
+    second.start()
+    second.join(0.5)  # bounded look: still waiting for the first write (which cannot finish before release)
+    assert second.is_alive() and not (tmp_path / "a.pt").exists()
+    release.set()
+    second.join(WAIT_S)
+    writer.wait()
+    assert torch.load(tmp_path / "a.pt")["n"] == 1 and torch.load(tmp_path / "b.pt")["n"] == 2
+
+
+def test_a_failed_background_write_is_raised_on_the_training_thread_and_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.pt"
+    writer = CheckpointWriter()
+    writer.write([({"step": 1}, path)])
+    writer.wait()
+
+    def full(obj, f, *args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(torch, "save", full)
+    writer.write([({"step": 2}, path)])  # fails in the background ...
+    with pytest.raises(CheckpointError, match="No space left on device.*intact"):
+        writer.wait()  # ... and is raised here (or at the next write)
+    assert torch.load(path, weights_only=True)["step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_slow_samples_and_validation_are_spaced_out_to_stay_within_eval_budget(tiny_data, tmp_path, monkeypatch,
+                                                                             capsys):
+    """A replaced clock: every reading advances it 1 s (a step reads it about once); validation takes 100 s. With
+    EVAL_BUDGET=0.1 it would take far more than a tenth of the time, so after epoch 1 it moves to the end: 6 epochs
+    validate at 1 and 6 only, and the run says so. With EVAL_BUDGET=0 (off) every epoch validates."""
+    now = [0.0]
+
+    def clock():
+        now[0] += 1
+        return now[0]
+    real_evaluate = harness_run.evaluate_generator
+
+    def slow_evaluate(*args, **kwargs):
+        now[0] += 100
+        return real_evaluate(*args, **kwargs)
+    monkeypatch.setattr(harness_run, "clock", clock)
+    monkeypatch.setattr(harness_run, "evaluate_generator", slow_evaluate)
+    monkeypatch.setattr(run_log, "plot_curves", lambda rows, path: None)
+    for budget, validated in ((0.1, ["1", "6"]), (0, ["1", "2", "3", "4", "5", "6"])):
+        run_dir = tmp_path / f"budget{budget}"
+        assert train.main(tiny_args(tiny_data, run_dir, N_EPOCHS=6, N_EPOCHS_DECAY=0, EVAL_BUDGET=budget)) == 0
+        rows = (run_dir / "log.csv").read_text().splitlines()
+        header = rows[0].split(",")
+        values = [dict(zip(header, r.split(","))) for r in rows[1:]]
+        assert [v["epoch"] for v in values if v["val_l1"]] == validated
+        assert sorted(p.name for p in (run_dir / "samples").glob("epoch_*.png")) == \
+            [f"epoch_{int(e):04d}.png" for e in validated]
+    assert "from now on every" in capsys.readouterr().out
