@@ -43,6 +43,7 @@ FACADES_PALETTE: Palette = (
     ("deco", (255, 159, 0)), ("molding", (255, 80, 0)), ("pillar", (255, 0, 0)), ("shop", (174, 0, 0)),
 )
 PALETTES: dict[str, Palette] = {"facades": FACADES_PALETTE}  # keyed by config preset name
+SAVED_FORMAT = 1  # saved with a segmenter; bump it when this code changes what a saved one means (a retrain follows)
 
 
 # ----------------------------------------------------------------------------- classes from colours
@@ -276,7 +277,7 @@ def load_or_train(train_folder: str | os.PathLike, direction: str, palette: Pale
         raise ValueError(f"direction must be AtoB or BtoA, not {direction!r}")
     cache_path = Path(cache_path)
     # saved beside the weights: plain data only, so torch.load(weights_only=True) reads the file
-    wanted = {"fingerprint": data_fingerprint(train_folder), "direction": direction,
+    wanted = {"format": SAVED_FORMAT, "fingerprint": data_fingerprint(train_folder), "direction": direction,
               "palette": [[name, list(rgb)] for name, rgb in palette], "recipe": asdict(recipe)}
     reason = f"no saved segmenter at {cache_path}"
     if cache_path.exists():
