@@ -15,6 +15,8 @@ which absorbs JPEG noise): PALETTES has the known datasets', discover_palette fi
 Check a segmenter on real test photos (trains or reuses it; prints its scores and the majority-class baseline):
     python -m harness.fcn_score --train data/facades/train --test data/facades/test --preset facades \
         --cache runs/fcn/facades.pt --threads 1
+On facades (BtoA, Recipe()) the real test photos score pixel_acc 0.648, class_acc 0.389, class_iou 0.291; the
+majority class (facade) 0.380, 0.083, 0.032.
 """
 import argparse
 import hashlib
@@ -50,7 +52,8 @@ SAVED_FORMAT = 1  # saved with a segmenter; bump it when this code changes what 
 
 # JPEG (4:2:0) halves chroma's resolution and quantises it harder than luma, so near a region border a pixel's
 # chroma blends both sides while its luma is mostly its own: colours are compared in YCbCr with chroma weighted 0.3
-# (facades' label maps re-encoded at JPEG quality 75 and 90: 99.56% of pixels recover their class; RGB distance: 99.25%)
+# (50 facades class maps drawn in clean palette colours, saved as JPEG at quality 75 and 90: 99.56% of pixels recover
+# their class; with RGB distance 99.25%)
 COLOUR_SPACE = np.array([[0.299, 0.587, 0.114], [-0.1687, -0.3313, 0.5], [0.5, -0.4187, -0.0813]], np.float32) * \
     np.array([[1], [0.3], [0.3]], np.float32)
 
@@ -86,9 +89,9 @@ def discover_palette(label_images: Iterable[np.ndarray], max_classes: int = 32, 
             sums[:, c] += np.bincount(index, weights=pixels[:, c], minlength=bins ** 3)
     if not counts.any():
         raise ValueError("no flat label regions found: are these label images (HxWx3 uint8)?")
-    class_counts, class_sums = [], []
+    class_counts, class_sums, noise = [], [], min_share * counts.sum()
     for b in np.argsort(-counts, kind="stable"):
-        if counts[b] < min_share * counts.sum():
+        if counts[b] < noise:
             break
         if class_counts:
             centres = np.array(class_sums) / np.array(class_counts)[:, None]
@@ -194,7 +197,7 @@ class Recipe:
     image_size: int = 128  # photos (bilinear) and class maps (nearest) are resized to squares of this size
     width: int = 16  # channels of the first U-Net level, doubled per level
     depth: int = 5  # levels (about 2M weights): the deepest works at 8x8, context to tell a shop from a facade
-    epochs: int = 25  # facades: about 13 min on one thread of a busy 2-core CPU (9 min of CPU time)
+    epochs: int = 25  # facades: 16 min on one thread of a 2-core CPU busy with two trainings; 8 min of CPU time
     batch_size: int = 8
     lr: float = 2e-3  # Adam, cosine-decayed to 0 over the run
     seed: int = 0
