@@ -10,6 +10,7 @@
     distributed.py    torchrun / DDP setup and agreement between ranks
     run_log.py        log.csv, TensorBoard, curves.png, sample grids
     metrics.py        L1, PSNR, SSIM and the own/other-target ratio
+    fcn_score.py      the paper's FCN-score (§4.2) with a segmenter trained here, per dataset
     inference.py      loading a generator for predict.py, evaluate.py and demo.py; fitting any image size
     official_format.py, onnx_export.py, synthetic_data.py, atomic.py
 """
