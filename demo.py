@@ -40,17 +40,10 @@ from PIL import Image, UnidentifiedImageError
 from dataset import list_images, read_image, read_pair
 from generator_model import test_mode
 from harness.errors import CheckpointError, ConfigError
+from harness.fcn_score import FACADES_PALETTE  # the facades label colours: the sketchpad's brushes
 from harness.inference import fit_back, fit_to_model, load_for_inference
 from utils import generate
 
-# The 12 CMP Facades classes and their colours in the pix2pix facades label maps, in the dataset's label order.
-# Measured on ../shared/data/facades/train (its 400 label halves): k-means of the flat regions' colours, started from
-# the jet colour map in 13 steps (the first unused), rounded. Brushes use exactly these, as training's label maps do.
-FACADES_PALETTE: tuple[tuple[str, tuple[int, int, int]], ...] = (
-    ("background", (0, 0, 222)), ("facade", (0, 48, 255)), ("window", (0, 128, 255)), ("door", (0, 207, 255)),
-    ("cornice", (32, 255, 224)), ("sill", (112, 255, 143)), ("balcony", (192, 255, 63)), ("blind", (255, 240, 0)),
-    ("deco", (255, 159, 0)), ("molding", (255, 80, 0)), ("pillar", (255, 0, 0)), ("shop", (174, 0, 0)),
-)
 MAX_PIXELS = 4096 * 4096  # larger uploads are refused: the output comes back at the input's size
 MAX_UPLOAD = "50mb"
 

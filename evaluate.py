@@ -4,6 +4,13 @@ thumbnails, works offline).
 
     python evaluate.py --checkpoint runs/facades/generator.pt --data data/facades/val
     python evaluate.py --checkpoint runs/facades/generator_best.pt --data data/facades/test --output results/test
+    python evaluate.py --checkpoint runs/facades/generator.pt --data data/facades/test --fcn-score
+
+--fcn-score (labels -> photo data: the input is a label map) adds the paper's FCN-score (§4.2): a segmenter trained
+here on the real training photos (harness/fcn_score.py; trained once, ~8 min of CPU time on facades, then reused
+while the training files stay the same) labels each generated photo; its label map is compared with the input's
+(pixel accuracy, class accuracy, class IoU), and the real photos are scored the same way as the ceiling. The
+training folder is --fcn-train, else the checkpoint's TRAIN_DIR, else the `train` folder beside --data.
 
 Images are scored in [0, 1] at the model's resolution (the checkpoint's IMAGE_SIZE, through the dataset's eval
 transform) with the checkpoint's DIRECTION and channels, so runs compare. L1: lower is better; PSNR (dB) and
@@ -36,7 +43,7 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from harness.data_checks import check_batchable, checked_dataset
-from harness.errors import exit_on_error
+from harness.errors import ConfigError, exit_on_error
 from harness.inference import batch_size_for, load_for_inference, model_arguments
 from harness.metrics import METRICS, PIXEL_ACC_DELTAS, evaluate_generator
 
@@ -57,15 +64,21 @@ def default_out(checkpoint: Path, data: Path) -> Path:
     return checkpoint.parent / f"eval_{data.resolve().name}"
 
 
-def thumbnail_writer(folder: Path):
-    """An on_batch callback for metrics.evaluate_generator: saves each image's input/output/target PNG."""
+def thumbnail_writer(folder: Path, scorer: Any = None):
+    """An on_batch callback for metrics.evaluate_generator: saves each image's input/output/target PNG; with an
+    FCN scorer it also scores the batch and saves the label map it predicts for the output."""
     folder.mkdir(parents=True, exist_ok=True)
     count = 0
 
     def save(x: torch.Tensor, fake: torch.Tensor, y: torch.Tensor) -> None:
         nonlocal count
-        for images in zip(x, fake, y):
-            for kind, image in zip(KINDS, images):
+        kinds, batches = KINDS, [x, fake, y]
+        if scorer is not None:
+            from harness.fcn_score import colourise
+            segmented = scorer.update(x, generated=fake, real=y)["generated"]
+            kinds, batches = (*KINDS, "segmented"), [*batches, colourise(segmented, scorer.palette)]
+        for images in zip(*batches):
+            for kind, image in zip(kinds, images):
                 if image.shape[-1] > THUMB_SIZE:
                     image = F.interpolate(image[None], size=THUMB_SIZE, mode="area")[0]
                 save_image(image.float().cpu(), folder / thumb_name(count, kind))
@@ -91,11 +104,18 @@ def write_html(path: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) 
         ("mode / seed / batch size", f"{summary['mode']} / {summary['seed']} / {summary['batch_size']}"),
         ("resolution / direction", f"{summary['image_size']} px / {summary['direction']}"),
     ] + [(f"mean {name} ({meaning})", number(k, summary[k])) for k, (_, name, _, meaning) in FIGURES.items()]
+    fcn = summary.get("fcn")
+    if fcn:  # paper §4.2
+        facts += [(f"FCN-score, {who} photos (pixel acc / class acc / class IoU)",
+                   " / ".join(f"{fcn[who][k]:.3f}" for k in ("pixel_acc", "class_acc", "class_iou")))
+                  for who in ("generated", "real")] + [("FCN-score segmenter", fcn["segmenter"])]
+    kinds = (*KINDS, "segmented") if fcn else KINDS
     head = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in facts)
     columns = "".join(f"<th>{esc(FIGURES[k][1])}</th>" for k in METRICS)
+    segmented = "<th>output, segmented (FCN-score)</th>" if fcn else ""
     body = "".join(
         f"<tr><td>{i + 1}</td><td class=f>{esc(r['file'])}</td>"
-        + "".join(f'<td><img src="images/{thumb_name(i, kind)}" alt="{kind}" loading="lazy"></td>' for kind in KINDS)
+        + "".join(f'<td><img src="images/{thumb_name(i, kind)}" alt="{kind}" loading="lazy"></td>' for kind in kinds)
         + "".join(f"<td>{number(k, r[k])}</td>" for k in METRICS) + "</tr>\n"
         for i, r in enumerate(rows))
     path.write_text(f"""<!doctype html>
@@ -110,7 +130,7 @@ img {{ width: 192px; display: block; }}
 <h1>pix2pix evaluation</h1>
 <table>{head}</table>
 <table>
-<tr><th>#</th><th>file</th><th>input</th><th>output</th><th>target</th>{columns}</tr>
+<tr><th>#</th><th>file</th><th>input</th><th>output</th><th>target</th>{segmented}{columns}</tr>
 {body}</table>
 </body></html>
 """, encoding="utf-8")
@@ -134,10 +154,11 @@ def evaluate(args: argparse.Namespace) -> int:
     batch_size = batch_size_for(args, cfg)
     check_batchable(dataset, batch_size)
     out = args.output or default_out(args.checkpoint, data)
+    scorer, segmenter = fcn_scorer(args, cfg, data) if args.fcn_score else (None, None)
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=0)
     bar = tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True)
     result = evaluate_generator(G, bar, device, precision, args.mode, args.seed,
-                                on_batch=thumbnail_writer(out / "images"))
+                                on_batch=thumbnail_writer(out / "images", scorer))
 
     rows = [{"file": dataset.files[i].relative_to(data).as_posix(),
              **{k: result["per_image"][k][i].item() for k in METRICS}} for i in range(n)]
@@ -150,13 +171,29 @@ def evaluate(args: argparse.Namespace) -> int:
                "direction": cfg["DIRECTION"], "device": str(device), "precision": precision,
                **{k: finite_or_none(result["summary"][k]) for k in (*METRICS, "ratio")},
                "pixel_acc_deltas": list(PIXEL_ACC_DELTAS)}
+    if scorer is not None:
+        summary["fcn"] = scorer.result() | {"segmenter": str(segmenter)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_html(out / "index.html", rows, summary)
     print(summary_table(summary))
+    if scorer is not None:
+        for who in ("generated", "real"):
+            print(f"  FCN-score, {who + ' photos':<16} " + "  ".join(f"{k} {v:.3f}" for k, v in summary["fcn"][who].items()))
     if skipped:
         print(f"skipped {len(skipped)} unreadable file(s), listed in summary.json", file=sys.stderr)
     print(f"wrote {out / 'metrics.csv'}, {out / 'summary.json'} and {out / 'index.html'}")
     return 0
+
+
+def fcn_scorer(args: argparse.Namespace, cfg: dict[str, Any], data: Path) -> tuple[Any, Path]:
+    """The FCN scorer of this dataset, its segmenter trained on --fcn-train / TRAIN_DIR / data's sibling train/."""
+    from harness.fcn_score import scorer_for
+    candidates = [args.fcn_train, cfg.get("TRAIN_DIR"), data.resolve().parent / "train"]
+    train = next((Path(c) for c in candidates if c and Path(c).is_dir()), None)
+    if train is None:
+        raise ConfigError(f"--fcn-score trains its segmenter on the real training photos, and none were found (the "
+                          f"checkpoint's TRAIN_DIR, {data.resolve().parent / 'train'}): pass --fcn-train FOLDER")
+    return scorer_for(train, cfg["DIRECTION"], cfg.get("PRESET", ""), args.segmenter)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -165,6 +202,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--output", "--out", type=Path, default=None,
                     help="output folder (default <checkpoint dir>/eval_<data name>); --out is its former name")
     ap.add_argument("--max-images", type=int, default=0, help="score only the first N files (0 = all)")
+    ap.add_argument("--fcn-score", action="store_true", help="add the paper's FCN-score (labels -> photo data)")
+    ap.add_argument("--fcn-train", type=Path, default=None,
+                    help="real A|B training files for the FCN-score's segmenter (default: the checkpoint's TRAIN_DIR)")
+    ap.add_argument("--segmenter", type=Path, default=None,
+                    help="where the segmenter is saved and reused (default runs/fcn/<dataset>_<direction>.pt)")
     args = ap.parse_args(argv)
     if args.batch_size < 0 or args.max_images < 0:
         ap.error("--batch-size and --max-images must be >= 0")

@@ -340,6 +340,30 @@ class FCNScorer:
         return {name: confusion.scores() for name, confusion in self.confusion.items()}
 
 
+def dataset_palette(train_folder: str | os.PathLike, direction: str, dataset: str = "") -> Palette:
+    """PALETTES[dataset] (by preset name, or the training folder's parent's name, e.g. facades), else the palette
+    discovered from the training label images, printed."""
+    name = dataset or Path(train_folder).resolve().parent.name
+    if name in PALETTES:
+        return PALETTES[name]
+    palette = discover_palette(split_pair(read_image(p, 3), direction)[0] for p in list_images(train_folder))
+    print(f"FCN-score palette discovered in {train_folder} ({len(palette)} classes): "
+          + ", ".join(f"{name} {rgb}" for name, rgb in palette))
+    return palette
+
+
+def scorer_for(train_folder: str | os.PathLike, direction: str, dataset: str = "",
+               cache_path: str | os.PathLike | None = None, recipe: Recipe | None = None) -> tuple[FCNScorer, Path]:
+    """(the FCN scorer of a labels -> photo dataset, where its segmenter is saved): the dataset's palette, and its
+    segmenter trained on `train_folder` or reused (default runs/fcn/<dataset>_<direction>.pt)."""
+    recipe = recipe or Recipe()
+    palette = dataset_palette(train_folder, direction, dataset)
+    name = dataset or Path(train_folder).resolve().parent.name
+    cache_path = Path(cache_path or Path("runs") / "fcn" / f"{name}_{direction}.pt")
+    return FCNScorer(load_or_train(train_folder, direction, palette, cache_path, recipe), palette,
+                     recipe.image_size), cache_path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train (or reuse) the FCN-score segmenter; score it on real test "
                                                  "photos against their label maps, beside the majority class.")

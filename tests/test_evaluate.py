@@ -163,3 +163,32 @@ def test_ratio_is_above_one_for_outputs_matching_other_targets():
     targets = torch.rand(5, 3, 32, 32)
     assert own_other_ratio(targets.roll(1, dims=0), targets) > 1.0
     assert own_other_ratio(targets[:1], targets[:1]) is None  # undefined for a single image: None, not nan
+
+
+def test_fcn_score_block_and_segmented_outputs(tiny_run, tmp_path, monkeypatch, capsys):
+    """--fcn-score: a segmenter trained on the run's TRAIN_DIR (a smaller recipe here, for speed; the palette
+    discovered from its label images), saved and reused; summary.json gains the fcn block for the generated and
+    the real photos, and index.html shows the scores and each output's predicted label map."""
+    import functools
+
+    import evaluate
+    from harness import fcn_score
+    monkeypatch.setattr(fcn_score, "Recipe", functools.partial(fcn_score.Recipe, epochs=2, width=4, depth=3,
+                                                               image_size=32))
+    args = ["--checkpoint", str(tiny_run / "run" / "generator.pt"), "--data", str(tiny_run / "data" / "val"),
+            "--fcn-score", "--segmenter", str(tmp_path / "seg.pt")]
+    assert evaluate.main([*args, "--output", str(tmp_path / "a")]) == 0
+    out = capsys.readouterr().out
+    assert f"training on {tiny_run / 'data' / 'train'}" in out and "palette discovered" in out
+    summary = json.loads((tmp_path / "a" / "summary.json").read_text())
+    fcn = summary["fcn"]
+    assert fcn["segmenter"] == str(tmp_path / "seg.pt") and (tmp_path / "seg.pt").is_file()
+    for who in ("generated", "real"):
+        assert set(fcn[who]) == {"pixel_acc", "class_acc", "class_iou"}
+        assert all(0 <= v <= 1 for v in fcn[who].values())
+    page = (tmp_path / "a" / "index.html").read_text()
+    assert "FCN-score, generated photos" in page and "output, segmented" in page
+    assert len(list((tmp_path / "a" / "images").glob("*_segmented.png"))) == summary["n_images"]
+    assert evaluate.main([*args, "--output", str(tmp_path / "b")]) == 0  # the saved segmenter is reused
+    assert "reusing" in capsys.readouterr().out
+    assert json.loads((tmp_path / "b" / "summary.json").read_text())["fcn"] == fcn
