@@ -12,6 +12,10 @@ while the training files stay the same) labels each generated photo; its label m
 (pixel accuracy, class accuracy, class IoU), and the real photos are scored the same way as the ceiling. The
 training folder is --fcn-train, else the checkpoint's TRAIN_DIR, else the `train` folder beside --data.
 
+--mean-baseline scores, instead of the checkpoint's generator, the mean target image of that training folder as the
+output for every input (at the checkpoint's resolution): the blurry average that pixel metrics reward, and the
+floor that the own/other ratio and the FCN-score are there to see through.
+
 Images are scored in [0, 1] at the model's resolution (the checkpoint's IMAGE_SIZE, through the dataset's eval
 transform) with the checkpoint's DIRECTION and channels, so runs compare. L1: lower is better; PSNR (dB) and
 SSIM: higher is better; RMSE in grey levels (0-255): lower is better; pixel_acc_5 / pixel_acc_16: the fraction of
@@ -148,6 +152,9 @@ def evaluate(args: argparse.Namespace) -> int:
     G, cfg, device, precision = load_for_inference(args.checkpoint, args.mode, args.device, args.precision,
                                                    args.direction, needs_direction=True)
     data = Path(args.data)
+    if args.mean_baseline:
+        train = training_folder(args, cfg, data, "--mean-baseline")
+        G = MeanImage(checked_dataset(train, cfg, train=False, bad_files="skip")).to(device)
     dataset = checked_dataset(data, cfg, train=False, bad_files="skip")
     skipped = sorted(str(p.relative_to(data)) for p, _ in dataset.skipped)
     n = min(len(dataset), args.max_images or len(dataset))
@@ -166,7 +173,8 @@ def evaluate(args: argparse.Namespace) -> int:
         writer = csv.DictWriter(f, ["file", *METRICS])
         writer.writeheader()
         writer.writerows({**r, **{k: f"{r[k]:.6g}" for k in METRICS}} for r in rows)
-    summary = {"checkpoint": str(args.checkpoint), "data": str(data), "n_images": n, "skipped_files": skipped,
+    summary = {"checkpoint": "mean training target (--mean-baseline)" if args.mean_baseline else str(args.checkpoint),
+               "data": str(data), "n_images": n, "skipped_files": skipped,
                "mode": args.mode, "seed": args.seed, "batch_size": batch_size, "image_size": cfg["IMAGE_SIZE"],
                "direction": cfg["DIRECTION"], "device": str(device), "precision": precision,
                **{k: finite_or_none(result["summary"][k]) for k in (*METRICS, "ratio")},
@@ -185,15 +193,32 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def fcn_scorer(args: argparse.Namespace, cfg: dict[str, Any], data: Path) -> tuple[Any, Path]:
-    """The FCN scorer of this dataset, its segmenter trained on --fcn-train / TRAIN_DIR / data's sibling train/."""
-    from harness.fcn_score import scorer_for
+def training_folder(args: argparse.Namespace, cfg: dict[str, Any], data: Path, why: str) -> Path:
+    """--fcn-train, else the checkpoint's TRAIN_DIR, else the train/ folder beside --data."""
     candidates = [args.fcn_train, cfg.get("TRAIN_DIR"), data.resolve().parent / "train"]
     train = next((Path(c) for c in candidates if c and Path(c).is_dir()), None)
     if train is None:
-        raise ConfigError(f"--fcn-score trains its segmenter on the real training photos, and none were found (the "
-                          f"checkpoint's TRAIN_DIR, {data.resolve().parent / 'train'}): pass --fcn-train FOLDER")
-    return scorer_for(train, cfg["DIRECTION"], cfg.get("PRESET", ""), args.segmenter)
+        raise ConfigError(f"{why} needs the real training files, and none were found (the checkpoint's TRAIN_DIR, "
+                          f"{data.resolve().parent / 'train'}): pass --fcn-train FOLDER")
+    return train
+
+
+def fcn_scorer(args: argparse.Namespace, cfg: dict[str, Any], data: Path) -> tuple[Any, Path]:
+    """The FCN scorer of this dataset, its segmenter trained on the training folder's real photos."""
+    from harness.fcn_score import scorer_for
+    return scorer_for(training_folder(args, cfg, data, "--fcn-score"), cfg["DIRECTION"], cfg.get("PRESET", ""),
+                      args.segmenter)
+
+
+class MeanImage(torch.nn.Module):
+    """A stand-in generator whose output is the same image for every input: the mean target of a training set."""
+
+    def __init__(self, dataset: Any):
+        super().__init__()
+        self.register_buffer("mean", torch.stack([dataset[i][1] for i in range(len(dataset))]).mean(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mean.expand(x.shape[0], -1, -1, -1)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -205,6 +230,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--fcn-score", action="store_true", help="add the paper's FCN-score (labels -> photo data)")
     ap.add_argument("--fcn-train", type=Path, default=None,
                     help="real A|B training files for the FCN-score's segmenter (default: the checkpoint's TRAIN_DIR)")
+    ap.add_argument("--mean-baseline", action="store_true",
+                    help="score the mean training target as every output instead of the generator (a baseline)")
     ap.add_argument("--segmenter", type=Path, default=None,
                     help="where the segmenter is saved and reused (default runs/fcn/<dataset>_<direction>.pt)")
     args = ap.parse_args(argv)

@@ -192,3 +192,21 @@ def test_fcn_score_block_and_segmented_outputs(tiny_run, tmp_path, monkeypatch, 
     assert evaluate.main([*args, "--output", str(tmp_path / "b")]) == 0  # the saved segmenter is reused
     assert "reusing" in capsys.readouterr().out
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["fcn"] == fcn
+
+
+def test_mean_baseline_scores_the_mean_training_target_for_every_input(tiny_run, tmp_path):
+    """--mean-baseline: every output is the mean training target, so every output is the same image, and the
+    own/other ratio of a constant output is 1 up to the targets' spread."""
+    import evaluate
+    out = tmp_path / "mean"
+    assert evaluate.main(["--checkpoint", str(tiny_run / "run" / "generator.pt"), "--data",
+                          str(tiny_run / "data" / "val"), "--output", str(out), "--mean-baseline"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["checkpoint"].startswith("mean training target")
+    outputs = [np.asarray(Image.open(p)) for p in sorted((out / "images").glob("*_output.png"))]
+    assert len(outputs) == 4 and all(np.array_equal(o, outputs[0]) for o in outputs)
+    train = make_dataset(tiny_run / "data" / "train", direction="BtoA", image_size=32, train=False)
+    mean = torch.stack([train[i][1] for i in range(len(train))]).mean(0)
+    expected = ((mean.clamp(-1, 1) + 1) / 2 * 255).round().permute(1, 2, 0).numpy().astype(np.uint8)
+    assert np.abs(outputs[0].astype(int) - expected).max() <= 1
+    assert summary["ratio"] == pytest.approx(1.0, abs=0.15)
