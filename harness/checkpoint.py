@@ -45,7 +45,7 @@ class Progress:
     epoch: int = 0
     step: int = 0
     images_in_epoch: int = 0
-    best_val_l1: float = float("inf")
+    best_val: float = float("inf")  # the best validation BEST_BY so far, as a loss: lower is better
 
 
 PROGRESS = tuple(f.name for f in fields(Progress))
@@ -334,7 +334,7 @@ LEGACY_CONFIG = {"DROPOUT_PLACEMENT": "paper"}
 def upgrade_legacy(ckpt: dict[str, Any]) -> dict[str, Any]:
     """A checkpoint of any earlier format, read as the current schema (in memory; the file is not changed).
     Format 1 had LR schedulers (the LR now follows from the epoch), counted batches rather than images into the
-    epoch, and may lack best_val_l1, rank_rngs and train_data."""
+    epoch, and may lack best_val_l1 (now best_val), rank_rngs and train_data."""
     ckpt = dict(ckpt)
     ckpt["generator_hparams"] = LEGACY_GENERATOR_HPARAMS | ckpt["generator_hparams"]
     if "config" in ckpt:
@@ -342,7 +342,7 @@ def upgrade_legacy(ckpt: dict[str, Any]) -> dict[str, Any]:
     if ckpt.get("format", 1) == 1 and "batch_in_epoch" in ckpt:
         processes = max(1, len(ckpt.get("rank_rngs") or []))
         ckpt["images_in_epoch"] = ckpt.pop("batch_in_epoch") * ckpt["config"]["BATCH_SIZE"] * processes
-        ckpt.setdefault("best_val_l1", float("inf"))
+        ckpt["best_val"] = ckpt.pop("best_val_l1", float("inf"))
         ckpt.setdefault("rank_rngs", [])
         for key in ("sched_G", "sched_D"):
             ckpt.pop(key, None)

@@ -109,6 +109,10 @@ def validate_config(cfg: dict[str, Any]) -> None:
     _one_of(cfg, "PREPROCESS", PREPROCESS_MODES)
     _one_of(cfg, "ON_NAN", ("stop", "skip"))
     _one_of(cfg, "TEST_MODE", TEST_MODES)
+    _one_of(cfg, "BEST_BY", ("l1", "fcn_class_iou"))
+    if cfg["BEST_BY"] != "l1" and not cfg["FCN_SCORE"]:
+        raise ConfigError(f"BEST_BY={cfg['BEST_BY']!r} is a figure of the FCN-score: set FCN_SCORE=True as well, or "
+                          f"BEST_BY='l1'")
     _one_of(cfg, "IN_CHANNELS", (1, 3))
     _one_of(cfg, "OUT_CHANNELS", (1, 3))
     _one_of(cfg, "DISC_N_LAYERS", (0, 1, 2, 3, 4, 5, 6))

@@ -41,6 +41,7 @@ EARLY_SAMPLE_STEPS = 50  # first-epoch grids at step 0 and 50, 100, 200, 400, ..
 FIRST_CHECKPOINT_STEP = 100  # an early last.pt (~2.5 min at 0.7 img/s) before CHECKPOINT_EVERY_MINUTES is due
 VAL_METRICS = ("l1", "psnr", "ssim", "ratio")
 MAP_METRICS = ("rmse", "pixel_acc_5", "pixel_acc_16")  # with PIXEL_ACCURACY (the maps preset)
+FCN_METRICS = ("fcn_pixel_acc", "fcn_class_acc", "fcn_class_iou")  # with FCN_SCORE
 
 
 def evaluate_generator(*args, **kwargs) -> dict[str, Any]:
@@ -65,6 +66,7 @@ class TrainingRun:
         self.cleanup = contextlib.ExitStack()
         self.loader_rng = torch.Generator().manual_seed(cfg["SEED"])  # worker seeds must not consume dropout's RNG
         self.log: RunLog | None = None
+        self.fcn = None  # FCN_SCORE: the scorer of the generated photos (rank 0)
         self.stop = StopRequest(announce=False, install=False)
         self.last_save = clock()
         self.epoch_start = (time.perf_counter(), 0)  # (time, images) at the start of this epoch's timing
@@ -146,6 +148,9 @@ class TrainingRun:
         if self.ranks.master:
             import matplotlib.pyplot  # noqa: F401 - imported now, not inside the first timed validation (EVAL_BUDGET)
             import harness.metrics  # noqa: F401
+            if self.cfg["FCN_SCORE"]:
+                from harness.fcn_score import scorer_for
+                self.fcn = scorer_for(self.cfg["TRAIN_DIR"], self.cfg["DIRECTION"], self.cfg["PRESET"])[0]
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=2))
             self.log = RunLog(self.run_dir, resume_epoch=progress.epoch)
@@ -275,8 +280,9 @@ class TrainingRun:
         if validate:
             val = self.validate(without_sync_bn(model.G), progress.step)
             row |= {f"val_{k}": v for k, v in val.items() if k != "n_images"}  # a None ratio: empty in log.csv
-            best = val["l1"] < progress.best_val_l1
-            progress.best_val_l1 = min(val["l1"], progress.best_val_l1)
+            figure = val["l1"] if cfg["BEST_BY"] == "l1" else -val["fcn_class_iou"]  # as a loss: lower is better
+            best = figure < progress.best_val
+            progress.best_val = min(figure, progress.best_val)
         self.log.epoch_row(row, curves=samples or validate or epoch == 1)
         return best
 
@@ -297,13 +303,18 @@ class TrainingRun:
         cfg = self.cfg
         subset = Subset(self.val_set, range(min(len(self.val_set), cfg["VAL_MAX_IMAGES"] or len(self.val_set))))
         loader = DataLoader(subset, batch_size=cfg["BATCH_SIZE"], num_workers=0)
+        on_batch = (lambda x, fake, y: self.fcn.update(x, generated=fake)) if self.fcn else None
         val = evaluate_generator(G, loader, self.runtime.device, self.runtime.precision, cfg["TEST_MODE"],
-                                 cfg["SEED"])["summary"]
+                                 cfg["SEED"], on_batch=on_batch)["summary"]
         keys = VAL_METRICS + (MAP_METRICS if cfg["PIXEL_ACCURACY"] else ())
         val = {k: val[k] for k in keys} | {"n_images": val["n_images"]}
+        if self.fcn:  # paper §4.2, on the generated photos
+            val |= {f"fcn_{k}": v for k, v in self.fcn.result()["generated"].items()}
+            self.fcn.confusion.clear()
+            keys += FCN_METRICS
         self.log.scalars({k: val[k] for k in keys if val[k] is not None}, step, "val")
         ratio = "n/a (needs 2+ images)" if val["ratio"] is None else f"{val['ratio']:.3f}"
-        maps = "".join(f"  {k} {val[k]:.4f}" for k in MAP_METRICS if k in val)
+        maps = "".join(f"  {k} {val[k]:.4f}" for k in MAP_METRICS + FCN_METRICS if k in val)
         print(f"  val: L1 {val['l1']:.4f}  PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}  "
               f"own/other L1 ratio {ratio}{maps}  ({val['n_images']} images)")
         return val

@@ -106,10 +106,10 @@ def test_a_checkpoint_from_a_newer_format_is_refused_with_its_name(tiny_run, tmp
 
 def format_1(ckpt: dict) -> dict:
     """The same checkpoint as the previous schema wrote it: LR scheduler states, batches (not images) into the
-    epoch, no train_data."""
-    old = {k: v for k, v in ckpt.items() if k not in ("images_in_epoch", "train_data")}
+    epoch, best_val_l1, no train_data."""
+    old = {k: v for k, v in ckpt.items() if k not in ("images_in_epoch", "train_data", "best_val")}
     lr = {"base_lrs": [2e-4], "last_epoch": ckpt["epoch"]}
-    return old | {"format": 1, "batch_in_epoch": 3, "sched_G": lr, "sched_D": lr}
+    return old | {"format": 1, "batch_in_epoch": 3, "sched_G": lr, "sched_D": lr, "best_val_l1": ckpt["best_val"]}
 
 
 def test_resume_compares_the_discriminator_the_weights_were_written_for(tiny_run, tmp_path):
@@ -145,7 +145,7 @@ def test_a_resumed_run_continues_through_the_schema_and_older_formats_are_upgrad
     checkpoint.atomic_save(old, tmp_path / "old.pt")
     upgraded = checkpoint.load_checkpoint(tmp_path / "old.pt")
     assert upgraded["images_in_epoch"] == 3 * 2  # 3 batches of 2 images in 1 process
-    assert upgraded["best_val_l1"] == float("inf") and upgraded["rank_rngs"] == [] and upgraded["train_data"] == {}
+    assert upgraded["best_val"] == float("inf") and upgraded["rank_rngs"] == [] and upgraded["train_data"] == {}
     assert "sched_G" not in upgraded and "batch_in_epoch" not in upgraded
     checkpoint.check_resume_compatible(upgraded, old["config"] | cfg, "old.pt", D)
     assert checkpoint.restore_training_state(upgraded, model).images_in_epoch == 6

@@ -61,12 +61,12 @@ def test_best_checkpoint_holds_the_lowest_val_l1(tiny_run):
     rows = log_rows(run)
     best_row = min(rows, key=lambda r: float(r["val_l1"]))
     best = load_checkpoint(run / "checkpoints" / "best.pt")
-    assert best["best_val_l1"] == pytest.approx(float(best_row["val_l1"]), rel=1e-5)
+    assert best["best_val"] == pytest.approx(float(best_row["val_l1"]), rel=1e-5)
     assert best["epoch"] == int(best_row["epoch"])
     assert torch.load(run / "generator_best.pt", weights_only=True)["epoch"] == int(best_row["epoch"])
     load_generator(run / "generator_best.pt")  # a usable generator file
     # the last checkpoint carries the best value on, so a resumed run compares against it
-    assert load_checkpoint(run / "checkpoints" / "last.pt")["best_val_l1"] == best["best_val_l1"]
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["best_val"] == best["best_val"]
 
 
 def test_curves_png_is_a_valid_image(tiny_run):
@@ -92,7 +92,7 @@ def test_best_means_lowest_not_latest(tiny_data, tmp_path, monkeypatch):
     assert seen == [3, 3]  # VAL_MAX_IMAGES caps the validation set
     assert [float(r["val_l1"]) for r in log_rows(run)] == [0.3, 0.5]
     best = load_checkpoint(run / "checkpoints" / "best.pt")
-    assert (best["epoch"], best["best_val_l1"]) == (1, 0.3)
+    assert (best["epoch"], best["best_val"]) == (1, 0.3)
     assert torch.load(run / "generator_best.pt", weights_only=True)["epoch"] == 1
     assert torch.load(run / "generator.pt", weights_only=True)["epoch"] == 2
 
@@ -123,3 +123,26 @@ def test_pixel_accuracy_setting_adds_rmse_and_pixel_accuracy_to_validation(tiny_
             assert 0 <= float(row["val_pixel_acc_5"]) <= float(row["val_pixel_acc_16"]) <= 1
         else:
             assert row["val_rmse"] == row["val_pixel_acc_5"] == row["val_pixel_acc_16"] == ""
+
+
+def test_fcn_score_in_validation_and_best_chosen_by_it(tiny_data, tmp_path, monkeypatch, capsys):
+    """FCN_SCORE=True: a segmenter is trained on TRAIN_DIR once (a smaller recipe here, for speed), validation logs
+    the generated photos' FCN-score, and BEST_BY=fcn_class_iou makes best.pt the epoch with the highest class IoU."""
+    import functools
+
+    from harness import fcn_score
+    from harness.errors import ConfigError
+    with pytest.raises(ConfigError, match="BEST_BY='fcn_class_iou' is a figure of the FCN-score"):
+        train.main(tiny_args(tiny_data, tmp_path / "no", BEST_BY="fcn_class_iou"))
+    monkeypatch.setattr(fcn_score, "Recipe", functools.partial(fcn_score.Recipe, epochs=2, width=4, depth=3,
+                                                               image_size=32))
+    monkeypatch.chdir(tmp_path)  # the segmenter is saved under runs/fcn/
+    run = tmp_path / "run"
+    assert train.main(tiny_args(tiny_data, run, FCN_SCORE=True, BEST_BY="fcn_class_iou", SAMPLE_EVERY=0,
+                                N_EPOCHS=1, N_EPOCHS_DECAY=2)) == 0
+    assert "FCN-score segmenter: training on" in capsys.readouterr().out
+    rows = log_rows(run)
+    ious = [float(r["val_fcn_class_iou"]) for r in rows]
+    assert len(ious) == 3 and all(0 <= v <= 1 for v in ious) and all(r["val_fcn_pixel_acc"] for r in rows)
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["epoch"] == 1 + ious.index(max(ious)) and best["best_val"] == pytest.approx(-max(ious), rel=1e-5)
