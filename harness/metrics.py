@@ -3,7 +3,9 @@
 Pixel metrics reward blurry averages: on facades the mean training image already scores L1 0.18. The ratio
    mean_i L1(out_i, target_i) / mean_{i != j} L1(out_i, target_j)
 asks whether each output follows its OWN input: 1.0 = it ignores the input (like a mean-image predictor),
-lower is better. All figures use images in [0, 1]. Not run directly; used by harness/run.py and evaluate.py.
+lower is better. All figures use images in [0, 1], computed in IEEE fp32 on the CPU whatever device ran the
+generator: the same outputs score the same everywhere (on a GPU, convolutions in SSIM could otherwise run in TF32
+and in another summation order). Not run directly; used by harness/run.py and evaluate.py.
 """
 from typing import Any, Callable
 
@@ -67,13 +69,13 @@ def evaluate_generator(G: torch.nn.Module, loader: Any, device: torch.device, pr
                 break
             x, y = x.to(device), y.to(device)
             fake = generate(G, x, device, precision)
-            fake01, y01 = to_unit(fake), to_unit(y)
+            fake01, y01 = to_unit(fake).cpu(), to_unit(y).cpu()  # scored on the CPU (see the module docstring)
             for k, v in per_image_metrics(fake01, y01).items():
-                per_image[k].append(v.cpu())
+                per_image[k].append(v)
             if on_batch is not None:
-                on_batch(to_unit(x), fake01, y01)
-            fakes.append(F.interpolate(fake01, size=RATIO_SIZE, mode="area").cpu())
-            targets.append(F.interpolate(y01, size=RATIO_SIZE, mode="area").cpu())
+                on_batch(to_unit(x).cpu(), fake01, y01)
+            fakes.append(F.interpolate(fake01, size=RATIO_SIZE, mode="area"))
+            targets.append(F.interpolate(y01, size=RATIO_SIZE, mode="area"))
             seen += x.shape[0]
     per_image_t = {k: torch.cat(v)[:max_images or None] for k, v in per_image.items()}
     fakes_t, targets_t = torch.cat(fakes)[:max_images or None], torch.cat(targets)[:max_images or None]

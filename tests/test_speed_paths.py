@@ -91,7 +91,8 @@ def test_bench_reports_every_figure_as_json(capsys):
                        "--PRECISION=fp32", "--skip", "peak", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["env"]["precision"] == "fp32" and out["env"]["image_size"] == 32
-    for key in ("train_img_s", "infer_img_s", "onnx_infer_img_s", "data_img_s", "peak_memory_mb", "train_tflop_s"):
+    for key in ("train_img_s", "train_files_img_s", "infer_img_s", "onnx_infer_img_s", "data_img_s", "peak_memory_mb",
+                "train_tflop_s"):
         assert out["results"][key] > 0, key
     # achieved TFLOP/s is the measured rate times the model's FLOPs per image (counted on meta tensors)
     results = out["results"]
@@ -113,3 +114,93 @@ def test_channels_last_auto_picks_the_layout_by_device_and_batch():
     assert load_config(["--CHANNELS_LAST=true"])["CHANNELS_LAST"] is True
     with pytest.raises(ConfigError, match="CHANNELS_LAST='sometimes'"):
         load_config(["--CHANNELS_LAST=sometimes"])
+
+
+# ----------------------------------------------------------------------------- what fp32 means; tf32 (issue 19)
+
+def test_fp32_is_ieee_on_a_gpu_and_tf32_turns_tf32_on(cuda_flags):
+    """PyTorch runs fp32 convolutions as TF32 on Ampere+ GPUs by default; here PRECISION=fp32 switches that off, tf32
+    switches it on (convolutions and matrix products), and bf16/fp16 keep the fp32 rest IEEE. Off CUDA the switches
+    are left alone. (The switches are settable without a GPU.)"""
+    import utils
+    cuda = torch.device("cuda", 0)
+    for precision, tf32 in (("tf32", True), ("fp32", False), ("tf32", True), ("bf16", False), ("fp16", False)):
+        utils.set_float32_math(precision, cuda)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (tf32, tf32), precision
+    utils.set_float32_math("tf32", CPU)
+    assert not torch.backends.cudnn.allow_tf32
+
+
+def test_tf32_is_fp32_off_cuda_and_never_autocast():
+    assert pick_precision("tf32", CPU) == "fp32"  # TF32 is a CUDA tensor-core mode: elsewhere plain fp32
+    assert pick_precision("tf32", torch.device("cuda", 0)) == "tf32"
+    conv, x = torch.nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8)
+    with autocast(CPU, "tf32"):
+        assert conv(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize("precision, tf32", [("fp32", False), ("tf32", True), ("auto", False)])
+def test_pick_runtime_sets_what_fp32_means_for_the_run(monkeypatch, cuda_flags, precision, tf32):
+    """train.py, bench.py (pick_runtime) and predict/evaluate/demo (load_for_inference) set the switches."""
+    import utils
+    from harness import inference
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    torch.backends.cudnn.allow_tf32 = not tf32
+    runtime = utils.pick_runtime(default_settings() | {"DEVICE": "cuda", "PRECISION": precision})
+    assert runtime.precision == {"auto": "bf16"}.get(precision, precision)  # auto stays bf16 on Ampere+
+    assert torch.backends.cudnn.allow_tf32 is tf32 and torch.backends.cuda.matmul.allow_tf32 is tf32
+    torch.backends.cudnn.allow_tf32 = not tf32
+    G = build_models(default_settings() | {"IMAGE_SIZE": 32, "NUM_DOWNS": 5, "GEN_BASE_CHANNELS": 8})[0]
+    G.train_config = {}  # as loaded from an official file: no settings
+    monkeypatch.setattr(inference, "check_device", lambda name: None)
+    monkeypatch.setattr(inference, "load_generator", lambda path, device, mode: G)
+    assert inference.load_for_inference("g.pt", "eval", "cuda", precision)[3] == runtime.precision
+    assert torch.backends.cudnn.allow_tf32 is tf32
+
+
+def test_evaluate_defaults_to_fp32_and_predict_to_auto():
+    import evaluate
+    import predict
+    assert evaluate.parse_args(["--checkpoint", "g.pt", "--data", "d"]).precision == "fp32"
+    assert evaluate.parse_args(["--checkpoint", "g.pt", "--data", "d", "--precision", "tf32"]).precision == "tf32"
+    assert predict.parse_args(["--checkpoint", "g.pt", "--input", "x.png", "--output", "o"]).precision == "auto"
+
+
+# ----------------------------------------------------------------------------- COMPILE="reduce-overhead" (issue 19)
+
+@pytest.mark.parametrize("setting, options", [(True, {}), ("reduce-overhead", {"mode": "reduce-overhead"}),
+                                              (False, None)])
+def test_compile_setting_reaches_torch_compile(monkeypatch, setting, options):
+    """COMPILE=True: torch.compile's default mode; "reduce-overhead": its CUDA-graph mode, for all three networks
+    the step runs through; False: none."""
+    import utils
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: calls.append(kw) or net)
+    cfg = default_settings() | {"IMAGE_SIZE": 32, "NUM_DOWNS": 5, "GEN_BASE_CHANNELS": 8, "DISC_BASE_CHANNELS": 8}
+    G, D = build_models(cfg)
+    model = Pix2Pix(G, D, *make_optimizers(G, D, cfg, CPU), *make_grad_scalers(CPU, "fp32"))
+    utils.wrap_for_training(model, setting)
+    assert calls == ([] if options is None else [options] * 3)
+
+
+# ----------------------------------------------------------------------------- training from files (issue 19)
+
+def test_bench_training_from_files_takes_every_step_from_the_loader(tmp_path, monkeypatch, capsys):
+    """Each timed and warm-up step of bench.py's "training from files" draws one batch from the training
+    DataLoader: items drawn = (warm-up + repeats x steps) x batch size; CACHE_IMAGES is honoured."""
+    from conftest import write_pairs
+    from dataset import PairedImageDataset
+    write_pairs(tmp_path / "train", 6)
+    drawn = []
+    real = PairedImageDataset.__getitem__
+    monkeypatch.setattr(PairedImageDataset, "__getitem__", lambda self, key: drawn.append(key) or real(self, key))
+    code = bench.main(["--IMAGE_SIZE=32", "--LOAD_SIZE=36", "--BATCH_SIZE=2", "--NUM_WORKERS=0", "--PRECISION=fp32",
+                       "--CACHE_IMAGES=True", "--data", str(tmp_path / "train"), "--warmup", "1", "--steps", "2",
+                       "--repeats", "2", "--skip", "infer,onnx,data,peak", "--json"])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert code == 0 and out["results"]["train_files_img_s"] > 0 and out["env"]["cache_images"] is True
+    assert len(drawn) == (1 + 2 * 2) * 2
+    assert "CACHE_IMAGES: keeping the 6 training pairs" in captured.err
+
