@@ -6,6 +6,7 @@ convolution peak.
     python bench.py --BATCH_SIZE=16 --PRECISION=bf16 # any config.py setting, --KEY=value as for train.py
     python bench.py --data ../shared/data/facades/train --NUM_WORKERS=2   # training from real files, and the loader
     python bench.py --data ../shared/data/facades/train --CACHE_IMAGES=True   # ... with the decoded set in memory
+    python bench.py --gpu-check                      # the GPU check: CUDA tests, a facades run, one table (GPU only)
     python bench.py --sweep                          # img/s and memory over sizes 128/256/512 x batch 1/4/16
     python bench.py --json                           # machine-readable output
     python bench.py --profile --skip infer,data      # torch.profiler top ops of a training step
@@ -58,11 +59,13 @@ def parse_args(argv: list[str] | None) -> tuple[dict[str, Any], argparse.Namespa
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data", default="", help="A|B training folder for the figures from files (default: synthetic "
-                                              "files)")
+                                              "files; with --gpu-check: data/facades/train)")
     p.add_argument("--skip", default="", help="comma list of parts to skip: train,files,infer,onnx,data,peak")
     p.add_argument("--sweep", action="store_true", help="training img/s + memory over sizes and batch sizes")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of two training steps")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--gpu-check", action="store_true", help="the GPU check (harness/gpu_check.py): needs CUDA")
+    p.add_argument("--budget", type=float, default=7.25, help="--gpu-check's time budget, minutes")
     return load_config([a for a in argv if is_setting(a)]), p.parse_args([a for a in argv if not is_setting(a)])
 
 
@@ -261,6 +264,9 @@ def sweep(cfg: dict[str, Any], settings: list[str]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cfg, args = parse_args(argv)
+    if args.gpu_check:
+        from harness.gpu_check import gpu_check
+        return gpu_check(args.data or "data/facades/train", args.budget)
     runtime = pick_runtime(cfg)  # as train.py picks it; DEVICE=cuda:N: time and allocate on GPU N
     device, precision = runtime.device, runtime.precision
     env = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else device),

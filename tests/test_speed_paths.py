@@ -204,3 +204,91 @@ def test_bench_training_from_files_takes_every_step_from_the_loader(tmp_path, mo
     assert len(drawn) == (1 + 2 * 2) * 2
     assert "CACHE_IMAGES: keeping the 6 training pairs" in captured.err
 
+
+# ----------------------------------------------------------------------------- bench.py --gpu-check (issue 19)
+
+def test_gpu_check_without_cuda_says_so_in_one_line_and_runs_nothing(monkeypatch, capsys):
+    from harness import gpu_check
+    from harness.errors import exit_on_error
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gpu_check, "execute", lambda cmd, timeout: pytest.fail(f"ran {cmd}"))
+    assert exit_on_error(lambda: bench.main(["--gpu-check"])) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: bench.py --gpu-check needs an NVIDIA GPU with CUDA")
+    assert "nothing was run" in err
+
+
+def test_gpu_check_plan_covers_the_grid_once():
+    """fp32/tf32/bf16 x batch 1/16 x NCHW/channels-last x eager/compiled, reduce-overhead at batch 1 only, and
+    training from files with and without the cache; eager channels-last first (the CUDA default)."""
+    from harness import gpu_check
+    plan = gpu_check.bench_plan()
+    keys = [tuple(sorted(s.items())) for s in plan]
+    assert len(keys) == len(set(keys)) == 2 * 3 * 2 * 3 - 2 * 3 + 2  # no reduce-overhead at batch 16
+    assert {s["COMPILE"] for s in plan if s["BATCH_SIZE"] == 16} == {False, True}
+    assert sum(s["COMPILE"] == "reduce-overhead" for s in plan) == 3 * 2
+    assert [s.get("CACHE_IMAGES") for s in plan if "CACHE_IMAGES" in s] == [False, True]
+    assert all(s["CHANNELS_LAST"] and not s["COMPILE"] for s in plan[:6])
+
+
+def fake_part(cmd: list[str]) -> tuple[int, str, str]:
+    """What each part of the GPU check prints when it works."""
+    if "pytest" in cmd:
+        return 0, "........ [100%]\n8 passed in 61.2s\n", ""
+    if "train.py" in cmd:
+        resumed = "--N_EPOCHS_DECAY=1" in cmd
+        return 0, ("resuming from run/checkpoints/last.pt: epoch 2, batch 0, step 400\n" if resumed else "") + \
+            f"device cuda:0 (bf16), 1 process(es)\nepoch {1 + resumed}: 150.5 img/s, 1.2 TFLOP/s\n" \
+            f"  val: L1 0.4100  PSNR 12.00 dB\n", ""
+    if "--COMPILE=reduce-overhead" in cmd:
+        return 1, "", "Traceback ...\nRuntimeError: simulated CUDA-graph failure\n"
+    results = {"train_img_s": 300.0, "peak_memory_mb": 2048.0, "train_files_img_s": 250.0, "data_img_s": 900.0}
+    return 0, json.dumps({"env": {"workers": 8}, "results": results}), ""
+
+
+@pytest.mark.parametrize("budget_minutes, runs", [(100.0, "all"), (2.0, "some")])
+def test_gpu_check_prints_one_table_and_keeps_to_its_budget(tmp_path, monkeypatch, capsys, budget_minutes, runs):
+    """With CUDA mocked and every part 20 s on a fake clock: one markdown table with a row per part; a failing part
+    is marked and gives exit code 1; parts that no longer fit the budget are "not run" (not started at all)."""
+    from harness import gpu_check
+    now, started = [0.0], []
+
+    def execute(cmd, timeout):
+        assert timeout <= gpu_check.BENCH_LIMIT_S + gpu_check.TESTS_LIMIT_S and now[0] + timeout <= 60 * budget_minutes
+        started.append(cmd)
+        now[0] += 20
+        return fake_part(cmd)
+    monkeypatch.setattr(gpu_check, "execute", execute)
+    monkeypatch.setattr(gpu_check, "clock", lambda: now[0])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake H200")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    (tmp_path / "facades" / "train").mkdir(parents=True)
+    (tmp_path / "facades" / "test").mkdir()
+    code = bench.main(["--gpu-check", "--data", str(tmp_path / "facades" / "train"), "--budget", str(budget_minutes)])
+    table = capsys.readouterr().out.strip().splitlines()
+    plan = gpu_check.bench_plan()
+    assert table[0].startswith("GPU check on Fake H200 (compute capability 9.0)")
+    assert table[2] == "| part | settings | images/s | notes |" and len(table) == 4 + 2 + len(plan)
+    assert table[4] == "| CUDA tests | tests/test_cuda.py |  | 8 passed in 61.2s |"
+    assert table[5].startswith("| facades run | PRESET=facades, 1 epoch saved + 1 epoch resumed, batch 1, bf16 | "
+                               "150.5 / 150.5 | saved, resumed at epoch 2")
+    assert table[6] == "| training step | batch 1, fp32, channels-last, eager | 300.0 | peak 2.0 GB |"
+    not_run = [line for line in table[4:] if "not run: the time budget is spent" in line]
+    failed = [line for line in table[4:] if "FAILED: RuntimeError: simulated CUDA-graph failure" in line]
+    assert len(started) + len(not_run) == 1 + 2 + len(plan)  # tests, two training runs, the grid
+    if runs == "all":
+        assert not not_run and len(failed) == 6 and code == 1
+    else:
+        assert len(started) == (60 * budget_minutes - gpu_check.MIN_START_S) // 20 + 1 and not failed
+        assert code == 0
+
+
+def test_a_gpu_check_part_past_its_timeout_is_stopped_with_its_process_group():
+    import sys
+    from harness import gpu_check
+    code, out, err = gpu_check.execute([sys.executable, "-c", "print('hello')"], timeout=60)
+    assert (code, out) == (0, "hello\n")
+    code, out, err = gpu_check.execute([sys.executable, "-c", "import time; print('started', flush=True); "
+                                        "time.sleep(600)"], timeout=2)
+    assert code is None and out == "started\n" and err.startswith("stopped after 2 s")
