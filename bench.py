@@ -1,9 +1,12 @@
-"""Measure pix2pix speed on this machine: training and inference throughput, the data pipeline, peak memory,
-model FLOPs and the fraction of the device's measured convolution peak.
+"""Measure pix2pix speed on this machine: training and inference throughput, training from files through the
+DataLoader, the data pipeline alone, peak memory, model FLOPs and the fraction of the device's measured
+convolution peak.
 
     python bench.py                                  # paper architecture, 256 px, batch 1, config.py settings
     python bench.py --BATCH_SIZE=16 --PRECISION=bf16 # any config.py setting, --KEY=value as for train.py
-    python bench.py --data ../shared/data/facades/train --NUM_WORKERS=2   # data pipeline on real files
+    python bench.py --data ../shared/data/facades/train --NUM_WORKERS=2   # training from real files, and the loader
+    python bench.py --data ../shared/data/facades/train --CACHE_IMAGES=True   # ... with the decoded set in memory
+    python bench.py --gpu-check                      # the GPU check: CUDA tests, a facades run, one table (GPU only)
     python bench.py --sweep                          # img/s and memory over sizes 128/256/512 x batch 1/4/16
     python bench.py --json                           # machine-readable output
     python bench.py --profile --skip infer,data      # torch.profiler top ops of a training step
@@ -11,12 +14,15 @@ model FLOPs and the fraction of the device's measured convolution peak.
     python bench.py --skip infer,onnx,data,peak      # training, and the stall of a checkpoint save
 
 Settings of the run being measured (BATCH_SIZE, IMAGE_SIZE, PRECISION, DEVICE, CHANNELS_LAST, COMPILE,
-NUM_WORKERS, ...) come from config.py and --KEY=value exactly as for train.py (harness/configurator.py); the lower-case
---flags are the benchmark's own knobs (see --help). Every figure is the median of --repeats timed runs of --steps
-iterations after --warmup iterations.
+NUM_WORKERS, CACHE_IMAGES, ...) come from config.py and --KEY=value exactly as for train.py (harness/configurator.py);
+the lower-case --flags are the benchmark's own knobs (see --help). Every figure is the median of --repeats timed runs
+of --steps iterations after --warmup iterations. "training" times steps on tensors already on the device; "training
+from files" takes each batch from the training DataLoader (decode, augment, copy to the device), as train.py does,
+so a loader slower than the step shows there.
 """
 import argparse
 import copy
+import itertools
 import json
 import os
 import resource
@@ -34,6 +40,7 @@ import torch.nn as nn
 from generator_model import test_mode
 from harness.configurator import load_config
 from harness.errors import exit_on_error
+from harness.loading import cache_images, loader_workers, training_loader
 from harness.run_log import training_flops_per_image
 from pix2pix import Pix2Pix, build_models, make_grad_scalers, make_optimizers, train_step
 from utils import AMP_DTYPES, Runtime, pick_runtime, synchronize, wrap_for_training
@@ -52,11 +59,14 @@ def parse_args(argv: list[str] | None) -> tuple[dict[str, Any], argparse.Namespa
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--data", default="", help="A|B folder for the data-pipeline figure (default: synthetic files)")
-    p.add_argument("--skip", default="", help="comma list of parts to skip: train,infer,onnx,data,peak,save")
+    p.add_argument("--data", default="", help="A|B training folder for the figures from files (default: synthetic "
+                                              "files; with --gpu-check: data/facades/train)")
+    p.add_argument("--skip", default="", help="comma list of parts to skip: train,files,infer,onnx,data,peak,save")
     p.add_argument("--sweep", action="store_true", help="training img/s + memory over sizes and batch sizes")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of two training steps")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--gpu-check", action="store_true", help="the GPU check (harness/gpu_check.py): needs CUDA")
+    p.add_argument("--budget", type=float, default=7.25, help="--gpu-check's time budget, minutes")
     return load_config([a for a in argv if is_setting(a)]), p.parse_args([a for a in argv if not is_setting(a)])
 
 
@@ -97,9 +107,10 @@ def median_rate(fn, images_per_call: int, args: argparse.Namespace, sync) -> flo
     return statistics.median(images_per_call * args.steps / timed(fn, args.steps, sync) for _ in range(args.repeats))
 
 
-def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime) -> dict[str, Any]:
+def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime, train_set: Any) -> dict[str, Any]:
     """The training step exactly as train.py builds and wraps it (pix2pix.Pix2Pix, utils.wrap_for_training), on
-    random tensors already on the device; and G's inference."""
+    random tensors already on the device, and from the files of `train_set` through the training DataLoader;
+    and G's inference."""
     device, precision = runtime.device, runtime.precision
     sync = lambda: synchronize(device)  # noqa: E731 - the device timed, not the current one
     G, D = (m.to(device, memory_format=runtime.memory_format) for m in build_models(cfg))
@@ -126,6 +137,8 @@ def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime)
         results["train_tflop_s"] = results["train_img_s"] * flops / 1e12
         if args.profile:
             print_profile(step)
+    if "files" not in args.skip:
+        results["train_files_img_s"] = bench_from_files(model, train_set, cfg, args, runtime)
     if "infer" not in args.skip:
         def infer():
             with test_mode(G, "eval"), amp:
@@ -184,24 +197,60 @@ def print_profile(step) -> None:
     print(prof.key_averages().table(sort_by=sort, row_limit=12, max_name_column_width=40), file=sys.stderr)
 
 
-def bench_data(cfg: dict[str, Any], args: argparse.Namespace) -> float:
-    """Decode + joint augmentation through the training DataLoader (the training set's own settings), images/s
-    with NUM_WORKERS workers."""
-    from torch.utils.data import DataLoader
-    from dataset import AugmentationSampler
+def training_set(cfg: dict[str, Any], args: argparse.Namespace, tmp: str) -> Any:
+    """The training set of --data (default: 64 synthetic pairs made in `tmp`) as train.py builds it (the data
+    checks' dataset, the training augmentation), in memory with CACHE_IMAGES=True."""
     from harness.data_checks import checked_dataset
-    with tempfile.TemporaryDirectory() as tmp:
-        folder = args.data
-        if not folder:
-            from harness import synthetic_data
-            synthetic_data.generate(Path(tmp) / "syn", n_train=64, n_val=1, size=cfg["IMAGE_SIZE"])
-            folder = str(Path(tmp) / "syn" / "train")
-        ds = checked_dataset(folder, cfg, train=True)
-        sampler = AugmentationSampler(len(ds), seed=0)
-        loader = DataLoader(ds, batch_size=cfg["BATCH_SIZE"], sampler=sampler, num_workers=cfg["NUM_WORKERS"],
-                            persistent_workers=cfg["NUM_WORKERS"] > 0)
-        n = min(len(ds), 256)
-        rates = []
+    folder = args.data
+    if not folder:
+        from harness import synthetic_data
+        synthetic_data.generate(Path(tmp) / "syn", n_train=64, n_val=1, size=cfg["IMAGE_SIZE"])
+        folder = str(Path(tmp) / "syn" / "train")
+    dataset = checked_dataset(folder, cfg, train=True)
+    if cfg["CACHE_IMAGES"]:
+        cache_images(dataset, loader_workers(cfg["NUM_WORKERS"]), say=lambda text: print(text, file=sys.stderr))
+    return dataset
+
+
+def epochs_of_batches(loader: Any) -> Any:
+    """The loader's batches, epoch after epoch without end (each epoch shuffled and augmented anew)."""
+    for epoch in itertools.count():
+        loader.sampler.set_epoch(epoch)
+        yield from loader
+
+
+def bench_from_files(model: Pix2Pix, train_set: Any, cfg: dict[str, Any], args: argparse.Namespace,
+                     runtime: Runtime) -> float:
+    """Training images/s with every batch from the training DataLoader (NUM_WORKERS, CACHE_IMAGES) and copied to
+    the device, as in train.py's loop: the smaller of the step's and the loader's speed. The workers' queue
+    (2 batches each) is drained in the warm-up, so the timed steps wait for the loader if it is the slower."""
+    from dataset import AugmentationSampler
+    from harness.signals import shut_down_workers
+    loader = training_loader(train_set, AugmentationSampler(len(train_set), seed=0), cfg, runtime.device)
+    batches = epochs_of_batches(loader)
+
+    def step():
+        x, y = next(batches)
+        train_step(model, runtime.to_device(x), runtime.to_device(y))
+    sync = lambda: synchronize(runtime.device)  # noqa: E731
+    try:
+        timed(step, args.warmup + 2 * loader.num_workers, sync)
+        return statistics.median(cfg["BATCH_SIZE"] * args.steps / timed(step, args.steps, sync)
+                                 for _ in range(args.repeats))
+    finally:
+        shut_down_workers(loader)
+
+
+def bench_data(train_set: Any, cfg: dict[str, Any], args: argparse.Namespace, device: torch.device) -> float:
+    """Decode + joint augmentation through the training DataLoader alone (the training set's own settings,
+    NUM_WORKERS, CACHE_IMAGES), images/s."""
+    from dataset import AugmentationSampler
+    from harness.signals import shut_down_workers
+    sampler = AugmentationSampler(len(train_set), seed=0)
+    loader = training_loader(train_set, sampler, cfg, device)
+    n = min(len(train_set), 256)
+    rates = []
+    try:
         for epoch in range(args.repeats + 1):
             sampler.set_epoch(epoch)
             start, seen = time.perf_counter(), 0
@@ -211,7 +260,9 @@ def bench_data(cfg: dict[str, Any], args: argparse.Namespace) -> float:
                     break
             if epoch:  # the first pass starts the workers and warms the page cache
                 rates.append(seen / (time.perf_counter() - start))
-        return statistics.median(rates)
+    finally:
+        shut_down_workers(loader)
+    return statistics.median(rates)
 
 
 def sweep(cfg: dict[str, Any], settings: list[str]) -> list[dict[str, Any]]:
@@ -220,7 +271,7 @@ def sweep(cfg: dict[str, Any], settings: list[str]) -> list[dict[str, Any]]:
     rows = []
     for size in (128, 256, 512):
         for batch in (1, 4, 16):
-            cmd = [sys.executable, __file__, "--json", "--skip", "infer,onnx,data,peak", *settings,
+            cmd = [sys.executable, __file__, "--json", "--skip", "files,infer,onnx,data,peak", *settings,
                    f"--IMAGE_SIZE={size}", f"--LOAD_SIZE={max(size, cfg['LOAD_SIZE'])}", f"--BATCH_SIZE={batch}",
                    "--warmup", "1", "--steps", str(max(1, 8 // batch)), "--repeats", "1"]
             out = subprocess.run(cmd, capture_output=True, text=True)
@@ -237,20 +288,27 @@ def sweep(cfg: dict[str, Any], settings: list[str]) -> list[dict[str, Any]]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cfg, args = parse_args(argv)
+    if args.gpu_check:
+        from harness.gpu_check import gpu_check
+        return gpu_check(args.data or "data/facades/train", args.budget)
     runtime = pick_runtime(cfg)  # as train.py picks it; DEVICE=cuda:N: time and allocate on GPU N
     device, precision = runtime.device, runtime.precision
     env = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else device),
            "precision": precision, "torch": torch.__version__, "threads": torch.get_num_threads(),
            "cpus": os.cpu_count(), "batch_size": cfg["BATCH_SIZE"], "image_size": cfg["IMAGE_SIZE"],
            "channels_last": runtime.memory_format == torch.channels_last,
-           "compile": cfg["COMPILE"], "fused_adam": args.fused, "workers": cfg["NUM_WORKERS"]}
+           "compile": cfg["COMPILE"], "fused_adam": args.fused, "workers": loader_workers(cfg["NUM_WORKERS"]),
+           "cache_images": cfg["CACHE_IMAGES"]}
     if args.sweep:
         rows = sweep(cfg, [a for a in argv if is_setting(a)])
         print(json.dumps({"env": env, "sweep": rows}, indent=2) if args.json else format_sweep(env, rows))
         return 0
-    results = bench_model(cfg, args, runtime)
-    if "data" not in args.skip:
-        results["data_img_s"] = bench_data(cfg, args)
+    with tempfile.TemporaryDirectory() as tmp:
+        needs_files = "files" not in args.skip or "data" not in args.skip
+        train_set = training_set(cfg, args, tmp) if needs_files else None
+        results = bench_model(cfg, args, runtime, train_set)
+        if "data" not in args.skip:
+            results["data_img_s"] = bench_data(train_set, cfg, args, device)
     if "peak" not in args.skip:
         results["peak_tflop_s"] = measure_peak_flops(device, precision, seconds=2.0) / 1e12
         if "train_tflop_s" in results:
@@ -259,7 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-LABELS = {"train_img_s": "training (D+G step), images/s", "infer_img_s": "inference (G forward), images/s",
+LABELS = {"train_img_s": "training (D+G step), images/s",
+          "train_files_img_s": "training from files (loader+step), images/s",
+          "infer_img_s": "inference (G forward), images/s",
           "onnx_infer_img_s": "inference, onnxruntime CPU fp32, images/s",
           "data_img_s": "data pipeline (decode+augment), images/s", "peak_memory_mb": "peak memory, MB",
           "train_gflop_per_img": "model GFLOP per training image", "train_tflop_s": "achieved TFLOP/s (training)",

@@ -18,7 +18,10 @@ IMAGE_SIZE = 256  # ... then take a random IMAGE_SIZE crop (also the eval resolu
 JITTER = True  # resize+random crop; False = resize straight to IMAGE_SIZE (validation's geometry, crops centred)
 PREPROCESS = "resize_and_crop"  # official --preprocess: resize_and_crop|crop|scale_width|scale_width_and_crop|none
 MIRROR = True  # random horizontal flip, the same for input and target
-NUM_WORKERS = 2  # DataLoader worker processes (0 = load in the main process)
+NUM_WORKERS = "auto"  # DataLoader worker processes: "auto" = one per CPU core this process may use (at most 8;
+#                       torchrun's processes share them), or a number (0 = load in the main process)
+CACHE_IMAGES = False  # keep the decoded training set in memory (uint8; its size is printed first): no JPEG decoding
+#                       after the first epoch. Augmentation stays random per epoch, exactly as without the cache
 BAD_FILES = "error"  # unreadable/unsplittable images: "error" = stop before training and list them, "skip" = skip them
 
 # --- model ---
@@ -45,9 +48,12 @@ ON_NAN = "stop"  # a NaN/Inf loss: "stop" = stop without saving poisoned weights
 # --- system ---
 SEED = 42  # seeds python, numpy, torch, shuffling and augmentation
 DEVICE = "auto"  # "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps"
-PRECISION = "auto"  # "auto" (bf16 on CUDA Ampere+ and AMX CPUs, fp16 on Volta/Turing, else fp32), "fp32", "bf16", "fp16"
+PRECISION = "auto"  # "auto" (bf16 on CUDA Ampere+ and AMX CPUs, fp16 on Volta/Turing, else fp32), "fp32" (IEEE fp32,
+#                    also on GPUs), "tf32" (fp32 with TF32 tensor-core convolutions; CUDA only, fp32 elsewhere), "bf16",
+#                    "fp16"; what each means where: docs/precision_issue19.md
 CHANNELS_LAST = "auto"  # NHWC memory layout: "auto" (on CUDA; on CPU from batch 4, where it beats NCHW), True, False
-COMPILE = False  # torch.compile both networks (slow first epoch, faster later)
+COMPILE = False  # torch.compile both networks (slow first epoch, faster later); "reduce-overhead": also CUDA graphs,
+#                  for small batches on a GPU, where kernel launches bound the step
 DETERMINISTIC = False  # deterministic kernels, no cuDNN autotuning: bit-exact resume on GPUs too (slower)
 DIST_TIMEOUT_S = 600  # torchrun: a rank silent this long stops the whole job instead of hanging
 

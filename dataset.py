@@ -189,6 +189,7 @@ class PairedImageDataset(Dataset):
     checks found usable) under the config's DIRECTION, channels and geometry. Index with an int, or with
     (index, seed) from AugmentationSampler: the seed fixes that item's jitter and flip, so augmentation is the
     same whatever the number of loader workers, and a resumed run continues it exactly."""
+    cached: list[tuple[np.ndarray, np.ndarray]] | None = None  # CACHE_IMAGES: every pair as read (harness/loading.py)
 
     def __init__(self, pairs: list[Pair], cfg: dict[str, Any], train: bool):
         self.pairs, self.train = pairs, train
@@ -203,6 +204,8 @@ class PairedImageDataset(Dataset):
         return len(self.pairs)
 
     def load_pair(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.cached is not None:  # the same uint8 arrays a read would give: the augmentation is unchanged
+            return self.cached[index]
         a, b = self.pairs[index]
         try:
             return read_pair(a, self.direction, self.in_channels, self.out_channels, b)

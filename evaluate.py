@@ -24,11 +24,14 @@ better; ratio = mean L1 to an image's own target / mean L1 to the other images' 
 its input (as a mean-image predictor does), lower is better (harness/metrics.py).
 
 Default --output: <checkpoint folder>/eval_<data folder name>. Deterministic: --seed fixes the dropout noise of the
-paper's test mode (--mode paper, the default; or eval). --batch-size defaults to 1 in paper mode, as the official
-test.py: there batch-norm uses the batch's statistics, so a larger batch makes each score depend on its batch-mates
-(faster, but not the paper's protocol); in eval mode it defaults to the checkpoint's BATCH_SIZE and changes only
-the speed. An official-code latest_net_G.pth stores no direction: pass --direction AtoB or BtoA (for other
-checkpoints --direction may only repeat their own). Unreadable files are skipped and listed (also in summary.json).
+paper's test mode (--mode paper, the default; or eval). The generator runs in IEEE fp32 by default (--precision
+fp32; auto, tf32, bf16 and fp16 are faster on a GPU), and the metrics are computed in fp32 on the CPU, so a
+checkpoint scores the same on a GPU as on a CPU, up to the generator's rounding (docs/precision_issue19.md).
+--batch-size defaults to 1 in paper mode, as the official test.py: there batch-norm uses the batch's statistics, so
+a larger batch makes each score depend on its batch-mates (faster, but not the paper's protocol); in eval mode it
+defaults to the checkpoint's BATCH_SIZE and changes only the speed. An official-code latest_net_G.pth stores no
+direction: pass --direction AtoB or BtoA (for other checkpoints --direction may only repeat their own). Unreadable
+files are skipped and listed (also in summary.json).
 Exit code 0 on success, 1 for a missing/corrupt checkpoint or unusable data folder, 2 for bad arguments.
 """
 import argparse
@@ -222,7 +225,7 @@ class MeanImage(torch.nn.Module):
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = model_arguments(__doc__, "evaluate.py")
+    ap = model_arguments(__doc__, "evaluate.py", precision="fp32")  # scores that compare across machines
     ap.add_argument("--data", type=Path, required=True, help="folder of side-by-side A|B images or A/ + B/ folders")
     ap.add_argument("--output", "--out", type=Path, default=None,
                     help="output folder (default <checkpoint dir>/eval_<data name>); --out is its former name")

@@ -30,7 +30,7 @@ from utils import pick_runtime, seed_everything, wrap_for_training
 
 def main(argv: list[str] | None = None) -> int:
     cfg = load_config(argv)  # config.py < PRESET < --KEY=value, each checked before any heavy work
-    ranks = setup_distributed(cfg["DIST_TIMEOUT_S"])  # under torchrun: this process's rank; else rank 0 of 1
+    ranks = setup_distributed(cfg["DIST_TIMEOUT_S"], cfg["DEVICE"])  # under torchrun: this process's rank
     runtime = pick_runtime(cfg, ranks.local_rank if ranks.world_size > 1 else None)  # device, precision, layout
     with TrainingRun(cfg, ranks, runtime, argv) as run:  # RUN_DIR checked; clean-up on every way out
         seed_everything(cfg["SEED"] + ranks.rank)  # the models are identical anyway: DDP broadcasts rank 0's

@@ -37,8 +37,14 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)  # checked by the configurator (harness/configurator.py: check_device)
 
 
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")  # PRECISION's values (docs/precision_issue19.md)
+
+
 def pick_precision(name: str, device: torch.device) -> str:
-    """'auto' -> bf16 where the hardware runs it natively, fp16 on Volta/Turing CUDA, else fp32."""
+    """'auto' -> bf16 where the hardware runs it natively, fp16 on Volta/Turing CUDA, else fp32 (never tf32: on
+    Ampere+ GPUs bf16 is faster still, and fp32 stays IEEE). tf32 off CUDA is fp32: TF32 is a CUDA tensor-core mode."""
+    if name == "tf32" and device.type != "cuda":
+        return "fp32"
     if name != "auto":
         return name
     if device.type == "cuda":
@@ -57,6 +63,17 @@ def memory_format_for(channels_last: str | bool, device: torch.device, batch_siz
     if channels_last == "auto":
         channels_last = device.type == "cuda" or (device.type == "cpu" and batch_size >= 4)
     return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def set_float32_math(precision: str, device: torch.device) -> None:
+    """What fp32 means on a GPU. PyTorch lets cuDNN run fp32 convolutions as TF32 (a 10-bit mantissa) on Ampere+
+    GPUs by default, so its fp32 is not IEEE fp32 there and scores differ from the CPU's. Here "fp32" is IEEE fp32
+    on every device, and "tf32" turns TF32 on for convolutions and matrix products. With bf16/fp16 autocast the
+    convolutions run in 16 bits anyway, and what stays in fp32 is IEEE. A no-op off CUDA (the flags are CUDA's)."""
+    if device.type == "cuda":
+        tf32 = precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32  # PyTorch's own TF32 switches, as its CUDA notes name them
+        torch.backends.cudnn.allow_tf32 = tf32
 
 
 def use_device(device: torch.device) -> None:
@@ -86,8 +103,8 @@ AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """torch.amp autocast for bf16/fp16; a no-op context for fp32."""
-    if precision == "fp32":
+    """torch.amp autocast for bf16/fp16; a no-op context for fp32 and tf32 (set_float32_math sets which)."""
+    if precision in ("fp32", "tf32"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=AMP_DTYPES[precision])
 
@@ -100,7 +117,7 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class Runtime:
-    """Where and how a run computes: device, precision ("fp32", "bf16", "fp16"), memory layout, autocast."""
+    """Where and how a run computes: device, precision ("fp32", "tf32", "bf16", "fp16"), memory layout, autocast."""
     device: torch.device
     precision: str
     memory_format: torch.memory_format = torch.contiguous_format
@@ -114,25 +131,31 @@ class Runtime:
 
 
 def pick_runtime(cfg: dict[str, Any], local_rank: int | None = None) -> Runtime:
-    """DEVICE, PRECISION, CHANNELS_LAST and DETERMINISTIC for this machine; under torchrun (`local_rank`) each
-    process takes its own GPU."""
-    device = torch.device("cuda", local_rank) if local_rank is not None and torch.cuda.is_available() \
-        else pick_device(cfg["DEVICE"])
+    """DEVICE, PRECISION, CHANNELS_LAST and DETERMINISTIC for this machine. Under torchrun (`local_rank`) each
+    process takes its own GPU, GPU local_rank, when DEVICE is auto or cuda; DEVICE=cpu stays on the CPU (gloo, see
+    harness/distributed.py), also on a machine with GPUs."""
+    device = pick_device(cfg["DEVICE"])
+    if local_rank is not None and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank)
     use_device(device)
     set_determinism(cfg["DETERMINISTIC"], device)
-    return Runtime(device, pick_precision(cfg["PRECISION"], device),
-                   memory_format_for(cfg["CHANNELS_LAST"], device, cfg["BATCH_SIZE"]))
+    precision = pick_precision(cfg["PRECISION"], device)
+    set_float32_math(precision, device)
+    return Runtime(device, precision, memory_format_for(cfg["CHANNELS_LAST"], device, cfg["BATCH_SIZE"]))
 
 
-def wrap_for_training(m: Any, compile: bool, world_size: int = 1, device: torch.device | None = None) -> None:
+def wrap_for_training(m: Any, compile: bool | str, world_size: int = 1, device: torch.device | None = None) -> None:
     """Set the networks a pix2pix.Pix2Pix trains through: DDP across processes (the D step's pair of D calls as one
-    module, so DDP sees one forward per backward), then torch.compile. Checkpoints keep saving the plain m.G, m.D."""
+    module, so DDP sees one forward per backward), then torch.compile (COMPILE=True), or torch.compile with
+    mode="reduce-overhead" (COMPILE="reduce-overhead": CUDA graphs replay a step's hundreds of kernel launches at
+    once, for small batches, where launching them bounds a GPU step). Checkpoints keep saving the plain m.G, m.D."""
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
         ids = [device] if device is not None and device.type == "cuda" else None
         m.G_run, m.D_pairs = DDP(m.G, device_ids=ids), DDP(m.D_pairs, device_ids=ids)
     if compile:
-        m.G_run, m.D_pairs, m.D_run = torch.compile(m.G_run), torch.compile(m.D_pairs), torch.compile(m.D)
+        options = {"mode": compile} if isinstance(compile, str) else {}
+        m.G_run, m.D_pairs, m.D_run = (torch.compile(net, **options) for net in (m.G_run, m.D_pairs, m.D))
 
 
 # ----------------------------------------------------------------------------- images

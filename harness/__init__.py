@@ -5,6 +5,7 @@
     checkpoint.py     the checkpoint schema, atomic saves, loading generators, legacy files
     configurator.py   config.py < PRESET < --KEY=value, validated
     data_checks.py    bad files, pairing, batchable shapes; `python -m harness.data_checks FOLDER`
+    loading.py        the training DataLoader: NUM_WORKERS=auto, the in-memory image cache (CACHE_IMAGES)
     errors.py         every error a user sees, and its exit code (2 = the command, 1 = at run time)
     signals.py        Ctrl-C / SIGTERM: finish the step, save, print the resume command
     distributed.py    torchrun / DDP setup and agreement between ranks
@@ -12,5 +13,6 @@
     metrics.py        L1, PSNR, SSIM and the own/other-target ratio
     fcn_score.py      the paper's FCN-score (§4.2) with a segmenter trained here, per dataset
     inference.py      loading a generator for predict.py, evaluate.py and demo.py; fitting any image size
+    gpu_check.py      `python bench.py --gpu-check`: the CUDA tests, a facades run and bench.py's grid, one table
     official_format.py, onnx_export.py, synthetic_data.py, atomic.py
 """

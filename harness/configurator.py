@@ -19,20 +19,26 @@ from dataset import PREPROCESS_MODES
 from generator_model import DROPOUT_PLACEMENTS, TEST_MODES, num_downs_for
 from harness.errors import ConfigError
 from layers import NORMS
+from utils import PRECISIONS, pick_device
 
 
 def default_settings() -> dict[str, Any]:
     return {k: v for k, v in vars(default_config).items() if k.isupper() and k != "PRESETS"}
 
 
+TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+
 def parse_value(key: str, text: str, default: Any) -> Any:
     """Turn the text of --KEY=text into a value of the default's type; literals only, never code."""
+    if key in FLEXIBLE:  # settings that take a word or a bool/number, whatever the type of config.py's value
+        return FLEXIBLE[key](key, text)
     if isinstance(default, str):
         return text
     if isinstance(default, bool):
-        if text.lower() in ("true", "1", "yes", "on"):
+        if text.lower() in TRUE:
             return True
-        if text.lower() in ("false", "0", "no", "off"):
+        if text.lower() in FALSE:
             return False
         raise ConfigError(f"--{key}={text}: expected True or False")
     try:
@@ -48,13 +54,39 @@ def parse_value(key: str, text: str, default: Any) -> Any:
     return value
 
 
-def auto_or_bool(key: str, value: Any) -> str | bool:
-    """A setting that is "auto" or a bool; --KEY=True/False/auto all parse (the default's type is str)."""
-    if isinstance(value, bool) or value == "auto":
+def bool_or_word(key: str, value: Any, words: tuple[str, ...]) -> str | bool:
+    """A setting that is one of `words` or a bool: as text from the command line, or as is from config.py."""
+    if isinstance(value, bool) or value in words:
         return value
-    if str(value).lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-        return str(value).lower() in ("true", "1", "yes", "on")
-    raise ConfigError(f"{key}={value!r} is not valid; choose auto, True or False")
+    if str(value).lower() in TRUE + FALSE:
+        return str(value).lower() in TRUE
+    raise ConfigError(f"{key}={value!r} is not valid; choose {', '.join(words)}, True or False")
+
+
+def auto_or_bool(key: str, value: Any) -> str | bool:
+    """CHANNELS_LAST: "auto", True or False."""
+    return bool_or_word(key, value, ("auto",))
+
+
+def compile_mode(key: str, value: Any) -> str | bool:
+    """COMPILE: False, True, or "reduce-overhead" (torch.compile's mode with CUDA graphs); the bools of older
+    runs' settings mean what they meant."""
+    return bool_or_word(key, value, ("reduce-overhead",))
+
+
+def auto_or_count(key: str, value: Any) -> str | int:
+    """NUM_WORKERS: "auto" or a whole number >= 0 (harness/loading.py turns "auto" into a number)."""
+    if value == "auto":
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    raise ConfigError(f"{key}={value!r} is not valid; choose auto or a whole number >= 0 (0 = load in the main "
+                      f"process)")
+
+
+FLEXIBLE = {"CHANNELS_LAST": auto_or_bool, "COMPILE": compile_mode, "NUM_WORKERS": auto_or_count}
 
 
 def parse_overrides(argv: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -100,11 +132,12 @@ def _positive(cfg: dict, key: str, allow_zero: bool = False) -> None:
 
 
 def validate_config(cfg: dict[str, Any]) -> None:
-    cfg["CHANNELS_LAST"] = auto_or_bool("CHANNELS_LAST", cfg["CHANNELS_LAST"])
+    for key, parse in FLEXIBLE.items():  # also the values written in config.py
+        cfg[key] = parse(key, cfg[key])
     _one_of(cfg, "DIRECTION", ("AtoB", "BtoA"))
     _one_of(cfg, "NORM", NORMS)
     _one_of(cfg, "DROPOUT_PLACEMENT", DROPOUT_PLACEMENTS)
-    _one_of(cfg, "PRECISION", ("auto", "fp32", "bf16", "fp16"))
+    _one_of(cfg, "PRECISION", PRECISIONS)
     _one_of(cfg, "BAD_FILES", ("error", "skip"))
     _one_of(cfg, "PREPROCESS", PREPROCESS_MODES)
     _one_of(cfg, "ON_NAN", ("stop", "skip"))
@@ -119,7 +152,7 @@ def validate_config(cfg: dict[str, Any]) -> None:
     for key in ("LEARNING_RATE", "BATCH_SIZE", "IMAGE_SIZE", "LOAD_SIZE", "GEN_BASE_CHANNELS",
                 "DISC_BASE_CHANNELS", "N_SAMPLES", "LOG_EVERY", "DIST_TIMEOUT_S", "NUM_DOWNS"):
         _positive(cfg, key)
-    for key in ("N_EPOCHS", "N_EPOCHS_DECAY", "NUM_WORKERS", "SAMPLE_EVERY", "VAL_EVERY", "VAL_MAX_IMAGES",
+    for key in ("N_EPOCHS", "N_EPOCHS_DECAY", "SAMPLE_EVERY", "VAL_EVERY", "VAL_MAX_IMAGES",
                 "CHECKPOINT_EVERY_STEPS", "CHECKPOINT_EVERY_MINUTES", "SNAPSHOT_EVERY", "L1_LAMBDA"):
         _positive(cfg, key, allow_zero=True)
     if not 0 <= cfg["EVAL_BUDGET"] <= 1:
@@ -138,9 +171,11 @@ def validate_config(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"LOAD_SIZE={cfg['LOAD_SIZE']} < IMAGE_SIZE={cfg['IMAGE_SIZE']}: the random crop needs "
                           f"LOAD_SIZE >= IMAGE_SIZE (paper: 286 for 256)")
     check_device(cfg["DEVICE"])
-    if cfg["SYNC_BN"] and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.cuda.is_available():
-        raise ConfigError("SYNC_BN=True needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU version); use "
-                          "SYNC_BN=False, or NORM=instance, which needs no statistics shared across processes")
+    device = pick_device(cfg["DEVICE"])
+    if cfg["SYNC_BN"] and int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.type != "cuda":
+        raise ConfigError(f"SYNC_BN=True needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU version), but "
+                          f"DEVICE={cfg['DEVICE']} runs on {device.type}; use SYNC_BN=False, or NORM=instance, "
+                          f"which needs no statistics shared across processes")
 
 
 def check_device(name: str) -> None:

@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from harness.errors import ConfigError
+from utils import pick_device
 
 
 @dataclass
@@ -27,12 +28,13 @@ class Ranks:
         return self.rank == 0
 
 
-def setup_distributed(timeout_s: int) -> Ranks:
-    """Initialises torch.distributed when launched by torchrun (several processes); else a single process."""
+def setup_distributed(timeout_s: int, device: str) -> Ranks:
+    """Initialises torch.distributed when launched by torchrun (several processes); else a single process. The
+    backend follows DEVICE: nccl where the run uses GPUs, gloo for DEVICE=cpu (also on a machine with GPUs)."""
     if "RANK" not in os.environ or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Ranks()
     local_rank = int(os.environ["LOCAL_RANK"])
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    backend = "nccl" if pick_device(device).type == "cuda" else "gloo"
     device_id = None
     if backend == "nccl":
         if local_rank >= torch.cuda.device_count():

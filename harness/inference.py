@@ -15,7 +15,7 @@ from generator_model import UNetGenerator
 from harness.checkpoint import load_generator
 from harness.configurator import check_device, default_settings
 from harness.errors import ConfigError
-from utils import pick_device, pick_precision, use_device
+from utils import PRECISIONS, pick_device, pick_precision, set_float32_math, use_device
 
 
 def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str = "auto", precision: str = "auto",
@@ -41,7 +41,9 @@ def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str 
     cfg = default_settings() | {"IMAGE_SIZE": 2 ** G.hparams["num_downs"]} | G.train_config
     cfg |= {"DIRECTION": direction or cfg["DIRECTION"], "IN_CHANNELS": G.hparams["in_channels"],
             "OUT_CHANNELS": G.hparams["out_channels"], "NUM_DOWNS": G.hparams["num_downs"]}
-    return G, cfg, dev, pick_precision(precision, dev)
+    precision = pick_precision(precision, dev)
+    set_float32_math(precision, dev)  # fp32 is IEEE fp32 on a GPU too; tf32 asks for TF32
+    return G, cfg, dev, precision
 
 
 def batch_size_for(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
@@ -50,8 +52,9 @@ def batch_size_for(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     return args.batch_size or (1 if args.mode == "paper" else cfg["BATCH_SIZE"])
 
 
-def model_arguments(doc: str, script: str) -> argparse.ArgumentParser:
-    """A parser with the options predict.py and evaluate.py share: which generator, and how to run it."""
+def model_arguments(doc: str, script: str, precision: str = "auto") -> argparse.ArgumentParser:
+    """A parser with the options predict.py and evaluate.py share: which generator, and how to run it
+    (`precision`: --precision's default)."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                  epilog=f"See the module docstring (top of {script}) for details.")
     ap.add_argument("--checkpoint", type=Path, required=True,
@@ -64,7 +67,9 @@ def model_arguments(doc: str, script: str) -> argparse.ArgumentParser:
     ap.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
                     help="which half of an A|B file is the input, for checkpoints that store none (official files)")
     ap.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
-    ap.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    ap.add_argument("--precision", choices=PRECISIONS, default=precision,
+                    help=f"the generator's precision (default {precision}): auto as in training (bf16 on Ampere+ "
+                         f"GPUs), fp32 = IEEE fp32 on every device, tf32 = TF32 convolutions on CUDA")
     return ap
 
 

@@ -10,7 +10,10 @@ For maps (aerial -> map), whose targets are flat colour regions, the figures use
 literature are RMSE and per-pixel accuracy (e.g. DistanceGAN, Benaim & Wolf 2017; GcGAN, Fu et al. 2019): a pixel
 is correct when the largest absolute channel difference between output and target, in grey levels (0-255, the
 output rounded as a saved image is), is below a threshold delta. Reported for delta = 5 and 16 (PIXEL_ACC_DELTAS).
-Inputs are images in [0, 1]. Not run directly; used by harness/run.py and evaluate.py.
+
+All figures use images in [0, 1], computed in IEEE fp32 on the CPU whatever device ran the generator: the same
+outputs score the same everywhere (on a GPU, convolutions in SSIM could otherwise run in TF32 and in another
+summation order). Not run directly; used by harness/run.py and evaluate.py.
 """
 from typing import Any, Callable
 
@@ -80,13 +83,13 @@ def evaluate_generator(G: torch.nn.Module, loader: Any, device: torch.device, pr
                 break
             x, y = x.to(device), y.to(device)
             fake = generate(G, x, device, precision)
-            fake01, y01 = to_unit(fake), to_unit(y)
+            fake01, y01 = to_unit(fake).cpu(), to_unit(y).cpu()  # scored on the CPU (see the module docstring)
             for k, v in per_image_metrics(fake01, y01).items():
-                per_image[k].append(v.cpu())
+                per_image[k].append(v)
             if on_batch is not None:
-                on_batch(to_unit(x), fake01, y01)
-            fakes.append(F.interpolate(fake01, size=RATIO_SIZE, mode="area").cpu())
-            targets.append(F.interpolate(y01, size=RATIO_SIZE, mode="area").cpu())
+                on_batch(to_unit(x).cpu(), fake01, y01)
+            fakes.append(F.interpolate(fake01, size=RATIO_SIZE, mode="area"))
+            targets.append(F.interpolate(y01, size=RATIO_SIZE, mode="area"))
             seen += x.shape[0]
     per_image_t = {k: torch.cat(v)[:max_images or None] for k, v in per_image.items()}
     fakes_t, targets_t = torch.cat(fakes)[:max_images or None], torch.cat(targets)[:max_images or None]

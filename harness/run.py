@@ -30,9 +30,10 @@ from harness.configurator import resolve_resume
 from harness.data_checks import training_data
 from harness.distributed import Ranks, barrier, check_ranks_agree, gather_from_ranks, without_sync_bn
 from harness.errors import DatasetError
+from harness.loading import cache_images, loader_workers, training_loader
 from harness.run_log import (RunLog, check_run_dir, format_duration, print_epoch_speed, print_run, sample_batch,
                              training_flops_per_image, write_samples)
-from harness.signals import StopRequest, ignore_stop_signals, resume_command, shut_down_workers
+from harness.signals import StopRequest, resume_command, shut_down_workers
 from harness.step_guard import LOSS_TERMS, StepGuard
 from utils import Runtime, seed_everything
 
@@ -96,14 +97,14 @@ class TrainingRun:
             raise DatasetError(f"{self.cfg['TRAIN_DIR']}: {len(train_set)} usable images for {self.ranks.world_size} "
                                f"processes; each process needs at least one: add images or start fewer "
                                f"(torchrun --nproc_per_node)")
+        if self.cfg["CACHE_IMAGES"]:  # now, before the loader's workers start: they share it (see cache_images)
+            cache_images(train_set, loader_workers(self.cfg["NUM_WORKERS"]),
+                         say=print if self.ranks.master else lambda text: None)
         self.train_set, self.val_set = train_set, val_set
         return train_set, val_set
 
     def loader(self, dataset: Any, sampler: Any) -> DataLoader:
-        workers = self.cfg["NUM_WORKERS"]
-        loader = DataLoader(dataset, batch_size=self.cfg["BATCH_SIZE"], sampler=sampler, num_workers=workers,
-                            pin_memory=self.runtime.device.type == "cuda", persistent_workers=workers > 0,
-                            generator=self.loader_rng, worker_init_fn=ignore_stop_signals)
+        loader = training_loader(dataset, sampler, self.cfg, self.runtime.device, self.loader_rng)
         self.cleanup.callback(shut_down_workers, loader)  # never left for interpreter exit (where they would hang)
         return loader
 

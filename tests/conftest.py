@@ -146,3 +146,15 @@ def data(tmp_path_factory) -> Path:
     write_pairs(root / "train", 8, seed=0)
     write_pairs(root / "val", 4, seed=1)
     return root
+
+
+@pytest.fixture
+def cuda_flags():
+    """Gives back the process-wide CUDA math switches a test sets (TF32, cuDNN autotuning; utils.set_float32_math,
+    utils.set_determinism), so that they cannot leak into later tests. They can be set without a GPU."""
+    switches = ((torch.backends.cuda.matmul, "allow_tf32"), (torch.backends.cudnn, "allow_tf32"),
+                (torch.backends.cudnn, "benchmark"))
+    saved = [getattr(obj, name) for obj, name in switches]
+    yield
+    for (obj, name), value in zip(switches, saved):
+        setattr(obj, name, value)

@@ -111,6 +111,38 @@ def test_validation_errors_name_the_setting(args, key):
     assert key in str(err.value)
 
 
+@pytest.mark.parametrize("arg, value", [("--NUM_WORKERS=auto", "auto"), ("--NUM_WORKERS=4", 4), ("--NUM_WORKERS=0", 0),
+                                        ("--COMPILE=reduce-overhead", "reduce-overhead"), ("--COMPILE=True", True),
+                                        ("--COMPILE=off", False), ("--PRECISION=tf32", "tf32")])
+def test_settings_that_take_a_word_or_a_number(arg, value):
+    key = arg[2:].split("=")[0]
+    got = load_config([arg])[key]
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("arg", ["--NUM_WORKERS=-1", "--NUM_WORKERS=2.5", "--NUM_WORKERS=many", "--NUM_WORKERS=True",
+                                 "--COMPILE=max-autotune", "--COMPILE=2", "--PRECISION=fp64"])
+def test_bad_words_or_numbers_are_one_line_setting_errors(arg):
+    key = arg[2:].split("=")[0]
+    with pytest.raises(ConfigError) as err:
+        load_config([arg])
+    assert f"{key}=" in str(err.value) and "\n" not in str(err.value) and ConfigError.exit_code == 2
+
+
+def test_new_defaults_and_values_written_in_config_py(monkeypatch):
+    """NUM_WORKERS=auto and CACHE_IMAGES=False by default; values edited into config.py go through the same checks
+    (an int NUM_WORKERS, COMPILE="reduce-overhead"), and --NUM_WORKERS=auto still works over an int there."""
+    cfg = load_config([])
+    assert (cfg["NUM_WORKERS"], cfg["CACHE_IMAGES"], cfg["COMPILE"]) == ("auto", False, False)
+    monkeypatch.setattr(default_config, "NUM_WORKERS", 3)
+    monkeypatch.setattr(default_config, "COMPILE", "reduce-overhead")
+    assert (load_config([])["NUM_WORKERS"], load_config([])["COMPILE"]) == (3, "reduce-overhead")
+    assert load_config(["--NUM_WORKERS=auto"])["NUM_WORKERS"] == "auto"
+    monkeypatch.setattr(default_config, "NUM_WORKERS", -2)
+    with pytest.raises(ConfigError, match="NUM_WORKERS=-2"):
+        load_config([])
+
+
 def test_load_size_may_be_smaller_without_jitter():
     assert load_config(["--LOAD_SIZE=200", "--JITTER=False"])["LOAD_SIZE"] == 200
 

@@ -338,13 +338,46 @@ def test_ctrl_c_under_torchrun_saves_and_the_resumed_run_is_bit_identical(tmp_pa
             assert all(torch.equal(v, b[key]["state"][p][k]) for k, v in state.items()), key
 
 
-def test_sync_bn_on_cpu_is_refused_up_front(tmp_path, monkeypatch):
+@pytest.mark.parametrize("gpus", [False, True])
+def test_sync_bn_on_cpu_is_refused_up_front(tmp_path, monkeypatch, gpus):
+    """DEVICE=cpu (tiny_args) with SYNC_BN under torchrun: refused before any work, also on a machine with GPUs;
+    with GPUs and DEVICE=auto the settings pass."""
     import train
+    from harness.configurator import load_config
     from harness.errors import ConfigError
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpus)
     monkeypatch.setenv("WORLD_SIZE", "2")  # as if launched by torchrun (checked with the settings, before setup)
-    monkeypatch.setattr(train, "setup_distributed", lambda timeout_s: pytest.fail("got past the config check"))
-    with pytest.raises(ConfigError, match="SYNC_BN=True needs CUDA"):
+    monkeypatch.setattr(train, "setup_distributed", lambda *args: pytest.fail("got past the config check"))
+    with pytest.raises(ConfigError, match="SYNC_BN=True needs CUDA GPUs .*DEVICE=cpu runs on cpu"):
         train.main(tiny_args(tmp_path / "data", tmp_path / "run", SYNC_BN=True))
+    if gpus:
+        assert load_config(["--SYNC_BN=True"])["SYNC_BN"] is True
+
+
+def test_under_torchrun_the_device_and_backend_follow_device(monkeypatch, cuda_flags):
+    """On a machine with GPUs (mocked), DEVICE=cpu under torchrun means the CPU and gloo, as these tests need;
+    DEVICE=auto or cuda means GPU LOCAL_RANK and nccl; an explicit cuda:N is kept."""
+    import utils
+    from harness.configurator import default_settings
+    from harness.distributed import setup_distributed
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda device: None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    for key, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(key, value)
+    groups = []
+    monkeypatch.setattr(torch.distributed, "init_process_group",
+                        lambda backend, timeout, device_id: groups.append((backend, device_id)))
+    monkeypatch.setattr(torch.distributed, "get_rank", lambda: 1)
+    monkeypatch.setattr(torch.distributed, "get_world_size", lambda: 2)
+    assert [setup_distributed(60, device).local_rank for device in ("cpu", "auto", "cuda")] == [1, 1, 1]
+    assert groups == [("gloo", None), ("nccl", torch.device("cuda", 1)), ("nccl", torch.device("cuda", 1))]
+    cfg = default_settings()
+    devices = {name: utils.pick_runtime(cfg | {"DEVICE": name}, local_rank=1).device
+               for name in ("cpu", "auto", "cuda", "cuda:0")}
+    assert devices == {"cpu": torch.device("cpu"), "auto": torch.device("cuda", 1), "cuda": torch.device("cuda", 1),
+                       "cuda:0": torch.device("cuda", 0)}
 
 
 def test_rank0_samples_and_validates_with_a_plain_batchnorm_copy_of_a_sync_bn_generator():
@@ -377,7 +410,7 @@ def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
     for key, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2"}.items():
         monkeypatch.setenv(key, value)
     with pytest.raises(ConfigError, match="local rank 1 has no GPU: this machine has 1"):
-        setup_distributed(60)
+        setup_distributed(60, "auto")
 
 
 def test_ranks_that_disagree_on_checkpoint_or_data_stop_with_a_clear_error(monkeypatch):

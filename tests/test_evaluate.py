@@ -29,8 +29,8 @@ VAL_FILES = ["000.png", "001.png", "002.png", "003.png"]  # conftest.tiny_run's 
 def evaluated(tiny_run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("evaluate") / "out"
     assert evaluate.main(["--checkpoint", str(tiny_run / "run" / "generator.pt"), "--data",
-                          str(tiny_run / "data" / "val"), "--output", str(out)]) == 0
-    return out
+                          str(tiny_run / "data" / "val"), "--output", str(out), "--device", "cpu"]) == 0
+    return out  # on the CPU: compared with an evaluation computed here, on the CPU
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:
@@ -59,6 +59,7 @@ def test_summary_json_matches_an_independent_evaluation(evaluated, tiny_run):
     assert summary["n_images"] == 4 and summary["skipped_files"] == []
     assert (summary["mode"], summary["seed"], summary["batch_size"]) == ("paper", 0, 1)
     assert (summary["image_size"], summary["direction"]) == (32, "BtoA")
+    assert summary["precision"] == "fp32"  # the default: IEEE fp32 on any device (docs/precision_issue19.md)
     G = load_generator(tiny_run / "run" / "generator.pt")
     data = make_dataset(tiny_run / "data" / "val", direction="BtoA", image_size=32, train=False)
     expected = evaluate_generator(G, DataLoader(data, batch_size=1), torch.device("cpu"), seed=0)["summary"]
@@ -113,7 +114,7 @@ def test_thumbnails_are_input_output_target_in_file_order(evaluated, tiny_run):
 def test_deterministic_and_default_output_folder(evaluated, tiny_run, tmp_path):
     """Twice with the same seed: identical numbers; the default --out is <checkpoint dir>/eval_<data name>."""
     shutil.copy(tiny_run / "run" / "generator.pt", tmp_path / "generator.pt")
-    args = ["--checkpoint", str(tmp_path / "generator.pt"), "--data", str(tiny_run / "data" / "val")]
+    args = ["--checkpoint", str(tmp_path / "generator.pt"), "--data", str(tiny_run / "data" / "val"), "--device", "cpu"]
     assert evaluate.main(args) == 0
     again = tmp_path / "eval_val"
     assert (again / "metrics.csv").read_bytes() == (evaluated / "metrics.csv").read_bytes()

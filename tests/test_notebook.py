@@ -59,7 +59,7 @@ def test_notebook_runs_and_shows_images_and_metrics(tiny_run, this_interpreters_
         torch.save(official_format.official_state_dict(UNetGenerator(3, 3, 4, 5, dropout_placement="official")), checkpoint)
         monkeypatch.setenv("PIX2PIX_DIRECTION", "BtoA")
     for key, value in (("PIX2PIX_CHECKPOINT", checkpoint), ("PIX2PIX_DATA", data), ("MPLBACKEND", "Agg"),
-                       ("OMP_NUM_THREADS", "1")):
+                       ("OMP_NUM_THREADS", "1"), ("PIX2PIX_DEVICE", "cpu")):  # compared with CPU numbers below
         monkeypatch.setenv(key, str(value))
     nb = nbformat.read(NOTEBOOK, as_version=4)
     # cwd notebooks/, as when opened in Jupyter: the notebook must find the repo root itself

@@ -314,8 +314,9 @@ def pixels(path: Path) -> np.ndarray:
 
 def test_predict_paper_mode_output_does_not_depend_on_batch_mates(batch4_checkpoint, tiny_run, tmp_path):
     val = sorted((tiny_run / "data" / "val").glob("*.png"))
-    run = lambda inputs, out, *extra: predict.main(  # noqa: E731
-        ["--checkpoint", str(batch4_checkpoint), "--input", *map(str, inputs), "--output", str(out), *extra])
+    run = lambda inputs, out, *extra: predict.main(  # noqa: E731 - on the CPU: outputs compared bit for bit
+        ["--checkpoint", str(batch4_checkpoint), "--input", *map(str, inputs), "--output", str(out), "--device",
+         "cpu", *extra])
     assert run(val, tmp_path / "all") == 0
     assert run(val[:1], tmp_path / "alone") == 0
     assert np.array_equal(pixels(tmp_path / "all" / val[0].name), pixels(tmp_path / "alone" / val[0].name))
@@ -330,15 +331,16 @@ def test_predict_paper_mode_output_does_not_depend_on_batch_mates(batch4_checkpo
 
 def test_evaluate_paper_mode_defaults_to_batch_1(batch4_checkpoint, tiny_run, tmp_path):
     data = tiny_run / "data" / "val"
+    cpu = ["--device", "cpu"]  # scores compared digit for digit
     assert evaluate.main(["--checkpoint", str(batch4_checkpoint), "--data", str(data), "--output",
-                          str(tmp_path / "all")]) == 0
+                          str(tmp_path / "all"), *cpu]) == 0
     assert evaluate.main(["--checkpoint", str(batch4_checkpoint), "--data", str(data), "--output",
-                          str(tmp_path / "one"), "--max-images", "1"]) == 0
+                          str(tmp_path / "one"), "--max-images", "1", *cpu]) == 0
     first = lambda out: (tmp_path / out / "metrics.csv").read_text().splitlines()[1]  # noqa: E731
     assert json.loads((tmp_path / "all" / "summary.json").read_text())["batch_size"] == 1
     assert first("all") == first("one")
     assert evaluate.main(["--checkpoint", str(batch4_checkpoint), "--data", str(data), "--output",
-                          str(tmp_path / "b4"), "--batch-size", "4"]) == 0
+                          str(tmp_path / "b4"), "--batch-size", "4", *cpu]) == 0
     assert first("b4") != first("one")
 
 

@@ -33,8 +33,9 @@ def write_image(path: Path, width: int, height: int, mode: str = "RGB", seed: in
 
 
 def run(checkpoint: Path, inputs: list, output: Path, *extra: str) -> int:
+    """predict.py on the CPU: its outputs are compared with the generator's computed here, on the CPU."""
     return predict.main(["--checkpoint", str(checkpoint), "--input", *map(str, inputs), "--output", str(output),
-                         *extra])
+                         "--device", "cpu", *extra])
 
 
 def pixels(path: Path) -> np.ndarray:

@@ -91,7 +91,8 @@ def test_bench_reports_every_figure_as_json(capsys):
                        "--PRECISION=fp32", "--skip", "peak", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert code == 0 and out["env"]["precision"] == "fp32" and out["env"]["image_size"] == 32
-    for key in ("train_img_s", "infer_img_s", "onnx_infer_img_s", "data_img_s", "peak_memory_mb", "train_tflop_s"):
+    for key in ("train_img_s", "train_files_img_s", "infer_img_s", "onnx_infer_img_s", "data_img_s", "peak_memory_mb",
+                "train_tflop_s"):
         assert out["results"][key] > 0, key
     # achieved TFLOP/s is the measured rate times the model's FLOPs per image (counted on meta tensors)
     results = out["results"]
@@ -113,3 +114,181 @@ def test_channels_last_auto_picks_the_layout_by_device_and_batch():
     assert load_config(["--CHANNELS_LAST=true"])["CHANNELS_LAST"] is True
     with pytest.raises(ConfigError, match="CHANNELS_LAST='sometimes'"):
         load_config(["--CHANNELS_LAST=sometimes"])
+
+
+# ----------------------------------------------------------------------------- what fp32 means; tf32 (issue 19)
+
+def test_fp32_is_ieee_on_a_gpu_and_tf32_turns_tf32_on(cuda_flags):
+    """PyTorch runs fp32 convolutions as TF32 on Ampere+ GPUs by default; here PRECISION=fp32 switches that off, tf32
+    switches it on (convolutions and matrix products), and bf16/fp16 keep the fp32 rest IEEE. Off CUDA the switches
+    are left alone. (The switches are settable without a GPU.)"""
+    import utils
+    cuda = torch.device("cuda", 0)
+    for precision, tf32 in (("tf32", True), ("fp32", False), ("tf32", True), ("bf16", False), ("fp16", False)):
+        utils.set_float32_math(precision, cuda)
+        assert (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32) == (tf32, tf32), precision
+    utils.set_float32_math("tf32", CPU)
+    assert not torch.backends.cudnn.allow_tf32
+
+
+def test_tf32_is_fp32_off_cuda_and_never_autocast():
+    assert pick_precision("tf32", CPU) == "fp32"  # TF32 is a CUDA tensor-core mode: elsewhere plain fp32
+    assert pick_precision("tf32", torch.device("cuda", 0)) == "tf32"
+    conv, x = torch.nn.Conv2d(3, 4, 3), torch.randn(1, 3, 8, 8)
+    with autocast(CPU, "tf32"):
+        assert conv(x).dtype == torch.float32
+
+
+@pytest.mark.parametrize("precision, tf32", [("fp32", False), ("tf32", True), ("auto", False)])
+def test_pick_runtime_sets_what_fp32_means_for_the_run(monkeypatch, cuda_flags, precision, tf32):
+    """train.py, bench.py (pick_runtime) and predict/evaluate/demo (load_for_inference) set the switches."""
+    import utils
+    from harness import inference
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    torch.backends.cudnn.allow_tf32 = not tf32
+    runtime = utils.pick_runtime(default_settings() | {"DEVICE": "cuda", "PRECISION": precision})
+    assert runtime.precision == {"auto": "bf16"}.get(precision, precision)  # auto stays bf16 on Ampere+
+    assert torch.backends.cudnn.allow_tf32 is tf32 and torch.backends.cuda.matmul.allow_tf32 is tf32
+    torch.backends.cudnn.allow_tf32 = not tf32
+    G = build_models(default_settings() | {"IMAGE_SIZE": 32, "NUM_DOWNS": 5, "GEN_BASE_CHANNELS": 8})[0]
+    G.train_config = {}  # as loaded from an official file: no settings
+    monkeypatch.setattr(inference, "check_device", lambda name: None)
+    monkeypatch.setattr(inference, "load_generator", lambda path, device, mode: G)
+    assert inference.load_for_inference("g.pt", "eval", "cuda", precision)[3] == runtime.precision
+    assert torch.backends.cudnn.allow_tf32 is tf32
+
+
+def test_evaluate_defaults_to_fp32_and_predict_to_auto():
+    import evaluate
+    import predict
+    assert evaluate.parse_args(["--checkpoint", "g.pt", "--data", "d"]).precision == "fp32"
+    assert evaluate.parse_args(["--checkpoint", "g.pt", "--data", "d", "--precision", "tf32"]).precision == "tf32"
+    assert predict.parse_args(["--checkpoint", "g.pt", "--input", "x.png", "--output", "o"]).precision == "auto"
+
+
+# ----------------------------------------------------------------------------- COMPILE="reduce-overhead" (issue 19)
+
+@pytest.mark.parametrize("setting, options", [(True, {}), ("reduce-overhead", {"mode": "reduce-overhead"}),
+                                              (False, None)])
+def test_compile_setting_reaches_torch_compile(monkeypatch, setting, options):
+    """COMPILE=True: torch.compile's default mode; "reduce-overhead": its CUDA-graph mode, for all three networks
+    the step runs through; False: none."""
+    import utils
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda net, **kw: calls.append(kw) or net)
+    cfg = default_settings() | {"IMAGE_SIZE": 32, "NUM_DOWNS": 5, "GEN_BASE_CHANNELS": 8, "DISC_BASE_CHANNELS": 8}
+    G, D = build_models(cfg)
+    model = Pix2Pix(G, D, *make_optimizers(G, D, cfg, CPU), *make_grad_scalers(CPU, "fp32"))
+    utils.wrap_for_training(model, setting)
+    assert calls == ([] if options is None else [options] * 3)
+
+
+# ----------------------------------------------------------------------------- training from files (issue 19)
+
+def test_bench_training_from_files_takes_every_step_from_the_loader(tmp_path, monkeypatch, capsys):
+    """Each timed and warm-up step of bench.py's "training from files" draws one batch from the training
+    DataLoader: items drawn = (warm-up + repeats x steps) x batch size; CACHE_IMAGES is honoured."""
+    from conftest import write_pairs
+    from dataset import PairedImageDataset
+    write_pairs(tmp_path / "train", 6)
+    drawn = []
+    real = PairedImageDataset.__getitem__
+    monkeypatch.setattr(PairedImageDataset, "__getitem__", lambda self, key: drawn.append(key) or real(self, key))
+    code = bench.main(["--IMAGE_SIZE=32", "--LOAD_SIZE=36", "--BATCH_SIZE=2", "--NUM_WORKERS=0", "--PRECISION=fp32",
+                       "--CACHE_IMAGES=True", "--data", str(tmp_path / "train"), "--warmup", "1", "--steps", "2",
+                       "--repeats", "2", "--skip", "infer,onnx,data,peak", "--json"])
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert code == 0 and out["results"]["train_files_img_s"] > 0 and out["env"]["cache_images"] is True
+    assert len(drawn) == (1 + 2 * 2) * 2
+    assert "CACHE_IMAGES: keeping the 6 training pairs" in captured.err
+
+
+# ----------------------------------------------------------------------------- bench.py --gpu-check (issue 19)
+
+def test_gpu_check_without_cuda_says_so_in_one_line_and_runs_nothing(monkeypatch, capsys):
+    from harness import gpu_check
+    from harness.errors import exit_on_error
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gpu_check, "execute", lambda cmd, timeout: pytest.fail(f"ran {cmd}"))
+    assert exit_on_error(lambda: bench.main(["--gpu-check"])) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: bench.py --gpu-check needs an NVIDIA GPU with CUDA")
+    assert "nothing was run" in err
+
+
+def test_gpu_check_plan_covers_the_grid_once():
+    """fp32/tf32/bf16 x batch 1/16 x NCHW/channels-last x eager/compiled, reduce-overhead at batch 1 only, and
+    training from files with and without the cache; eager channels-last first (the CUDA default)."""
+    from harness import gpu_check
+    plan = gpu_check.bench_plan()
+    keys = [tuple(sorted(s.items())) for s in plan]
+    assert len(keys) == len(set(keys)) == 2 * 3 * 2 * 3 - 2 * 3 + 2  # no reduce-overhead at batch 16
+    assert {s["COMPILE"] for s in plan if s["BATCH_SIZE"] == 16} == {False, True}
+    assert sum(s["COMPILE"] == "reduce-overhead" for s in plan) == 3 * 2
+    assert [s.get("CACHE_IMAGES") for s in plan if "CACHE_IMAGES" in s] == [False, True]
+    assert all(s["CHANNELS_LAST"] and not s["COMPILE"] for s in plan[:6])
+
+
+def fake_part(cmd: list[str]) -> tuple[int, str, str]:
+    """What each part of the GPU check prints when it works."""
+    if "pytest" in cmd:
+        return 0, "........ [100%]\n8 passed in 61.2s\n", ""
+    if "train.py" in cmd:
+        resumed = "--N_EPOCHS_DECAY=1" in cmd
+        return 0, ("resuming from run/checkpoints/last.pt: epoch 2, batch 0, step 400\n" if resumed else "") + \
+            f"device cuda:0 (bf16), 1 process(es)\nepoch {1 + resumed}: 150.5 img/s, 1.2 TFLOP/s\n" \
+            f"  val: L1 0.4100  PSNR 12.00 dB\n", ""
+    if "--COMPILE=reduce-overhead" in cmd:
+        return 1, "", "Traceback ...\nRuntimeError: simulated CUDA-graph failure\n"
+    results = {"train_img_s": 300.0, "peak_memory_mb": 2048.0, "train_files_img_s": 250.0, "data_img_s": 900.0}
+    return 0, json.dumps({"env": {"workers": 8}, "results": results}), ""
+
+
+@pytest.mark.parametrize("budget_minutes, runs", [(100.0, "all"), (2.0, "some")])
+def test_gpu_check_prints_one_table_and_keeps_to_its_budget(tmp_path, monkeypatch, capsys, budget_minutes, runs):
+    """With CUDA mocked and every part 20 s on a fake clock: one markdown table with a row per part; a failing part
+    is marked and gives exit code 1; parts that no longer fit the budget are "not run" (not started at all)."""
+    from harness import gpu_check
+    now, started = [0.0], []
+
+    def execute(cmd, timeout):
+        assert timeout <= gpu_check.BENCH_LIMIT_S + gpu_check.TESTS_LIMIT_S and now[0] + timeout <= 60 * budget_minutes
+        started.append(cmd)
+        now[0] += 20
+        return fake_part(cmd)
+    monkeypatch.setattr(gpu_check, "execute", execute)
+    monkeypatch.setattr(gpu_check, "clock", lambda: now[0])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake H200")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
+    (tmp_path / "facades" / "train").mkdir(parents=True)
+    (tmp_path / "facades" / "test").mkdir()
+    code = bench.main(["--gpu-check", "--data", str(tmp_path / "facades" / "train"), "--budget", str(budget_minutes)])
+    table = capsys.readouterr().out.strip().splitlines()
+    plan = gpu_check.bench_plan()
+    assert table[0].startswith("GPU check on Fake H200 (compute capability 9.0)")
+    assert table[2] == "| part | settings | images/s | notes |" and len(table) == 4 + 2 + len(plan)
+    assert table[4] == "| CUDA tests | tests/test_cuda.py |  | 8 passed in 61.2s |"
+    assert table[5].startswith("| facades run | PRESET=facades, 1 epoch saved + 1 epoch resumed, batch 1, bf16 | "
+                               "150.5 / 150.5 | saved, resumed at epoch 2")
+    assert table[6] == "| training step | batch 1, fp32, channels-last, eager | 300.0 | peak 2.0 GB |"
+    not_run = [line for line in table[4:] if "not run: the time budget is spent" in line]
+    failed = [line for line in table[4:] if "FAILED: RuntimeError: simulated CUDA-graph failure" in line]
+    assert len(started) + len(not_run) == 1 + 2 + len(plan)  # tests, two training runs, the grid
+    if runs == "all":
+        assert not not_run and len(failed) == 6 and code == 1
+    else:
+        assert len(started) == (60 * budget_minutes - gpu_check.MIN_START_S) // 20 + 1 and not failed
+        assert code == 0
+
+
+def test_a_gpu_check_part_past_its_timeout_is_stopped_with_its_process_group():
+    import sys
+    from harness import gpu_check
+    code, out, err = gpu_check.execute([sys.executable, "-c", "print('hello')"], timeout=60)
+    assert (code, out) == (0, "hello\n")
+    code, out, err = gpu_check.execute([sys.executable, "-c", "import time; print('started', flush=True); "
+                                        "time.sleep(600)"], timeout=2)
+    assert code is None and out == "started\n" and err.startswith("stopped after 2 s")

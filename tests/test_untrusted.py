@@ -136,8 +136,8 @@ def test_string_settings_are_taken_literally(tmp_path):
     ("--BATCH_SIZE=2.5", ["BATCH_SIZE", "expected int"]),
     ("--DIRECTION=AtoC", ["DIRECTION='AtoC'", "'AtoB', 'BtoA'"]),
     ("--NORM=group", ["NORM='group'", "'batch'", "'instance'"]),
-    ("--PRECISION=fp8", ["PRECISION='fp8'", "'auto', 'fp32', 'bf16', 'fp16'"]),
-    ("--DEVICE=cuda:7", ["DEVICE='cuda:7'", "CUDA device(s) are available", "DEVICE=auto or cpu"]),
+    ("--PRECISION=fp8", ["PRECISION='fp8'", "'auto', 'fp32', 'tf32', 'bf16', 'fp16'"]),
+    ("--DEVICE=cuda:99", ["DEVICE='cuda:99'", "CUDA device(s) are available", "DEVICE=auto or cpu"]),
     ("--DEVICE=tpu", ["DEVICE='tpu'", "auto, cpu, cuda"]),
     ("--BAD_FILES=ignore", ["BAD_FILES='ignore'", "'error', 'skip'"]),
     ("--ON_NAN=continue", ["ON_NAN='continue'", "'stop', 'skip'"]),
@@ -165,7 +165,7 @@ def test_config_is_validated_before_any_data_or_model_work(tmp_path, monkeypatch
 # ----------------------------------------------------------------------------- validation, the real CLI
 
 CLI_CASES = {  # 2 cases only: each costs seconds of imports; the rest are checked in-process above
-    "missing_cuda": (["--DEVICE=cuda:7"], "DEVICE='cuda:7'"),
+    "missing_cuda": (["--DEVICE=cuda:99"], "DEVICE='cuda:99'"),  # no machine has 100 GPUs
     "code_injection": (["--LEARNING_RATE=__import__('os').system('touch MARKER')"], "--LEARNING_RATE="),
 }
 
