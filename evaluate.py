@@ -33,8 +33,8 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from harness.data_checks import check_batchable, checked_dataset
-from harness.errors import exit_on_error
-from harness.inference import batch_size_for, load_for_inference, model_arguments
+from harness.errors import exit_on_error, path_argument
+from harness.inference import batch_size_for, check_output_folder, load_for_inference, model_arguments
 from harness.metrics import evaluate_generator
 
 THUMB_SIZE = 256  # thumbnails in index.html are at most this many pixels wide
@@ -123,19 +123,20 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    data = Path(args.data)
+    out = args.output or default_out(args.checkpoint, data)
+    check_output_folder(out)
     G, cfg, device, precision = load_for_inference(args.checkpoint, args.mode, args.device, args.precision,
                                                    args.direction, needs_direction=True)
-    data = Path(args.data)
     dataset = checked_dataset(data, cfg, train=False, bad_files="skip")
     skipped = sorted(str(p.relative_to(data)) for p, _ in dataset.skipped)
     n = min(len(dataset), args.max_images or len(dataset))
     batch_size = batch_size_for(args, cfg)
     check_batchable(dataset, batch_size)
-    out = args.output or default_out(args.checkpoint, data)
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=0)
-    bar = tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True)
-    result = evaluate_generator(G, bar, device, precision, args.mode, args.seed,
-                                on_batch=thumbnail_writer(out / "images"))
+    with tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True) as bar:  # closed before a Ctrl-C line
+        result = evaluate_generator(G, bar, device, precision, args.mode, args.seed,
+                                    on_batch=thumbnail_writer(out / "images"))
 
     rows = [{"file": dataset.files[i].relative_to(data).as_posix(),
              **{k: result["per_image"][k][i].item() for k in METRICS}} for i in range(n)]
@@ -158,8 +159,9 @@ def evaluate(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = model_arguments(__doc__, "evaluate.py")
-    ap.add_argument("--data", type=Path, required=True, help="folder of side-by-side A|B images or A/ + B/ folders")
-    ap.add_argument("--output", "--out", type=Path, default=None,
+    ap.add_argument("--data", type=path_argument(Path), required=True,
+                    help="folder of side-by-side A|B images or A/ + B/ folders")
+    ap.add_argument("--output", "--out", type=path_argument(Path), default=None,
                     help="output folder (default <checkpoint dir>/eval_<data name>); --out is its former name")
     ap.add_argument("--max-images", type=int, default=0, help="score only the first N files (0 = all)")
     args = ap.parse_args(argv)
