@@ -391,6 +391,27 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str
                               f"generator still loads for predict.py/evaluate.py")
 
 
+def check_same_data(saved: dict[str, Any], now: dict[str, Any], path: str | os.PathLike, forced: bool
+                    ) -> str | None:
+    """A run continues on the data it was trained on. `saved` and `now` are data fingerprints (the training
+    folder, its number of images and a hash of their names: harness.data_checks.data_fingerprint). Other files
+    are refused, unless RESUME names the checkpoint (`forced`): then, and for a moved folder with the same files,
+    or a checkpoint written before fingerprints, a note to print is returned."""
+    if not saved:
+        return f"note: {path} does not record its training data (written by an older version); not compared"
+    if (saved["images"], saved["names"]) == (now["images"], now["names"]):
+        if saved["folder"] == now["folder"]:
+            return None
+        return f"note: the training folder moved from {saved['folder']} to {now['folder']} (the same " \
+               f"{now['images']} files)"
+    other = f"{saved['folder']} ({saved['images']} images), not on {now['folder']} ({now['images']} images" + \
+        (", other file names)" if saved["images"] == now["images"] else ")")
+    if forced:
+        return f"note: {path} was trained on {other}; continuing it on this data because RESUME names it"
+    raise CheckpointError(f"cannot resume from {path}: it was trained on {other}. Start a fresh run in a new RUN_DIR "
+                          f"(--RUN_DIR=...), or continue this run on the new data with --RESUME={path}")
+
+
 def keep_legacy_skips(G: UNetGenerator, ckpt: dict[str, Any]) -> bool:
     """Resuming a checkpoint written before the U-Net skip fix continues its own, legacy function (skip_relu=False,
     also recorded in the checkpoints it writes next); returns True if it is such a checkpoint."""
