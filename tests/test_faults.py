@@ -301,14 +301,19 @@ def alive(pid: int) -> bool:  # the zygote reaps its child at once, so no zombie
 
 
 class Zygote:
-    """The ZYGOTE process of a test: launch(name, args, pause) forks a training run logging to logs/NAME.log,
-    status(name) is its wait status, hold(name) waits until a paused run is at its pause."""
+    """The ZYGOTE process, shared by the module's tests (its start is the slow part): launch(name, args, pause)
+    forks a training run logging to the current test's logs/NAME.log, status(name) is its wait status, hold(name)
+    waits until a paused run is at its pause, kill(name) SIGKILLs it."""
 
-    def __init__(self, logs: Path):
-        self.logs, self.launched, self.ready = logs, [], {}
+    def __init__(self):
         self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(ROOT)], cwd=ROOT, env=ENV, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.replies = line_reader(self.proc.stdout)
+        self.launched, self.pending, self.logs, self.ready = [], 0, ROOT, {}
+
+    def use(self, logs: Path) -> "Zygote":
+        self.logs, self.ready = logs, {}
+        return self
 
     def launch(self, name: str, args: list[str], pause: str = "") -> int:
         """A run; pause "WHEN:NAME:N" (see ZYGOTE) holds it at that save."""
@@ -317,13 +322,16 @@ class Zygote:
                               + "\n")
         self.proc.stdin.flush()
         self.launched.append(int(next_line(self.replies, f"{name}'s pid")))
+        self.pending += 1
         return self.launched[-1]
 
     def log(self, name: str) -> Path:
         return self.logs / f"{name}.log"
 
     def status(self, name: str, timeout: float = 120.0) -> int:
-        return int(next_line(self.replies, f"{name}'s exit status", timeout))
+        status = int(next_line(self.replies, f"{name}'s exit status", timeout))
+        self.pending -= 1
+        return status
 
     def until(self, condition, pid: int, name: str, poll: float = 0.005) -> None:
         deadline = time.monotonic() + 120
@@ -343,10 +351,18 @@ class Zygote:
         status = self.status(name)
         assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, self.log(name).read_text()[-3000:]
 
-    def close(self) -> None:
-        for pid in self.launched:  # a failed assertion can leave a run paused in its save: never leave it behind
+    def reset(self) -> None:
+        """After each test: none of its runs left alive (a failed assertion can leave one paused in its save) and
+        their statuses read, so that the next test's launches are answered."""
+        for pid in self.launched:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        self.launched = []
+        while self.pending:
+            self.status("a run left by the test", timeout=60)
+
+    def close(self) -> None:
+        self.reset()
         self.proc.stdin.close()
         try:
             self.proc.wait(timeout=60)
@@ -355,13 +371,19 @@ class Zygote:
             self.proc.wait(timeout=60)
 
 
-@pytest.fixture
-def zygote(tmp_path):
+@pytest.fixture(scope="module")
+def zygote_process():
     if not hasattr(os, "fork"):
         pytest.skip("needs os.fork")
-    launcher = Zygote(tmp_path)
+    launcher = Zygote()
     yield launcher
     launcher.close()
+
+
+@pytest.fixture
+def zygote(zygote_process, tmp_path):
+    yield zygote_process.use(tmp_path)
+    zygote_process.reset()
 
 
 def test_kill_9_during_saves_and_at_random_moments_never_loses_the_run(tiny_data, tmp_path, zygote):

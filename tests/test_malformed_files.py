@@ -236,7 +236,7 @@ def test_a_checkpoint_made_to_inflate_is_refused_before_torch_reads_it(tiny_run,
 
 # ----------------------------------------------------------------------------- garbage
 
-@pytest.mark.parametrize("content", [b"garbage", bytes(100), pickle.dumps([1, 2, 3])[:-1] + b"Z"])
+@pytest.mark.parametrize("content", [b"garbage", bytes(100), pickle.dumps([1, 2, 3], protocol=2)[:-1] + b"Z"])
 def test_a_garbage_file_is_refused_without_torchs_advice_to_load_it_unsafely(tmp_path, content):
     """torch's message for a file it refuses advises loading it again with weights_only=False, which would run
     whatever code a hostile file names: the message keeps torch's reason and drops the advice."""
