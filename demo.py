@@ -39,7 +39,7 @@ from PIL import Image, UnidentifiedImageError
 
 from dataset import list_images, read_image, read_pair
 from generator_model import test_mode
-from harness.errors import CheckpointError, ConfigError
+from harness.errors import CheckpointError, ConfigError, path_argument
 from harness.fcn_score import FACADES_PALETTE  # the facades label colours: the sketchpad's brushes
 from harness.inference import fit_back, fit_to_model, load_for_inference
 from utils import generate
@@ -170,10 +170,11 @@ def build_app(G: torch.nn.Module, cfg: dict[str, Any], device: torch.device, pre
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="See the module docstring (top of demo.py) for details.")
-    ap.add_argument("--checkpoint", type=Path, required=True, help="generator.pt or any training checkpoint")
+    ap.add_argument("--checkpoint", type=path_argument(Path), required=True,
+                    help="generator.pt or any training checkpoint")
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 = every interface)")
-    ap.add_argument("--val-dir", type=Path, default=None,
+    ap.add_argument("--val-dir", type=path_argument(Path), default=None,
                     help="A|B folder for the random-input button (default: the checkpoint's VAL_DIR)")
     ap.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     ap.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger uploads")

@@ -50,8 +50,8 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from harness.data_checks import check_batchable, checked_dataset
-from harness.errors import ConfigError, exit_on_error
-from harness.inference import batch_size_for, load_for_inference, model_arguments
+from harness.errors import ConfigError, exit_on_error, path_argument
+from harness.inference import batch_size_for, check_output_folder, load_for_inference, model_arguments
 from harness.metrics import METRICS, PIXEL_ACC_DELTAS, evaluate_generator
 
 THUMB_SIZE = 256  # thumbnails in index.html are at most this many pixels wide
@@ -152,9 +152,11 @@ def summary_table(summary: dict[str, Any]) -> str:
 
 
 def evaluate(args: argparse.Namespace) -> int:
+    data = Path(args.data)
+    out = args.output or default_out(args.checkpoint, data)
+    check_output_folder(out)
     G, cfg, device, precision = load_for_inference(args.checkpoint, args.mode, args.device, args.precision,
                                                    args.direction, needs_direction=True)
-    data = Path(args.data)
     if args.mean_baseline:
         train = training_folder(args, cfg, data, "--mean-baseline")
         G = MeanImage(checked_dataset(train, cfg, train=False, bad_files="skip")).to(device)
@@ -163,12 +165,11 @@ def evaluate(args: argparse.Namespace) -> int:
     n = min(len(dataset), args.max_images or len(dataset))
     batch_size = batch_size_for(args, cfg)
     check_batchable(dataset, batch_size)
-    out = args.output or default_out(args.checkpoint, data)
     scorer, segmenter = fcn_scorer(args, cfg, data) if args.fcn_score else (None, None)
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=0)
-    bar = tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True)
-    result = evaluate_generator(G, bar, device, precision, args.mode, args.seed,
-                                on_batch=thumbnail_writer(out / "images", scorer))
+    with tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True) as bar:  # closed before a Ctrl-C line
+        result = evaluate_generator(G, bar, device, precision, args.mode, args.seed,
+                                    on_batch=thumbnail_writer(out / "images", scorer))
 
     rows = [{"file": dataset.files[i].relative_to(data).as_posix(),
              **{k: result["per_image"][k][i].item() for k in METRICS}} for i in range(n)]
@@ -226,8 +227,9 @@ class MeanImage(torch.nn.Module):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = model_arguments(__doc__, "evaluate.py", precision="fp32")  # scores that compare across machines
-    ap.add_argument("--data", type=Path, required=True, help="folder of side-by-side A|B images or A/ + B/ folders")
-    ap.add_argument("--output", "--out", type=Path, default=None,
+    ap.add_argument("--data", type=path_argument(Path), required=True,
+                    help="folder of side-by-side A|B images or A/ + B/ folders")
+    ap.add_argument("--output", "--out", type=path_argument(Path), default=None,
                     help="output folder (default <checkpoint dir>/eval_<data name>); --out is its former name")
     ap.add_argument("--max-images", type=int, default=0, help="score only the first N files (0 = all)")
     ap.add_argument("--fcn-score", action="store_true", help="add the paper's FCN-score (labels -> photo data)")

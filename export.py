@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 
 from harness.atomic import atomic_path
-from harness.errors import ExportError, OfficialFormatError, exit_on_error
+from harness.errors import ExportError, OfficialFormatError, exit_on_error, path_argument
 from utils import load_generator
 
 
@@ -40,9 +40,9 @@ def export_onnx_format(G: nn.Module, output: Path) -> int:
         export_onnx(G, tmp, metadata)
         shapes = check_shapes(G)
         diff = max_difference(G, onnx_session(tmp), shapes)
-        if not diff <= TOLERANCE:  # NaN compares false: a NaN output fails too
-            raise ExportError(f"{output}: onnxruntime differs from PyTorch by up to {diff:.2e} "
-                              f"(> {TOLERANCE:g}); the file was not written")
+        if not diff <= TOLERANCE:
+            raise ExportError(f"{output}: onnxruntime differs from PyTorch by up to {diff:.2e} (> {TOLERANCE:g}"
+                              f"{'; NaN or Inf outputs' if diff == float('inf') else ''}); the file was not written")
     facts = describe(output)
     name, shape = next(iter(facts["inputs"].items()))
     out_name, out_shape = next(iter(facts["outputs"].items()))
@@ -86,8 +86,9 @@ FORMATS: dict[str, Callable[[nn.Module, Path], int]] = {"onnx": export_onnx_form
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="See the module docstring (top of export.py) for details.")
-    ap.add_argument("--checkpoint", type=Path, required=True, help="generator.pt or any training checkpoint")
-    ap.add_argument("--output", type=Path, required=True, help="file to write, e.g. generator.onnx")
+    ap.add_argument("--checkpoint", type=path_argument(Path), required=True,
+                    help="generator.pt or any training checkpoint")
+    ap.add_argument("--output", type=path_argument(Path), required=True, help="file to write, e.g. generator.onnx")
     ap.add_argument("--format", choices=sorted(FORMATS), default="onnx", help="output format (default onnx)")
     return ap.parse_args(argv)
 

@@ -41,8 +41,9 @@ from tqdm import tqdm
 
 from dataset import IMG_EXTENSIONS, list_images, read_image, read_pair, to_tensor
 from generator_model import UNetGenerator, test_mode
-from harness.errors import DatasetError, exit_on_error
-from harness.inference import batch_size_for, fit_back, fit_to_model, load_for_inference, model_arguments
+from harness.errors import DatasetError, exit_on_error, path_argument
+from harness.inference import (batch_size_for, check_output_folder, fit_back, fit_to_model, load_for_inference,
+                               model_arguments)
 from utils import generate, sample_grid, to_unit
 
 
@@ -105,6 +106,7 @@ def reason(e: Exception) -> str:
 # ----------------------------------------------------------------------------- the run
 
 def predict(args: argparse.Namespace) -> int:
+    check_output_folder(args.output)
     G, cfg, device, precision = load_for_inference(args.checkpoint, args.mode, args.device, args.precision,
                                                    args.direction, needs_direction=args.paired)
     if args.fit == "auto":  # crops of unscaled images: the model knows the native scale
@@ -121,7 +123,14 @@ def predict(args: argparse.Namespace) -> int:
 
     def run_batch(items: list[Item]) -> None:
         nonlocal written
-        out = generate(G, torch.stack([it.x for it in items]), device, precision).cpu()
+        try:
+            out = generate(G, torch.stack([it.x for it in items]), device, precision).cpu()
+        except (MemoryError, RuntimeError) as e:  # out of memory (CPU or GPU): the other images still get done
+            why = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            failed.extend((it.path, f"the network could not run on it at {it.x.shape[2]}x{it.x.shape[1]} ({why}); "
+                                    f"try --fit resize or a smaller image") for it in items)
+            bar.update(len(items))
+            return
         for it, o in zip(items, out):
             o = fit_back(o, it.size, args.fit)
             image = sample_grid(it.original[None], o[None], it.target[None]) if args.paired else to_unit(o[None])[0]
@@ -135,7 +144,7 @@ def predict(args: argparse.Namespace) -> int:
         bar.update(len(items))
 
     pending: dict[tuple[int, ...], list[Item]] = {}  # fitted size -> images waiting for a full batch
-    with test_mode(G, args.mode, args.seed):
+    with test_mode(G, args.mode, args.seed), bar:  # the bar closes on any way out, before an error or Ctrl-C line
         for path, name in images:
             try:
                 item = load_item(path, name, args, cfg, G)
@@ -149,7 +158,6 @@ def predict(args: argparse.Namespace) -> int:
                 run_batch(pending.pop(tuple(item.x.shape)))
         for group in pending.values():
             run_batch(group)
-    bar.close()
 
     what = "input | output | target strip(s)" if args.paired else "image(s)"
     print(f"wrote {written} of {len(images)} {what} to {args.output} (--fit {args.fit}, --mode {args.mode}, "
@@ -162,8 +170,9 @@ def predict(args: argparse.Namespace) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = model_arguments(__doc__, "predict.py")
-    ap.add_argument("--input", nargs="+", required=True, help="image files, folders and/or quoted glob patterns")
-    ap.add_argument("--output", type=Path, required=True, help="folder for the results (created)")
+    ap.add_argument("--input", nargs="+", type=path_argument(str), required=True,
+                    help="image files, folders and/or quoted glob patterns")
+    ap.add_argument("--output", type=path_argument(Path), required=True, help="folder for the results (created)")
     ap.add_argument("--fit", choices=("auto", "resize", "pad"), default="auto",
                     help="resize to the training IMAGE_SIZE and back, or reflect-pad and crop back; auto (default): "
                          "pad if the model was trained with PREPROCESS crop or none, else resize")

@@ -16,7 +16,10 @@ def temp_sibling(path: Path) -> Path:
 
 
 def remove(path: Path) -> None:
-    """Delete a file, link or folder if it exists."""
+    """Delete a file, link or folder if it exists (asking only then: on a read-only file system even deleting a
+    missing file fails, and would hide the error that made the write fail)."""
+    if not os.path.lexists(path):
+        return
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:

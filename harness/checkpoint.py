@@ -1,6 +1,7 @@
 """Checkpoints: what one holds (the schema, declared once below), atomic saving, loading without running code,
-rebuilding a generator from its file alone, the checks before resuming, and how files written by older versions
-are read (the legacy section, the one place that knows them).
+the checks of every loaded file (its size before loading, then its tensors: finite, of the expected names and
+shapes), rebuilding a generator from its file alone, the checks before resuming, and how files written by older
+versions are read (the legacy section, the one place that knows them).
 
 Not run directly. In a notebook:
     from utils import load_generator   # this module's load_generator
@@ -11,9 +12,10 @@ import os
 import pickle
 import random
 import threading
+import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
@@ -206,23 +208,68 @@ def remove_stale_temp_files(*folders: Path) -> None:
 
 
 def read_weights_file(path: str | os.PathLike) -> Any:
-    """torch.load with weights_only=True: a checkpoint can hold tensors and plain data, never code."""
+    """torch.load with weights_only=True: a checkpoint can hold tensors and plain data, never code. The archive's
+    size is checked first (check_archive_size), so a file made to inflate is refused before torch allocates it."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} does not exist")
+        raise CheckpointError(f"checkpoint {path} {not_a_file(path)}")
+    check_archive_size(path)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        if "global" in str(e).lower():  # it names code to import; torch's advice (weights_only=False) would run it
+        reason = unpickling_reason(e)
+        if "global" in reason.lower():  # it names code to import: loading it anyway could run that code
             raise CheckpointError(f"{path} holds objects other than tensors and plain data; loading it could run "
                                   f"code, so it is refused on purpose. Use a checkpoint written by train.py") from None
-        raise CheckpointError(f"{path} is not a loadable pix2pix checkpoint (UnpicklingError: {str(e)[:200]}); it may "
-                              f"be truncated or not a checkpoint") from None
+        raise CheckpointError(f"{path} is not a loadable pix2pix checkpoint ({reason}); it may be truncated or not a "
+                              f"checkpoint") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
-        raise CheckpointError(f"{path} is not a loadable pix2pix checkpoint ({type(e).__name__}: "
-                              f"{(str(e).splitlines() or [''])[0][:200]}); it may be truncated or not a checkpoint. "
-                              f"Files that need arbitrary code to load are refused on purpose.") from None
+        reason = (str(e).splitlines() or [""])[0].split(". ")[0][:200]
+        raise CheckpointError(f"{path} is not a loadable pix2pix checkpoint ({type(e).__name__}: {reason}); it may "
+                              f"be truncated or not a checkpoint. Files that need arbitrary code to load are refused "
+                              f"on purpose.") from None
     return ckpt
+
+
+def not_a_file(path: Path) -> str:
+    """Why `path` (not a regular file) cannot be read: a dangling link, a folder, or nothing there."""
+    if path.is_symlink() and not path.exists():
+        return f"is a symbolic link to {os.readlink(path)}, which does not exist"
+    if path.is_dir():
+        return "is a folder, not a checkpoint file"
+    return "is not a regular file" if path.exists() else "does not exist"
+
+
+def unpickling_reason(e: pickle.UnpicklingError) -> str:
+    """torch's own reason for refusing a file, without its advice to retry with weights_only=False: that would
+    run whatever code the file names, the one thing never to do with a file one cannot vouch for."""
+    text = str(e)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
+    reason = " ".join(text.split())[:200]
+    return "UnpicklingError" if not reason or "weights_only" in reason else f"UnpicklingError: {reason}"
+
+
+# Bytes an archive may inflate to beyond twice its own size: torch.save stores every record uncompressed, so a
+# checkpoint's records add up to less than its file; the slack only allows for a repacked, deflated copy.
+INFLATION_SLACK = 16 * 2 ** 20
+
+
+def check_archive_size(path: Path) -> None:
+    """Refuse a checkpoint whose records would take far more memory than the file's own size, reading only the
+    zip archive's directory (each record's uncompressed size): megabytes of deflated zeros would otherwise make
+    torch allocate gigabytes before anything could be checked. Files that are no zip archive (torch's legacy
+    format, or not a checkpoint at all) are left to torch.load."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            inflated = sum(record.file_size for record in archive.infolist())
+    except Exception:  # noqa: BLE001 - not a zip archive, or a damaged one: torch.load reports it
+        return
+    size = path.stat().st_size
+    if inflated > 2 * size + INFLATION_SLACK:
+        raise CheckpointError(f"{path} would inflate to {inflated / 2 ** 30:.2f} GiB in memory from "
+                              f"{size / 2 ** 20:.2f} MiB on disk: torch.save stores tensors uncompressed, so this "
+                              f"file was made to inflate; it is refused before loading")
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
@@ -242,13 +289,76 @@ def checked_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
     if ckpt.get("format", 1) > CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} has checkpoint format {ckpt['format']}, newer than this code reads "
                               f"({CHECKPOINT_FORMAT}); update the code (git pull)")
+    check_weights((item for key in TRAINING_STATE if key in ckpt for item in named_tensors(ckpt[key], key)), path)
     return upgrade_legacy(ckpt)
+
+
+# ----------------------------------------------------------------------------- checks of loaded weights
+
+def named_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """(dotted name, tensor) for every tensor in nested dicts, lists and tuples (a state dict, an optimiser's)."""
+    if torch.is_tensor(obj):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            yield from named_tensors(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(obj, (list, tuple)):
+        for i, value in enumerate(obj):
+            yield from named_tensors(value, f"{prefix}.{i}" if prefix else str(i))
+
+
+def check_weights(tensors: Iterable[tuple[str, torch.Tensor]], path: str | os.PathLike) -> None:
+    """Refuse weights that can only compute garbage: NaN/Inf values, or negative batch-norm running variances.
+    torch stores no checksum, so a damaged or hand-edited file loads as if it were fine, and then every output
+    is NaN (black images, n/a metrics) without a word. Names the file and the first bad tensor."""
+    for name, t in tensors:
+        if not t.is_floating_point():
+            continue
+        finite = torch.isfinite(t)
+        if not finite.all():
+            raise CheckpointError(f"{path}: tensor {name!r} holds NaN/Inf values ({int((~finite).sum())} of "
+                                  f"{t.numel()}); the file is damaged or was saved from a diverged run. Use another "
+                                  f"checkpoint (a run keeps checkpoints/best.pt and epoch_*.pt) or retrain")
+        if name.endswith("running_var") and (t < 0).any():
+            raise CheckpointError(f"{path}: tensor {name!r} holds negative running variances ({int((t < 0).sum())} "
+                                  f"of {t.numel()}), which no batch norm produces; the file is damaged")
+
+
+def load_weights(module: nn.Module, state: Any, name: Callable[[str], str] = str) -> None:
+    """module.load_state_dict(state), after refusing in one line the first tensor that is missing, unexpected or of
+    the wrong shape, by its name in the file (`name` maps the module's key to it): torch lists them all on many
+    lines, which a one-line error would cut before the first key."""
+    if not isinstance(state, dict):
+        raise CheckpointError(f"the weights are a {type(state).__name__}, not a dict of named tensors")
+    expected = module.state_dict()
+    missing = [k for k in expected if k not in state]
+    if missing:
+        more = f" ({len(missing)} tensors are missing in all)" if len(missing) > 1 else ""
+        raise CheckpointError(f"tensor {name(missing[0])!r} is missing; expected one of shape "
+                              f"{tuple(expected[missing[0]].shape)}{more}")
+    for key, want in expected.items():
+        got = state[key]
+        if not torch.is_tensor(got) or got.shape != want.shape:
+            shape = tuple(got.shape) if torch.is_tensor(got) else type(got).__name__
+            raise CheckpointError(f"tensor {name(key)!r} has shape {shape}; expected {tuple(want.shape)}")
+    unexpected = [k for k in state if k not in expected]
+    if unexpected:
+        raise CheckpointError(f"tensor {name(unexpected[0])!r} is not part of a {type(module).__name__} with these "
+                              f"hyperparameters")
+    module.load_state_dict(state)
+
+
+def check_channels(hparams: dict[str, Any], where: str) -> None:
+    """A generator for pix2pix images: 1 (grayscale) or 3 (RGB) channels in and out, as IN/OUT_CHANNELS allow."""
+    for key in ("in_channels", "out_channels"):
+        if hparams.get(key) not in (1, 3):
+            raise CheckpointError(f"{where} gives {key}={hparams.get(key)!r}; pix2pix images have 1 or 3 channels")
 
 
 def generator_from_state(hparams: dict[str, Any], state: dict[str, torch.Tensor]) -> UNetGenerator:
     """Rebuild a U-Net from stored hyperparameters and load its weights (a checkpoint, or a live model's copy)."""
     G = UNetGenerator(**(LEGACY_GENERATOR_HPARAMS | hparams))
-    G.load_state_dict(state)
+    load_weights(G, state)
     return G
 
 
@@ -267,6 +377,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
         raise ValueError(f"mode must be one of {TEST_MODES}, got {mode!r}")
     ckpt = read_weights_file(path)
     if official_format.is_state_dict(ckpt):
+        check_weights(ckpt.items(), path)
         try:
             G = official_format.generator_from_official(ckpt)
         except CheckpointError as e:
@@ -274,11 +385,16 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
         ckpt = {}
     else:
         ckpt = checked_checkpoint(ckpt, path)
+        hparams = LEGACY_GENERATOR_HPARAMS | ckpt["generator_hparams"]
+        check_channels(hparams, f"{path}: its generator_hparams")
         try:
-            G = generator_from_state(ckpt["generator_hparams"], ckpt["generator"])
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # hparams and weights disagree: a damaged file
-            raise CheckpointError(f"{path}: its generator weights do not match its hyperparameters "
-                                  f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+            G = UNetGenerator(**hparams)
+        except (TypeError, ValueError) as e:  # hand-made or damaged hyperparameters
+            raise CheckpointError(f"{path}: its generator_hparams do not describe a U-Net ({e})") from None
+        try:
+            load_weights(G, ckpt["generator"])
+        except CheckpointError as e:  # hparams and weights disagree: a damaged file
+            raise CheckpointError(f"{path}: its generator weights do not match its hyperparameters: {e}") from None
     G = G.to(device)
     set_test_mode(G, mode)  # for good: inference never changes the stored statistics
     G.requires_grad_(False)
@@ -315,6 +431,27 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str
         raise CheckpointError(f"cannot resume from {path}: its PixelGAN discriminator was written before its last "
                               f"1x1 conv lost its bias (as in the official code); start a new RUN_DIR. Its "
                               f"generator still loads for predict.py/evaluate.py")
+
+
+def check_same_data(saved: dict[str, Any], now: dict[str, Any], path: str | os.PathLike, forced: bool
+                    ) -> str | None:
+    """A run continues on the data it was trained on. `saved` and `now` are data fingerprints (the training
+    folder, its number of images and a hash of their names: harness.data_checks.data_fingerprint). Other files
+    are refused, unless RESUME names the checkpoint (`forced`): then, and for a moved folder with the same files,
+    or a checkpoint written before fingerprints, a note to print is returned."""
+    if not saved:
+        return f"note: {path} does not record its training data (written by an older version); not compared"
+    if (saved["images"], saved["names"]) == (now["images"], now["names"]):
+        if saved["folder"] == now["folder"]:
+            return None
+        return f"note: the training folder moved from {saved['folder']} to {now['folder']} (the same " \
+               f"{now['images']} files)"
+    other = f"{saved['folder']} ({saved['images']} images), not on {now['folder']} ({now['images']} images" + \
+        (", other file names)" if saved["images"] == now["images"] else ")")
+    if forced:
+        return f"note: {path} was trained on {other}; continuing it on this data because RESUME names it"
+    raise CheckpointError(f"cannot resume from {path}: it was trained on {other}. Start a fresh run in a new RUN_DIR "
+                          f"(--RUN_DIR=...), or continue this run on the new data with --RESUME={path}")
 
 
 def keep_legacy_skips(G: UNetGenerator, ckpt: dict[str, Any]) -> bool:

@@ -17,7 +17,7 @@ import torch
 import config as default_config
 from dataset import PREPROCESS_MODES
 from generator_model import DROPOUT_PLACEMENTS, TEST_MODES, num_downs_for
-from harness.errors import ConfigError
+from harness.errors import CheckpointError, ConfigError
 from layers import NORMS
 from utils import PRECISIONS, pick_device
 
@@ -108,17 +108,40 @@ def load_config(argv: list[str] | None = None) -> dict[str, Any]:
     cfg = default_settings()
     overrides = parse_overrides(sys.argv[1:] if argv is None else argv, cfg)
     preset = overrides.get("PRESET", cfg["PRESET"])
+    implied_val_dirs = {IMPLIED_VAL_DIR}  # VAL_DIRs nobody chose: the built-in set's, a preset's
     if preset:
         if preset not in default_config.PRESETS:
             raise ConfigError(f"PRESET={preset!r} is unknown; valid: {', '.join(default_config.PRESETS)}")
         cfg.update(default_config.PRESETS[preset])
         cfg["RUN_DIR"] = f"runs/{preset}"
         cfg["TRAIN_DIR"], cfg["VAL_DIR"] = f"data/{preset}/train", f"data/{preset}/val"
+        implied_val_dirs.add(cfg["VAL_DIR"])
     cfg.update(overrides)
     if cfg["NUM_DOWNS"] == 0:
         cfg["NUM_DOWNS"] = num_downs_for(cfg["IMAGE_SIZE"])
     validate_config(cfg)
+    if "VAL_DIR" not in overrides and cfg["VAL_DIR"] in implied_val_dirs:
+        cfg["VAL_DIR"] = val_dir_for(cfg["TRAIN_DIR"], cfg["VAL_DIR"])
     return cfg
+
+
+IMPLIED_VAL_DIR = "data/synthetic/val"  # config.py's VAL_DIR, beside its TRAIN_DIR (the built-in synthetic set)
+PATH_SETTINGS = ("TRAIN_DIR", "VAL_DIR", "RUN_DIR", "RESUME")
+
+
+def val_dir_for(train_dir: str, val_dir: str) -> str:
+    """The VAL_DIR of a TRAIN_DIR when VAL_DIR was left at its default: that default if it lies beside TRAIN_DIR,
+    else TRAIN_DIR's sibling val/ or test/ folder (as the standard data sets have). Validating a custom
+    TRAIN_DIR on the built-in synthetic set would report metrics of another task without a word."""
+    if Path(train_dir).parent == Path(val_dir).parent:
+        return val_dir
+    for name in ("val", "test"):
+        sibling = Path(train_dir).parent / name
+        if sibling.is_dir() and sibling != Path(train_dir):
+            return str(sibling)
+    raise ConfigError(f"TRAIN_DIR={train_dir} but VAL_DIR is left at {val_dir}, another data set, and there is no "
+                      f"{Path(train_dir).parent / 'val'} or {Path(train_dir).parent / 'test'} folder to use instead; "
+                      f"set --VAL_DIR to held-out images of your task")
 
 
 def _one_of(cfg: dict, key: str, valid: tuple) -> None:
@@ -132,6 +155,10 @@ def _positive(cfg: dict, key: str, allow_zero: bool = False) -> None:
 
 
 def validate_config(cfg: dict[str, Any]) -> None:
+    for key in PATH_SETTINGS:
+        if not cfg[key].strip():  # what an unset shell variable gives: it would mean the current folder
+            raise ConfigError(f"{key} is empty (an unset shell variable?); an empty path would mean the current "
+                              f"folder. Give {key} a path" + ("" if key != "RESUME" else ", or auto or never"))
     for key, parse in FLEXIBLE.items():  # also the values written in config.py
         cfg[key] = parse(key, cfg[key])
     _one_of(cfg, "DIRECTION", ("AtoB", "BtoA"))
@@ -166,6 +193,7 @@ def validate_config(cfg: dict[str, Any]) -> None:
     if cfg["IMAGE_SIZE"] % side:
         raise ConfigError(f"IMAGE_SIZE={cfg['IMAGE_SIZE']} is not divisible by 2^NUM_DOWNS={side}; use a multiple "
                           f"of {side} or NUM_DOWNS=0 to derive the depth (7 for 128, 8 for 256, 9 for 512)")
+    check_image_size(cfg["IMAGE_SIZE"], cfg["NUM_DOWNS"], cfg["DISC_N_LAYERS"])
     if cfg["JITTER"] and cfg["PREPROCESS"] in ("resize_and_crop", "scale_width_and_crop") \
             and cfg["LOAD_SIZE"] < cfg["IMAGE_SIZE"]:
         raise ConfigError(f"LOAD_SIZE={cfg['LOAD_SIZE']} < IMAGE_SIZE={cfg['IMAGE_SIZE']}: the random crop needs "
@@ -176,6 +204,36 @@ def validate_config(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"SYNC_BN=True needs CUDA GPUs (PyTorch's SyncBatchNorm has no CPU version), but "
                           f"DEVICE={cfg['DEVICE']} runs on {device.type}; use SYNC_BN=False, or NORM=instance, "
                           f"which needs no statistics shared across processes")
+
+
+def patchgan_sides(image_size: int, n_layers: int) -> list[int]:
+    """Side of each normalised feature map of the PatchGAN (discriminator_model.py) at this image size, then of its
+    patch logits: 4x4 convolutions with padding 1, stride 2 but in the last block and the output conv."""
+    if n_layers == 0:  # PixelGAN: 1x1 convolutions keep the size
+        return [image_size, image_size]
+    side = (image_size - 2) // 2 + 1
+    sides = []
+    for i in range(1, n_layers + 1):
+        side = (side - 2) // (2 if i < n_layers else 1) + 1
+        sides.append(side)
+    return sides + [side - 1]
+
+
+def check_image_size(image_size: int, num_downs: int, disc_n_layers: int) -> None:
+    """The smallest images the networks accept: a U-Net of at least 2 levels, and a PatchGAN whose every
+    normalised map keeps more than one value per channel at batch 1 and whose patch logits are at least 1x1.
+    Smaller ones would fail in the first step with a traceback."""
+    if num_downs < 2:
+        raise ConfigError(f"IMAGE_SIZE={image_size}, NUM_DOWNS={num_downs}: the U-Net needs at least 2 levels "
+                          f"(NUM_DOWNS >= 2, so IMAGE_SIZE >= 4)")
+    sides = patchgan_sides(image_size, disc_n_layers)
+    if min(sides[:-1]) < 2 or sides[-1] < 1:
+        smallest = next(s for s in range(4, 2 ** 16) if min(patchgan_sides(s, disc_n_layers)[:-1]) >= 2
+                        and patchgan_sides(s, disc_n_layers)[-1] >= 1)
+        raise ConfigError(f"IMAGE_SIZE={image_size} is too small for the PatchGAN of DISC_N_LAYERS={disc_n_layers}: "
+                          f"its feature maps would shrink to {min(sides[:-1])}x{min(sides[:-1])} and its patch "
+                          f"logits to {max(sides[-1], 0)}x{max(sides[-1], 0)}. Use IMAGE_SIZE >= {smallest} (e.g. "
+                          f"{1 << (smallest - 1).bit_length()}) or a smaller DISC_N_LAYERS")
 
 
 def check_device(name: str) -> None:
@@ -196,6 +254,9 @@ def check_device(name: str) -> None:
 def resolve_resume(cfg: dict[str, Any], checkpoint_dir: Path) -> Path | None:
     """RESUME: "auto" continues RUN_DIR's last.pt if there is one; "never" refuses to overwrite it; or a path."""
     last = checkpoint_dir / "last.pt"
+    if last.is_symlink() and not last.exists() and cfg["RESUME"] in ("auto", "never"):
+        raise CheckpointError(f"{last} is a symbolic link to {os.readlink(last)}, which does not exist: restore that "
+                              f"file to continue the run, or remove the link to start it over")
     if cfg["RESUME"] == "auto":
         return last if last.exists() else None
     if cfg["RESUME"] == "never":

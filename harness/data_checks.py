@@ -6,6 +6,7 @@ Check a folder as training would see it (layout, pairs, sizes, bad files; train.
     python -m harness.data_checks ../shared/data/facades/train
     python -m harness.data_checks my_data/train --PREPROCESS=crop --IMAGE_SIZE=256
 """
+import hashlib
 import os
 import sys
 import warnings
@@ -155,6 +156,15 @@ def training_data(cfg: dict[str, Any], rank: int = 0, barrier=lambda: None
         check_batchable(dataset, cfg["BATCH_SIZE"], key)
         datasets.append(dataset)
     return datasets[0], datasets[1]
+
+
+def data_fingerprint(dataset: PairedImageDataset) -> dict[str, Any]:
+    """What a run trains on, cheaply (no decoding): the training folder, its number of images and a hash of their
+    file names; saved in checkpoints as train_data and compared on resume (checkpoint.check_same_data)."""
+    folder = Path(dataset.folder)
+    names = sorted(p.relative_to(folder).as_posix() for pair in dataset.pairs for p in pair if p is not None)
+    return {"folder": str(folder.resolve()), "images": len(dataset.pairs),
+            "names": hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]}
 
 
 def half_size(pair: Pair) -> tuple[int, int]:

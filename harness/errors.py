@@ -7,8 +7,9 @@
 Each message names the file or setting, says what is wrong and how to fix it; `exit_on_error` prints it as one
 line, `error: ...`, instead of a traceback.
 """
+import argparse
 import sys
-from typing import Callable
+from typing import Any, Callable
 
 
 class Pix2PixError(Exception):
@@ -62,3 +63,14 @@ def exit_on_error(main: Callable[[], int], interrupted: str = "interrupted by Ct
     except KeyboardInterrupt as e:
         print(f"\n{e.args[0] if e.args else interrupted}", file=sys.stderr)
         return 130
+
+
+def path_argument(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    """An argparse type for a path option: an empty value (an unset shell variable) is an argument error (exit 2),
+    not the current folder."""
+    def parse(text: str) -> Any:
+        if not text.strip():
+            raise argparse.ArgumentTypeError("empty path (an unset shell variable?); give a file or folder")
+        return kind(text)
+    parse.__name__ = "path"  # argparse names the type in its messages
+    return parse

@@ -3,6 +3,7 @@ command-line options, and fitting images of any size to the U-Net and back. A li
 """
 import argparse
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ from dataset import PairTransform, to_tensor
 from generator_model import UNetGenerator
 from harness.checkpoint import load_generator
 from harness.configurator import check_device, default_settings
-from harness.errors import ConfigError
+from harness.errors import ConfigError, path_argument
 from utils import PRECISIONS, pick_device, pick_precision, set_float32_math, use_device
 
 
@@ -46,6 +47,12 @@ def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str 
     return G, cfg, dev, precision
 
 
+def check_output_folder(folder: Path) -> None:
+    """--output must be a folder, or not exist yet (it is created)."""
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise ConfigError(f"--output {folder} is a file, not a folder; choose a folder (it is created if missing)")
+
+
 def batch_size_for(args: argparse.Namespace, cfg: dict[str, Any]) -> int:
     """--batch-size, else 1 in paper mode (batch statistics: an output must not depend on its batch-mates, as in
     the official test.py) and the training BATCH_SIZE in eval mode (where it changes only the speed)."""
@@ -57,7 +64,7 @@ def model_arguments(doc: str, script: str, precision: str = "auto") -> argparse.
     (`precision`: --precision's default)."""
     ap = argparse.ArgumentParser(description=doc.split("\n\n")[0],
                                  epilog=f"See the module docstring (top of {script}) for details.")
-    ap.add_argument("--checkpoint", type=Path, required=True,
+    ap.add_argument("--checkpoint", type=path_argument(Path), required=True,
                     help="generator.pt, any training checkpoint, or an official-code latest_net_G.pth")
     ap.add_argument("--mode", choices=("paper", "eval"), default="paper", help="test-time mode (default paper)")
     ap.add_argument("--seed", type=int, default=0, help="fixes the dropout noise of --mode paper")

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from generator_model import UNetGenerator
-from harness.errors import OfficialFormatError
+from harness.errors import CheckpointError, OfficialFormatError
 
 ROOT = "model.model."  # the outermost UnetSkipConnectionBlock's layers
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -88,7 +88,11 @@ def infer_hparams(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     num_downs = 1
     while _level(num_downs) + "1.weight" in state:
         num_downs += 1
-    first = state[ROOT + "0.weight"]  # Conv2d weight: (ngf, input_nc, 4, 4)
+    first, last = state[ROOT + "0.weight"], state[ROOT + "3.weight"]  # Conv2d (ngf, in, 4, 4); ConvT (2ngf, out, 4, 4)
+    for key, t, what in ((ROOT + "0.weight", first, "(ngf, 1 or 3 input channels, 4, 4)"),
+                         (ROOT + "3.weight", last, "(2 * ngf, 1 or 3 output channels, 4, 4)")):
+        if t.dim() != 4 or t.shape[1] not in (1, 3) or t.shape[2:] != (4, 4):
+            raise OfficialFormatError(f"tensor {key!r} has shape {tuple(t.shape)}; an official U-Net's is {what}")
     # BatchNorm has its own shift, so the official convs feeding it have no bias; InstanceNorm (affine=False,
     # no running statistics) has no tensors at all and its convs do have biases
     if _level(1) + "1.bias" in state:
@@ -97,25 +101,30 @@ def infer_hparams(state: dict[str, torch.Tensor]) -> dict[str, Any]:
         norm = "batch"
     else:
         raise OfficialFormatError("an official U-Net without batch or instance norm (--norm none?) is not supported")
-    return dict(in_channels=first.shape[1], out_channels=state[ROOT + "3.weight"].shape[1],  # ConvT: (in, out, ..)
+    return dict(in_channels=first.shape[1], out_channels=last.shape[1],
                 base_channels=first.shape[0], num_downs=num_downs, norm=norm, dropout=True,
                 dropout_placement="official", skip_relu=True)
 
 
 def generator_from_official(state: dict[str, torch.Tensor]) -> UNetGenerator:
-    """Our UNetGenerator computing exactly the official network stored in `state` (a latest_net_G.pth)."""
+    """Our UNetGenerator computing exactly the official network stored in `state` (a latest_net_G.pth). A file
+    that does not fit is refused in one line naming its first unexpected, missing or wrong-shape tensor."""
+    from harness.checkpoint import load_weights  # the one loader that names bad keys (it imports this module)
+    prefix = "module." if unwrapped(state) is not state else ""
     state = unwrapped(state)
     hp = infer_hparams(state)
     if hp["num_downs"] < 5:
         raise OfficialFormatError(f"official U-Net with {hp['num_downs']} levels; the official UnetGenerator "
                                   f"always has at least 5")
     G = UNetGenerator(**hp)
-    theirs = {v: k for k, v in _module_map(hp["num_downs"]).items()}
+    modules = _module_map(hp["num_downs"])
+    theirs = {v: k for k, v in modules.items()}
     ours = {}
     for key, tensor in state.items():
-        module, name = key.rsplit(".", 1)
+        module, _, name = key.rpartition(".")
         if module not in theirs:
-            raise OfficialFormatError(f"unexpected tensor {key!r} for an official U-Net of depth {hp['num_downs']}")
+            raise OfficialFormatError(f"unexpected tensor {prefix + key!r}: not a layer of an official U-Net of depth "
+                                      f"{hp['num_downs']} (keys like {ROOT + '1.model.1.weight'!r})")
         ours[f"{theirs[module]}.{name}"] = tensor
     expected = G.state_dict()
     if hp["norm"] == "instance":  # files from PyTorch < 0.4 kept running statistics of InstanceNorm: unused
@@ -124,8 +133,8 @@ def generator_from_official(state: dict[str, torch.Tensor]) -> UNetGenerator:
         if key.endswith("num_batches_tracked"):
             ours.setdefault(key, torch.zeros_like(value))
     try:
-        G.load_state_dict(ours)
-    except RuntimeError as e:
+        load_weights(G, ours, name=lambda k: prefix + _rename(k, modules))
+    except (CheckpointError, RuntimeError) as e:  # the check's one line, or anything load_state_dict still finds
         raise OfficialFormatError(f"weights do not fit an official U-Net (ngf {hp['base_channels']}, depth "
                                   f"{hp['num_downs']}, {hp['norm']} norm): {str(e).splitlines()[0][:300]}") from None
     return G

@@ -23,14 +23,16 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from harness.checkpoint import (CheckpointWriter, Progress, check_resume_compatible, export_of, keep_legacy_skips,
-                                load_checkpoint, remove_stale_temp_files, restore_training_state, rng_states,
-                                set_rng_states, training_checkpoint)
+from harness.checkpoint import (CheckpointWriter, Progress, atomic_save, check_resume_compatible, check_same_data,
+                                export_of, generator_export, keep_legacy_skips, load_checkpoint,
+                                remove_stale_temp_files, restore_training_state, rng_states, set_rng_states,
+                                training_checkpoint)
 from harness.configurator import resolve_resume
-from harness.data_checks import training_data
+from harness.data_checks import data_fingerprint, training_data
 from harness.distributed import Ranks, barrier, check_ranks_agree, gather_from_ranks, without_sync_bn
-from harness.errors import DatasetError
+from harness.errors import CheckpointError, DatasetError
 from harness.loading import cache_images, loader_workers, training_loader
+from harness.run_lock import RunDirLock
 from harness.run_log import (RunLog, check_run_dir, format_duration, print_epoch_speed, print_run, sample_batch,
                              training_flops_per_image, write_samples)
 from harness.signals import StopRequest, resume_command, shut_down_workers
@@ -75,6 +77,8 @@ class TrainingRun:
         self.outputs_every = 1  # samples and validation every SAMPLE_EVERY / VAL_EVERY x this (EVAL_BUDGET)
         self.total_epochs = cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"]
         self.writer = CheckpointWriter()
+        self.train_data: dict[str, Any] = {}  # data_fingerprint of the training set, once it is read
+        self.saved_config = cfg  # the resumed checkpoint's settings (for a repaired export)
 
     def __enter__(self) -> "TrainingRun":
         self.cleanup.__enter__()
@@ -82,6 +86,7 @@ class TrainingRun:
         self.resume_path = resolve_resume(self.cfg, self.ckpt_dir)
         if self.ranks.master:  # the only writer; under torchrun its error ends the other ranks too
             check_run_dir(self.run_dir)  # a folder that cannot hold the run fails now, in one line
+            self.cleanup.callback(RunDirLock(self.run_dir).release)  # one run per folder, until this one ends
             remove_stale_temp_files(self.ckpt_dir, self.run_dir)
         return self
 
@@ -101,6 +106,7 @@ class TrainingRun:
             cache_images(train_set, loader_workers(self.cfg["NUM_WORKERS"]),
                          say=print if self.ranks.master else lambda text: None)
         self.train_set, self.val_set = train_set, val_set
+        self.train_data = data_fingerprint(train_set)  # saved in checkpoints, compared on resume
         return train_set, val_set
 
     def loader(self, dataset: Any, sampler: Any) -> DataLoader:
@@ -122,6 +128,11 @@ class TrainingRun:
         rank, world_size, device = self.ranks.rank, self.ranks.world_size, self.runtime.device
         ckpt = load_checkpoint(path)
         check_resume_compatible(ckpt, self.cfg, path, model.D)
+        # the data it was trained on; RESUME naming the file is how a user says "on this data anyway"
+        note = check_same_data(ckpt["train_data"], self.train_data, path, self.cfg["RESUME"] not in ("auto", "never"))
+        if note and rank == 0:
+            print(note)
+        self.saved_config = ckpt.get("config", self.cfg)
         progress = restore_training_state(ckpt, model)
         if keep_legacy_skips(model.G, ckpt) and rank == 0:
             print(f"note: {path} predates the U-Net skip fix; this run keeps its legacy skip activations "
@@ -141,6 +152,7 @@ class TrainingRun:
         run has already finished every epoch."""
         if progress.epoch >= self.total_epochs:
             if self.ranks.master:
+                self._repair_export(progress, model)
                 print(f"{self.run_dir} already finished its {self.total_epochs} epochs; nothing to do "
                       f"(new RUN_DIR to retrain)")
             return False
@@ -259,9 +271,10 @@ class TrainingRun:
                 ckpt = self.checkpoint(progress, model, rank_rngs)
                 files = [(export_of(ckpt), self.run_dir / "generator_best.pt"), (ckpt, self.ckpt_dir / "best.pt")] \
                     if best else []
-                if save:  # the export before last.pt: a kill between them leaves last.pt's epoch to train again
-                    files += [(export_of(ckpt), self.run_dir / "generator.pt"), (ckpt, self.ckpt_dir / "last.pt")]
+                if save:  # last.pt last: it marks the epoch as done, so a kill before it redoes the epoch and these
+                    files += [(export_of(ckpt), self.run_dir / "generator.pt")]
                     files += [(ckpt, self.ckpt_dir / f"epoch_{epoch:04d}.pt")] if snapshot else []
+                    files += [(ckpt, self.ckpt_dir / "last.pt")]
                 self.writer.write(files)
         if save:
             self.last_save = clock()
@@ -331,13 +344,27 @@ class TrainingRun:
     def checkpoint(self, progress: Progress, model: Any, rank_rngs: list) -> dict[str, Any]:
         """A training checkpoint as CPU copies (rank 0): the training goes on while the writer saves it."""
         rngs = {"rng": rng_states(self.runtime.device), "rank_rngs": rank_rngs, "loader_rng": self.loader_rng.get_state()}
-        return training_checkpoint(model, progress, rngs, self.cfg, {})
+        return training_checkpoint(model, progress, rngs, self.cfg, self.train_data)
 
     def save(self, progress: Progress, model: Any, path: Path) -> None:
         """A training checkpoint at `path`, written in the background (rank 0 writes; every rank gives its RNGs)."""
         rank_rngs = gather_from_ranks(rng_states(self.runtime.device), self.ranks.world_size)
         if self.ranks.master:
             self.writer.write([(self.checkpoint(progress, model, rank_rngs), path)])
+
+    def _repair_export(self, progress: Progress, model: Any) -> None:
+        """A finished run's generator.pt must hold last.pt's generator: one that is missing (a kill between the
+        final writes of an older version, a deleted file) or stale is written again from last.pt's weights."""
+        path = self.run_dir / "generator.pt"
+        try:
+            export = load_checkpoint(path)
+            current = export["epoch"] == progress.epoch and export["generator"].keys() == model.G.state_dict().keys() \
+                and all(torch.equal(v, export["generator"][k]) for k, v in model.G.state_dict().items())
+        except CheckpointError:
+            current = False
+        if not current:
+            atomic_save(generator_export(model.G, model.D, progress.epoch, self.saved_config), path)
+            print(f"wrote {path} from {self.resume_path}: it was missing or did not match that checkpoint")
 
     def finished(self) -> int:
         self.writer.wait()

@@ -48,6 +48,8 @@ def check_run_dir(run_dir: Path) -> None:
         with contextlib.suppress(OSError):
             probe.unlink(missing_ok=True)
         hint = RUN_DIR_HINTS.get(e.errno, e.strerror or type(e).__name__)
+        if run_dir.is_symlink() and not run_dir.exists():  # mkdir says "exists", yet it leads nowhere
+            hint = f"it is a symbolic link to {os.readlink(run_dir)}, which does not exist"
         raise RunDirError(f"RUN_DIR={run_dir} cannot be used: {hint} ({e.strerror or e}: {e.filename or run_dir}). "
                           f"Choose a RUN_DIR in a writable folder with free space") from None
     finally:

@@ -301,8 +301,10 @@ def main() -> None:
     t0 = time.perf_counter()
     try:
         generate(args.output, args.n_train, args.n_val, args.size, args.seed)
-    except FileExistsError as e:
-        raise SystemExit(f"error: {e}")  # a clear one-line message instead of a traceback
+    except OSError as e:  # one line instead of a traceback: the folder exists (generate's own message), a
+        # read-only or full disk, a path below a file
+        raise SystemExit(f"error: {e}" if e.strerror is None else
+                         f"error: cannot write {args.output}: {e.strerror}; choose a writable folder")
     print(f"wrote {args.n_train} train + {args.n_val} val pairs of {2 * args.size}x{args.size} to {args.output} "
           f"in {time.perf_counter() - t0:.1f}s")
 

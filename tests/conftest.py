@@ -1,7 +1,9 @@
 """Shared test fixtures: the repo root on sys.path, tiny A|B datasets, and tiny fast training settings."""
 import os
 import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -158,3 +160,46 @@ def cuda_flags():
     yield
     for (obj, name), value in zip(switches, saved):
         setattr(obj, name, value)
+
+
+# Runs a script as `python SCRIPT ARGS` would (sys.argv[3:]), with one function, sys.argv[1] = "module.name",
+# replaced by a stand-in that writes the file sys.argv[2] and then waits to be interrupted: a test holds a real
+# process at a known point (no timing luck), then signals it.
+HOLD = r"""
+import importlib, runpy, sys, time
+from pathlib import Path
+target, ready = sys.argv[1], sys.argv[2]
+sys.argv = sys.argv[3:]
+sys.path.insert(0, str(Path(sys.argv[0]).resolve().parent))
+module, name = target.rsplit(".", 1)
+def held(*args, **kwargs):
+    Path(ready).write_text("held")
+    time.sleep(300)  # until the test's signal; bounded if it never comes
+setattr(importlib.import_module(module), name, held)
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def interrupted_at(target: str, script: str, args: list, tmp_path: Path, timeout: float = 180.0
+                   ) -> subprocess.CompletedProcess:
+    """Run `python SCRIPT ARGS` in tmp_path, held at `target` ("module.function", see HOLD), send it one SIGINT
+    there and return how it ended; every wait has a timeout."""
+    ready = tmp_path / "held"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, target, str(ready), str(ROOT / script), *map(str, args)],
+                            cwd=tmp_path, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + timeout
+        while not ready.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if not ready.exists():
+            proc.kill()
+            out, err = proc.communicate(timeout=30)
+            pytest.fail(f"{script} never reached {target}:\n{out[-2000:]}\n{err[-2000:]}")
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=30)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)

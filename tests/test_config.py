@@ -78,8 +78,8 @@ def test_edges2shoes_preset_and_cli_beats_preset():
     cfg = load_config(["--PRESET=edges2shoes"])
     assert cfg["DIRECTION"] == "AtoB" and cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"] == 15
     assert cfg["BATCH_SIZE"] == 4 and cfg["JITTER"] is False and cfg["MIRROR"] is False
-    for argv in (["--PRESET=edges2shoes", "--BATCH_SIZE=2", "--TRAIN_DIR=/d/t"],
-                 ["--BATCH_SIZE=2", "--TRAIN_DIR=/d/t", "--PRESET=edges2shoes"]):  # order does not matter
+    for argv in (["--PRESET=edges2shoes", "--BATCH_SIZE=2", "--TRAIN_DIR=/d/t", "--VAL_DIR=/d/v"],
+                 ["--BATCH_SIZE=2", "--TRAIN_DIR=/d/t", "--VAL_DIR=/d/v", "--PRESET=edges2shoes"]):  # any order
         cfg = load_config(argv)
         assert cfg["BATCH_SIZE"] == 2 and cfg["TRAIN_DIR"] == "/d/t" and cfg["DIRECTION"] == "AtoB"
 
@@ -182,3 +182,94 @@ def test_resume_setting_resolves_to_a_checkpoint_or_a_setting_error(tmp_path):
     with pytest.raises(ConfigError, match="no such checkpoint file"):
         resolve_resume({"RESUME": str(tmp_path / "missing.pt")}, ckpt_dir)
     assert resolve_resume({"RESUME": str(ckpt_dir / "last.pt")}, ckpt_dir) == ckpt_dir / "last.pt"
+
+
+# ----------------------------------------------------------------------------- data folders and empty paths
+
+def test_a_custom_train_dir_validates_on_its_own_held_out_folder_not_the_synthetic_set(tmp_path, monkeypatch):
+    """VAL_DIR left at its default (the built-in synthetic set's, or a preset's) follows a custom TRAIN_DIR to its
+    sibling val/ (else test/) folder; with neither, the mix is refused, naming both settings. A VAL_DIR given on the
+    command line is kept as it is, and the defaults stay as they are."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mine" / "train").mkdir(parents=True)
+    with pytest.raises(ConfigError) as err:
+        load_config(["--TRAIN_DIR=mine/train"])
+    assert str(err.value) == ("TRAIN_DIR=mine/train but VAL_DIR is left at data/synthetic/val, another data set, and "
+                              "there is no mine/val or mine/test folder to use instead; set --VAL_DIR to held-out "
+                              "images of your task")
+    (tmp_path / "mine" / "test").mkdir()
+    assert load_config(["--TRAIN_DIR=mine/train"])["VAL_DIR"] == "mine/test"
+    (tmp_path / "mine" / "val").mkdir()
+    assert load_config(["--TRAIN_DIR=mine/train"])["VAL_DIR"] == "mine/val"
+    assert load_config(["--PRESET=facades", "--TRAIN_DIR=mine/train"])["VAL_DIR"] == "mine/val"
+    assert load_config(["--TRAIN_DIR=mine/train", "--VAL_DIR=elsewhere"])["VAL_DIR"] == "elsewhere"
+    assert load_config([])["VAL_DIR"] == "data/synthetic/val"
+    assert load_config(["--PRESET=maps"])["VAL_DIR"] == "data/maps/val"
+
+
+@pytest.mark.parametrize("key", ["TRAIN_DIR", "VAL_DIR", "RUN_DIR", "RESUME"])
+def test_an_empty_path_setting_is_a_config_error(key):
+    """--KEY= (what an unset shell variable gives) would mean the current folder: train on whatever images are
+    there, or write the run into it. It is refused in one line naming the setting."""
+    with pytest.raises(ConfigError) as err:
+        load_config([f"--{key}="])
+    assert str(err.value).startswith(f"{key} is empty (an unset shell variable?); an empty path would mean the "
+                                     f"current folder") and "\n" not in str(err.value)
+
+
+def test_cli_empty_paths_exit_2_and_write_nothing(tmp_path):
+    """`python train.py --TRAIN_DIR= --RUN_DIR=` in a folder holding images: exit 2, one line, nothing trained or
+    written there; an empty --output of predict.py is an argument error too (exit 2)."""
+    from conftest import write_pairs
+    write_pairs(tmp_path / "pictures", 3)
+    before = sorted(tmp_path.rglob("*"))
+    result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--TRAIN_DIR=", "--RUN_DIR="], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and result.stderr.startswith("error: TRAIN_DIR is empty") and \
+        result.stderr.count("\n") == 1, result.stderr
+    assert sorted(tmp_path.rglob("*")) == before
+    import predict
+    with pytest.raises(SystemExit) as exit_:
+        predict.parse_args(["--checkpoint", "g.pt", "--input", "pictures", "--output", ""])
+    assert exit_.value.code == 2
+
+
+# ----------------------------------------------------------------------------- the smallest images
+
+@pytest.mark.parametrize("n_layers", [0, 1, 2, 3, 4, 5, 6])
+def test_the_size_check_accepts_exactly_the_images_the_networks_can_train_on(n_layers):
+    """check_image_size agrees, size by size, with a PatchGAN of DISC_N_LAYERS layers taking a training step's
+    forward at batch 1 (batch norm in train mode: more than one value per channel, patch logits of 1x1 or more);
+    the U-Net needs 2 levels."""
+    from discriminator_model import PatchDiscriminator
+    from harness.configurator import check_image_size
+    D = PatchDiscriminator(3, 3, 2, n_layers, "batch").train()
+    for size in range(4, 3 * 2 ** n_layers + 9, 2):
+        try:
+            check_image_size(size, 2, n_layers)
+            accepted = True
+        except ConfigError:
+            accepted = False
+        try:
+            with torch.no_grad():
+                works = D(torch.randn(1, 3, size, size), torch.randn(1, 3, size, size)).shape[-1] >= 1
+        except (ValueError, RuntimeError):
+            works = False
+        assert accepted == works, (size, accepted, works)
+    with pytest.raises(ConfigError, match="the U-Net needs at least 2 levels"):
+        check_image_size(32, 1, n_layers)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--IMAGE_SIZE=16", "--LOAD_SIZE=16"], "IMAGE_SIZE=16 is too small for the PatchGAN of DISC_N_LAYERS=3: its "
+                                            "feature maps would shrink to 1x1 and its patch logits to 0x0. Use "
+                                            "IMAGE_SIZE >= 24 (e.g. 32) or a smaller DISC_N_LAYERS"),
+    (["--IMAGE_SIZE=2", "--LOAD_SIZE=2"], "IMAGE_SIZE=2, NUM_DOWNS=1: the U-Net needs at least 2 levels "
+                                          "(NUM_DOWNS >= 2, so IMAGE_SIZE >= 4)"),
+])
+def test_too_small_images_are_a_config_error_not_a_traceback(args, message):
+    """`python train.py ... --IMAGE_SIZE=16 --LOAD_SIZE=16` failed in its first step with batch norm's ValueError."""
+    with pytest.raises(ConfigError) as err:
+        load_config(args)
+    assert str(err.value) == message
+    assert load_config(["--IMAGE_SIZE=32", "--LOAD_SIZE=32"])["IMAGE_SIZE"] == 32

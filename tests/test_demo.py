@@ -3,7 +3,8 @@ with an image of the input's size, turns bad uploads into messages and keeps ser
 inputs, listens on loopback only and makes no outside connection; a headless Chromium uses the page itself.
 
 Uses the session's tiny 32-px run (conftest.tiny_run). The browser test needs Chromium and its driver (Debian:
-apt-get install chromium chromium-driver) and skips, saying so, where they are missing.
+apt-get install chromium chromium-driver) and skips, saying so, where they are missing; in CI (.ci/run installs
+them and sets PIX2PIX_REQUIRE_BROWSER=1) a missing browser fails instead.
 
     python -m pytest tests/test_demo.py -q
 """
@@ -191,13 +192,34 @@ def test_busy_port_is_one_clear_error(tiny_run, tmp_path):
 # ----------------------------------------------------------------------------- a real browser
 
 def browser_paths() -> tuple[str, str]:
+    """(Chromium, chromedriver) on PATH; else a skip, or a failure where PIX2PIX_REQUIRE_BROWSER=1 (set by .ci/run,
+    which installs them: in CI a missing browser must fail these tests rather than quietly skip them)."""
     chromium = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
                     None)
     driver = shutil.which("chromedriver")
     if not chromium or not driver:
-        pytest.skip("headless browser test needs Chromium and chromedriver on PATH (Debian: apt-get install "
-                    "chromium chromium-driver); not found")
+        message = ("headless browser test needs Chromium and chromedriver on PATH (Debian: apt-get install chromium "
+                   "chromium-driver); not found")
+        if os.environ.get("PIX2PIX_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"{message}; PIX2PIX_REQUIRE_BROWSER=1 requires them", pytrace=False)
+        pytest.skip(message)
     return chromium, driver
+
+
+def test_ci_turns_a_missing_browser_into_a_failure(monkeypatch, tmp_path):
+    """.ci/run installs Debian's chromium and chromium-driver (a failed install ends CI with a message) and sets
+    PIX2PIX_REQUIRE_BROWSER=1: a browser missing in CI fails the browser tests instead of skipping them."""
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "apt-get install -y -q chromium" in ci and "chromium-driver" in ci and "exit 1" in ci
+    pytest_line = next(line for line in ci.splitlines() if "python -m pytest" in line)
+    assert "PIX2PIX_REQUIRE_BROWSER=1 " in pytest_line
+    monkeypatch.setenv("PATH", str(tmp_path))  # no browser on it
+    monkeypatch.delenv("PIX2PIX_REQUIRE_BROWSER", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="needs Chromium and chromedriver"):
+        browser_paths()
+    monkeypatch.setenv("PIX2PIX_REQUIRE_BROWSER", "1")
+    with pytest.raises(pytest.fail.Exception, match="PIX2PIX_REQUIRE_BROWSER=1 requires them"):
+        browser_paths()
 
 
 def start_chromium(tmp_path: Path, width: int = 1280, height: int = 900):

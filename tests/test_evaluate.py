@@ -17,7 +17,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 import evaluate
-from conftest import make_dataset
+from conftest import interrupted_at, make_dataset
 from harness.metrics import evaluate_generator, own_other_ratio
 from utils import load_generator
 
@@ -211,3 +211,24 @@ def test_mean_baseline_scores_the_mean_training_target_for_every_input(tiny_run,
     expected = ((mean.clamp(-1, 1) + 1) / 2 * 255).round().permute(1, 2, 0).numpy().astype(np.uint8)
     assert np.abs(outputs[0].astype(int) - expected).max() <= 1
     assert summary["ratio"] == pytest.approx(1.0, abs=0.15)
+
+
+def test_an_output_that_is_a_file_is_an_argument_error(tiny_run, tmp_path, capsys):
+    """--output naming an existing file gave a NotADirectoryError traceback; now one line, exit 2, before the
+    model is loaded, and the file is left alone."""
+    (tmp_path / "results").write_text("a file")
+    assert evaluate.main(["--checkpoint", str(tiny_run / "run" / "generator.pt"), "--data",
+                          str(tiny_run / "data" / "val"), "--output", str(tmp_path / "results")]) == 2
+    assert capsys.readouterr().err == (f"error: --output {tmp_path / 'results'} is a file, not a folder; choose a "
+                                       f"folder (it is created if missing)\n")
+    assert (tmp_path / "results").read_text() == "a file"
+
+
+def test_ctrl_c_while_evaluating_ends_with_one_line_and_exit_130(tiny_run, tmp_path):
+    """A real `python evaluate.py`, held by the test in its evaluation loop, gets SIGINT: exit 130 and one line,
+    no KeyboardInterrupt traceback."""
+    ended = interrupted_at("harness.metrics.evaluate_generator", "evaluate.py",
+                           ["--checkpoint", tiny_run / "run" / "generator.pt", "--data", tiny_run / "data" / "val",
+                            "--output", tmp_path / "out"], tmp_path)
+    assert ended.returncode == 130, ended.stderr[-2000:]
+    assert ended.stderr.strip().splitlines()[-1] == "interrupted by Ctrl-C" and "Traceback" not in ended.stderr

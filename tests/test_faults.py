@@ -2,8 +2,8 @@
 unwritable RUN_DIR, NaN/Inf losses, and resuming with settings that change the networks.
 
 The signal tests run the real `python train.py` in a subprocess (~4-12 s of startup each on 2 shared cores);
-the kill -9 test forks its training processes from one pre-imported parent (see ZYGOTE); everything else runs
-train.main in-process. Total ~1 min.
+the kill -9 and RUN_DIR lock tests fork their training processes from one pre-imported parent (see ZYGOTE);
+everything else runs train.main in-process. Total ~3 min.
 
     python -m pytest tests/test_faults.py -q
 """
@@ -36,8 +36,8 @@ from harness import run_log
 import train
 import utils
 from harness.checkpoint import atomic_save, load_checkpoint
-from harness.errors import CheckpointError, NonFiniteLoss
-from conftest import ROOT, tiny_args
+from harness.errors import CheckpointError, NonFiniteLoss, RunDirError
+from conftest import ROOT, interrupted_at, tiny_args, write_pairs
 from dataset import PairedImageDataset
 
 FAST = dict(VAL_EVERY=0, SAMPLE_EVERY=0)  # no validation or sample grids: only training steps
@@ -185,6 +185,18 @@ def test_a_second_ctrl_c_aborts_without_saving(tiny_data, tmp_path, monkeypatch,
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "generator.pt").exists()
 
 
+def test_one_ctrl_c_during_the_data_scan_ends_the_run_at_once_and_says_so(tiny_data, tmp_path):
+    """A real `python train.py`, held by the test inside its scan of the data files (before training: nothing to
+    save yet), gets one SIGINT: exit 130 and one line saying so (not "aborted by a second Ctrl-C"), no traceback,
+    nothing left in RUN_DIR."""
+    run_dir = tmp_path / "run"
+    ended = interrupted_at("harness.data_checks.check_image", "train.py", tiny_args(tiny_data, run_dir, **FAST),
+                           tmp_path)
+    assert ended.returncode == 130, ended.stderr[-2000:]
+    assert ended.stderr.strip() == "interrupted by Ctrl-C before training started: nothing saved"
+    assert not run_dir.exists()
+
+
 def test_fewer_images_than_processes_is_a_clear_error(tmp_path, monkeypatch):
     """3 processes, 2 training images: one process would get none. A DatasetError before any training."""
     from conftest import write_pairs
@@ -204,11 +216,12 @@ def test_fewer_images_than_processes_is_a_clear_error(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------- kill -9
 
 # Imports train (torch, torch._dynamo, tensorboard, matplotlib: most of a start's ~8 s on busy cores) once, then
-# forks one real process per training run: each gets SIGKILLed like any process, and the test fits its time
-# budget.
+# forks one real process per training run: each gets SIGKILLed like any process, and the tests fit their time
+# budget. One run at a time: the zygote waits for each before it reads the next line.
 # Protocol: stdin line = JSON [argv, log path, pause]; stdout: the child's pid, then its wait status. A pause
-# "NAME:N:FILE" makes the child's N-th save to a file called NAME stop after writing its temp file, before the flush,
-# fsync and rename (torch.save patched in the child): it writes FILE and waits there to be killed.
+# "WHEN:NAME:N:FILE" holds the child at its N-th save to a file called NAME: WHEN "in" stops inside the save, after
+# writing its temp file, before the flush, fsync and rename (torch.save patched in the child); "after" stops right
+# after the rename put the file in place (os.replace patched). The child writes FILE there and waits to be killed.
 ZYGOTE = r"""
 import json, os, sys, time, traceback
 from pathlib import Path
@@ -221,16 +234,26 @@ for line in sys.stdin:
     pid = os.fork()
     if pid == 0:
         if pause:
-            name, n, ready = pause.split(":", 2)
-            real_save, saves = torch.save, []
-            def save(obj, f, *a, **k):
-                real_save(obj, f, *a, **k)
-                if Path(getattr(f, "name", "")).name.startswith(f".{name}.tmp-"):
+            when, name, n, ready = pause.split(":", 3)
+            saves = []
+            def hold(path):  # "in": the save's temp file (.NAME.tmp-PID); "after": the file itself
+                if Path(path).name.startswith(f".{name}.tmp-") if when == "in" else Path(path).name == name:
                     saves.append(1)
                     if len(saves) == int(n):
                         Path(ready).write_text(str(os.getpid()))
                         time.sleep(600)  # bounded: a test that failed before its kill leaves nothing for long
-            torch.save = save
+            if when == "in":
+                real_save = torch.save
+                def save(obj, f, *a, **k):
+                    real_save(obj, f, *a, **k)
+                    hold(getattr(f, "name", ""))
+                torch.save = save
+            else:
+                real_replace = os.replace
+                def replace(src, dst, *a, **k):
+                    real_replace(src, dst, *a, **k)
+                    hold(dst)
+                os.replace = replace
         fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -269,8 +292,101 @@ def next_line(lines: "queue.Queue[str]", what: str, timeout: float = 120.0) -> s
     return line
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_kill_9_during_saves_and_at_random_moments_never_loses_the_run(tiny_data, tmp_path):
+def alive(pid: int) -> bool:  # the zygote reaps its child at once, so no zombie lingers
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+class Zygote:
+    """The ZYGOTE process, shared by the module's tests (its start is the slow part): launch(name, args, pause)
+    forks a training run logging to the current test's logs/NAME.log, status(name) is its wait status, hold(name)
+    waits until a paused run is at its pause, kill(name) SIGKILLs it."""
+
+    def __init__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(ROOT)], cwd=ROOT, env=ENV, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.replies = line_reader(self.proc.stdout)
+        self.launched, self.pending, self.logs, self.ready = [], 0, ROOT, {}
+
+    def use(self, logs: Path) -> "Zygote":
+        self.logs, self.ready = logs, {}
+        return self
+
+    def launch(self, name: str, args: list[str], pause: str = "") -> int:
+        """A run; pause "WHEN:NAME:N" (see ZYGOTE) holds it at that save."""
+        self.ready[name] = self.logs / f"{name}.paused"
+        self.proc.stdin.write(json.dumps([args, str(self.log(name)), f"{pause}:{self.ready[name]}" if pause else ""])
+                              + "\n")
+        self.proc.stdin.flush()
+        self.launched.append(int(next_line(self.replies, f"{name}'s pid")))
+        self.pending += 1
+        return self.launched[-1]
+
+    def log(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
+
+    def status(self, name: str, timeout: float = 120.0) -> int:
+        status = int(next_line(self.replies, f"{name}'s exit status", timeout))
+        self.pending -= 1
+        return status
+
+    def until(self, condition, pid: int, name: str, poll: float = 0.005) -> None:
+        deadline = time.monotonic() + 120
+        while not condition():
+            if time.monotonic() > deadline or not alive(pid):
+                if alive(pid):
+                    os.kill(pid, signal.SIGKILL)
+                pytest.fail(f"{name}: ended or stuck before the kill:\n{self.log(name).read_text()[-3000:]}")
+            time.sleep(poll)
+
+    def hold(self, name: str, pid: int) -> None:
+        self.until(self.ready[name].exists, pid, name)
+
+    def kill(self, name: str, pid: int) -> None:
+        """SIGKILL a run; it must die of it (not have finished)."""
+        os.kill(pid, signal.SIGKILL)
+        status = self.status(name)
+        assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL, self.log(name).read_text()[-3000:]
+
+    def reset(self) -> None:
+        """After each test: none of its runs left alive (a failed assertion can leave one paused in its save) and
+        their statuses read, so that the next test's launches are answered."""
+        for pid in self.launched:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.launched = []
+        while self.pending:
+            self.status("a run left by the test", timeout=60)
+
+    def close(self) -> None:
+        self.reset()
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def zygote_process():
+    if not hasattr(os, "fork"):
+        pytest.skip("needs os.fork")
+    launcher = Zygote()
+    yield launcher
+    launcher.close()
+
+
+@pytest.fixture
+def zygote(zygote_process, tmp_path):
+    yield zygote_process.use(tmp_path)
+    zygote_process.reset()
+
+
+def test_kill_9_during_saves_and_at_random_moments_never_loses_the_run(tiny_data, tmp_path, zygote):
     """SIGKILL five runs of one training in turn. Runs 0, 2 and 4 are killed inside their second save of last.pt,
     with the temp file written but not yet renamed (held there by the test's patched torch.save: every time, not
     by luck); runs 1 and 3 after a random delay. Each time the latest last.pt loads, is finite and
@@ -282,81 +398,118 @@ def test_kill_9_during_saves_and_at_random_moments_never_loses_the_run(tiny_data
     last = ckpt_dir / "last.pt"
     args = tiny_args(tiny_data, run_dir, N_EPOCHS=4, N_EPOCHS_DECAY=0, CHECKPOINT_EVERY_STEPS=1, **FAST)
     total_steps = 4 * 8
-    zygote = subprocess.Popen([sys.executable, "-c", ZYGOTE, str(ROOT)], cwd=ROOT, env=ENV, text=True,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    replies = line_reader(zygote.stdout)
+    steps = [(0, 0)]
+    for attempt in range(5):
+        name, in_save = f"run{attempt}", attempt % 2 == 0
+        before = last.stat().st_ino if last.exists() else None
+        pid = zygote.launch(name, args, "in:last.pt:2" if in_save else "")
+        if in_save:  # its first save completed; its second is paused with the temp file written
+            zygote.hold(name, pid)
+            intact = sha(last)
+            assert (ckpt_dir / f".last.pt.tmp-{pid}").exists()
+        else:
+            zygote.until(lambda: last.exists() and last.stat().st_ino != before, pid, name)  # it saved once
+            time.sleep(rng.uniform(0.0, 0.25))
+        zygote.kill(name, pid)
+        if attempt:
+            assert f"resuming from {last}: " in zygote.log(name).read_text()
+        if in_save:
+            assert sha(last) == intact and (ckpt_dir / f".last.pt.tmp-{pid}").exists()
+        ckpt = load_checkpoint(last)  # a kill never leaves a half-written last.pt
+        assert all_finite(ckpt)
+        # every restart resumed and made progress: more steps, or (killed right after the periodic save of
+        # an epoch's last batch) the same step with that epoch's end completed
+        assert steps[-1] < (ckpt["step"], ckpt["epoch"]) and ckpt["step"] < total_steps
+        steps.append((ckpt["step"], ckpt["epoch"]))
 
-    launched = []
+    (ckpt_dir / ".last.pt.tmp-999999999").write_bytes(b"garbage from a long-dead process")
+    zygote.launch("final", args)
+    status = zygote.status("final", timeout=240)
+    log = zygote.log("final").read_text()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, log[-3000:]
+    assert f"resuming from {last}: " in log and f"step {steps[-1][0]}\n" in log and "done:" in log
+    assert load_checkpoint(last)["step"] == total_steps
+    assert [p.name for p in ckpt_dir.iterdir() if ".tmp-" in p.name] == []  # stale temp files removed
 
-    def launch(name: str, pause: str = "") -> int:
-        zygote.stdin.write(json.dumps([args, str(tmp_path / f"{name}.log"), pause]) + "\n")
-        zygote.stdin.flush()
-        launched.append(int(next_line(replies, f"{name}'s pid")))
-        return launched[-1]
 
-    def alive(pid: int) -> bool:  # the zygote reaps its child at once, so no zombie lingers
-        try:
-            os.kill(pid, 0)
-            return True
-        except ProcessLookupError:
-            return False
+@pytest.mark.parametrize("pause", ["after:last.pt:1", "in:generator.pt:1", "in:epoch_0001.pt:1"])
+def test_kill_9_in_the_final_writes_then_a_rerun_ends_with_every_export_matching_last_pt(tiny_data, tmp_path, zygote,
+                                                                                         pause):
+    """SIGKILL in the writes that end a run (last.pt, the epoch's snapshot, generator.pt), held there by the test:
+    right after last.pt is in place, or inside the snapshot's or generator.pt's save. The same command run again
+    exits 0, and generator.pt and the snapshot exist and hold last.pt's generator and epoch: whichever write the
+    kill hit, nothing is lost for good (a rerun once said "already finished" with no generator.pt)."""
+    run_dir = tmp_path / "run"
+    args = tiny_args(tiny_data, run_dir, N_EPOCHS=1, N_EPOCHS_DECAY=0, SNAPSHOT_EVERY=1, **FAST)
+    pid = zygote.launch("killed", args, pause)
+    zygote.hold("killed", pid)
+    zygote.kill("killed", pid)
+    zygote.launch("rerun", args)
+    status = zygote.status("rerun", timeout=240)
+    log = zygote.log("rerun").read_text()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, log[-3000:]
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    export = load_checkpoint(run_dir / "generator.pt")
+    snapshot = load_checkpoint(run_dir / "checkpoints" / "epoch_0001.pt")
+    assert last["epoch"] == export["epoch"] == snapshot["epoch"] == 1 and snapshot["step"] == last["step"] == 8
+    assert export["generator"].keys() == last["generator"].keys()
+    assert all(torch.equal(v, last["generator"][k]) for k, v in export["generator"].items())
+    assert all(torch.equal(v, last["generator"][k]) for k, v in snapshot["generator"].items())
+    assert [p.name for p in run_dir.rglob("*") if ".tmp-" in p.name or p.name == ".lock"] == []
 
-    def until(condition, pid: int, name: str, poll: float = 0.005) -> None:
-        deadline = time.monotonic() + 120
-        while not condition():
-            if time.monotonic() > deadline or not alive(pid):
-                if alive(pid):
-                    os.kill(pid, signal.SIGKILL)
-                log = (tmp_path / f"{name}.log").read_text()
-                pytest.fail(f"{name}: ended or stuck before the kill:\n{log[-3000:]}")
-            time.sleep(poll)
 
-    try:
-        steps = [(0, 0)]
-        for attempt in range(5):
-            name, in_save = f"run{attempt}", attempt % 2 == 0
-            ready = tmp_path / f"{name}.paused"
-            before = last.stat().st_ino if last.exists() else None
-            pid = launch(name, f"last.pt:2:{ready}" if in_save else "")
-            if in_save:  # its first save completed; its second is paused with the temp file written
-                until(ready.exists, pid, name)
-                intact = sha(last)
-                assert (ckpt_dir / f".last.pt.tmp-{pid}").exists()
-            else:
-                until(lambda: last.exists() and last.stat().st_ino != before, pid, name)  # it saved once
-                time.sleep(rng.uniform(0.0, 0.25))
-            os.kill(pid, signal.SIGKILL)
-            status = int(next_line(replies, f"{name}'s exit status"))
-            assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL  # killed, not finished
-            if attempt:
-                assert f"resuming from {last}: " in (tmp_path / f"{name}.log").read_text()
-            if in_save:
-                assert sha(last) == intact and (ckpt_dir / f".last.pt.tmp-{pid}").exists()
-            ckpt = load_checkpoint(last)  # a kill never leaves a half-written last.pt
-            assert all_finite(ckpt)
-            # every restart resumed and made progress: more steps, or (killed right after the periodic save of
-            # an epoch's last batch) the same step with that epoch's end completed
-            assert steps[-1] < (ckpt["step"], ckpt["epoch"]) and ckpt["step"] < total_steps
-            steps.append((ckpt["step"], ckpt["epoch"]))
+def test_a_finished_run_writes_a_missing_or_stale_generator_export_again(finished_run, capsys):
+    """A finished run whose generator.pt is missing (deleted, or lost to a kill in an older version's final
+    writes) or is not last.pt's generator: running it again writes it from last.pt before saying it is done."""
+    data, run_dir = finished_run
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    args = tiny_args(data, run_dir, **FAST)
+    for damage in ("missing", "stale"):
+        if damage == "stale":
+            export = torch.load(run_dir / "generator.pt", weights_only=True)
+            export["generator"] = {k: v + 1 if v.is_floating_point() else v for k, v in export["generator"].items()}
+            atomic_save(export, run_dir / "generator.pt")
+        assert train.main(args) == 0
+        out = capsys.readouterr().out
+        assert f"wrote {run_dir / 'generator.pt'} from {run_dir / 'checkpoints' / 'last.pt'}" in out, damage
+        assert "already finished its 2 epochs" in out
+        export = load_checkpoint(run_dir / "generator.pt")
+        assert export["epoch"] == last["epoch"] and export["config"] == last["config"]
+        assert all(torch.equal(v, last["generator"][k]) for k, v in export["generator"].items())
+    assert train.main(args) == 0  # now current: left as it is
+    assert "wrote" not in capsys.readouterr().out
 
-        (ckpt_dir / ".last.pt.tmp-999999999").write_bytes(b"garbage from a long-dead process")
-        launch("final")
-        status = int(next_line(replies, "the final run's exit status", timeout=240))
-        log = (tmp_path / "final.log").read_text()
-        assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, log[-3000:]
-        assert f"resuming from {last}: " in log and f"step {steps[-1][0]}\n" in log and "done:" in log
-        assert load_checkpoint(last)["step"] == total_steps
-        assert [p.name for p in ckpt_dir.iterdir() if ".tmp-" in p.name] == []  # stale temp files removed
-    finally:
-        for pid in launched:  # a failed assertion can leave a run paused in its save: never leave it behind
-            if alive(pid):
-                os.kill(pid, signal.SIGKILL)
-        zygote.stdin.close()
-        try:
-            zygote.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            zygote.kill()
-            zygote.wait(timeout=60)
+
+# ----------------------------------------------------------------------------- one run per RUN_DIR
+
+def test_a_second_run_on_a_busy_run_dir_is_refused_and_kill_9_leaves_no_stale_lock(tiny_data, tmp_path, zygote):
+    """Two terminals, one command: the second `python train.py` (a real CLI process) exits 1 with one line naming
+    RUN_DIR and the first run's PID, writing nothing there, while the first holds the folder (paused inside a save
+    by the test). kill -9 of the first releases the lock with the process (the kernel's flock): the same command
+    then resumes and finishes, and no lock file is left."""
+    run_dir = tmp_path / "run"
+    args = tiny_args(tiny_data, run_dir, N_EPOCHS=2, N_EPOCHS_DECAY=0, CHECKPOINT_EVERY_STEPS=1, **FAST)
+    first = zygote.launch("first", args, "in:last.pt:2")
+    zygote.hold("first", first)
+
+    def listing() -> dict[str, tuple]:
+        return {str(p.relative_to(run_dir)): (p.stat().st_size, p.stat().st_mtime_ns) for p in run_dir.rglob("*")}
+    before = listing()
+    second = subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=ENV, text=True,
+                            capture_output=True, timeout=180)
+    assert second.returncode == 1, second.stderr[-3000:]
+    assert second.stderr == (f"error: RUN_DIR={run_dir} is in use by another training run (PID {first}); wait for "
+                             f"it to end or stop it, or choose another RUN_DIR\n")
+    assert "resuming" not in second.stdout and listing() == before  # nothing written, nothing removed
+
+    zygote.kill("first", first)
+    assert (run_dir / ".lock").exists()  # left by the killed run: stale, yet it blocks nothing
+    zygote.launch("again", args)
+    status = zygote.status("again", timeout=240)
+    log = zygote.log("again").read_text()
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, log[-3000:]
+    assert f"resuming from {run_dir / 'checkpoints' / 'last.pt'}: " in log and "done:" in log
+    assert [r["epoch"] for r in log_rows(run_dir)] == ["1", "2"] and not (run_dir / ".lock").exists()
 
 
 # ----------------------------------------------------------------------------- full disk, unwritable RUN_DIR
@@ -451,6 +604,18 @@ def test_unusable_run_dir_is_a_one_line_error_before_any_work(tiny_data, tmp_pat
     assert "Traceback" not in err and built == []
     if case in ("not_writable", "read_only", "full"):
         assert not run_dir.exists()  # the folder the check made is gone again; no probe file is left either
+
+
+def test_a_run_dir_that_is_a_dangling_link_is_named_as_such(tiny_data, tmp_path):
+    """RUN_DIR a symbolic link to a folder that does not exist (an unmounted scratch disk): one line saying so, not
+    "it is a file"; the link is left as it was and nothing is made at its target."""
+    run_dir, target = tmp_path / "run", tmp_path / "scratch" / "run"
+    run_dir.symlink_to(target)
+    with pytest.raises(RunDirError) as e:
+        train.main(tiny_args(tiny_data, run_dir, **FAST))
+    assert str(e.value).startswith(f"RUN_DIR={run_dir} cannot be used: it is a symbolic link to {target}, which does "
+                                   f"not exist")
+    assert run_dir.is_symlink() and not (tmp_path / "scratch").exists()
 
 
 def test_run_dir_check_leaves_a_usable_folder_as_it_was(tmp_path):
@@ -687,3 +852,111 @@ def test_resume_from_a_generator_only_export_is_a_clear_error(tiny_run, tmp_path
     with pytest.raises(CheckpointError, match=re.escape(f"cannot resume from {export}: not a training checkpoint")):
         train.main(tiny_args(tiny_run / "data", tmp_path / "new", RESUME=export, **FAST))
     assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("kind", ["folder", "dangling link"])
+def test_a_last_pt_that_is_a_folder_or_a_dangling_link_is_refused_by_name(tiny_data, tmp_path, kind):
+    """RUN_DIR/checkpoints/last.pt that is a folder is named as one (not "does not exist"); one that is a link to a
+    missing file stops the run instead of silently starting over (and then replacing the link)."""
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.pt"
+    if kind == "folder":
+        last.mkdir(parents=True)
+        expected = f"checkpoint {last} is a folder, not a checkpoint file"
+    else:
+        last.parent.mkdir(parents=True)
+        last.symlink_to(tmp_path / "elsewhere" / "last.pt")
+        expected = (f"{last} is a symbolic link to {tmp_path / 'elsewhere' / 'last.pt'}, which does not exist: "
+                    f"restore that file to continue the run, or remove the link to start it over")
+    with pytest.raises(CheckpointError) as e:
+        train.main(tiny_args(tiny_data, run_dir, **FAST))
+    assert str(e.value) == expected
+    assert last.is_dir() if kind == "folder" else last.is_symlink()
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints"]  # nothing trained, nothing written
+
+
+def test_resume_on_other_training_data_is_refused_unless_resume_names_the_checkpoint(finished_run, tmp_path, capsys):
+    """A run folder reused with another TRAIN_DIR (other files): resuming its last.pt would continue a run trained
+    on other data without a word. It is refused, saying how to start fresh or force it; forcing it (RESUME naming
+    the checkpoint) continues with a note, and the checkpoints it writes record the new data."""
+    data, run_dir = finished_run
+    last = run_dir / "checkpoints" / "last.pt"
+    before = sha(last)
+    other = tmp_path / "other"
+    write_pairs(other / "train", 6, seed=5)
+    write_pairs(other / "val", 2, seed=6)
+    was = f"{(data / 'train').resolve()} (8 images), not on {(other / 'train').resolve()} (6 images)"
+    with pytest.raises(CheckpointError) as e:
+        train.main(tiny_args(other, run_dir, N_EPOCHS=3, N_EPOCHS_DECAY=0, **FAST))
+    assert str(e.value) == (f"cannot resume from {last}: it was trained on {was}. Start a fresh run in a new RUN_DIR "
+                            f"(--RUN_DIR=...), or continue this run on the new data with --RESUME={last}")
+    assert sha(last) == before and sorted(p.name for p in run_dir.iterdir()) == ["checkpoints"]
+
+    assert train.main(tiny_args(other, run_dir, N_EPOCHS=3, N_EPOCHS_DECAY=0, RESUME=last, **FAST)) == 0
+    assert f"note: {last} was trained on {was}; continuing it on this data because RESUME names it" \
+        in capsys.readouterr().out
+    ckpt = load_checkpoint(last)
+    assert ckpt["epoch"] == 3 and ckpt["train_data"]["images"] == 6
+    assert ckpt["train_data"]["folder"] == str((other / "train").resolve())
+
+
+def test_resume_after_the_data_moved_or_from_a_checkpoint_without_a_data_record_notes_it(finished_run, tmp_path,
+                                                                                         capsys):
+    """The same files in another folder (the data moved): resumed, with a note naming both folders. A checkpoint
+    of an older version records no training data: resumed, with a note saying it was not compared."""
+    data, run_dir = finished_run
+    last = run_dir / "checkpoints" / "last.pt"
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    assert train.main(tiny_args(moved, run_dir, N_EPOCHS=3, N_EPOCHS_DECAY=0, **FAST)) == 0
+    assert (f"note: the training folder moved from {(data / 'train').resolve()} to {(moved / 'train').resolve()} "
+            f"(the same 8 files)") in capsys.readouterr().out
+    old = torch.load(last, weights_only=True)
+    del old["train_data"]
+    atomic_save(old, last)
+    assert train.main(tiny_args(moved, run_dir, N_EPOCHS=4, N_EPOCHS_DECAY=0, **FAST)) == 0
+    assert f"note: {last} does not record its training data (written by an older version); not compared" \
+        in capsys.readouterr().out
+    assert load_checkpoint(last)["epoch"] == 4
+
+
+def test_resume_mid_epoch_with_another_batch_size_trains_every_image_of_that_epoch_once(tiny_data, tmp_path,
+                                                                                        monkeypatch):
+    """Stopped (Ctrl-C) after step 3 at batch size 1, resumed with BATCH_SIZE=2: the epoch trains the 5 images it
+    had not, each once (the position counts images, not batches: 3 batches of 2 would skip 6)."""
+    run_dir = tmp_path / "run"
+    seen: list[int] = []
+    real_getitem = PairedImageDataset.__getitem__
+
+    def getitem(self, key):
+        if self.train:
+            seen.append(key[0])
+            if len(seen) == 3 and stop_at_3:  # while the third step's batch loads: that step ends, then the save
+                os.kill(os.getpid(), signal.SIGINT)
+        return real_getitem(self, key)
+    monkeypatch.setattr(PairedImageDataset, "__getitem__", getitem)
+    stop_at_3 = True
+    assert train.main(tiny_args(tiny_data, run_dir, N_EPOCHS=1, N_EPOCHS_DECAY=0, **FAST)) == 0
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert (ckpt["step"], ckpt["epoch"], ckpt["images_in_epoch"]) == (3, 0, 3) and len(seen) == 3
+    first, seen[:], stop_at_3 = list(seen), [], False
+    assert train.main(tiny_args(tiny_data, run_dir, N_EPOCHS=1, N_EPOCHS_DECAY=0, BATCH_SIZE=2, **FAST)) == 0
+    assert sorted(first + seen) == list(range(8)) and len(seen) == 5
+    ckpt = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert (ckpt["step"], ckpt["epoch"], ckpt["images_in_epoch"]) == (3 + 3, 1, 0)
+
+
+def test_extending_a_finished_run_trains_the_new_epochs_at_the_scheduled_learning_rate(finished_run):
+    """A finished run (N_EPOCHS=1 + N_EPOCHS_DECAY=1: its last epoch ended the decay) extended to N_EPOCHS=3: the
+    new epochs train at the schedule as now configured (constant, then decaying), not at the old schedule's 0;
+    the optimiser holds that rate and the weights move."""
+    data, run_dir = finished_run
+    before = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert train.main(tiny_args(data, run_dir, N_EPOCHS=3, N_EPOCHS_DECAY=1, **FAST)) == 0
+    rows, base = log_rows(run_dir), configurator.default_settings()["LEARNING_RATE"]
+    expected = [base * pix2pix.lr_factor(epoch, 3, 1) for epoch in (2, 3)]
+    assert [r["epoch"] for r in rows] == ["3", "4"] and 0 not in expected
+    assert [float(r["lr"]) for r in rows] == pytest.approx(expected, rel=1e-5)
+    after = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert after["opt_G"]["param_groups"][0]["lr"] == pytest.approx(expected[-1])
+    assert not torch.equal(after["generator"]["encoder.0.0.weight"], before["generator"]["encoder.0.0.weight"])

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import predict
-from conftest import ROOT, write_pairs
+from conftest import ROOT, interrupted_at, write_pairs
 from utils import load_generator
 
 
@@ -193,3 +193,44 @@ def test_command_line_exit_code(tmp_path, monkeypatch, capsys):
         runpy.run_path(str(ROOT / "predict.py"), run_name="__main__")
     assert exit_info.value.code == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_one_image_the_network_cannot_run_on_costs_only_that_image(checkpoint, tmp_path, monkeypatch, capsys):
+    """Under a memory cap, --fit pad on a huge image runs out of memory in the network: that image is listed as
+    skipped with the reason, and the others (before and after it) are written; exit 0."""
+    real_generate = predict.generate
+
+    def generate(G, x, device, precision):
+        if x.shape[-1] > 64:  # the huge one: the allocation fails, as torch reports it
+            raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate 23592960000 bytes.")
+        return real_generate(G, x, device, precision)
+    monkeypatch.setattr(predict, "generate", generate)
+    write_image(tmp_path / "in" / "a_small.png", 40, 30)
+    write_image(tmp_path / "in" / "b_huge.png", 200, 100)
+    write_image(tmp_path / "in" / "c_small.png", 30, 40)
+    assert run(checkpoint, [tmp_path / "in"], tmp_path / "out", "--fit", "pad") == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_small.png", "c_small.png"]
+    err = capsys.readouterr().err
+    assert "skipped 1 image(s):" in err and "b_huge.png: the network could not run on it at 224x128 " \
+        "(DefaultCPUAllocator: not enough memory" in err and "try --fit resize or a smaller image" in err
+    assert "Traceback" not in err
+
+
+def test_an_output_that_is_a_file_is_an_argument_error(checkpoint, tmp_path, capsys):
+    (tmp_path / "out").write_text("a file")
+    image = write_image(tmp_path / "x.png", 32, 32)
+    assert run(checkpoint, [image], tmp_path / "out") == 2
+    assert capsys.readouterr().err == (f"error: --output {tmp_path / 'out'} is a file, not a folder; choose a folder "
+                                       f"(it is created if missing)\n")
+    assert (tmp_path / "out").read_text() == "a file"
+
+
+def test_ctrl_c_while_predicting_ends_with_one_line_and_exit_130(checkpoint, tmp_path):
+    """A real `python predict.py`, held by the test while it reads its first image, gets SIGINT: exit 130 and
+    one line, no KeyboardInterrupt traceback."""
+    write_image(tmp_path / "in" / "a.png", 32, 32)
+    ended = interrupted_at("harness.inference.fit_to_model", "predict.py",
+                           ["--checkpoint", checkpoint, "--input", tmp_path / "in", "--output", tmp_path / "out"],
+                           tmp_path)
+    assert ended.returncode == 130, ended.stderr[-2000:]
+    assert ended.stderr.strip().splitlines()[-1] == "interrupted by Ctrl-C" and "Traceback" not in ended.stderr

@@ -147,12 +147,24 @@ def test_interrupted_run_leaves_nothing(tmp_path, monkeypatch):
 
 def test_cli(tmp_path):
     out = tmp_path / "syn"
-    cmd = [sys.executable, str(REPO / "synthetic_data.py"), "--out", str(out), "--n-train", "2", "--n-val", "1",
+    cmd = [sys.executable, "-m", "harness.synthetic_data", "--out", str(out), "--n-train", "2", "--n-val", "1",
            "--size", "64", "--seed", "5"]
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode == 0, r.stderr
     with Image.open(out / "train" / "2.jpg") as im:
         assert im.size == (128, 64)
     assert (out / "val" / "1.jpg").exists() and not (out / "val" / "2.jpg").exists()
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO)
     assert r.returncode != 0 and "already exists" in r.stderr
+
+
+def test_cli_in_a_folder_it_cannot_write_is_one_line(tmp_path, monkeypatch, capsys):
+    """The generator's command line where the output cannot be written (here below a file; a read-only working
+    folder gives EROFS the same way) said it with an OSError traceback; now one line, exit 1, nothing left."""
+    (tmp_path / "a file").write_text("not a folder")
+    out = tmp_path / "a file" / "synthetic"
+    monkeypatch.setattr(sys, "argv", ["synthetic_data", "--output", str(out), "--n-train", "1", "--n-val", "1"])
+    with pytest.raises(SystemExit) as exit_:
+        sd.main()
+    assert exit_.value.code == f"error: cannot write {out}: File exists; choose a writable folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a file"]
