@@ -156,6 +156,22 @@ def wrap_for_training(m: Any, compile: bool | str, world_size: int = 1, device: 
     if compile:
         options = {"mode": compile} if isinstance(compile, str) else {}
         m.G_run, m.D_pairs, m.D_run = (torch.compile(net, **options) for net in (m.G_run, m.D_pairs, m.D))
+        if compile == "reduce-overhead":
+            m.G_run = NewStepAtEachCall(m.G_run)
+
+
+class NewStepAtEachCall(nn.Module):
+    """G as a training step calls it, once per step, first: with CUDA graphs (COMPILE="reduce-overhead") each call
+    begins a new step, whose graphs may reuse the previous step's output memory (without it, CUDA graph trees
+    refuse to overwrite outputs they cannot prove dead, as G's are when G's step runs D between them)."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        torch.compiler.cudagraph_mark_step_begin()
+        return self.module(x)
 
 
 # ----------------------------------------------------------------------------- images

@@ -182,6 +182,11 @@ def test_compile_setting_reaches_torch_compile(monkeypatch, setting, options):
     model = Pix2Pix(G, D, *make_optimizers(G, D, cfg, CPU), *make_grad_scalers(CPU, "fp32"))
     utils.wrap_for_training(model, setting)
     assert calls == ([] if options is None else [options] * 3)
+    marks = []  # CUDA graphs: each call of G (once per step, first) begins a new step of the graph trees
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    model.G_run(torch.zeros(1, 3, 32, 32))
+    model.G_run(torch.zeros(1, 3, 32, 32))
+    assert len(marks) == (2 if setting == "reduce-overhead" else 0)
 
 
 # ----------------------------------------------------------------------------- training from files (issue 19)
