@@ -168,3 +168,11 @@ def test_old_output_flag_names_still_work(tiny_run, tmp_path):
     assert evaluate.main([*args, "--output", str(tmp_path / "new")]) == 0
     assert evaluate.main([*args, "--out", str(tmp_path / "old")]) == 0
     assert (tmp_path / "new" / "summary.json").is_file() and (tmp_path / "old" / "summary.json").is_file()
+
+
+def test_the_configuration_reference_names_every_setting():
+    """docs/configuration.md is the reference of config.py: a setting added without a row there fails here."""
+    import config
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    missing = [k for k in vars(config) if k.isupper() and k != "PRESETS" and f"| `{k}` |" not in reference]
+    assert missing == []
