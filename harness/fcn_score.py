@@ -259,7 +259,7 @@ def train_segmenter(photos: torch.Tensor, labels: torch.Tensor, n_classes: int, 
 
 # ----------------------------------------------------------------------------- saved and reused
 
-def data_fingerprint(folder: str | os.PathLike) -> str:
+def files_fingerprint(folder: str | os.PathLike) -> str:
     """A cheap fingerprint of a training folder: sha256 of each image file's path (relative to `folder`), size and
     modification time (ns), in sorted order. Reads no pixels; adding, removing, renaming or rewriting a file changes
     it (so does a copy that only changes modification times: a needless retrain, never a stale segmenter)."""
@@ -274,13 +274,13 @@ def data_fingerprint(folder: str | os.PathLike) -> str:
 def load_or_train(train_folder: str | os.PathLike, direction: str, palette: Palette, cache_path: str | os.PathLike,
                   recipe: Recipe = Recipe()) -> Segmenter:
     """The segmenter for `train_folder`'s A|B files (direction: the generator's DIRECTION for labels -> photo, as in
-    load_training_set), in eval mode: the one saved at `cache_path` if its fingerprint (data_fingerprint),
+    load_training_set), in eval mode: the one saved at `cache_path` if its fingerprint (files_fingerprint),
     direction, palette and recipe all match, else a newly trained one, saved there (the reason is printed)."""
     if direction not in ("AtoB", "BtoA"):
         raise ValueError(f"direction must be AtoB or BtoA, not {direction!r}")
     cache_path = Path(cache_path)
     # saved beside the weights: plain data only, so torch.load(weights_only=True) reads the file
-    wanted = {"format": SAVED_FORMAT, "fingerprint": data_fingerprint(train_folder), "direction": direction,
+    wanted = {"format": SAVED_FORMAT, "fingerprint": files_fingerprint(train_folder), "direction": direction,
               "palette": [[name, list(rgb)] for name, rgb in palette], "recipe": asdict(recipe)}
     reason = f"no saved segmenter at {cache_path}"
     if cache_path.exists():
