@@ -205,7 +205,7 @@ def test_fewer_images_than_processes_is_a_clear_error(tmp_path, monkeypatch):
     from harness.errors import DatasetError
     write_pairs(tmp_path / "data" / "train", 2)
     write_pairs(tmp_path / "data" / "val", 1)
-    monkeypatch.setattr(train, "setup_distributed", lambda timeout_s: Ranks(0, 0, 3))  # rank 0 of 3 (torchrun)
+    monkeypatch.setattr(train, "setup_distributed", lambda *args: Ranks(0, 0, 3))  # rank 0 of 3 (torchrun)
     monkeypatch.setattr(harness_run, "barrier", lambda world_size: None)
     monkeypatch.setattr(train, "build_models", lambda cfg: pytest.fail("got past the check"))
     with pytest.raises(DatasetError, match=r"train: 2 usable images for 3 processes; each process needs "
