@@ -35,7 +35,7 @@ from harness.loading import cache_images, loader_workers, training_loader
 from harness.run_lock import RunDirLock
 from harness.run_log import (RunLog, check_run_dir, format_duration, print_epoch_speed, print_run, sample_batch,
                              training_flops_per_image, write_samples)
-from harness.signals import StopRequest, resume_command, shut_down_workers
+from harness.signals import StopRequest, ignore_stop_signals, resume_command, shut_down_workers
 from harness.step_guard import LOSS_TERMS, StepGuard
 from utils import Runtime, seed_everything
 
@@ -316,7 +316,8 @@ class TrainingRun:
         that batch statistics are like training's."""
         cfg = self.cfg
         subset = Subset(self.val_set, range(min(len(self.val_set), cfg["VAL_MAX_IMAGES"] or len(self.val_set))))
-        loader = DataLoader(subset, batch_size=cfg["BATCH_SIZE"], num_workers=0)
+        loader = DataLoader(subset, batch_size=cfg["BATCH_SIZE"], num_workers=loader_workers(cfg["NUM_WORKERS"]),
+                            worker_init_fn=ignore_stop_signals)  # decoding in workers: a GPU validates in seconds
         on_batch = (lambda x, fake, y: self.fcn.update(x, generated=fake)) if self.fcn else None
         val = evaluate_generator(G, loader, self.runtime.device, self.runtime.precision, cfg["TEST_MODE"],
                                  cfg["SEED"], on_batch=on_batch)["summary"]
