@@ -54,6 +54,18 @@ def evaluate_generator(*args, **kwargs) -> dict[str, Any]:
     return evaluate(*args, **kwargs)
 
 
+def schedule(cfg: dict[str, Any]) -> str:
+    """When the run will spend time on anything but training, in one line."""
+    minutes, steps, snapshot = cfg["CHECKPOINT_EVERY_MINUTES"], cfg["CHECKPOINT_EVERY_STEPS"], cfg["SNAPSHOT_EVERY"]
+    saves = (f"every {minutes:g} min (first after step {FIRST_CHECKPOINT_STEP})" if minutes else "every epoch end") \
+        + (f" and every {steps} steps" if steps else "") + (f", snapshots every {snapshot} epochs" if snapshot else "")
+    every = lambda n: f"every {n} epoch(s) and at the last" if n else "never"  # noqa: E731
+    budget = (f", kept under {cfg['EVAL_BUDGET']:.0%} of the time (spaced out, and said, if slower)"
+              if cfg["EVAL_BUDGET"] else "")
+    return (f"schedule: checkpoints/last.pt and generator.pt {saves}; sample grids {every(cfg['SAMPLE_EVERY'])}, "
+            f"validation {every(cfg['VAL_EVERY'])}{budget}")
+
+
 def is_early_sample_step(step: int) -> bool:
     """Step 0 and EARLY_SAMPLE_STEPS times a power of two."""
     n, rest = divmod(step, EARLY_SAMPLE_STEPS)
@@ -170,6 +182,7 @@ class TrainingRun:
             self.cleanup.callback(self.log.close)
             print_run(self.cfg, self.runtime, self.ranks.world_size, model.G, model.D, len(self.train_set),
                       len(self.val_set), self.flops)
+            print(schedule(self.cfg))
         self.stop = StopRequest(announce=self.ranks.master)
         self.cleanup.callback(self.stop.release)  # after the loop a signal must end the process as usual
         if progress.step == 0:  # the untrained generator: a picture at once

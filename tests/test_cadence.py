@@ -106,3 +106,11 @@ def test_slow_samples_and_validation_are_spaced_out_to_stay_within_eval_budget(t
         assert sorted(p.name for p in (run_dir / "samples").glob("epoch_*.png")) == \
             [f"epoch_{int(e):04d}.png" for e in validated]
     assert "from now on every" in capsys.readouterr().out
+
+
+def test_the_schedule_is_printed_at_the_start(tiny_data, tmp_path, capsys):
+    assert train.main(tiny_args(tiny_data, tmp_path / "run", N_EPOCHS_DECAY=0, CHECKPOINT_EVERY_MINUTES=7.5,
+                                EVAL_BUDGET=0.2, VAL_EVERY=2, SNAPSHOT_EVERY=0)) == 0
+    line = next(l for l in capsys.readouterr().out.splitlines() if l.startswith("schedule: "))
+    assert "every 7.5 min (first after step 100)" in line and "validation every 2 epoch(s) and at the last" in line
+    assert "kept under 20% of the time" in line and "snapshots" not in line
