@@ -1,6 +1,6 @@
 """Your own data as it comes: the A/ + B/ folder layout (pairing by name stem, unmatched and duplicate names,
 mixed formats and sizes), each PREPROCESS mode's shapes and input/target alignment, variable-size batching,
-the reference-equivalent bicubic resize, and the `python dataset.py FOLDER` report (CPU, ~20 s).
+the reference-equivalent bicubic resize, and the `python -m harness.data_checks FOLDER` report (CPU, ~20 s).
 
     python -m pytest tests/test_data_layouts.py -q
 """
