@@ -116,12 +116,12 @@ class StepGuard:
 
     def read(self, over_ranks: bool = False) -> Reading:
         """The one device->host read: raises NonFiniteLoss under ON_NAN=stop if any step so far was not finite.
-        `over_ranks`: the loss sums and counts of every rank (an all-reduce first; at the end of an epoch)."""
+        `over_ranks`: the loss sums and finite steps of every rank (an all-reduce first; at the end of an epoch)."""
         tally = self.tally
         if over_ranks and is_distributed():
             import torch.distributed as dist
             tally = tally.clone()
-            dist.all_reduce(tally[:FIRST_BAD_STEP])
+            dist.all_reduce(tally[:N_SKIPPED])  # the loss sums and step counts; skips are the same on every rank
         tally = tally.tolist()
         if tally[FIRST_BAD_STEP] >= 0:
             found = ", ".join(f"{k}={v}" for k, v in zip(LOSS_TERMS, tally[FIRST_BAD_LOSSES])

@@ -269,6 +269,19 @@ def test_a_rank_that_fails_mid_training_stops_the_job(tmp_path):
     assert not torch.equal(rank0["dropout_mask"], rank1["dropout_mask"])  # own dropout noise per rank
 
 
+def test_a_step_skipped_on_every_rank_is_counted_once(tmp_path):
+    """ON_NAN=skip under torchrun: rank 1's NaN at step 1 makes both ranks skip that step; log.csv counts it once
+    (the epoch's loss sums add up over the ranks, the skipped steps do not)."""
+    write_pairs(tmp_path / "data" / "train", 8, seed=0)
+    write_pairs(tmp_path / "data" / "val", 2, seed=1)
+    args = dist_settings(tmp_path / "data", tmp_path / "run", N_EPOCHS_DECAY=0, ON_NAN="skip", VAL_EVERY=0,
+                         SAMPLE_EVERY=0, LOG_EVERY=1)
+    run = launch(tmp_path, "skip", args, worker_opts=("--nan=1:1",))
+    assert run.returncode == 0 and [d["nonfinite_steps"] for d in run.dumps] == [[1], [1]], run.describe()
+    row = dict(zip(*[line.split(",") for line in (tmp_path / "run" / "log.csv").read_text().splitlines()]))
+    assert row["skipped_steps"] == "1" and row["step"] == "4"
+
+
 def test_a_stuck_rank_stops_the_job_after_dist_timeout_s(tmp_path):
     """Rank 1 hangs (alive, silent) at its second step. With DIST_TIMEOUT_S=5, rank 0's next collective fails
     with gloo's timeout error and torchrun ends the job (a hang would be cut by LAUNCH_TIMEOUT_S, failing)."""
