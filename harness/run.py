@@ -329,6 +329,7 @@ class TrainingRun:
         that batch statistics are like training's."""
         cfg = self.cfg
         subset = Subset(self.val_set, range(min(len(self.val_set), cfg["VAL_MAX_IMAGES"] or len(self.val_set))))
+        self.writer.wait()  # its workers fork this process: never while a thread is writing a checkpoint
         loader = DataLoader(subset, batch_size=cfg["BATCH_SIZE"], num_workers=loader_workers(cfg["NUM_WORKERS"]),
                             worker_init_fn=ignore_stop_signals)  # decoding in workers: a GPU validates in seconds
         on_batch = (lambda x, fake, y: self.fcn.update(x, generated=fake)) if self.fcn else None
