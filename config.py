@@ -18,7 +18,7 @@ IMAGE_SIZE = 256  # ... then take a random IMAGE_SIZE crop (also the eval resolu
 JITTER = True  # resize+random crop; False = resize straight to IMAGE_SIZE (validation's geometry, crops centred)
 PREPROCESS = "resize_and_crop"  # official --preprocess: resize_and_crop|crop|scale_width|scale_width_and_crop|none
 MIRROR = True  # random horizontal flip, the same for input and target
-NUM_WORKERS = "auto"  # DataLoader worker processes: "auto" = one per CPU core this process may use (at most 16;
+NUM_WORKERS = "auto"  # DataLoader worker processes: "auto" = one per CPU core this process may use (at most 8;
 #                       torchrun's processes share them), or a number (0 = load in the main process)
 CACHE_IMAGES = False  # keep the decoded training set in memory (uint8; its size is printed first): no JPEG decoding
 #                       after the first epoch. Augmentation stays random per epoch, exactly as without the cache

@@ -17,9 +17,10 @@ from harness.data_checks import SCAN_PROGRESS_MIN_FILES, half_size
 from harness.errors import DatasetError
 from harness.signals import ignore_stop_signals
 
-# NUM_WORKERS=auto never starts more per process: each worker holds a copy of torch's state. 16: on an H200 host
-# (16 cores) 8 workers delivered 844 facades img/s to a bf16 batch-16 step that takes 1223 alone (GPU check)
-MAX_AUTO_WORKERS = 16
+# NUM_WORKERS=auto never starts more per process: each worker holds a copy of torch's state. On a 16-core H200 host
+# 16 workers fed a bf16 batch-16 facades step no faster than 8 (650 vs 659 img/s, interleaved) and slowed the step
+# itself by taking the main process's cores (docs/performance.md#on-a-gpu)
+MAX_AUTO_WORKERS = 8
 CACHE_MEMORY_SHARE = 0.8  # CACHE_IMAGES may take at most this share of the memory available when the run starts
 
 
@@ -35,7 +36,7 @@ def cpu_cores() -> int:
 
 def loader_workers(setting: str | int) -> int:
     """NUM_WORKERS as a number: as given, or for "auto" one worker per core available to each of this machine's
-    training processes, at most MAX_AUTO_WORKERS (2 on a 2-core machine, 16 on a 16-core GPU server; 0, loading in
+    training processes, at most MAX_AUTO_WORKERS (2 on a 2-core machine, 8 on a 16-core GPU server; 0, loading in
     the main process, when the processes outnumber the cores)."""
     if setting != "auto":
         return int(setting)
