@@ -40,6 +40,7 @@ import torch.nn as nn
 from generator_model import test_mode
 from harness.configurator import load_config
 from harness.errors import exit_on_error
+from harness.gpu_check import BUDGET_MINUTES, gpu_check
 from harness.loading import cache_images, loader_workers, training_loader
 from harness.run_log import training_flops_per_image
 from pix2pix import Pix2Pix, build_models, make_grad_scalers, make_optimizers, train_step
@@ -66,7 +67,7 @@ def parse_args(argv: list[str] | None) -> tuple[dict[str, Any], argparse.Namespa
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of two training steps")
     p.add_argument("--json", action="store_true")
     p.add_argument("--gpu-check", action="store_true", help="the GPU check (harness/gpu_check.py): needs CUDA")
-    p.add_argument("--budget", type=float, default=7.25, help="--gpu-check's time budget, minutes")
+    p.add_argument("--budget", type=float, default=BUDGET_MINUTES, help="--gpu-check's time budget, minutes")
     return load_config([a for a in argv if is_setting(a)]), p.parse_args([a for a in argv if not is_setting(a)])
 
 
@@ -102,8 +103,8 @@ def timed(fn, n: int, sync) -> float:
     return time.perf_counter() - start
 
 
-def median_rate(fn, images_per_call: int, args: argparse.Namespace, sync) -> float:
-    timed(fn, args.warmup, sync)
+def median_rate(fn, images_per_call: int, args: argparse.Namespace, sync, warmup: int | None = None) -> float:
+    timed(fn, args.warmup if warmup is None else warmup, sync)
     return statistics.median(images_per_call * args.steps / timed(fn, args.steps, sync) for _ in range(args.repeats))
 
 
@@ -144,12 +145,12 @@ def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime,
             with test_mode(G, "eval"), amp:
                 G(x)
         results["infer_img_s"] = median_rate(infer, cfg["BATCH_SIZE"], args, sync)
-    if "save" not in args.skip and "train" not in args.skip:  # Adam's state exists once training has stepped
-        results |= bench_save(model, cfg, args)
     if "onnx" not in args.skip:
         results["onnx_infer_img_s"] = bench_onnx(G, x, args)
     results["peak_memory_mb"] = (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) / 2 ** 20
+    if "save" not in args.skip and "train" not in args.skip:  # after the peak: its CPU copies are not the step's
+        results |= bench_save(model, cfg, args)  # Adam's state exists once training has stepped
     return results
 
 
@@ -232,11 +233,9 @@ def bench_from_files(model: Pix2Pix, train_set: Any, cfg: dict[str, Any], args: 
     def step():
         x, y = next(batches)
         train_step(model, runtime.to_device(x), runtime.to_device(y))
-    sync = lambda: synchronize(runtime.device)  # noqa: E731
     try:
-        timed(step, args.warmup + 2 * loader.num_workers, sync)
-        return statistics.median(cfg["BATCH_SIZE"] * args.steps / timed(step, args.steps, sync)
-                                 for _ in range(args.repeats))
+        return median_rate(step, cfg["BATCH_SIZE"], args, lambda: synchronize(runtime.device),
+                           warmup=args.warmup + 2 * loader.num_workers)
     finally:
         shut_down_workers(loader)
 
@@ -271,7 +270,7 @@ def sweep(cfg: dict[str, Any], settings: list[str]) -> list[dict[str, Any]]:
     rows = []
     for size in (128, 256, 512):
         for batch in (1, 4, 16):
-            cmd = [sys.executable, __file__, "--json", "--skip", "files,infer,onnx,data,peak", *settings,
+            cmd = [sys.executable, __file__, "--json", "--skip", "files,infer,onnx,data,peak,save", *settings,
                    f"--IMAGE_SIZE={size}", f"--LOAD_SIZE={max(size, cfg['LOAD_SIZE'])}", f"--BATCH_SIZE={batch}",
                    "--warmup", "1", "--steps", str(max(1, 8 // batch)), "--repeats", "1"]
             out = subprocess.run(cmd, capture_output=True, text=True)
@@ -289,7 +288,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cfg, args = parse_args(argv)
     if args.gpu_check:
-        from harness.gpu_check import gpu_check
         return gpu_check(args.data or "data/facades/train", args.budget)
     runtime = pick_runtime(cfg)  # as train.py picks it; DEVICE=cuda:N: time and allocate on GPU N
     device, precision = runtime.device, runtime.precision

@@ -129,7 +129,7 @@ def check_bench(settings: dict[str, Any], train_dir: Path, deadline: float) -> d
     files = "CACHE_IMAGES" in settings
     if files and not train_dir.is_dir():
         return row("from files", describe(settings), "", f"not run: no facades data at {train_dir}")
-    skip = "infer,onnx,peak" if files else "files,infer,onnx,data,peak"
+    skip = "infer,onnx,peak,save" if files else "files,infer,onnx,data,peak,save"
     cmd = [sys.executable, "bench.py", "--json", "--skip", skip, "--DEVICE=cuda", *BENCH,
            *([f"--data={train_dir}"] if files else []), *(f"--{k}={v}" for k, v in settings.items())]
     code, out, err = run_command(cmd, BENCH_LIMIT_S, deadline)
@@ -137,11 +137,12 @@ def check_bench(settings: dict[str, Any], train_dir: Path, deadline: float) -> d
     if code != 0:
         return row(part, describe(settings), "", last_line(err) or "failed",
                    failed=code is not None or "stopped after" in err)
-    results = json.loads(out)["results"]
+    report = json.loads(out)
+    results = report["results"]
     notes = [f"compile + first step {results['compile_s']:.0f} s"] if "compile_s" in results else []
     if files:
         notes += [f"step alone {results['train_img_s']:.0f}", f"loader alone {results['data_img_s']:.0f} img/s",
-                  f"{json.loads(out)['env']['workers']} workers"]
+                  f"{report['env']['workers']} workers"]
     notes.append(f"peak {results['peak_memory_mb'] / 1024:.1f} GB")
     rate = results["train_files_img_s"] if files else results["train_img_s"]
     return row(part, describe(settings), f"{rate:.1f}", "; ".join(notes))

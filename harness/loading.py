@@ -73,7 +73,6 @@ def format_bytes(n: float) -> str:
         if n < 1000 or unit == "GB":
             return f"{n:.0f} {unit}" if unit in ("B", "KB") else f"{n:.1f} {unit}"
         n /= 1000
-    return f"{n:.1f} TB"
 
 
 def cache_images(dataset: PairedImageDataset, workers: int, say: Callable[[str], None] = print) -> None:
