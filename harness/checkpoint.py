@@ -68,8 +68,7 @@ def training_checkpoint(model: Any, progress: Progress, rngs: dict[str, Any], cf
 
 def generator_export(G: nn.Module, D: nn.Module, epoch: int, cfg: dict[str, Any]) -> dict[str, Any]:
     """generator.pt: the generator alone, loadable by load_generator without config.py (on any machine)."""
-    return {"format": CHECKPOINT_FORMAT, "generator": cpu_copy(G.state_dict()), "epoch": epoch, "config": cfg,
-            **model_hparams(G, D)}
+    return export_of({"generator": cpu_copy(G.state_dict()), "epoch": epoch, "config": cfg, **model_hparams(G, D)})
 
 
 def export_of(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -356,8 +355,8 @@ def check_channels(hparams: dict[str, Any], where: str) -> None:
 
 
 def generator_from_state(hparams: dict[str, Any], state: dict[str, torch.Tensor]) -> UNetGenerator:
-    """Rebuild a U-Net from stored hyperparameters and load its weights (a checkpoint, or a live model's copy)."""
-    G = UNetGenerator(**(LEGACY_GENERATOR_HPARAMS | hparams))
+    """Rebuild a U-Net from a live model's complete hyperparameters (G.hparams) and load its weights."""
+    G = UNetGenerator(**hparams)
     load_weights(G, state)
     return G
 
@@ -384,8 +383,8 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
             raise CheckpointError(f"{path}: {e}") from None
         ckpt = {}
     else:
-        ckpt = checked_checkpoint(ckpt, path)
-        hparams = LEGACY_GENERATOR_HPARAMS | ckpt["generator_hparams"]
+        ckpt = checked_checkpoint(ckpt, path)  # read as the current schema: legacy settings filled in
+        hparams = ckpt["generator_hparams"]
         check_channels(hparams, f"{path}: its generator_hparams")
         try:
             G = UNetGenerator(**hparams)

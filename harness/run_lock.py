@@ -38,7 +38,7 @@ class RunDirLock:
     process holds it. Folders made for the lock are removed again on release if the run wrote nothing there."""
 
     def __init__(self, run_dir: Path):
-        self.run_dir, self.path = run_dir, run_dir / LOCK_NAME
+        self.path = run_dir / LOCK_NAME
         self.created = [p for p in (run_dir, *run_dir.parents) if not os.path.lexists(p)]
         self.fd = None
         if fcntl is None:
