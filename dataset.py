@@ -58,13 +58,20 @@ def find_pairs(folder: str | os.PathLike) -> tuple[list[Pair], list[tuple[Path, 
 
 # ----------------------------------------------------------------------------- reading a pair
 
+def pixel_limit_error(im: Image.Image) -> str | None:
+    """Why an opened image is refused before it is decoded (a decompression bomb), or None."""
+    if im.width * im.height > MAX_IMAGE_PIXELS:
+        return (f"{im.width}x{im.height} is larger than {MAX_IMAGE_PIXELS} pixels (decompression-bomb limit); "
+                f"downscale it")
+    return None
+
+
 def read_image(path: Path | Any, channels: int = 3) -> np.ndarray:
     """An image file (or file object) -> HxWxC uint8, C = `channels` (1 or 3): EXIF rotation applied, 16-bit
     scaled to 8, transparency composited onto white. The one image reader of training and inference."""
     with Image.open(path) as im:
-        if im.width * im.height > MAX_IMAGE_PIXELS:
-            raise ValueError(f"{im.width}x{im.height} is larger than {MAX_IMAGE_PIXELS} pixels (decompression-bomb "
-                             f"limit); downscale it")
+        if too_big := pixel_limit_error(im):
+            raise ValueError(too_big)
         im = ImageOps.exif_transpose(im)
         if im.mode in ("I;16", "I;16B", "I", "F"):
             pixels = np.asarray(im, dtype=np.float32)

@@ -14,7 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image
 from tqdm import tqdm
 
 import dataset
@@ -28,10 +28,19 @@ LAYOUT_NAMES = {"A|B": "A|B files (input and target side by side in one file)",
                 "A/B": "A/ and B/ folders (files paired by name stem)"}
 
 
+SIDES_SWAPPED = (5, 6, 7, 8)  # EXIF orientations that ImageOps.exif_transpose turns by 90 degrees
+
+
+def oriented_size(im: Image.Image) -> tuple[int, int]:
+    """(width, height) of an opened image as read_image will decode it (EXIF rotation applied), from its header
+    only: exif_transpose itself would decode the whole image."""
+    return im.size[::-1] if im.getexif().get(ExifTags.Base.Orientation) in SIDES_SWAPPED else im.size
+
+
 def header_size(path: Path) -> tuple[int, int]:
     """(width, height) of an image file as it will be decoded (EXIF rotation applied), from its header only."""
     with Image.open(path) as im:
-        return ImageOps.exif_transpose(im).size if im.getexif() else im.size
+        return oriented_size(im)
 
 
 def check_image(path: Path, split: bool = True) -> str | None:
@@ -40,12 +49,11 @@ def check_image(path: Path, split: bool = True) -> str | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
-                if im.width * im.height > dataset.MAX_IMAGE_PIXELS:
-                    return (f"{im.width}x{im.height} is larger than {dataset.MAX_IMAGE_PIXELS} pixels "
-                            f"(decompression-bomb limit); downscale it or remove it")
+                if too_big := dataset.pixel_limit_error(im):
+                    return f"{too_big} or remove it"
+                width, height = oriented_size(im)
                 im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))  # JPEG DCT scaling: fast, and
                 im.convert("RGB")                                                # still finds truncation
-        width, height = header_size(path)
     except Exception as e:  # noqa: BLE001 - any decoder failure makes the file unusable
         return f"cannot be read as an image ({type(e).__name__}: {e})"
     if split and (width < 2 or height < 1):
