@@ -26,7 +26,7 @@ its input (as a mean-image predictor does), lower is better (harness/metrics.py)
 Default --output: <checkpoint folder>/eval_<data folder name>. Deterministic: --seed fixes the dropout noise of the
 paper's test mode (--mode paper, the default; or eval). The generator runs in IEEE fp32 by default (--precision
 fp32; auto, tf32, bf16 and fp16 are faster on a GPU), and the metrics are computed in fp32 on the CPU, so a
-checkpoint scores the same on a GPU as on a CPU, up to the generator's rounding (docs/precision_issue19.md).
+checkpoint scores the same on a GPU as on a CPU, up to the generator's rounding (docs/precision.md).
 --batch-size defaults to 1 in paper mode, as the official test.py: there batch-norm uses the batch's statistics, so
 a larger batch makes each score depend on its batch-mates (faster, but not the paper's protocol); in eval mode it
 defaults to the checkpoint's BATCH_SIZE and changes only the speed. An official-code latest_net_G.pth stores no
@@ -219,7 +219,8 @@ class MeanImage(torch.nn.Module):
 
     def __init__(self, dataset: Any):
         super().__init__()
-        self.register_buffer("mean", torch.stack([dataset[i][1] for i in range(len(dataset))]).mean(0))
+        total = sum(dataset[i][1].double() for i in range(len(dataset)))  # a running sum: one image in memory
+        self.register_buffer("mean", (total / len(dataset)).float())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mean.expand(x.shape[0], -1, -1, -1)
