@@ -50,7 +50,7 @@ SEED = 42  # seeds python, numpy, torch, shuffling and augmentation
 DEVICE = "auto"  # "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps"
 PRECISION = "auto"  # "auto" (bf16 on CUDA Ampere+ and AMX CPUs, fp16 on Volta/Turing, else fp32), "fp32" (IEEE fp32,
 #                    also on GPUs), "tf32" (fp32 with TF32 tensor-core convolutions; CUDA only, fp32 elsewhere), "bf16",
-#                    "fp16"; what each means where: docs/precision_issue19.md
+#                    "fp16"; what each means where: docs/precision.md
 CHANNELS_LAST = "auto"  # NHWC memory layout: "auto" (on CUDA; on CPU from batch 4, where it beats NCHW), True, False
 COMPILE = False  # torch.compile both networks (slow first epoch, faster later); "reduce-overhead": also CUDA graphs,
 #                  for small batches on a GPU, where kernel launches bound the step

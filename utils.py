@@ -37,7 +37,7 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device(name)  # checked by the configurator (harness/configurator.py: check_device)
 
 
-PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")  # PRECISION's values (docs/precision_issue19.md)
+PRECISIONS = ("auto", "fp32", "tf32", "bf16", "fp16")  # PRECISION's values (docs/precision.md)
 
 
 def pick_precision(name: str, device: torch.device) -> str:

@@ -59,7 +59,7 @@ def test_summary_json_matches_an_independent_evaluation(evaluated, tiny_run):
     assert summary["n_images"] == 4 and summary["skipped_files"] == []
     assert (summary["mode"], summary["seed"], summary["batch_size"]) == ("paper", 0, 1)
     assert (summary["image_size"], summary["direction"]) == (32, "BtoA")
-    assert summary["precision"] == "fp32"  # the default: IEEE fp32 on any device (docs/precision_issue19.md)
+    assert summary["precision"] == "fp32"  # the default: IEEE fp32 on any device (docs/precision.md)
     G = load_generator(tiny_run / "run" / "generator.pt")
     data = make_dataset(tiny_run / "data" / "val", direction="BtoA", image_size=32, train=False)
     expected = evaluate_generator(G, DataLoader(data, batch_size=1), torch.device("cpu"), seed=0)["summary"]
