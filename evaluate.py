@@ -10,7 +10,11 @@ thumbnails, works offline).
 here on the real training photos (harness/fcn_score.py; trained once, ~8 min of CPU time on facades, then reused
 while the training files stay the same) labels each generated photo; its label map is compared with the input's
 (pixel accuracy, class accuracy, class IoU), and the real photos are scored the same way as the ceiling. The
-training folder is --fcn-train, else the checkpoint's TRAIN_DIR, else the `train` folder beside --data.
+training folder is --fcn-train, else the checkpoint's TRAIN_DIR, else the `train` folder beside --data. The
+segmenter is saved to runs/fcn/<dataset>_<direction>.pt, which is retrained by itself when the training files
+change; a file named with --segmenter is untrusted input: one that is unreadable, damaged or made for other data is
+an error naming it, left as it is, unless --retrain-segmenter asks for a new one there. Label maps whose pixels
+mostly match no palette colour (a wrong direction, not a labels dataset) are warned about.
 
 --mean-baseline scores, instead of the checkpoint's generator, the mean target image of that training folder as the
 output for every input (at the checkpoint's resolution): the blurry average that pixel metrics reward, and the
@@ -185,6 +189,8 @@ def evaluate(args: argparse.Namespace) -> int:
                "pixel_acc_deltas": list(PIXEL_ACC_DELTAS)}
     if scorer is not None:
         summary["fcn"] = scorer.result() | {"segmenter": str(segmenter)}
+        if warning := scorer.off_palette.warning(f"{data} ({cfg['DIRECTION']})", scorer.palette):
+            print(warning, file=sys.stderr)
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     write_html(out / "index.html", rows, summary)
     print(summary_table(summary))
@@ -211,7 +217,7 @@ def fcn_scorer(args: argparse.Namespace, cfg: dict[str, Any], data: Path) -> tup
     """The FCN scorer of this dataset, its segmenter trained on the training folder's real photos."""
     from harness.fcn_score import scorer_for
     return scorer_for(training_folder(args, cfg, data, "--fcn-score"), cfg["DIRECTION"], cfg.get("PRESET", ""),
-                      args.segmenter)
+                      args.segmenter, retrain=args.retrain_segmenter)
 
 
 class MeanImage(torch.nn.Module):
@@ -240,6 +246,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="score the mean training target as every output instead of the generator (a baseline)")
     ap.add_argument("--segmenter", type=Path, default=None,
                     help="where the segmenter is saved and reused (default runs/fcn/<dataset>_<direction>.pt)")
+    ap.add_argument("--retrain-segmenter", action="store_true",
+                    help="train the FCN-score's segmenter anew and replace the saved one")
     args = ap.parse_args(argv)
     if args.batch_size < 0 or args.max_images < 0:
         ap.error("--batch-size and --max-images must be >= 0")

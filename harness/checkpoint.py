@@ -206,9 +206,12 @@ def remove_stale_temp_files(*folders: Path) -> None:
             tmp.unlink()
 
 
-def read_weights_file(path: str | os.PathLike) -> Any:
+def read_weights_file(path: str | os.PathLike, what: str = "pix2pix checkpoint",
+                      use: str = "a checkpoint written by train.py") -> Any:
     """torch.load with weights_only=True: a checkpoint can hold tensors and plain data, never code. The archive's
-    size is checked first (check_archive_size), so a file made to inflate is refused before torch allocates it."""
+    size is checked first (check_archive_size), so a file made to inflate is refused before torch allocates it.
+    `what` names the kind of file in the messages and `use` what to use instead (the FCN-score's segmenter file is
+    read the same way)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} {not_a_file(path)}")
@@ -219,14 +222,14 @@ def read_weights_file(path: str | os.PathLike) -> Any:
         reason = unpickling_reason(e)
         if "global" in reason.lower():  # it names code to import: loading it anyway could run that code
             raise CheckpointError(f"{path} holds objects other than tensors and plain data; loading it could run "
-                                  f"code, so it is refused on purpose. Use a checkpoint written by train.py") from None
-        raise CheckpointError(f"{path} is not a loadable pix2pix checkpoint ({reason}); it may be truncated or not a "
-                              f"checkpoint") from None
+                                  f"code, so it is refused on purpose. Use {use}") from None
+        raise CheckpointError(f"{path} is not a loadable {what} ({reason}); it may be truncated or not a "
+                              f"{what}") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
         reason = (str(e).splitlines() or [""])[0].split(". ")[0][:200]
-        raise CheckpointError(f"{path} is not a loadable pix2pix checkpoint ({type(e).__name__}: {reason}); it may "
-                              f"be truncated or not a checkpoint. Files that need arbitrary code to load are refused "
-                              f"on purpose.") from None
+        raise CheckpointError(f"{path} is not a loadable {what} ({type(e).__name__}: {reason}); it may be "
+                              f"truncated or not a {what}. Files that need arbitrary code to load are refused on "
+                              f"purpose.") from None
     return ckpt
 
 
@@ -306,18 +309,19 @@ def named_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tenso
             yield from named_tensors(value, f"{prefix}.{i}" if prefix else str(i))
 
 
-def check_weights(tensors: Iterable[tuple[str, torch.Tensor]], path: str | os.PathLike) -> None:
+def check_weights(tensors: Iterable[tuple[str, torch.Tensor]], path: str | os.PathLike,
+                  fix: str = "Use another checkpoint (a run keeps checkpoints/best.pt and epoch_*.pt) or retrain"
+                  ) -> None:
     """Refuse weights that can only compute garbage: NaN/Inf values, or negative batch-norm running variances.
     torch stores no checksum, so a damaged or hand-edited file loads as if it were fine, and then every output
-    is NaN (black images, n/a metrics) without a word. Names the file and the first bad tensor."""
+    is NaN (black images, n/a metrics) without a word. Names the file and the first bad tensor, and says `fix`."""
     for name, t in tensors:
         if not t.is_floating_point():
             continue
         finite = torch.isfinite(t)
         if not finite.all():
             raise CheckpointError(f"{path}: tensor {name!r} holds NaN/Inf values ({int((~finite).sum())} of "
-                                  f"{t.numel()}); the file is damaged or was saved from a diverged run. Use another "
-                                  f"checkpoint (a run keeps checkpoints/best.pt and epoch_*.pt) or retrain")
+                                  f"{t.numel()}); the file is damaged or was saved from a diverged run. {fix}")
         if name.endswith("running_var") and (t < 0).any():
             raise CheckpointError(f"{path}: tensor {name!r} holds negative running variances ({int((t < 0).sum())} "
                                   f"of {t.numel()}), which no batch norm produces; the file is damaged")

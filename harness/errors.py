@@ -30,6 +30,10 @@ class CheckpointError(Pix2PixError, RuntimeError):
     """A checkpoint is missing, unreadable, damaged or does not fit the requested run."""
 
 
+class SegmenterError(CheckpointError):
+    """The FCN-score's saved segmenter file is unreadable, damaged, or was made for other data or settings."""
+
+
 class OfficialFormatError(CheckpointError):
     """A file is not a generator of the official code, or a generator cannot be written in its format."""
 

@@ -3,7 +3,14 @@ map with the generator's input label map (per-pixel accuracy, per-class accuracy
 photos the same way as the ceiling. No pretrained segmenter is available offline, so one is trained per dataset on
 its real training photos (a compact U-Net, fixed Recipe) and saved; load_or_train reuses it while the training
 files, direction, palette and recipe stay the same. Classes are the label images' colours (nearest palette colour,
-which absorbs JPEG noise): PALETTES has the known datasets', discover_palette finds another dataset's.
+which absorbs JPEG noise): PALETTES has the known datasets', discover_palette finds another dataset's. Label
+images whose pixels are mostly far from every palette colour (the photo half read as labels, grayscale files) are
+reported with a warning: their scores mean nothing.
+
+A saved segmenter is untrusted input, read as a checkpoint is (load_or_train): a file that fails a check is an
+error naming it, and is never overwritten unless asked (retrain; evaluate.py --retrain-segmenter). Only the
+project's own default file (runs/fcn/<dataset>_<direction>.pt) is replaced by itself, when it was made for other
+training files, direction, palette or recipe.
 
     recipe, palette = Recipe(), PALETTES["facades"]
     segmenter = load_or_train("data/facades/train", "BtoA", palette, "runs/fcn/facades.pt", recipe)
@@ -12,7 +19,8 @@ which absorbs JPEG noise): PALETTES has the known datasets', discover_palette fi
         maps = scorer.update(x, generated=fake, real=y)  # predicted class maps; colourise(maps["generated"], palette)
     scorer.result()  # {"generated": {"pixel_acc": ..., "class_acc": ..., "class_iou": ...}, "real": {...}}
 
-Check a segmenter on real test photos (trains or reuses it; prints its scores and the majority-class baseline):
+Check a segmenter on real test photos (trains or reuses it; prints its scores and the majority-class baseline;
+--retrain-segmenter replaces a --cache file made for other data):
     python -m harness.fcn_score --train data/facades/train --test data/facades/test --preset facades \
         --cache runs/fcn/facades.pt --threads 1
 On facades (BtoA, Recipe()) the real test photos score pixel_acc 0.648, class_acc 0.389, class_iou 0.291; the
@@ -22,6 +30,7 @@ import argparse
 import hashlib
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +41,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dataset import list_images, read_image, split_pair
+from dataset import IMG_EXTENSIONS, list_images, read_image, split_pair
+from harness.checkpoint import atomic_save, check_weights, load_weights, named_tensors, read_weights_file
+from harness.errors import CheckpointError, DatasetError, SegmenterError, exit_on_error
 
 Palette = tuple[tuple[str, tuple[int, int, int]], ...]
 
@@ -46,6 +57,8 @@ FACADES_PALETTE: Palette = (
 )
 PALETTES: dict[str, Palette] = {"facades": FACADES_PALETTE}  # keyed by config preset name
 SAVED_FORMAT = 1  # saved with a segmenter; bump it when this code changes what a saved one means (a retrain follows)
+SAVED_KEYS = ("format", "fingerprint", "direction", "palette", "recipe", "state_dict")  # a saved segmenter's record
+REPLACE_HINT = "delete it, or pass --retrain-segmenter to train a new one in its place, or give another --segmenter"
 
 
 # ----------------------------------------------------------------------------- classes from colours
@@ -58,12 +71,48 @@ COLOUR_SPACE = np.array([[0.299, 0.587, 0.114], [-0.1687, -0.3313, 0.5], [0.5, -
     np.array([[1], [0.3], [0.3]], np.float32)
 
 
-def labels_from_colours(image: np.ndarray, palette: Palette) -> np.ndarray:
-    """HxWx3 uint8 label image -> HxW int64 class ids: each pixel's nearest palette colour (see COLOUR_SPACE)."""
+# A label pixel this far (in COLOUR_SPACE, about grey levels of luma) from every palette colour matches no class.
+# facades' own JPEG label maps: 9.1% of their pixels (region borders), 2.2% beyond 30; their photo halves 99.8%,
+# their label maps in grayscale 100% (60 and 20 test files). More than OFF_PALETTE_SHARE of them is warned about.
+FAR_FROM_PALETTE = 20.0
+OFF_PALETTE_SHARE = 0.5
+
+
+def nearest_colours(image: np.ndarray, palette: Palette) -> tuple[np.ndarray, np.ndarray]:
+    """HxWx3 uint8 label image -> (HxW int64 class ids: each pixel's nearest palette colour (see COLOUR_SPACE),
+    HxW float32 distance to that colour)."""
     colours = np.array([rgb for _, rgb in palette], dtype=np.float32) @ COLOUR_SPACE.T
     pixels = image.reshape(-1, 3).astype(np.float32) @ COLOUR_SPACE.T
     distance = (colours ** 2).sum(1) - 2 * pixels @ colours.T  # |p - c|^2 less the |p|^2 that all c share
-    return distance.argmin(1).reshape(image.shape[:2]).astype(np.int64)
+    ids = distance.argmin(1)
+    nearest = np.take_along_axis(distance, ids[:, None], 1)[:, 0] + (pixels ** 2).sum(1)
+    return ids.reshape(image.shape[:2]).astype(np.int64), np.sqrt(np.maximum(nearest, 0)).reshape(image.shape[:2])
+
+
+def labels_from_colours(image: np.ndarray, palette: Palette) -> np.ndarray:
+    """HxWx3 uint8 label image -> HxW int64 class ids: each pixel's nearest palette colour (see COLOUR_SPACE)."""
+    return nearest_colours(image, palette)[0]
+
+
+@dataclass
+class OffPalette:
+    """Counts the label pixels farther than FAR_FROM_PALETTE from every palette colour: label images that mostly
+    match no class (recoloured labels, grayscale files, the photo half read as labels) score near 0 for any photo."""
+    far: int = 0
+    pixels: int = 0
+
+    def count(self, distance: np.ndarray) -> None:
+        self.far += int((distance > FAR_FROM_PALETTE).sum())
+        self.pixels += distance.size
+
+    def warning(self, where: str, palette: Palette) -> str | None:
+        """A one-line warning if most label pixels of `where` matched no palette colour, else None."""
+        if not self.pixels or self.far <= OFF_PALETTE_SHARE * self.pixels:
+            return None
+        return (f"warning: {self.far / self.pixels:.0%} of the label pixels of {where} are far from every colour of "
+                f"the FCN-score's {len(palette)}-class palette ({', '.join(name for name, _ in palette[:4])}, ...), "
+                f"so its FCN-scores mean nothing: is --direction right (the label map must be the generator's "
+                f"input half), and is this a labels -> photo dataset?")
 
 
 def discover_palette(label_images: Iterable[np.ndarray], max_classes: int = 32, min_share: float = 0.001,
@@ -75,6 +124,7 @@ def discover_palette(label_images: Iterable[np.ndarray], max_classes: int = 32, 
     3. bins are taken most frequent first (ties: lower bin): a bin joins the nearest class within `merge_distance`,
        else starts a new one while there are fewer than `max_classes` (else it is dropped);
     4. a class's colour is its pixels' mean, rounded; classes come most frequent first, named class_0, class_1, ...
+    An empty palette if there are no flat pixels at all (no label maps).
     """
     bins = 32
     counts, sums = np.zeros(bins ** 3, np.int64), np.zeros((bins ** 3, 3))
@@ -87,8 +137,8 @@ def discover_palette(label_images: Iterable[np.ndarray], max_classes: int = 32, 
         counts += np.bincount(index, minlength=bins ** 3)
         for c in range(3):
             sums[:, c] += np.bincount(index, weights=pixels[:, c], minlength=bins ** 3)
-    if not counts.any():
-        raise ValueError("no flat label regions found: are these label images (HxWx3 uint8)?")
+    if not counts.any():  # no label maps (noise, photos, or no images at all)
+        return ()
     class_counts, class_sums, noise = [], [], min_share * counts.sum()
     for b in np.argsort(-counts, kind="stable"):
         if counts[b] < noise:
@@ -108,14 +158,20 @@ def discover_palette(label_images: Iterable[np.ndarray], max_classes: int = 32, 
                  for i, k in enumerate(order))
 
 
-def label_maps(labels: torch.Tensor, palette: Palette) -> torch.Tensor:
-    """BxHxW class ids (returned as int64) or Bx3xHxW label images (uint8, or float in [0, 1]) -> BxHxW int64."""
+def label_maps(labels: torch.Tensor, palette: Palette, off_palette: OffPalette | None = None) -> torch.Tensor:
+    """BxHxW class ids (returned as int64) or Bx3xHxW label images (uint8, or float in [0, 1]) -> BxHxW int64;
+    `off_palette` counts the label images' pixels that match no palette colour."""
     if labels.ndim == 3:
         return labels.long().cpu()
     if labels.is_floating_point():
         labels = (labels.clamp(0, 1) * 255).round()
-    images = labels.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-    return torch.from_numpy(np.stack([labels_from_colours(image, palette) for image in images]))
+    maps = []
+    for image in labels.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy():
+        ids, distance = nearest_colours(image, palette)
+        maps.append(ids)
+        if off_palette is not None:
+            off_palette.count(distance)
+    return torch.from_numpy(np.stack(maps))
 
 
 def colourise(labels: torch.Tensor, palette: Palette) -> torch.Tensor:
@@ -214,17 +270,43 @@ def to_network(photos: torch.Tensor, size: int) -> torch.Tensor:
     return photos * 2 - 1
 
 
+def training_files(folder: str | os.PathLike) -> list[Path]:
+    """The A|B files of a segmenter's training folder; a DatasetError if there are none."""
+    files = list_images(folder) if Path(folder).is_dir() else []
+    if not files:
+        where = "has no images" if Path(folder).is_dir() else "is not a folder"
+        raise DatasetError(f"FCN-score training folder {folder} {where} ({', '.join(IMG_EXTENSIONS)}): the segmenter "
+                           f"trains on the real A|B files of a labels -> photo dataset (evaluate.py --fcn-train, else "
+                           f"the checkpoint's TRAIN_DIR)")
+    return files
+
+
+def read_labelled(path: Path, direction: str) -> tuple[np.ndarray, np.ndarray]:
+    """An A|B file -> (label image, photo) HxWx3 uint8 (direction as in load_training_set); a file that cannot be
+    read (damaged, over the pixel limit) is a DatasetError naming it."""
+    try:
+        return split_pair(read_image(path, 3), direction)
+    except (OSError, ValueError, SyntaxError) as e:
+        raise DatasetError(f"{path} cannot be used for the FCN-score ({type(e).__name__}: {e}); fix or remove "
+                           f"it") from None
+
+
 def load_training_set(folder: str | os.PathLike, direction: str, palette: Palette,
                       image_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A|B files -> (photos Nx3xSxS in [-1, 1], class maps NxSxS int64), S = image_size. `direction` is the generator's
     DIRECTION for labels -> photo: split_pair's input half is the label map and its target half the photo (BtoA:
-    photo = left/A half, labels = right/B half; AtoB the reverse)."""
-    photos, labels = [], []
-    for path in list_images(folder):
-        label_image, photo = split_pair(read_image(path, 3), direction)
-        ids = torch.from_numpy(labels_from_colours(label_image, palette))[None, None].float()
-        labels.append(F.interpolate(ids, size=(image_size, image_size), mode="nearest-exact")[0, 0].long())
+    photo = left/A half, labels = right/B half; AtoB the reverse). Warns (stderr) if most label pixels match no
+    palette colour."""
+    photos, labels, off_palette = [], [], OffPalette()
+    for path in training_files(folder):
+        label_image, photo = read_labelled(path, direction)
+        ids, distance = nearest_colours(label_image, palette)
+        off_palette.count(distance)
+        labels.append(F.interpolate(torch.from_numpy(ids)[None, None].float(), size=(image_size, image_size),
+                                    mode="nearest-exact")[0, 0].long())
         photos.append(to_network(image_batch(photo) / 255, image_size)[0])
+    if warning := off_palette.warning(f"{folder} ({direction})", palette):
+        print(warning, file=sys.stderr)
     return torch.stack(photos), torch.stack(labels)
 
 
@@ -272,40 +354,75 @@ def files_fingerprint(folder: str | os.PathLike) -> str:
 
 
 def load_or_train(train_folder: str | os.PathLike, direction: str, palette: Palette, cache_path: str | os.PathLike,
-                  recipe: Recipe = Recipe()) -> Segmenter:
+                  recipe: Recipe = Recipe(), retrain: bool = False, own_cache: bool = False) -> Segmenter:
     """The segmenter for `train_folder`'s A|B files (direction: the generator's DIRECTION for labels -> photo, as in
     load_training_set), in eval mode: the one saved at `cache_path` if its fingerprint (files_fingerprint),
-    direction, palette and recipe all match, else a newly trained one, saved there (the reason is printed)."""
+    direction, palette and recipe all match, else a newly trained one, saved there (the reason is printed).
+
+    The saved file is untrusted input, checked as a checkpoint is (read_segmenter): a file that is not a readable,
+    intact segmenter is a SegmenterError naming it, and is left as it is. A file made for other training files,
+    direction, palette or recipe is replaced only if `own_cache` (the project's default file, see scorer_for);
+    otherwise it is an error too. `retrain` trains a new one and replaces whatever file is there. A cache_path
+    that is a folder (or anything but a file) is refused before any training."""
     if direction not in ("AtoB", "BtoA"):
         raise ValueError(f"direction must be AtoB or BtoA, not {direction!r}")
     cache_path = Path(cache_path)
+    if os.path.lexists(cache_path) and not cache_path.is_file():
+        what = "a folder" if cache_path.is_dir() else "not a regular file"
+        raise SegmenterError(f"{cache_path} is {what}, not an FCN-score segmenter file; give the path of a .pt "
+                             f"file (made if missing) with --segmenter")
     # saved beside the weights: plain data only, so torch.load(weights_only=True) reads the file
     wanted = {"format": SAVED_FORMAT, "fingerprint": files_fingerprint(train_folder), "direction": direction,
               "palette": [[name, list(rgb)] for name, rgb in palette], "recipe": asdict(recipe)}
     reason = f"no saved segmenter at {cache_path}"
-    if cache_path.exists():
-        try:
-            saved = torch.load(cache_path, map_location="cpu", weights_only=True)
-            changed = [key for key in wanted if saved.get(key) != wanted[key]]
-        except Exception as e:  # unreadable or not a record: train afresh, and say why
-            saved, changed = None, [f"unreadable ({type(e).__name__}: {e})"]
+    if retrain:
+        reason = "asked to retrain" + (f", replacing {cache_path}" if cache_path.exists() else "")
+    elif cache_path.exists():
+        saved = read_segmenter(cache_path)
+        changed = [key.replace("fingerprint", "training files") for key in wanted if saved[key] != wanted[key]]
         if not changed:
             model = Segmenter(len(palette), recipe.width, recipe.depth)
-            model.load_state_dict(saved["state_dict"])
+            check_segmenter_weights(model, saved["state_dict"], cache_path)
             print(f"FCN-score segmenter: reusing {cache_path} (same training files, direction, palette and recipe)")
             return model.eval()
-        reason = f"{cache_path} differs: " + ", ".join(c.replace("fingerprint", "training files") for c in changed)
+        if not own_cache:
+            raise SegmenterError(f"{cache_path} is a segmenter made for other data or settings (its "
+                                 f"{', '.join(changed)} differ from {train_folder}'s, {direction}); {REPLACE_HINT}")
+        reason = f"{cache_path} differs: " + ", ".join(changed)
     print(f"FCN-score segmenter: training on {train_folder} ({reason})")
     start, cpu = time.perf_counter(), time.process_time()
     model = train_segmenter(*load_training_set(train_folder, direction, palette, recipe.image_size), len(palette),
                             recipe)
     print(f"FCN-score segmenter: trained in {time.perf_counter() - start:.0f} s ({time.process_time() - cpu:.0f} s "
           f"CPU time, {torch.get_num_threads()} threads); saved to {cache_path}")
-    cache_path.parent.mkdir(parents=True, exist_ok=True)
-    temp = cache_path.with_name(f".{cache_path.name}.tmp-{os.getpid()}")
-    torch.save({**wanted, "state_dict": model.state_dict()}, temp)
-    os.replace(temp, cache_path)  # never a half-written file at cache_path
+    atomic_save({**wanted, "state_dict": model.state_dict()}, cache_path)  # never a half-written file there
     return model
+
+
+def read_segmenter(path: Path) -> dict:
+    """A saved segmenter's record, read as checkpoints are (harness/checkpoint.py): weights only (a file that would
+    run code is refused), its archive's size checked before loading; a SegmenterError naming the file otherwise."""
+    try:
+        saved = read_weights_file(path, "FCN-score segmenter", "a segmenter file this project saved")
+    except CheckpointError as e:
+        raise SegmenterError(f"{e}; {REPLACE_HINT}") from None
+    missing = [key for key in SAVED_KEYS if key not in saved] if isinstance(saved, dict) else []
+    if not isinstance(saved, dict) or missing:
+        what = f"a {type(saved).__name__}" if not isinstance(saved, dict) else f"no {', '.join(missing)}"
+        raise SegmenterError(f"{path} loads, but is not an FCN-score segmenter ({what}); {REPLACE_HINT}")
+    return saved
+
+
+def check_segmenter_weights(model: Segmenter, state: object, path: Path) -> None:
+    """Load a saved segmenter's weights into `model` after the checkpoints' checks: every tensor finite, the names
+    and shapes of the recipe's Segmenter; a SegmenterError naming the file and the first bad tensor otherwise."""
+    try:
+        check_weights(named_tensors(state, "state_dict"), path, fix=REPLACE_HINT[0].upper() + REPLACE_HINT[1:])
+        load_weights(model, state)
+    except CheckpointError as e:
+        text = str(e) if str(e).startswith(str(path)) else f"{path}: its weights do not fit its recipe: {e}; " \
+                                                           f"{REPLACE_HINT}"
+        raise SegmenterError(text) from None
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -318,6 +435,7 @@ class FCNScorer:
     def __init__(self, segmenter: Segmenter, palette: Palette, image_size: int):
         self.segmenter, self.palette, self.image_size = segmenter.eval(), palette, image_size
         self.confusion: dict[str, ConfusionMatrix] = {}
+        self.off_palette = OffPalette()  # the input label maps' pixels that match no class (see OffPalette)
 
     @torch.no_grad()
     def segment(self, photos: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -329,7 +447,7 @@ class FCNScorer:
     def update(self, input_labels: torch.Tensor, **photos: torch.Tensor) -> dict[str, torch.Tensor]:
         """input_labels: the generator's inputs, as label_maps takes them; photos: named Bx3xHxW batches in [0, 1].
         Returns each name's predicted BxHxW class maps (colourise shows them)."""
-        true = label_maps(input_labels, self.palette)
+        true = label_maps(input_labels, self.palette, self.off_palette)
         predicted = {}
         for name, batch in photos.items():
             predicted[name] = self.segment(batch, tuple(true.shape[-2:]))
@@ -340,28 +458,62 @@ class FCNScorer:
         return {name: confusion.scores() for name, confusion in self.confusion.items()}
 
 
-def dataset_palette(train_folder: str | os.PathLike, direction: str, dataset: str = "") -> Palette:
-    """PALETTES[dataset] (by preset name, or the training folder's parent's name, e.g. facades), else the palette
-    discovered from the training label images, printed."""
-    name = dataset or Path(train_folder).resolve().parent.name
-    if name in PALETTES:
-        return PALETTES[name]
-    palette = discover_palette(split_pair(read_image(p, 3), direction)[0] for p in list_images(train_folder))
+def discovered_palette(train_folder: str | os.PathLike, direction: str) -> Palette:
+    """The palette discovered from a training folder's label images (discover_palette), printed; a DatasetError if
+    they hold no flat colour regions (not label maps)."""
+    palette = discover_palette(read_labelled(p, direction)[0] for p in training_files(train_folder))
+    if not palette:
+        raise DatasetError(f"FCN-score training folder {train_folder}: its label halves ({direction}) hold no flat "
+                           f"colour regions, so no label classes can be found; the FCN-score needs a labels -> "
+                           f"photo dataset whose label maps are flat colours (check --direction, or give its real "
+                           f"training files with --fcn-train)")
     print(f"FCN-score palette discovered in {train_folder} ({len(palette)} classes): "
           + ", ".join(f"{name} {rgb}" for name, rgb in palette))
     return palette
 
 
+def dataset_palette(train_folder: str | os.PathLike, direction: str, dataset: str = "") -> Palette:
+    """PALETTES[dataset] (by preset name, or the training folder's parent's name, e.g. facades), else the palette
+    discovered from the training label images, printed."""
+    name = dataset or Path(train_folder).resolve().parent.name
+    return PALETTES[name] if name in PALETTES else discovered_palette(train_folder, direction)
+
+
 def scorer_for(train_folder: str | os.PathLike, direction: str, dataset: str = "",
-               cache_path: str | os.PathLike | None = None, recipe: Recipe | None = None) -> tuple[FCNScorer, Path]:
+               cache_path: str | os.PathLike | None = None, recipe: Recipe | None = None,
+               retrain: bool = False) -> tuple[FCNScorer, Path]:
     """(the FCN scorer of a labels -> photo dataset, where its segmenter is saved): the dataset's palette, and its
-    segmenter trained on `train_folder` or reused (default runs/fcn/<dataset>_<direction>.pt)."""
+    segmenter trained on `train_folder` or reused. Without a cache_path it is the project's own file
+    runs/fcn/<dataset>_<direction>.pt, which a change of training files, palette or recipe replaces; a file the
+    user names is only replaced when `retrain` (see load_or_train)."""
     recipe = recipe or Recipe()
     palette = dataset_palette(train_folder, direction, dataset)
     name = dataset or Path(train_folder).resolve().parent.name
+    own_cache = cache_path is None
     cache_path = Path(cache_path or Path("runs") / "fcn" / f"{name}_{direction}.pt")
-    return FCNScorer(load_or_train(train_folder, direction, palette, cache_path, recipe), palette,
+    return FCNScorer(load_or_train(train_folder, direction, palette, cache_path, recipe, retrain, own_cache), palette,
                      recipe.image_size), cache_path
+
+
+def check_segmenter(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    palette = PALETTES.get(args.preset) or discovered_palette(args.train, args.direction)
+    print(f"palette ({len(palette)} classes): {palette}")
+    recipe = Recipe()
+    scorer = FCNScorer(load_or_train(args.train, args.direction, palette, args.cache, recipe, args.retrain_segmenter),
+                       palette, recipe.image_size)
+    for path in training_files(args.test):
+        labels, photo = read_labelled(path, args.direction)
+        scorer.update(image_batch(labels), real=image_batch(photo) / 255)
+    if warning := scorer.off_palette.warning(f"{args.test} ({args.direction})", palette):
+        print(warning, file=sys.stderr)
+    true = scorer.confusion["real"].counts.sum(1)
+    baseline = ConfusionMatrix(len(palette))  # the best constant: the test labels' most frequent class everywhere
+    baseline.counts[:, true.argmax()] = true
+    for name, scores in (("real test photos", scorer.result()["real"]),
+                         (f"majority class ({palette[true.argmax()][0]})", baseline.scores())):
+        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -373,25 +525,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="the generator's DIRECTION for labels -> photo (BtoA: photo = left half)")
     parser.add_argument("--preset", choices=sorted(PALETTES), help="known palette; without it one is discovered")
     parser.add_argument("--cache", required=True, help="where the segmenter is saved (.pt)")
+    parser.add_argument("--retrain-segmenter", action="store_true",
+                        help="train a new segmenter even if --cache holds one, and replace it")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    palette = PALETTES.get(args.preset) or discover_palette(
-        split_pair(read_image(p, 3), args.direction)[0] for p in list_images(args.train))
-    print(f"palette ({len(palette)} classes): {palette}")
-    recipe = Recipe()
-    scorer = FCNScorer(load_or_train(args.train, args.direction, palette, args.cache, recipe), palette,
-                       recipe.image_size)
-    for path in list_images(args.test):
-        labels, photo = split_pair(read_image(path, 3), args.direction)
-        scorer.update(image_batch(labels), real=image_batch(photo) / 255)
-    true = scorer.confusion["real"].counts.sum(1)
-    baseline = ConfusionMatrix(len(palette))  # the best constant: the test labels' most frequent class everywhere
-    baseline.counts[:, true.argmax()] = true
-    for name, scores in (("real test photos", scorer.result()["real"]),
-                         (f"majority class ({palette[true.argmax()][0]})", baseline.scores())):
-        print(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in scores.items()))
-    return 0
+    return exit_on_error(lambda: check_segmenter(args))
 
 
 if __name__ == "__main__":
