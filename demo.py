@@ -67,7 +67,10 @@ def read_upload(payload: dict[str, Any] | None, channels: int, max_pixels: int) 
     try:  # the header alone: refuse huge images before decoding them
         with Image.open(source) as im:
             width, height = im.size
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+    except Image.DecompressionBombError:  # over PIL's own limit: an image, only far too large
+        raise gr.Error(f"{name} is larger than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, more than this demo's limit of "
+                       f"{max_pixels:,}; downscale it first.") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
         raise gr.Error(f"{name} is not an image this demo can read ({type(e).__name__}); upload a PNG, JPEG, "
                        f"BMP or WebP.") from None
     if width * height > max_pixels:
@@ -77,7 +80,7 @@ def read_upload(payload: dict[str, Any] | None, channels: int, max_pixels: int) 
         source.seek(0)
     try:  # palette, alpha (onto white), 16-bit, CMYK and grayscale become the model's channel count
         return read_image(source, channels)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, SyntaxError) as e:
         raise gr.Error(f"{name} cannot be used: {e}") from None
 
 

@@ -42,6 +42,19 @@ def write_pairs(folder: Path, n: int, size: int = 32, seed: int = 0, ext: str = 
     return paths
 
 
+def write_png_header(path: Path, width: int, height: int) -> Path:
+    """A tiny PNG whose header says width x height (no pixels): a decompression bomb as PIL's opening sees it (it
+    checks the size before decoding), without the memory to make a real one."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+    return path
+
+
 @pytest.fixture
 def tiny_data(tmp_path: Path) -> Path:
     """tmp_path/data/{train,val}: 8 train and 4 val 32x64 A|B PNGs."""

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import evaluate
-from conftest import write_pairs
+from conftest import write_pairs, write_png_header
 from harness import fcn_score
 
 TINY_RECIPE = dict(image_size=16, width=4, depth=2, epochs=1, batch_size=4)
@@ -213,17 +213,6 @@ def noise_pairs(folder: Path, n: int) -> None:
     rng = np.random.default_rng(0)
     for i in range(n):
         Image.fromarray(rng.integers(0, 256, (32, 64, 3), dtype=np.uint8)).save(folder / f"{i}.png")
-
-
-def write_png_header(path: Path, width: int, height: int) -> None:
-    """A PNG whose header says width x height (no pixel data: PIL checks the size when it opens the file)."""
-    import struct
-    import zlib
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
 
 
 @pytest.mark.parametrize("kind, phrase", [
