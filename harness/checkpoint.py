@@ -11,6 +11,7 @@ import contextlib
 import os
 import pickle
 import random
+import shutil
 import threading
 import zipfile
 from dataclasses import asdict, dataclass, fields
@@ -151,7 +152,27 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
     except OSError as e:
         raise CheckpointError(f"could not write {path}: {e.strerror or e}. The previous {path.name} (if any) "
                               f"is intact; free disk space or fix permissions of {path.parent}, then resume") from e
+    except RuntimeError as e:
+        if not any(sign in str(e) for sign in WRITER_FAILURES):
+            raise
+        reason = " ".join(str(e).split())[:160]
+        raise CheckpointError(f"could not write {path}: torch's writer failed ({reason}), as it does when the disk "
+                              f"is full ({free_space(path.parent)} free there). The previous {path.name} (if any) is "
+                              f"intact; free disk space or fix permissions of {path.parent}, then resume") from e
     fsync_folder(path.parent)
+
+
+# torch.save's zip writer reports a failed write (ENOSPC, EIO, ...) as a RuntimeError without the errno, e.g.
+# "[enforce fail at inline_container.cc:...] . unexpected pos 123 vs 45" or "PytorchStreamWriter failed writing file"
+WRITER_FAILURES = ("unexpected pos", "PytorchStreamWriter", "inline_container", "file write failed")
+
+
+def free_space(folder: Path) -> str:
+    """The space left on `folder`'s file system, for a message ("unknown" where it cannot be read)."""
+    try:
+        return f"{shutil.disk_usage(folder).free / 2 ** 20:.1f} MiB"
+    except OSError:
+        return "unknown"
 
 
 class CheckpointWriter:
