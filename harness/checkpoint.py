@@ -460,18 +460,21 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str
 def check_same_data(saved: dict[str, Any], now: dict[str, Any], path: str | os.PathLike, forced: bool
                     ) -> str | None:
     """A run continues on the data it was trained on. `saved` and `now` are data fingerprints (the training
-    folder, its number of images and a hash of their names: harness.data_checks.data_fingerprint). Other files
-    are refused, unless RESUME names the checkpoint (`forced`): then, and for a moved folder with the same files,
-    or a checkpoint written before fingerprints, a note to print is returned."""
+    folder, its number of images, a hash of their names and one of their contents' identity:
+    harness.data_checks.data_fingerprint). Other files are refused, unless RESUME names the checkpoint (`forced`):
+    then, and for a moved folder with the same files, or a checkpoint written before fingerprints, a note to print
+    is returned. Checkpoints written before the content hash are compared by names."""
     if not saved:
         return f"note: {path} does not record its training data (written by an older version); not compared"
-    if (saved["images"], saved["names"]) == (now["images"], now["names"]):
+    same_content = saved.get("content", now["content"]) == now["content"]
+    if (saved["images"], saved["names"]) == (now["images"], now["names"]) and same_content:
         if saved["folder"] == now["folder"]:
             return None
         return f"note: the training folder moved from {saved['folder']} to {now['folder']} (the same " \
                f"{now['images']} files)"
-    other = f"{saved['folder']} ({saved['images']} images), not on {now['folder']} ({now['images']} images" + \
-        (", other file names)" if saved["images"] == now["images"] else ")")
+    differ = ")" if saved["images"] != now["images"] else ", other file names)" if saved["names"] != now["names"] \
+        else ", the same file names with other contents)"
+    other = f"{saved['folder']} ({saved['images']} images), not on {now['folder']} ({now['images']} images{differ}"
     if forced:
         return f"note: {path} was trained on {other}; continuing it on this data because RESUME names it"
     raise CheckpointError(f"cannot resume from {path}: it was trained on {other}. Start a fresh run in a new RUN_DIR "
