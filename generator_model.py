@@ -99,34 +99,39 @@ class UNetGenerator(nn.Module):
         return self.head(x)
 
 
-def set_test_mode(G: nn.Module, mode: str = "paper") -> dict[nn.Module, float | None]:
+def set_test_mode(G: nn.Module, mode: str = "paper") -> dict[nn.Module, tuple[float | None, bool]]:
     """Put G in a test mode for good: "paper" (§3.3: dropout on, batch norm with the test batch's statistics) or
-    "eval" (ordinary eval(): dropout off, running statistics). Running statistics are frozen (momentum 0), so
-    inference never changes the model. Returns each batch-norm layer's previous momentum."""
+    "eval" (ordinary eval(): dropout off, running statistics). Inference never changes a buffer: the running
+    statistics are frozen (momentum 0), and in paper mode batch norm does not track them at all, so that its
+    num_batches_tracked counters do not count test batches either (a resumed run, validated a different number of
+    times, stays bit-identical to a straight one). Returns each batch-norm layer's previous (momentum,
+    track_running_stats)."""
     if mode not in TEST_MODES:
         raise ValueError(f"test mode must be one of {TEST_MODES}, got {mode!r}")
-    momenta = {m: m.momentum for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    previous = {m: (m.momentum, m.track_running_stats) for m in G.modules()
+                if isinstance(m, nn.modules.batchnorm._BatchNorm)}
     G.train(mode == "paper")
-    for m in momenta:
+    for m in previous:
         m.momentum = 0.0
-    return momenta
+        m.track_running_stats = m.track_running_stats and mode != "paper"  # the batch's statistics, buffers unread
+    return previous
 
 
 @contextlib.contextmanager
 def test_mode(G: nn.Module, mode: str = "paper", seed: int = 0) -> Iterator[None]:
     """How every inference runs (samples, validation, predict, evaluate, the demo): G in its test mode without
     autograd, the paper mode's dropout noise drawn from `seed` (a repeat gives the same images), and afterwards G
-    and the caller's random stream exactly as they were."""
+    (every buffer included) and the caller's random stream exactly as they were."""
     cuda = [p.device for p in G.parameters() if p.device.type == "cuda"][:1]
     with torch.random.fork_rng(devices=cuda), torch.no_grad():
         torch.manual_seed(seed)
-        was_training, momenta = G.training, set_test_mode(G, mode)
+        was_training, previous = G.training, set_test_mode(G, mode)
         try:
             yield
         finally:
             G.train(was_training)
-            for m, momentum in momenta.items():
-                m.momentum = momentum
+            for m, (momentum, track) in previous.items():
+                m.momentum, m.track_running_stats = momentum, track
 
 
 if __name__ == "__main__":

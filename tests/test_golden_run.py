@@ -23,12 +23,19 @@ def final_weights(run: Path) -> dict[str, dict[str, torch.Tensor]]:
 def test_a_tiny_run_at_the_defaults_reproduces_the_recorded_weights(tiny_run):
     golden = torch.load(GOLDEN, weights_only=True)
     now = final_weights(tiny_run / "run")
+    steps = torch.load(tiny_run / "run" / "checkpoints" / "last.pt", weights_only=True)["step"]
     exact = golden["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     for net in NETWORKS:
         assert list(now[net]) == list(golden[net]), f"{net}: the state dict's keys changed"
         for key, want in golden[net].items():
             got = now[net][key]
             assert got.shape == want.shape and got.dtype == want.dtype, f"{net}.{key}: shape or dtype changed"
+            if net == "generator" and key.endswith("num_batches_tracked"):
+                # the generator's batch-norm counters count its training steps: the fixture's (30) also counted the
+                # test-mode batches of the run's sample grids and validations, which test mode no longer touches
+                # (so a resumed run that validated more or less often stays bit-identical); no computation reads them
+                assert got.item() == steps and want.item() > steps, f"{net}.{key}: {got.item()} != {steps} steps"
+                continue
             if exact:
                 assert torch.equal(got, want), f"{net}.{key}: not bit-identical (max diff " \
                     f"{(got.double() - want.double()).abs().max().item():.3g})"

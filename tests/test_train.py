@@ -95,16 +95,18 @@ def reference(data, tmp_path_factory):
 
 
 def assert_same_training_state(run_a: Path, run_b: Path) -> None:
+    """Every tensor of the two runs' last.pt is the same: weights, buffers (batch-norm statistics and their
+    num_batches_tracked counters), optimiser and scaler states, and the processes' RNG states. (Not loader_rng:
+    it only seeds loader worker processes, which draw nothing training uses, and a resumed epoch starts its
+    workers a different number of times.)"""
     a, b = load_checkpoint(run_a / "checkpoints" / "last.pt"), load_checkpoint(run_b / "checkpoints" / "last.pt")
     assert a["step"] == b["step"] == 2 * STEPS_PER_EPOCH and a["epoch"] == b["epoch"] == 2
-    for net in ("generator", "discriminator"):
-        assert a[net].keys() == b[net].keys()
-        for name, tensor in a[net].items():
-            assert torch.equal(tensor, b[net][name]), f"{net}.{name} differs"
-    for opt in ("opt_G", "opt_D"):
-        for i, state in a[opt]["state"].items():
-            for k, v in state.items():
-                assert torch.equal(v, b[opt]["state"][i][k]), f"{opt} state {i}.{k} differs"
+    keys = (*checkpoint.TRAINING_STATE, "rng", "rank_rngs")
+    tensors_a, tensors_b = ({name: t for k in keys for name, t in checkpoint.named_tensors(c[k], k)} for c in (a, b))
+    assert tensors_a.keys() == tensors_b.keys()
+    assert any(name.endswith("num_batches_tracked") for name in tensors_a)
+    for name, tensor in tensors_a.items():
+        assert torch.equal(tensor, tensors_b[name]), f"{name} differs"
 
 
 # ----------------------------------------------------------------------------- the objective
@@ -244,6 +246,22 @@ def test_resume_mid_epoch_is_bit_identical(data, reference, tmp_path, num_worker
     assert_same_training_state(straight, run_dir)
 
 
+def test_resume_that_validated_more_often_is_bit_identical_in_every_tensor(data, reference, tmp_path):
+    """EVAL_BUDGET spaces validations by wall-clock time, so a stopped and resumed run may validate more (or less)
+    often than a straight one: validation (the paper's test mode) must leave every buffer as it was. Here the
+    interrupted run validated after epoch 1, the straight one only at its end; every tensor is the same."""
+    straight = tmp_path / "straight"
+    assert run_training(data, straight, VAL_EVERY=2)["code"] == 0  # validates at epoch 2 only
+    run_dir = tmp_path / "run"
+
+    def crash(run_dir):
+        raise Crash
+    with pytest.raises(Crash):
+        run_training(data, run_dir, after_epoch=crash, VAL_EVERY=1)  # validated after epoch 1, then killed
+    assert run_training(data, run_dir, VAL_EVERY=2)["code"] == 0
+    assert_same_training_state(straight, run_dir)
+
+
 def test_startup_probes_leave_the_training_rng_alone():
     """train.main measures FLOPs and the conv peak after a resumed run restored its RNG state."""
     cfg = load_config(tiny_args(Path("."), Path(".")))
@@ -303,7 +321,7 @@ def test_load_generator_rebuilds_from_the_file_alone(reference):
     assert out_eval.shape == (2, 3, 32, 32)
 
     P = load_generator(run_dir / "generator.pt")  # default: the paper's test mode
-    stats = {k: v.clone() for k, v in P.state_dict().items() if "running" in k}
+    stats = {k: v.clone() for k, v in P.state_dict().items()}  # every buffer, num_batches_tracked included
     torch.manual_seed(0)
     out_paper = P(x)
     torch.manual_seed(1)
@@ -322,7 +340,7 @@ def test_test_mode_leaves_the_model_as_it_was():
     G = UNetGenerator(base_channels=4, num_downs=5)
     x = torch.randn(2, 3, 32, 32)
     G(x)  # some non-trivial running statistics
-    before = {k: v.clone() for k, v in G.state_dict().items() if "running" in k}
+    before = {k: v.clone() for k, v in G.state_dict().items()}  # every buffer, num_batches_tracked included
     with generator_model.test_mode(G, "eval"):
         assert not G.training
         a, b = G(x), G(x)
@@ -332,8 +350,10 @@ def test_test_mode_leaves_the_model_as_it_was():
         c, d = G(x), G(x)
         assert not c.requires_grad
     assert not torch.equal(c, d) and not torch.allclose(a, c, atol=1e-3)
-    assert G.training and all(m.momentum == 0.1 for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert G.training and all(m.momentum == 0.1 and m.track_running_stats
+                              for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert all(torch.equal(v, G.state_dict()[k]) for k, v in before.items())
+    assert G.state_dict().keys() == before.keys()
 
 
 def _create_marker(path):
