@@ -119,10 +119,22 @@ def load_config(argv: list[str] | None = None) -> dict[str, Any]:
     cfg.update(overrides)
     if cfg["NUM_DOWNS"] == 0:
         cfg["NUM_DOWNS"] = num_downs_for(cfg["IMAGE_SIZE"])
+        check_derived_depth(cfg["IMAGE_SIZE"], cfg["NUM_DOWNS"])
     validate_config(cfg)
     if "VAL_DIR" not in overrides and cfg["VAL_DIR"] in implied_val_dirs:
         cfg["VAL_DIR"] = val_dir_for(cfg["TRAIN_DIR"], cfg["VAL_DIR"])
     return cfg
+
+
+def check_derived_depth(image_size: Any, num_downs: int) -> None:
+    """NUM_DOWNS=0 derives the U-Net's depth from IMAGE_SIZE (its 1x1 bottleneck): that fits a power of two only."""
+    if not isinstance(image_size, int) or image_size < 1 or image_size % 2 ** num_downs == 0:
+        return  # a bad IMAGE_SIZE is validate_config's to name
+    fits = (image_size & -image_size).bit_length() - 1  # the deepest U-Net whose 2^depth divides IMAGE_SIZE
+    explicit = f", or set NUM_DOWNS={fits} (2^{fits} divides {image_size})" if fits >= 2 else ""
+    raise ConfigError(f"IMAGE_SIZE={image_size} is not a power of two, so the U-Net depth derived from it (NUM_DOWNS=0 "
+                      f"-> {num_downs}, for {2 ** num_downs} px) does not fit it; use a power of two such as "
+                      f"{2 ** (num_downs - 1)} or {2 ** num_downs}{explicit}")
 
 
 IMPLIED_VAL_DIR = "data/synthetic/val"  # config.py's VAL_DIR, beside its TRAIN_DIR (the built-in synthetic set)
