@@ -193,10 +193,10 @@ runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
-def interrupted_at(target: str, script: str, args: list, tmp_path: Path, timeout: float = 180.0
-                   ) -> subprocess.CompletedProcess:
-    """Run `python SCRIPT ARGS` in tmp_path, held at `target` ("module.function", see HOLD), send it one SIGINT
-    there and return how it ended; every wait has a timeout."""
+def interrupted_at(target: str, script: str, args: list, tmp_path: Path, timeout: float = 180.0,
+                   sig: int = signal.SIGINT) -> subprocess.CompletedProcess:
+    """Run `python SCRIPT ARGS` in tmp_path, held at `target` ("module.function", see HOLD), send it one `sig`
+    (SIGINT: a Ctrl-C) there and return how it ended; every wait has a timeout."""
     ready = tmp_path / "held"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen([sys.executable, "-c", HOLD, target, str(ready), str(ROOT / script), *map(str, args)],
@@ -209,7 +209,7 @@ def interrupted_at(target: str, script: str, args: list, tmp_path: Path, timeout
             proc.kill()
             out, err = proc.communicate(timeout=30)
             pytest.fail(f"{script} never reached {target}:\n{out[-2000:]}\n{err[-2000:]}")
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
