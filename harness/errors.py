@@ -3,6 +3,7 @@
     2  the command is wrong: an unknown or invalid setting or argument (fix the command line or config.py)
     1  something found at run time: data, a checkpoint, the run folder, a diverged loss, a download, an export
   130  interrupted by Ctrl-C before anything could be saved
+  143  stopped by SIGTERM before anything could be saved (128 + SIGTERM, as a process the signal ends)
 
 Each message names the file or setting, says what is wrong and how to fix it; `exit_on_error` prints it as one
 line, `error: ...`, instead of a traceback.
@@ -54,6 +55,12 @@ class DownloadError(Pix2PixError, RuntimeError):
     """A dataset download failed or its archive is unsafe to extract."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM where a Ctrl-C would end the process at once (see harness.signals.end_on_sigterm): the same one line
+    and clean-up, exit 143."""
+    exit_code = 128 + 15
+
+
 def exit_on_error(main: Callable[[], int], interrupted: str = "interrupted by Ctrl-C") -> int:
     """Run a script's main(); a known error becomes one `error: ...` line on stderr and its exit code."""
     try:
@@ -66,7 +73,7 @@ def exit_on_error(main: Callable[[], int], interrupted: str = "interrupted by Ct
         return 1
     except KeyboardInterrupt as e:
         print(f"\n{e.args[0] if e.args else interrupted}", file=sys.stderr)
-        return 130
+        return getattr(e, "exit_code", 130)
 
 
 def path_argument(kind: Callable[[str], Any]) -> Callable[[str], Any]:
