@@ -13,6 +13,7 @@ import pickle
 import random
 import shutil
 import threading
+import warnings
 import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -237,20 +238,23 @@ def read_weights_file(path: str | os.PathLike, what: str = "pix2pix checkpoint",
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} {not_a_file(path)}")
     check_archive_size(path)
+    noun = what.split()[-1]
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a raw pickle's protocol: torch warns, then refuses or reads it anyway
+            warnings.filterwarnings("ignore", "Detected pickle protocol", UserWarning)
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         reason = unpickling_reason(e)
         if "global" in reason.lower():  # it names code to import: loading it anyway could run that code
             raise CheckpointError(f"{path} holds objects other than tensors and plain data; loading it could run "
                                   f"code, so it is refused on purpose. Use {use}") from None
         raise CheckpointError(f"{path} is not a loadable {what} ({reason}); it may be truncated or not a "
-                              f"{what}") from None
+                              f"{noun}") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
         reason = (str(e).splitlines() or [""])[0].split(". ")[0][:200]
         raise CheckpointError(f"{path} is not a loadable {what} ({type(e).__name__}: {reason}); it may be "
-                              f"truncated or not a {what}. Files that need arbitrary code to load are refused on "
-                              f"purpose.") from None
+                              f"truncated or not a {noun}. Files that need arbitrary code to load are refused on "
+                              f"purpose") from None
     return ckpt
 
 

@@ -132,9 +132,9 @@ def check_derived_depth(image_size: Any, num_downs: int) -> None:
         return  # a bad IMAGE_SIZE is validate_config's to name
     fits = (image_size & -image_size).bit_length() - 1  # the deepest U-Net whose 2^depth divides IMAGE_SIZE
     explicit = f", or set NUM_DOWNS={fits} (2^{fits} divides {image_size})" if fits >= 2 else ""
-    raise ConfigError(f"IMAGE_SIZE={image_size} is not a power of two, so the U-Net depth derived from it (NUM_DOWNS=0 "
-                      f"-> {num_downs}, for {2 ** num_downs} px) does not fit it; use a power of two such as "
-                      f"{2 ** (num_downs - 1)} or {2 ** num_downs}{explicit}")
+    raise ConfigError(f"IMAGE_SIZE={image_size} is not divisible by 2^NUM_DOWNS={2 ** num_downs}, the depth that "
+                      f"NUM_DOWNS=0 derives from it ({num_downs}); use IMAGE_SIZE={2 ** (num_downs - 1)} or a multiple "
+                      f"of {2 ** num_downs}{explicit}")
 
 
 IMPLIED_VAL_DIR = "data/synthetic/val"  # config.py's VAL_DIR, beside its TRAIN_DIR (the built-in synthetic set)

@@ -405,7 +405,7 @@ def read_segmenter(path: Path) -> dict:
     try:
         saved = read_weights_file(path, "FCN-score segmenter", "a segmenter file this project saved")
     except CheckpointError as e:
-        raise SegmenterError(f"{e}; {REPLACE_HINT}") from None
+        raise SegmenterError(f"{e}; {REPLACE_HINT}") from None  # the file is named by the message
     missing = [key for key in SAVED_KEYS if key not in saved] if isinstance(saved, dict) else []
     if not isinstance(saved, dict) or missing:
         what = f"a {type(saved).__name__}" if not isinstance(saved, dict) else f"no {', '.join(missing)}"

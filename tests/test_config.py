@@ -279,9 +279,9 @@ def test_an_image_size_that_is_no_power_of_two_gets_advice_that_fits_a_derived_d
     """NUM_DOWNS=0 (the default) derives the depth; the advice must not be to set NUM_DOWNS=0, which it already is."""
     with pytest.raises(ConfigError) as e:
         load_config(["--IMAGE_SIZE=300", "--LOAD_SIZE=320"])
-    assert str(e.value) == ("IMAGE_SIZE=300 is not a power of two, so the U-Net depth derived from it (NUM_DOWNS=0 "
-                            "-> 9, for 512 px) does not fit it; use a power of two such as 256 or 512, or set "
-                            "NUM_DOWNS=2 (2^2 divides 300)")
+    assert str(e.value) == ("IMAGE_SIZE=300 is not divisible by 2^NUM_DOWNS=512, the depth that NUM_DOWNS=0 derives "
+                            "from it (9); use IMAGE_SIZE=256 or a multiple of 512, or set NUM_DOWNS=2 (2^2 divides "
+                            "300)")
     assert load_config(["--IMAGE_SIZE=300", "--LOAD_SIZE=320", "--NUM_DOWNS=2"])["NUM_DOWNS"] == 2
     with pytest.raises(ConfigError, match="use a multiple of 256 or NUM_DOWNS=0"):  # a depth the user chose
         load_config(["--IMAGE_SIZE=300", "--LOAD_SIZE=320", "--NUM_DOWNS=8"])
