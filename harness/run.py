@@ -202,16 +202,14 @@ class TrainingRun:
         return loader
 
     def resume(self, model: Any, train_data: dict[str, Any]) -> Progress:
-        """Continue the checkpoint RESUME names exactly (weights, optimisers, scalers, RNGs and position), or
-        start fresh; then check that every process agrees on where it is. `train_data`: data_fingerprint."""
+        """The checkpoint RESUME names, restored exactly, or a fresh start; every process agreeing on where it is."""
         progress = restore(self.resume_path, model, train_data, self.cfg, self.ranks, self.runtime.device,
                            self.loader_rng) if self.resume_path else Progress()
         check_ranks_agree(self.ranks.world_size, resume_from=self.resume_path and str(self.resume_path),
                           step=progress.step, train_images=train_data["images"])
         return progress
 
-    def open_log(self, progress: Progress, model: Any, train_set: Any, val_set: Any, flops: float
-                 ) -> RunLog | None:
+    def open_log(self, progress: Progress, model: Any, train_set: Any, val_set: Any, flops: float) -> RunLog | None:
         """Rank 0: config.json, log.csv and TensorBoard opened, and what this run is, printed. None elsewhere."""
         if not self.ranks.master:
             return None
@@ -232,8 +230,7 @@ class TrainingRun:
         self.cleanup.callback(stop.release)  # after the loop a signal must end the process as usual
         return stop
 
-    def save_samples(self, G: nn.Module, samples: tuple[torch.Tensor, torch.Tensor], name: str
-                     ) -> torch.Tensor | None:
+    def save_samples(self, G: nn.Module, samples: tuple[torch.Tensor, ...], name: str) -> torch.Tensor | None:
         """RUN_DIR/samples/<name>: input | generated | target of the fixed val images (rank 0, SAMPLE_EVERY on)."""
         if not (self.ranks.master and self.cfg["SAMPLE_EVERY"]):
             return None
