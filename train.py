@@ -174,13 +174,13 @@ def main(argv: list[str] | None = None) -> int:
             barrier(ranks.world_size)
             if stop_signal:  # Ctrl-C or SIGTERM on any rank: saved; the printed command resumes
                 return run.stopped(stop, stop_signal, progress)
-        return run.finished()
+        return run.finished(stop)
 
 
 if __name__ == "__main__":
     try:
-        code = exit_on_error(main, interrupted="interrupted by Ctrl-C before training started: "
-                                               "nothing saved")
+        code = exit_on_error(main, interrupted="interrupted by Ctrl-C before training started: nothing saved",
+                             terminated="stopped by SIGTERM before training started: nothing saved")
     finally:
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

@@ -6,13 +6,14 @@ Not run directly:  torchrun --standalone --nproc_per_node=N train.py [--KEY=valu
 import datetime
 import io
 import os
+import sys
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 
-from harness.errors import ConfigError
+from harness.errors import ConfigError, Pix2PixError
 from utils import pick_device
 
 
@@ -84,6 +85,25 @@ def gather_from_ranks(value: object, world_size: int) -> list:
     seen = [None] * world_size
     dist.all_gather_object(seen, buffer.getvalue())
     return [torch.load(io.BytesIO(b), weights_only=True) for b in seen]
+
+
+def refuse_on_every_rank(error: Pix2PixError | None, ranks: Ranks) -> None:
+    """Rank 0's refusal to start (`error`: RUN_DIR in use or unusable; None to go on), raised on every rank, in
+    the job's first collective. A rank left waiting in a later one for a rank 0 that has gone would end with
+    gloo's "Connection closed by peer" traceback instead. The other ranks print the same one line and exit first;
+    rank 0 raises once they all have (its exit makes torchrun stop the rest)."""
+    if is_distributed():
+        seen = [None] * ranks.world_size
+        dist.all_gather_object(seen, (str(error), error.exit_code) if error else None)
+        if seen[0] is not None:
+            message, exit_code = seen[0]
+            if not ranks.master:
+                print(f"error: {message}", file=sys.stderr, flush=True)
+            dist.barrier()  # every rank has said it
+            if not ranks.master:
+                raise SystemExit(exit_code)
+    if error is not None:
+        raise error
 
 
 def check_ranks_agree(world_size: int, **facts) -> None:

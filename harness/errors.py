@@ -9,7 +9,9 @@ Each message names the file or setting, says what is wrong and how to fix it; `e
 line, `error: ...`, instead of a traceback.
 """
 import argparse
+import signal
 import sys
+import threading
 from typing import Any, Callable
 
 
@@ -56,13 +58,20 @@ class DownloadError(Pix2PixError, RuntimeError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM where a Ctrl-C would end the process at once (see harness.signals.end_on_sigterm): the same one line
-    and clean-up, exit 143."""
+    """SIGTERM where a Ctrl-C would end the process at once (see exit_on_error): the same clean-up and one line,
+    exit 143."""
     exit_code = 128 + 15
 
 
-def exit_on_error(main: Callable[[], int], interrupted: str = "interrupted by Ctrl-C") -> int:
-    """Run a script's main(); a known error becomes one `error: ...` line on stderr and its exit code."""
+def exit_on_error(main: Callable[[], int], interrupted: str = "interrupted by Ctrl-C",
+                  terminated: str = "stopped by SIGTERM") -> int:
+    """Run a script's main(); a known error becomes one `error: ...` line on stderr and its exit code. A SIGTERM
+    ends it as a Ctrl-C does (the same clean-up, one line, exit 143) wherever main() has not taken the signal
+    itself (train.py does while it trains)."""
+    previous = signal.getsignal(signal.SIGTERM)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    if on_main_thread:
+        signal.signal(signal.SIGTERM, lambda signum, frame: raise_terminated(terminated))
     try:
         return main()
     except Pix2PixError as e:
@@ -74,6 +83,13 @@ def exit_on_error(main: Callable[[], int], interrupted: str = "interrupted by Ct
     except KeyboardInterrupt as e:
         print(f"\n{e.args[0] if e.args else interrupted}", file=sys.stderr)
         return getattr(e, "exit_code", 130)
+    finally:
+        if on_main_thread:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def raise_terminated(message: str) -> None:
+    raise Terminated(message)
 
 
 def path_argument(kind: Callable[[str], Any]) -> Callable[[str], Any]:

@@ -31,8 +31,9 @@ from harness.checkpoint import (CheckpointWriter, Progress, atomic_save, check_r
                                 training_checkpoint)
 from harness.configurator import resolve_resume
 from harness.data_checks import data_fingerprint, training_data
-from harness.distributed import Ranks, barrier, check_ranks_agree, gather_from_ranks, without_sync_bn
-from harness.errors import CheckpointError, DatasetError
+from harness.distributed import (Ranks, barrier, check_ranks_agree, gather_from_ranks, refuse_on_every_rank,
+                                 without_sync_bn)
+from harness.errors import CheckpointError, DatasetError, RunDirError
 from harness.loading import cache_images, loader_workers, training_loader
 from harness.run_lock import RunDirLock
 from harness.run_log import RunLog, check_run_dir, format_duration, print_run, write_samples
@@ -186,9 +187,15 @@ class TrainingRun:
     def __enter__(self) -> "TrainingRun":
         self.cleanup.__enter__()
         self.cleanup.callback(self.writer.wait)  # on every way out, a checkpoint being written is finished
-        if self.ranks.master:  # the only writer; under torchrun its error ends the other ranks too
-            check_run_dir(self.run_dir)  # a folder that cannot hold the run fails now, in one line
-            self.cleanup.callback(RunDirLock(self.run_dir).release)  # one run per folder, until this one ends
+        refused = None
+        if self.ranks.master:  # the only writer
+            try:
+                check_run_dir(self.run_dir)  # a folder that cannot hold the run fails now, in one line
+                self.cleanup.callback(RunDirLock(self.run_dir).release)  # one run per folder, until this one ends
+            except RunDirError as e:
+                refused = e
+        refuse_on_every_rank(refused, self.ranks)  # the job's first collective: every rank leaves with the line
+        if self.ranks.master:
             remove_stale_temp_files(self.ckpt_dir, self.run_dir)
         return self
 
@@ -276,12 +283,13 @@ class TrainingRun:
                   f"step {progress.step}. Resume with:\n  {resume_command(self.cfg, self.argv, self.ranks.world_size)}")
         return stop.exit_code()
 
-    def finished(self) -> int:
-        """Every epoch trained: the last checkpoint on disk, and where the generator is, said."""
+    def finished(self, stop: StopRequest) -> int:
+        """Every epoch trained: the last checkpoint on disk, and where the generator is, said. A stop signal that
+        came after the ranks last agreed (during the final validation, say) still gives its exit code."""
         self.writer.wait()
         if self.ranks.master:
             print(f"done: {self.run_dir / 'generator.pt'} (load it with utils.load_generator)")
-        return 0
+        return stop.exit_code() if stop.signum else 0
 
     def already_finished(self, progress: Progress, model: Any) -> int:
         """A run resumed after its last epoch: nothing to train; a missing or stale generator.pt is rewritten."""
@@ -311,7 +319,7 @@ def restore(path: Path, model: Any, train_data: dict[str, Any], cfg: dict[str, A
     if ranks.rank and len(rank_rngs) != ranks.world_size:  # saved with another number of processes: fresh noise
         seed_everything(cfg["SEED"] + ranks.rank + progress.step)
     loader_rng.set_state(ckpt["loader_rng"])
-    if ranks.master:
+    if ranks.master and progress.epoch < cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"]:  # else: "already finished"
         print(f"resuming from {path}: epoch {progress.epoch + 1}, "
               f"batch {progress.images_in_epoch // (cfg['BATCH_SIZE'] * ranks.world_size)}, step {progress.step}")
     return progress

@@ -41,3 +41,11 @@ def test_a_copy_of_the_same_images_resumes(copied_run, capsys):
     assert train.main(tiny_args(data, run_dir, N_EPOCHS=3, N_EPOCHS_DECAY=0, **FAST)) == 0
     out = capsys.readouterr().out
     assert "note: the training folder moved from " in out and "(the same 8 files)" in out
+
+
+def test_a_finished_run_says_it_is_finished_not_resuming_past_its_last_epoch(copied_run, capsys):
+    """Run again after its last epoch: "already finished its 2 epochs", never "resuming ...: epoch 3"."""
+    data, run_dir = copied_run
+    assert train.main(tiny_args(data, run_dir, **FAST)) == 0
+    out = capsys.readouterr().out
+    assert "already finished its 2 epochs; nothing to do" in out and "resuming from" not in out, out
