@@ -71,9 +71,8 @@ COLOUR_SPACE = np.array([[0.299, 0.587, 0.114], [-0.1687, -0.3313, 0.5], [0.5, -
     np.array([[1], [0.3], [0.3]], np.float32)
 
 
-# A label pixel this far (in COLOUR_SPACE, about grey levels of luma) from every palette colour matches no class.
-# facades' own JPEG label maps: 9.1% of their pixels (region borders), 2.2% beyond 30; their photo halves 99.8%,
-# their label maps in grayscale 100% (60 and 20 test files). More than OFF_PALETTE_SHARE of them is warned about.
+# A label pixel this far (in COLOUR_SPACE, about grey levels of luma) from every palette colour matches no class;
+# more than OFF_PALETTE_SHARE of them is warned about (measured on facades: docs/results.md, the FCN-score section)
 FAR_FROM_PALETTE = 20.0
 OFF_PALETTE_SHARE = 0.5
 
