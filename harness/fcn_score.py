@@ -385,8 +385,9 @@ def load_or_train(train_folder: str | os.PathLike, direction: str, palette: Pale
             print(f"FCN-score segmenter: reusing {cache_path} (same training files, direction, palette and recipe)")
             return model.eval()
         if not own_cache:
+            differ = "differs" if len(changed) == 1 else "differ"
             raise SegmenterError(f"{cache_path} is a segmenter made for other data or settings (its "
-                                 f"{', '.join(changed)} differ from {train_folder}'s, {direction}); {REPLACE_HINT}")
+                                 f"{', '.join(changed)} {differ} from {train_folder}'s, {direction}); {REPLACE_HINT}")
         reason = f"{cache_path} differs: " + ", ".join(changed)
     print(f"FCN-score segmenter: training on {train_folder} ({reason})")
     start, cpu = time.perf_counter(), time.process_time()

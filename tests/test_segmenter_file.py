@@ -121,7 +121,7 @@ def bad_file(kind: str, path: Path, record: dict) -> None:
     ("random bytes", ["not a loadable FCN-score segmenter"]),
     ("empty", ["not a loadable FCN-score segmenter"]),
     ("a pickled list", ["loads, but is not an FCN-score segmenter (a list)"]),
-    ("another palette", ["made for other data or settings (its palette differ"]),
+    ("another palette", ["made for other data or settings (its palette differs"]),
     ("no state_dict", ["is not an FCN-score segmenter (no state_dict)"]),
     ("a mis-shaped tensor", ["tensor 'head.weight' has shape"]),
     ("foreign keys", ["is missing"]),
