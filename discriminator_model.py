@@ -10,9 +10,6 @@ import torch.nn as nn
 
 from layers import conv_bias, init_weights, norm_layer
 
-DISCRIMINATOR_KEYS = ("in_channels", "out_channels", "base_channels", "n_layers", "norm")
-
-
 def receptive_field(n_layers: int) -> int:
     """Side of the input patch that one output logit sees (70 for the default n_layers=3)."""
     if n_layers == 0:

@@ -14,6 +14,7 @@ import torch
 
 from generator_model import UNetGenerator
 from harness.errors import CheckpointError, OfficialFormatError
+from harness.weights import load_weights
 
 ROOT = "model.model."  # the outermost UnetSkipConnectionBlock's layers
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -109,7 +110,6 @@ def infer_hparams(state: dict[str, torch.Tensor]) -> dict[str, Any]:
 def generator_from_official(state: dict[str, torch.Tensor]) -> UNetGenerator:
     """Our UNetGenerator computing exactly the official network stored in `state` (a latest_net_G.pth). A file
     that does not fit is refused in one line naming its first unexpected, missing or wrong-shape tensor."""
-    from harness.checkpoint import load_weights  # the one loader that names bad keys (it imports this module)
     prefix = "module." if unwrapped(state) is not state else ""
     state = unwrapped(state)
     hp = infer_hparams(state)

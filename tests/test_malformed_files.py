@@ -25,7 +25,8 @@ from conftest import tiny_args, write_pairs
 from generator_model import UNetGenerator
 from harness import official_format
 from harness import onnx_export
-from harness.checkpoint import CheckpointError, atomic_save, check_archive_size, load_generator, read_weights_file
+from harness.checkpoint import CheckpointError, atomic_save, load_generator
+from harness.weights import check_archive_size, read_weights_file
 
 OFFICIAL_DEPTH = 6  # a 64-px official U-Net (the official code builds at least 5 levels)
 
