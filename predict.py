@@ -15,7 +15,7 @@ The U-Net needs sides divisible by 2^num_downs (256 for the paper's model), so e
 --paired reads A|B files like the training data (the checkpoint's DIRECTION says which half is the input)
 and writes input | output | target strips instead.
 
---mode paper (default, as utils.load_generator and the paper §3.3: dropout on, batch-norm with the batch's
+--mode paper (default, as load_generator and the paper §3.3: dropout on, batch-norm with the batch's
 statistics; --seed fixes the dropout noise) or eval (dropout off, running statistics). In paper mode a larger
 --batch-size makes an output depend on its batch-mates, so it defaults to 1 there, as the official test.py; in
 eval mode it only changes speed and defaults to the checkpoint's BATCH_SIZE. Only images of the same fitted size

@@ -4,7 +4,7 @@ shapes), rebuilding a generator from its file alone, the checks before resuming,
 versions are read (the legacy section, the one place that knows them).
 
 Not run directly. In a notebook:
-    from utils import load_generator   # this module's load_generator
+    from harness.checkpoint import load_generator
     G = load_generator("runs/pix2pix/generator.pt")
 """
 import contextlib
@@ -213,7 +213,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def checked_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
     if official_format.is_state_dict(ckpt):
-        what = ("an official-code generator (latest_net_G.pth): load it with utils.load_generator, predict.py or "
+        what = ("an official-code generator (latest_net_G.pth): load it with load_generator, predict.py or "
                 "evaluate.py; it holds no training state to resume") if official_format.is_official_unet(ckpt) \
             else f"{official_format.describe(ckpt)}, not a pix2pix checkpoint"
         raise CheckpointError(f"{path} is {what}")

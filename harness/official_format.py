@@ -5,7 +5,7 @@ keys like `model.model.1.model.3.weight`, with no settings inside. This module m
 the same convolutions and norms, so the weights carry over one to one, with the official dropout placement and
 ReLU'd skips, so the function is the official one.
 
-Not run directly: utils.load_generator (and so predict.py, evaluate.py, demo.py) reads such files, and
+Not run directly: harness.checkpoint.load_generator (and so predict.py, evaluate.py, demo.py) reads such files, and
 `python export.py --format official` writes one.
 """
 from typing import Any

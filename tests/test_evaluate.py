@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 import evaluate
 from conftest import interrupted_at, make_dataset
 from harness.metrics import evaluate_generator, own_other_ratio
-from utils import load_generator
+from harness.checkpoint import load_generator
 
 VAL_FILES = ["000.png", "001.png", "002.png", "003.png"]  # conftest.tiny_run's val folder
 

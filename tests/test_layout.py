@@ -77,14 +77,6 @@ def test_no_environment_variable_test_hooks_in_production_code():
     assert {k: v for k, v in hooks.items() if v} == {}
 
 
-def test_load_generator_is_still_importable_from_utils(tiny_run):
-    from utils import load_generator
-    path = tiny_run / "run" / "generator.pt"
-    mine, theirs = load_generator(path, mode="eval"), checkpoint.load_generator(path, mode="eval")
-    assert type(mine) is type(theirs) and not mine.training
-    assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()))
-
-
 def test_a_training_checkpoint_holds_exactly_the_schema(tiny_run):
     ckpt = torch.load(tiny_run / "run" / "checkpoints" / "last.pt", weights_only=True)
     schema = {*TRAINING_STATE, *PROGRESS, *RNG_STATE, "format", "config", "train_data", "generator_hparams",

@@ -1,5 +1,5 @@
 """Parity with the official pix2pix code (issue 9): the golden fixture made once with the official UnetGenerator
-(tests/fixtures/README.md), official latest_net_G.pth files in (utils.load_generator) and out (official_format),
+(tests/fixtures/README.md), official latest_net_G.pth files in (load_generator) and out (official_format),
 dropout placements, legacy checkpoints keeping their function, PixelGAN's last conv, the night2day direction and
 batch-1 inference in paper mode. Never imports the official code.
 
