@@ -90,7 +90,7 @@ def cache_images(dataset: PairedImageDataset, workers: int, say: Callable[[str],
     forked = workers == 0 or multiprocessing.get_start_method() == "fork"
     copies = processes_on_this_node() * (1 if forked else 1 + workers)
     total, available = size * copies, available_memory()
-    where = f"{len(dataset)} training pairs of {getattr(dataset, 'folder', 'the training set')}"
+    where = f"{len(dataset)} training pairs of {dataset.folder or 'the training set'}"
     detail = f" x {copies} copies (one per process{'' if forked else ' and loader worker'})" if copies > 1 else ""
     if available is not None and total > CACHE_MEMORY_SHARE * available:
         raise DatasetError(f"CACHE_IMAGES=True: the {where} take {format_bytes(size)} decoded{detail}, more than "
