@@ -53,7 +53,9 @@ PROGRESS = tuple(f.name for f in fields(Progress))
 
 
 def model_hparams(G: nn.Module, D: nn.Module) -> dict[str, dict]:
-    return {"generator_hparams": dict(G.hparams), "discriminator_hparams": dict(D.hparams)}
+    """The networks' constructor arguments, and skip_relu: False only for a generator from before the U-Net skip
+    fix (use_legacy_skips), recorded so every file knows which function its generator computes."""
+    return {"generator_hparams": {"skip_relu": True} | G.hparams, "discriminator_hparams": dict(D.hparams)}
 
 
 def training_checkpoint(model: Any, progress: Progress, rngs: dict[str, Any], cfg: dict[str, Any],
@@ -235,9 +237,15 @@ def check_channels(hparams: dict[str, Any], where: str) -> None:
             raise CheckpointError(f"{where} gives {key}={hparams.get(key)!r}; pix2pix images have 1 or 3 channels")
 
 
+def build_generator(hparams: dict[str, Any]) -> UNetGenerator:
+    """The U-Net that generator_hparams (a checkpoint's, or a live model's G.hparams) describe, legacy skips too."""
+    G = UNetGenerator(**{k: v for k, v in hparams.items() if k != "skip_relu"})
+    return use_legacy_skips(G) if hparams.get("skip_relu") is False else G
+
+
 def generator_from_state(hparams: dict[str, Any], state: dict[str, torch.Tensor]) -> UNetGenerator:
     """Rebuild a U-Net from a live model's complete hyperparameters (G.hparams) and load its weights."""
-    G = UNetGenerator(**hparams)
+    G = build_generator(hparams)
     load_weights(G, state)
     return G
 
@@ -268,7 +276,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
         hparams = ckpt["generator_hparams"]
         check_channels(hparams, f"{path}: its generator_hparams")
         try:
-            G = UNetGenerator(**hparams)
+            G = build_generator(hparams)
         except (TypeError, ValueError) as e:  # hand-made or damaged hyperparameters
             raise CheckpointError(f"{path}: its generator_hparams do not describe a U-Net ({e})") from None
         try:
@@ -334,14 +342,25 @@ def check_same_data(saved: dict[str, Any], now: dict[str, Any], path: str | os.P
                           f"(--RUN_DIR=...), or continue this run on the new data with --RESUME={path}")
 
 
-def keep_legacy_skips(G: UNetGenerator, ckpt: dict[str, Any]) -> bool:
-    """Resuming a checkpoint written before the U-Net skip fix continues its own, legacy function (skip_relu=False,
-    also recorded in the checkpoints it writes next); returns True if it is such a checkpoint."""
-    G.skip_relu = G.hparams["skip_relu"] = ckpt["generator_hparams"]["skip_relu"]
-    return not G.skip_relu
-
-
 # ----------------------------------------------------------------------------- files of older versions
+
+def use_legacy_skips(G: UNetGenerator) -> UNetGenerator:
+    """G as generators were before the U-Net skip fix: each decoder block saw its encoder's LeakyReLU'd output as
+    it is, not ReLU'd as in the reference code (generator_model.py). G.hparams records it as skip_relu=False, so the
+    checkpoints such a G writes load with the same function. Returns G."""
+    G.skip_activation = nn.Identity()
+    G.hparams["skip_relu"] = False
+    return G
+
+
+def keep_legacy_skips(G: UNetGenerator, ckpt: dict[str, Any]) -> bool:
+    """Resuming a checkpoint written before the U-Net skip fix continues its own, legacy function (also recorded in
+    the checkpoints it writes next); returns True if it is such a checkpoint."""
+    if ckpt["generator_hparams"]["skip_relu"]:
+        return False
+    use_legacy_skips(G)
+    return True
+
 
 # Generator settings a checkpoint written before they existed was built with: its outputs must not change.
 LEGACY_GENERATOR_HPARAMS = {"dropout_placement": "paper", "skip_relu": False}

@@ -104,7 +104,7 @@ def infer_hparams(state: dict[str, torch.Tensor]) -> dict[str, Any]:
         raise OfficialFormatError("an official U-Net without batch or instance norm (--norm none?) is not supported")
     return dict(in_channels=first.shape[1], out_channels=last.shape[1],
                 base_channels=first.shape[0], num_downs=num_downs, norm=norm, dropout=True,
-                dropout_placement="official", skip_relu=True)
+                dropout_placement="official")
 
 
 def generator_from_official(state: dict[str, torch.Tensor]) -> UNetGenerator:
@@ -149,7 +149,7 @@ def official_state_dict(G: UNetGenerator) -> dict[str, torch.Tensor]:
     (or no dropout: then run the official test.py with --no_dropout), and at least 5 levels.
     """
     hp = G.hparams
-    if not hp["skip_relu"]:
+    if hp.get("skip_relu", True) is False:  # a generator from before the U-Net skip fix (harness/checkpoint.py)
         raise OfficialFormatError("this generator was trained before the U-Net skip fix (skip_relu=False): the "
                                   "official network computes a different function with these weights; retrain it")
     if hp["dropout"] and hp["dropout_placement"] != "official":

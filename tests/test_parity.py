@@ -22,7 +22,7 @@ import train
 from conftest import tiny_args, write_pairs
 from discriminator_model import PatchDiscriminator
 from generator_model import UNetGenerator
-from harness.checkpoint import CheckpointError, load_checkpoint, load_generator
+from harness.checkpoint import CheckpointError, load_checkpoint, load_generator, use_legacy_skips
 from harness.configurator import ConfigError, load_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_unet_golden.pt"
@@ -89,7 +89,7 @@ def test_golden_fixture_eval_and_train_outputs(golden):
     G = official_format.generator_from_official(golden["state"])
     assert {k: G.hparams[k] for k in ("in_channels", "out_channels", "base_channels", "num_downs", "norm")} == \
         dict(in_channels=3, out_channels=3, base_channels=8, num_downs=6, norm="batch")
-    assert G.hparams["dropout_placement"] == "official" and G.hparams["skip_relu"] is True
+    assert G.hparams["dropout_placement"] == "official" and "skip_relu" not in G.hparams  # not a legacy U-Net
     with torch.no_grad():
         out_eval = G.eval()(golden["x"])
         out_train = no_dropout(G).train()(golden["x"])
@@ -189,7 +189,7 @@ def test_export_needs_the_official_function():
     with pytest.raises(OfficialFormatError, match="DROPOUT_PLACEMENT=official"):
         official_format.official_state_dict(UNetGenerator(3, 3, 4, 6))  # paper placement (the default)
     with pytest.raises(OfficialFormatError, match="skip fix"):
-        official_format.official_state_dict(UNetGenerator(3, 3, 4, 6, dropout_placement="official", skip_relu=False))
+        official_format.official_state_dict(use_legacy_skips(UNetGenerator(3, 3, 4, 6, dropout_placement="official")))
     with pytest.raises(OfficialFormatError, match="at least 5"):
         official_format.official_state_dict(UNetGenerator(3, 3, 4, 4, dropout_placement="official"))
     # without dropout the placement does not matter (the official test.py then needs --no_dropout)
@@ -247,7 +247,7 @@ def test_legacy_checkpoint_keeps_its_outputs(tiny_run, tmp_path):
     with torch.no_grad():
         assert torch.equal(G(x), legacy_forward(G, x))  # the function it was trained as
         new = load_generator(tiny_run / "run" / "generator.pt", mode="eval")
-        assert new.hparams["skip_relu"] is True and not torch.allclose(new(x), G(x), atol=1e-4)
+        assert "skip_relu" not in new.hparams and not torch.allclose(new(x), G(x), atol=1e-4)
 
 
 def test_resuming_a_legacy_checkpoint_continues_its_function(tiny_run, tmp_path, capsys):
