@@ -113,7 +113,7 @@ def read_pair(path: Path, direction: str, in_channels: int = 3, out_channels: in
 
 def resize(images: list[np.ndarray], height: int, width: int) -> list[np.ndarray]:
     """Equal-size HxWxC uint8 arrays -> height x width x C, bicubic, antialiased when shrinking: the reference code's
-    PIL resize. torch's uint8 path uses PIL's kernel (within 0.01 grey levels of PIL on average, and faster)."""
+    PIL resize. torch's uint8 path uses PIL's kernel (docs/data.md gives the difference)."""
     if images[0].shape[:2] == (height, width):
         return images
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # NHWC memory: torch's fast uint8 path

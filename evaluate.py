@@ -7,7 +7,7 @@ thumbnails, works offline).
     python evaluate.py --checkpoint runs/facades/generator.pt --data data/facades/test --fcn-score
 
 --fcn-score (labels -> photo data: the input is a label map) adds the paper's FCN-score (§4.2): a segmenter trained
-here on the real training photos (harness/fcn_score.py; trained once, ~8 min of CPU time on facades, then reused
+here on the real training photos (harness/fcn_score.py; trained once, in minutes on a CPU, then reused
 while the training files stay the same) labels each generated photo; its label map is compared with the input's
 (pixel accuracy, class accuracy, class IoU), and the real photos are scored the same way as the ceiling. The
 training folder is --fcn-train, else the checkpoint's TRAIN_DIR, else the `train` folder beside --data.

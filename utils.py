@@ -50,8 +50,7 @@ def pick_precision(name: str, device: torch.device) -> str:
 
 def memory_format_for(channels_last: str | bool, device: torch.device, batch_size: int) -> torch.memory_format:
     """CHANNELS_LAST: "auto" -> NHWC on CUDA (tensor cores) and on CPU from batch 4; NCHW for small CPU batches,
-    where oneDNN's layout conversions cost more than they save (measured: 1.28x faster at batch 1, even at 4,
-    1.2x slower at 16 on 2 cores)."""
+    where oneDNN's layout conversions cost more than they save (measured both ways in docs/performance.md)."""
     if channels_last == "auto":
         channels_last = device.type == "cuda" or (device.type == "cpu" and batch_size >= 4)
     return torch.channels_last if channels_last else torch.contiguous_format

@@ -1,4 +1,4 @@
-"""Parity with the official pix2pix code (issue 9): the golden fixture made once with the official UnetGenerator
+"""Parity with the official pix2pix code: the golden fixture made once with the official UnetGenerator
 (tests/fixtures/README.md), official latest_net_G.pth files in (load_generator) and out (official_format),
 dropout placements, legacy checkpoints keeping their function, PixelGAN's last conv, the night2day direction and
 batch-1 inference in paper mode. Never imports the official code.
@@ -26,7 +26,7 @@ from harness.checkpoint import CheckpointError, load_checkpoint, load_generator,
 from harness.configurator import ConfigError, load_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_unet_golden.pt"
-TOL = 1e-5  # the issue's bound on max abs difference to the official network
+TOL = 1e-5  # the bound on the max abs difference to the official network (docs/faithfulness.md)
 
 
 def unpack4(packed: torch.Tensor, shape: list[int], scale: float) -> torch.Tensor:
@@ -229,7 +229,7 @@ def test_dropout_placement_setting_is_validated_and_stored(tiny_data, tmp_path):
 # ----------------------------------------------------------------------------- legacy checkpoints
 
 def make_legacy(src: Path, dest: Path) -> Path:
-    """A copy of a checkpoint as written before issue 9: no dropout_placement/skip_relu, no DROPOUT_PLACEMENT."""
+    """A copy of a checkpoint as written before the dropout placement and the skip fix: no dropout_placement/skip_relu, no DROPOUT_PLACEMENT."""
     ckpt = load_checkpoint(src)
     for key in ("dropout_placement", "skip_relu"):
         del ckpt["generator_hparams"][key]
