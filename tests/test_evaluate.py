@@ -1,5 +1,5 @@
 """evaluate.py: metrics.csv / summary.json / index.html on the session's tiny run, determinism, the default output
-folder, errors, and the own/other-target L1 ratio on constructed tensors.
+folder, errors, the former flag name --out, and the own/other-target L1 ratio on constructed tensors.
 
     python -m pytest tests/test_evaluate.py -q
 """
@@ -232,3 +232,12 @@ def test_ctrl_c_while_evaluating_ends_with_one_line_and_exit_130(tiny_run, tmp_p
                             "--output", tmp_path / "out"], tmp_path)
     assert ended.returncode == 130, ended.stderr[-2000:]
     assert ended.stderr.strip().splitlines()[-1] == "interrupted by Ctrl-C" and "Traceback" not in ended.stderr
+
+
+def test_old_output_flag_names_still_work(tiny_run, tmp_path):
+    import evaluate
+    args = ["--checkpoint", str(tiny_run / "run" / "generator.pt"), "--data", str(tiny_run / "data" / "val"),
+            "--max-images", "1"]
+    assert evaluate.main([*args, "--output", str(tmp_path / "new")]) == 0
+    assert evaluate.main([*args, "--out", str(tmp_path / "old")]) == 0
+    assert (tmp_path / "new" / "summary.json").is_file() and (tmp_path / "old" / "summary.json").is_file()
