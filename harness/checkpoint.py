@@ -1,7 +1,7 @@
-"""Checkpoints: what one holds (the schema, declared once below), atomic saving, loading without running code,
-the checks of every loaded file (its size before loading, then its tensors: finite, of the expected names and
-shapes), rebuilding a generator from its file alone, the checks before resuming, and how files written by older
-versions are read (the legacy section, the one place that knows them).
+"""Checkpoints: what one holds (the schema, declared once below), atomic saving, loading (without running code,
+every tensor checked: harness/weights.py), rebuilding a generator from its file alone (load_generator, the public
+loader), the checks before resuming, and how files written by older versions are read (the legacy section, the one
+place that knows them).
 
 Not run directly. In a notebook:
     from harness.checkpoint import load_generator
@@ -215,9 +215,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def checked_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
     if official_format.is_state_dict(ckpt):
-        what = ("an official-code generator (latest_net_G.pth): load it with load_generator, predict.py or "
-                "evaluate.py; it holds no training state to resume") if official_format.is_official_unet(ckpt) \
-            else f"{official_format.describe(ckpt)}, not a pix2pix checkpoint"
+        what = ("an official-code generator (latest_net_G.pth): load it with harness.checkpoint.load_generator, "
+                "predict.py or evaluate.py; it holds no training state to resume") \
+            if official_format.is_official_unet(ckpt) else f"{official_format.describe(ckpt)}, not a pix2pix checkpoint"
         raise CheckpointError(f"{path} is {what}")
     if not isinstance(ckpt, dict) or "generator" not in ckpt or "generator_hparams" not in ckpt:
         raise CheckpointError(f"{path} loads, but is not a pix2pix checkpoint (no generator weights/hparams)")

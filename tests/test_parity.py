@@ -229,7 +229,8 @@ def test_dropout_placement_setting_is_validated_and_stored(tiny_data, tmp_path):
 # ----------------------------------------------------------------------------- legacy checkpoints
 
 def make_legacy(src: Path, dest: Path) -> Path:
-    """A copy of a checkpoint as written before the dropout placement and the skip fix: no dropout_placement/skip_relu, no DROPOUT_PLACEMENT."""
+    """A copy of a checkpoint as written before the dropout placement and the skip fix: no dropout_placement or
+    skip_relu, no DROPOUT_PLACEMENT."""
     ckpt = load_checkpoint(src)
     for key in ("dropout_placement", "skip_relu"):
         del ckpt["generator_hparams"][key]

@@ -272,7 +272,7 @@ def test_each_process_saves_and_restores_only_its_own_gpus_rng(monkeypatch):
     assert len(restored) == 1 and torch.equal(restored[0][0], states[3]) and restored[0][1] == torch.device("cuda", 0)
 
     restored.clear()
-    legacy = saved | {"cuda": [states[i] for i in range(4)]}  # as older versions wrote it: one state per GPU of a 4-GPU machine
+    legacy = saved | {"cuda": [states[i] for i in range(4)]}  # as older versions wrote it: one state per GPU
     checkpoint.set_rng_states(legacy, torch.device("cuda", 1))
     assert len(restored) == 1 and torch.equal(restored[0][0], states[1])
     restored.clear()
