@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from pix2pix import real_and_fake_scores
+
 
 # ----------------------------------------------------------------------------- device, precision, seeds
 
@@ -136,10 +138,13 @@ def pick_runtime(cfg: dict[str, Any], local_rank: int | None = None) -> Runtime:
 
 
 def wrap_for_training(m: Any, compile: bool | str, world_size: int = 1, device: torch.device | None = None) -> None:
-    """Set the networks a pix2pix.Pix2Pix trains through: DDP across processes (the D step's pair of D calls as one
-    module, so DDP sees one forward per backward), then torch.compile (COMPILE=True), or torch.compile with
-    mode="reduce-overhead" (COMPILE="reduce-overhead": CUDA graphs replay a step's hundreds of kernel launches at
-    once, for small batches, where launching them bounds a GPU step). Checkpoints keep saving the plain m.G, m.D."""
+    """Set the networks a pix2pix.Pix2Pix trains through (G_run, D_pairs, D_run): DDP across processes (the D
+    step's pair of D calls as one module, RealFakeScores, so DDP sees one forward per backward), then torch.compile
+    (COMPILE=True), or torch.compile with mode="reduce-overhead" (COMPILE="reduce-overhead": CUDA graphs replay a
+    step's hundreds of kernel launches at once, for small batches, where launching them bounds a GPU step).
+    Checkpoints keep saving the plain m.G, m.D."""
+    if world_size > 1 or compile:
+        m.D_pairs = RealFakeScores(m.D)
     if world_size > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
         ids = [device] if device is not None and device.type == "cuda" else None
@@ -149,6 +154,17 @@ def wrap_for_training(m: Any, compile: bool | str, world_size: int = 1, device: 
         m.G_run, m.D_pairs, m.D_run = (torch.compile(net, **options) for net in (m.G_run, m.D_pairs, m.D))
         if compile == "reduce-overhead":
             m.G_run = NewStepAtEachCall(m.G_run)
+
+
+class RealFakeScores(nn.Module):
+    """pix2pix.real_and_fake_scores as one module: DDP needs one forward per backward, and D's step calls D twice."""
+
+    def __init__(self, D: nn.Module):
+        super().__init__()
+        self.D = D
+
+    def forward(self, x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor):
+        return real_and_fake_scores(self.D, x, real, fake)
 
 
 class NewStepAtEachCall(nn.Module):
