@@ -17,6 +17,7 @@ file is read from --inception-weights / INCEPTION_WEIGHTS, or from torch's hub c
     for fake, real in batches:                   # Bx3xHxW in [0, 1]
         scores.update(fake, real)
     scores.result()                              # {"fid": ..., "kid": ..., "kid_std": ..., "fid_images": N}
+    scores.next_round()                          # validation again: new outputs, the same real images
 
 Images enter as 8-bit, as they are saved (x * 255 rounded). A library module: nothing to run.
 """
@@ -101,16 +102,18 @@ class PassThrough(torch.nn.Module):
 
 class FidKid:
     """Accumulates Inception features of generated and real images; result() gives FID and KID (mean and sd over
-    subsets). State lives on the CPU in float64 (torchmetrics'), the network runs on `device`."""
+    subsets). State lives on the CPU in float64 (torchmetrics'), the network runs on `device`. The real images are
+    the same in every round (validation's fixed images), so their features are computed in the first round only."""
 
     def __init__(self, weights: Path, device: torch.device = torch.device("cpu")):
         from torchmetrics.image.fid import FrechetInceptionDistance
         self.weights, self.device = weights, device
         self.standard = sha256_of(weights).startswith(STANDARD_SHA256)
         self.extractor = load_extractor(weights).to(device)
-        self.fid = FrechetInceptionDistance(feature=PassThrough())
+        self.fid = FrechetInceptionDistance(feature=PassThrough(), reset_real_features=False)
         self.fake: list[torch.Tensor] = []
         self.real: list[torch.Tensor] = []
+        self.real_complete = False
 
     @torch.no_grad()
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -119,11 +122,14 @@ class FidKid:
         return self.extractor(pixels.to(self.device)).double().cpu()
 
     def update(self, fake: torch.Tensor, real: torch.Tensor) -> None:
-        f, r = self.features(fake), self.features(real)
+        """One batch of outputs and their real targets (the targets only count in the first round)."""
+        f = self.features(fake)
         self.fid.update(f, real=False)
-        self.fid.update(r, real=True)
         self.fake.append(f)
-        self.real.append(r)
+        if not self.real_complete:
+            r = self.features(real)
+            self.fid.update(r, real=True)
+            self.real.append(r)
 
     def result(self) -> dict[str, Any]:
         """fid, kid, kid_std (None below 2 images each), fid_images, and which weights file made them."""
@@ -146,7 +152,8 @@ class FidKid:
         out["kid"], out["kid_std"] = mean.item(), sd.item()
         return out
 
-    def reset(self) -> None:
-        self.fid.reset()
+    def next_round(self) -> None:
+        """Forget the outputs' features; keep the real images' (the same images in every round)."""
+        self.fid.reset()  # reset_real_features=False: the real statistics stay
         self.fake.clear()
-        self.real.clear()
+        self.real_complete = True

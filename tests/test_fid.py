@@ -37,35 +37,27 @@ def empty_hub_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
 
 
-@pytest.fixture(scope="module")
-def scores(standin_weights: Path) -> fid.FidKid:
-    return fid.FidKid(standin_weights)
-
-
-def test_a_set_against_itself_scores_zero_and_against_a_changed_set_more(scores):
+def test_a_set_against_itself_scores_zero_and_against_a_changed_set_more(standin_weights):
+    scores = fid.FidKid(standin_weights)
+    scored = []  # how many images went through the network
+    features = scores.features
+    scores.features = lambda images: scored.append(len(images)) or features(images)
     torch.manual_seed(1)
     images = torch.rand(3, 3, 32, 32)
-    scores.reset()
     scores.update(images, images)
     same = scores.result()
-    scores.reset()
-    scores.update((images * 0.5 + 0.3), images)  # darker and greyer
+    scores.next_round()  # a second round scores new outputs against the same real images
+    scores.update(images * 0.5 + 0.3, images)  # darker and greyer
+    state = torch.get_rng_state()
     changed = scores.result()
+    assert scored == [3, 3, 3]  # the real images' features were computed once
     assert same["fid_images"] == changed["fid_images"] == 3
     assert same["fid"] == pytest.approx(0, abs=1e-6) and changed["fid"] > 0.1
     # KID is unbiased, so a finite set against itself is ~0 rather than exactly 0 (here slightly below)
     assert abs(same["kid"]) < 0.2 * changed["kid"] and changed["kid"] > 0
     assert same["inception_weights_standard"] is False  # a stand-in is labelled as such
-
-
-def test_kid_is_repeatable_and_leaves_the_callers_random_state_alone(scores):
-    torch.manual_seed(2)
-    fake, real = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
-    scores.reset()
-    scores.update(fake, real)
-    state = torch.get_rng_state()
-    first, second = scores.result(), scores.result()
-    assert first == second and torch.equal(torch.get_rng_state(), state)
+    # KID's random subsets are seeded: repeatable, and the caller's random stream is left alone
+    assert scores.result() == changed and torch.equal(torch.get_rng_state(), state)
 
 
 def test_weights_are_found_in_the_hub_cache_and_never_downloaded(standin_weights, tmp_path, monkeypatch):
