@@ -60,7 +60,7 @@ from tqdm import tqdm
 
 from harness.data_checks import check_batchable, checked_dataset
 from harness.errors import ConfigError, exit_on_error, path_argument
-from harness.fid import STANDARD_SHA256, WEIGHTS_NAME, FidKid, find_weights
+from harness.fid import WEIGHTS_NAME, FidKid, find_weights, weights_note
 from harness.inference import batch_size_for, check_output_folder, load_for_inference, model_arguments
 from harness.metrics import GCGAN_DELTAS, GCGAN_METRICS, METRICS, PIXEL_ACC_DELTAS, evaluate_generator, gcgan_maps_scores
 
@@ -130,7 +130,7 @@ def write_html(path: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) 
     ] + [(f"{'' if k in SET_FIGURES else 'mean '}{name} ({meaning})", number(k, summary[k]))
          for k, (_, name, _, meaning) in FIGURES.items() if k in summary]
     if "fid" in summary:
-        facts += [("FID/KID images, Inception weights", f"{summary['fid_images']}, {weights_note(summary)}")]
+        facts += [("FID/KID images, Inception weights", f"{summary['fid_images']}, {weights_note(summary['inception_weights'], summary['inception_weights_standard'])}")]
     fcn = summary.get("fcn")
     if fcn:  # paper §4.2
         facts += [(f"FCN-score, {who} photos (pixel acc / class acc / class IoU)",
@@ -166,14 +166,6 @@ img {{ width: 192px; display: block; }}
 SET_FIGURES = ("ratio", "fid", "kid", "kid_std")  # of the whole set, not means of per-image figures
 
 
-def weights_note(summary: dict[str, Any]) -> str:
-    """Which Inception weights made FID/KID, and whether they compare with published figures."""
-    if summary["inception_weights_standard"]:
-        return f"{summary['inception_weights']} (the standard file)"
-    return (f"{summary['inception_weights']}: NOT the standard file (its SHA-256 does not start with "
-            f"{STANDARD_SHA256}), so these FID/KID compare with nothing published")
-
-
 def summary_table(summary: dict[str, Any]) -> str:
     head = (f"{summary['n_images']} images of {summary['data']} ({summary['mode']} mode, seed {summary['seed']}, "
             f"batch {summary['batch_size']}, {summary['image_size']} px)")
@@ -181,7 +173,7 @@ def summary_table(summary: dict[str, Any]) -> str:
         f"  {short:<6} {'n/a' if summary[k] is None else fmt.format(summary[k]):>8}  {name}: {meaning}"
         for k, (short, name, fmt, meaning) in FIGURES.items() if k in summary]
     if "fid" in summary:
-        lines.append(f"  FID/KID of {summary['fid_images']} images; Inception weights {weights_note(summary)}")
+        lines.append(f"  FID/KID of {summary['fid_images']} images; Inception weights {weights_note(summary['inception_weights'], summary['inception_weights_standard'])}")
     return "\n".join(lines)
 
 

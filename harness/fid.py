@@ -63,6 +63,14 @@ def find_weights(path: str | os.PathLike | None) -> Path:
                                 f"automatically: {where_to_get_it()}")
 
 
+def weights_note(path: str | os.PathLike, standard: bool) -> str:
+    """Which Inception weights made FID/KID, and whether the figures compare with published ones."""
+    if standard:
+        return f"{path} (the standard file)"
+    return (f"{path}: NOT the standard file (its SHA-256 does not start with {STANDARD_SHA256}), so these FID/KID "
+            f"compare with nothing published")
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -157,3 +165,10 @@ class FidKid:
         self.fid.reset()  # reset_real_features=False: the real statistics stay
         self.fake.clear()
         self.real_complete = True
+
+
+def training_scores(setting: str, device: torch.device) -> FidKid:
+    """FID=True: validation's scorer, its weights (INCEPTION_WEIGHTS, else the hub cache) checked before training."""
+    scores = FidKid(find_weights(setting or None), device)
+    print(f"FID/KID at validation: Inception weights {weights_note(scores.weights, scores.standard)}")
+    return scores

@@ -45,6 +45,7 @@ FIRST_CHECKPOINT_STEP = 100  # an early last.pt (~2.5 min at 0.7 img/s) before C
 VAL_METRICS = ("l1", "psnr", "ssim", "ratio")
 MAP_METRICS = ("rmse", "pixel_acc_5", "pixel_acc_16")  # with PIXEL_ACCURACY (the maps preset)
 FCN_METRICS = ("fcn_pixel_acc", "fcn_class_acc", "fcn_class_iou")  # with FCN_SCORE
+FID_METRICS = ("fid", "kid")  # with FID
 
 
 def evaluate_generator(*args, **kwargs) -> dict[str, Any]:
@@ -82,6 +83,7 @@ class TrainingRun:
         self.loader_rng = torch.Generator().manual_seed(cfg["SEED"])  # worker seeds must not consume dropout's RNG
         self.log: RunLog | None = None
         self.fcn = None  # FCN_SCORE: the scorer of the generated photos (rank 0)
+        self.fid = None  # FID: FID and KID of the generated against the real validation images (rank 0)
         self.stop = StopRequest(announce=False, install=False)
         self.last_save = clock()
         self.epoch_start = (time.perf_counter(), 0)  # (time, images) at the start of this epoch's timing
@@ -176,6 +178,9 @@ class TrainingRun:
             if self.cfg["FCN_SCORE"]:
                 from harness.fcn_score import scorer_for
                 self.fcn = scorer_for(self.cfg["TRAIN_DIR"], self.cfg["DIRECTION"], self.cfg["PRESET"])[0]
+            if self.cfg["FID"]:
+                from harness.fid import training_scores
+                self.fid = training_scores(self.cfg["INCEPTION_WEIGHTS"], self.runtime.device)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=2))
             self.log = RunLog(self.run_dir, resume_epoch=progress.epoch)
@@ -332,7 +337,11 @@ class TrainingRun:
         self.writer.wait()  # its workers fork this process: never while a thread is writing a checkpoint
         loader = DataLoader(subset, batch_size=cfg["BATCH_SIZE"], num_workers=loader_workers(cfg["NUM_WORKERS"]),
                             worker_init_fn=ignore_stop_signals)  # decoding in workers: a GPU validates in seconds
-        on_batch = (lambda x, fake, y: self.fcn.update(x, generated=fake)) if self.fcn else None
+        def on_batch(x: torch.Tensor, fake: torch.Tensor, y: torch.Tensor) -> None:
+            if self.fcn:
+                self.fcn.update(x, generated=fake)
+            if self.fid:
+                self.fid.update(fake, y)
         val = evaluate_generator(G, loader, self.runtime.device, self.runtime.precision, cfg["TEST_MODE"],
                                  cfg["SEED"], on_batch=on_batch)["summary"]
         keys = VAL_METRICS + (MAP_METRICS if cfg["PIXEL_ACCURACY"] else ())
@@ -341,9 +350,14 @@ class TrainingRun:
             val |= {f"fcn_{k}": v for k, v in self.fcn.result()["generated"].items()}
             self.fcn.confusion.clear()
             keys += FCN_METRICS
+        if self.fid:
+            val |= {k: self.fid.result()[k] for k in FID_METRICS}
+            self.fid.next_round()  # the real images' features are kept
+            keys += FID_METRICS
         self.log.scalars({k: val[k] for k in keys if val[k] is not None}, step, "val")
         ratio = "n/a (needs 2+ images)" if val["ratio"] is None else f"{val['ratio']:.3f}"
         maps = "".join(f"  {k} {val[k]:.4f}" for k in MAP_METRICS + FCN_METRICS if k in val)
+        maps += "".join(f"  {k.upper()} {val[k]:.4g}" for k in FID_METRICS if val.get(k) is not None)
         print(f"  val: L1 {val['l1']:.4f}  PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}  "
               f"own/other L1 ratio {ratio}{maps}  ({val['n_images']} images)")
         return val

@@ -120,3 +120,51 @@ def test_fid_without_weights_says_where_to_get_them(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and fid.WEIGHTS_URL in err and "hub" in err
     assert not (tmp_path / "out").exists()  # stopped before any work
+
+
+# ----------------------------------------------------------------------------- training-time validation (FID=True)
+
+def train_tiny(data: Path, run: Path, **settings) -> int:
+    """train.py's main on a tiny set, as its command line runs it (an error is one line and an exit code), its
+    signal handlers put back afterwards."""
+    import signal
+
+    import train
+    from conftest import tiny_args
+    from harness.errors import exit_on_error
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return exit_on_error(lambda: train.main(tiny_args(data, run, N_EPOCHS=1, N_EPOCHS_DECAY=1, **settings)))
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from conftest import write_pairs
+    root = tmp_path_factory.mktemp("fid_data")
+    write_pairs(root / "train", 4, seed=0)
+    write_pairs(root / "val", 3, seed=1)
+    return root
+
+
+def test_training_validation_reports_fid_and_kid(tiny_data, standin_weights, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_tiny(tiny_data, run, FID=True, INCEPTION_WEIGHTS=standin_weights) == 0
+    with open(run / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert all(float(r["val_fid"]) > 0 and r["val_kid"] != "" for r in rows)
+    assert rows[0]["val_fid"] != rows[1]["val_fid"]  # each validation scores that epoch's outputs
+    printed = capsys.readouterr().out
+    assert "FID" in printed and "NOT the standard file" in printed  # the stand-in is labelled at the start
+
+
+def test_training_with_fid_and_no_weights_stops_before_training(tiny_data, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert train_tiny(tiny_data, run, FID=True) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fid.WEIGHTS_URL in err and "INCEPTION_WEIGHTS" in err
+    assert not (run / "checkpoints").exists()  # nothing trained
