@@ -29,8 +29,8 @@ SSIM: higher is better; RMSE in grey levels (0-255): lower is better; pixel_acc_
 pixels whose largest channel difference to the target is below 5 / 16 grey levels (this project's maps figure),
 higher is better; gcgan_rmse, gcgan_acc_5, gcgan_acc_10: the same figures by GcGAN's evaluation script (the
 protocol behind published maps numbers: both images at 256 px bilinear, the target from the file, RMSE summed over
-channels; harness/metrics.py); ratio = mean L1 to an image's own target / mean L1 to the other images' targets: 1.0 = the output ignores
-its input (as a mean-image predictor does), lower is better (harness/metrics.py).
+channels); ratio = mean L1 to an image's own target / mean L1 to the other images' targets: 1.0 = the output
+ignores its input (as a mean-image predictor does), lower is better (harness/metrics.py).
 
 Default --output: <checkpoint folder>/eval_<data folder name>. Deterministic: --seed fixes the dropout noise of the
 paper's test mode (--mode paper, the default; or eval). The generator runs in IEEE fp32 by default (--precision
@@ -62,7 +62,8 @@ from harness.data_checks import check_batchable, checked_dataset
 from harness.errors import ConfigError, exit_on_error, path_argument
 from harness.fid import WEIGHTS_NAME, FidKid, find_weights, weights_note
 from harness.inference import batch_size_for, check_output_folder, load_for_inference, model_arguments
-from harness.metrics import GCGAN_DELTAS, GCGAN_METRICS, METRICS, PIXEL_ACC_DELTAS, evaluate_generator, gcgan_maps_scores
+from harness.metrics import (GCGAN_DELTAS, GCGAN_METRICS, METRICS, PIXEL_ACC_DELTAS, evaluate_generator,
+                             gcgan_maps_scores)
 
 THUMB_SIZE = 256  # thumbnails in index.html are at most this many pixels wide
 KINDS = ("input", "output", "target")
@@ -74,7 +75,8 @@ FIGURES = {"l1": ("L1", "L1", "{:.4f}", "lower is better"),
            **{f"pixel_acc_{d}": (f"acc@{d}", f"pixel accuracy, delta {d}", "{:.4f}",
                                  f"pixels within {d} grey levels in every channel; higher is better")
               for d in PIXEL_ACC_DELTAS},
-           "gcgan_rmse": ("G-RMSE", "RMSE, GcGAN's protocol", "{:.2f}", "256 px bilinear, summed over channels; lower is better"),
+           "gcgan_rmse": ("G-RMSE", "RMSE, GcGAN's protocol", "{:.2f}",
+                          "256 px bilinear, summed over channels; lower is better"),
            **{f"gcgan_acc_{d}": (f"G@{d}", f"pixel accuracy, GcGAN's protocol, delta {d}", "{:.4f}",
                                  "256 px bilinear; higher is better") for d in GCGAN_DELTAS},
            "ratio": ("ratio", "own/other-target L1 ratio", "{:.3f}", "1.0 = ignores the input, lower is better"),
@@ -82,6 +84,7 @@ FIGURES = {"l1": ("L1", "L1", "{:.4f}", "lower is better"),
            "kid": ("KID", "KID", "{:.5f}", "mean over subsets; lower is better"),
            "kid_std": ("KID sd", "KID, sd over subsets", "{:.5f}", "its spread over the random subsets")}
 PER_IMAGE = (*METRICS, *GCGAN_METRICS)  # metrics.csv's and index.html's columns
+SET_FIGURES = ("ratio", "fid", "kid", "kid_std")  # of the whole set, not means of per-image figures
 
 
 def default_out(checkpoint: Path, data: Path) -> Path:
@@ -130,7 +133,7 @@ def write_html(path: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) 
     ] + [(f"{'' if k in SET_FIGURES else 'mean '}{name} ({meaning})", number(k, summary[k]))
          for k, (_, name, _, meaning) in FIGURES.items() if k in summary]
     if "fid" in summary:
-        facts += [("FID/KID images, Inception weights", f"{summary['fid_images']}, {weights_note(summary['inception_weights'], summary['inception_weights_standard'])}")]
+        facts += [("FID/KID images, Inception weights", f"{summary['fid_images']}, {fid_weights(summary)}")]
     fcn = summary.get("fcn")
     if fcn:  # paper §4.2
         facts += [(f"FCN-score, {who} photos (pixel acc / class acc / class IoU)",
@@ -163,7 +166,8 @@ img {{ width: 192px; display: block; }}
 """, encoding="utf-8")
 
 
-SET_FIGURES = ("ratio", "fid", "kid", "kid_std")  # of the whole set, not means of per-image figures
+def fid_weights(summary: dict[str, Any]) -> str:
+    return weights_note(summary["inception_weights"], summary["inception_weights_standard"])
 
 
 def summary_table(summary: dict[str, Any]) -> str:
@@ -173,7 +177,7 @@ def summary_table(summary: dict[str, Any]) -> str:
         f"  {short:<6} {'n/a' if summary[k] is None else fmt.format(summary[k]):>8}  {name}: {meaning}"
         for k, (short, name, fmt, meaning) in FIGURES.items() if k in summary]
     if "fid" in summary:
-        lines.append(f"  FID/KID of {summary['fid_images']} images; Inception weights {weights_note(summary['inception_weights'], summary['inception_weights_standard'])}")
+        lines.append(f"  FID/KID of {summary['fid_images']} images; Inception weights {fid_weights(summary)}")
     return "\n".join(lines)
 
 
