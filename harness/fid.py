@@ -33,11 +33,12 @@ from harness.errors import CheckpointError, InceptionWeightsError
 
 WEIGHTS_NAME = "pt_inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/" + WEIGHTS_NAME
-# the same file under torch-fidelity's name, where torchmetrics or torch-fidelity may have downloaded it
+# torch-fidelity's name for the same weights (its SHA-256 starts with the same digits), where torchmetrics or
+# torch-fidelity may have downloaded them
 CACHE_NAMES = (WEIGHTS_NAME, "weights-inception-2015-12-05-6726825d.pth")
 STANDARD_SHA256 = "6726825d"  # the file name's hash part: the first hex digits of the standard file's SHA-256
 FEATURES = 2048  # pool3 features, the standard FID layer
-KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # torchmetrics' (and the KID paper's) defaults; smaller sets use all images
+KID_SUBSETS, KID_SUBSET_SIZE = 100, 1000  # torchmetrics' and torch-fidelity's defaults; smaller sets: all
 KID_SEED = 0  # KID draws random subsets: a fixed seed makes it repeatable, and the caller's RNG is left alone
 
 
