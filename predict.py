@@ -21,8 +21,9 @@ statistics; --seed fixes the dropout noise) or eval (dropout off, running statis
 eval mode it only changes speed and defaults to the checkpoint's BATCH_SIZE. Only images of the same fitted size
 are batched together.
 
---checkpoint also takes a latest_net_G.pth of the official pix2pix code (e.g. its pretrained generators); such a
-file stores no direction, so --paired needs --direction there.
+--checkpoint also takes a latest_net_G.pth of the official pix2pix code (e.g. its pretrained generators, which
+`python download_dataset.py --pretrained NAME` fetches into pretrained/); such a file stores no direction, so
+--paired needs --direction there.
 
 Exit code 0 if at least one image was written: unreadable images are skipped, listed at the end, and do not stop
 the run. 1 if the checkpoint is missing or corrupt, no input image was found, or nothing could be written;
