@@ -23,8 +23,8 @@ from harness.distributed import setup_distributed
 from harness.errors import exit_on_error
 from harness.run import TrainingRun
 from harness.step_guard import StepGuard
-from pix2pix import (Pix2Pix, build_models, lr_factor, make_grad_scalers, make_optimizers, set_learning_rate,
-                     train_step)
+from pix2pix import (Pix2Pix, beyond_the_paper, build_models, lr_factor, make_grad_scalers, make_optimizers,
+                     set_learning_rates, train_step)
 from utils import pick_runtime, seed_everything, wrap_for_training
 
 
@@ -48,7 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         G = G.to(runtime.device, memory_format=runtime.memory_format)
         D = D.to(runtime.device, memory_format=runtime.memory_format)
         model = Pix2Pix(G, D, *make_optimizers(G, D, cfg, runtime.device),
-                        *make_grad_scalers(runtime.device, runtime.precision), cfg["L1_LAMBDA"], runtime.amp)
+                        *make_grad_scalers(runtime.device, runtime.precision), cfg["L1_LAMBDA"], runtime.amp,
+                        **beyond_the_paper(cfg, G, ranks.world_size))  # recipes: off by default
 
         progress = run.resume(model)  # a checkpoint's weights, optimisers, RNGs and position, or a fresh start
         wrap_for_training(model, cfg["COMPILE"], ranks.world_size, runtime.device)  # DDP, torch.compile
@@ -57,9 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         guard = StepGuard(cfg["ON_NAN"], runtime.device, runtime.precision == "fp16", run.stop_or_save_flags)
 
         for epoch in range(progress.epoch, run.total_epochs):
-            # the learning rate: constant for N_EPOCHS, then linearly to zero over N_EPOCHS_DECAY (§6.2)
-            lr = cfg["LEARNING_RATE"] * lr_factor(epoch, cfg["N_EPOCHS"], cfg["N_EPOCHS_DECAY"])
-            set_learning_rate((model.opt_G, model.opt_D), lr)
+            # the learning rate: constant for N_EPOCHS, then linearly to zero over N_EPOCHS_DECAY (§6.2; LR_POLICY)
+            lr = set_learning_rates(model, cfg, lr_factor(epoch, cfg, progress.plateau.get("factor", 1.0)))
             sampler.set_epoch(epoch, skip=progress.images_in_epoch)  # a resumed epoch skips what it trained on
             guard.start_epoch()
             for x, y in run.progress_bar(loader, epoch, progress):
@@ -67,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                 guard.begin_step(progress.step, model)  # ON_NAN=skip: what a poisoned step may change, kept
                 losses = train_step(model, x, y, guard)
                 guard.end_step(losses)  # a poisoned step is not counted (and, with skip, undone)
+                if model.average:  # G_EMA: the averaged generator follows G
+                    model.average.update(model.G, len(x) * ranks.world_size)
                 progress.step += 1
                 progress.images_in_epoch += len(x) * ranks.world_size
                 if run.after_step(progress, model, guard, len(x) * ranks.world_size):  # logs, grids, timed saves

@@ -15,6 +15,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from harness.checkpoint import (CheckpointWriter, Progress, atomic_save, check_resume_compatible, check_same_data,
+from harness.checkpoint import (AVERAGE, CheckpointWriter, Progress, atomic_save, check_resume_compatible, check_same_data,
                                 export_of, generator_export, keep_legacy_skips, load_checkpoint,
                                 remove_stale_temp_files, restore_training_state, rng_states, set_rng_states,
                                 training_checkpoint)
@@ -37,6 +38,7 @@ from harness.run_log import (RunLog, check_run_dir, format_duration, print_epoch
                              training_flops_per_image, write_samples)
 from harness.signals import StopRequest, ignore_stop_signals, resume_command, shut_down_workers
 from harness.step_guard import LOSS_TERMS, StepGuard
+from pix2pix import PlateauSchedule
 from utils import Runtime, seed_everything
 
 clock = time.monotonic  # the timed saves' clock (tests replace it rather than sleep)
@@ -146,6 +148,8 @@ class TrainingRun:
             print(note)
         self.saved_config = ckpt.get("config", self.cfg)
         progress = restore_training_state(ckpt, model)
+        if model.average is not None and AVERAGE not in ckpt and rank == 0:
+            print(f"note: {path} was trained without G_EMA; the averaged generator starts at its weights now")
         if keep_legacy_skips(model.G, ckpt) and rank == 0:
             print(f"note: {path} predates the U-Net skip fix; this run keeps its legacy skip activations "
                   f"(skip_relu=False) so its function does not change. Train in a new RUN_DIR for the reference one")
@@ -186,7 +190,7 @@ class TrainingRun:
         self.stop = StopRequest(announce=self.ranks.master)
         self.cleanup.callback(self.stop.release)  # after the loop a signal must end the process as usual
         if progress.step == 0:  # the untrained generator: a picture at once
-            self._samples(model.G, self.run_dir / "samples" / "step_000000.png")
+            self._samples(model.inference_G, self.run_dir / "samples" / "step_000000.png")
         self.last_save = clock()
         return True
 
@@ -213,7 +217,7 @@ class TrainingRun:
         self.epoch_start = (self.epoch_start[0], self.epoch_start[1] + images)
         if master and progress.epoch == 0 and cfg["SAMPLE_EVERY"] and is_early_sample_step(step) \
                 and progress.images_in_epoch < len(self.train_set):  # the epoch's last step has its epoch grid
-            self._samples(model.G, self.run_dir / "samples" / f"step_{step:06d}.png")
+            self._samples(model.inference_G, self.run_dir / "samples" / f"step_{step:06d}.png")
         logging = step % cfg["LOG_EVERY"] == 0
         reading = guard.read() if logging else None  # the one device->host read of a logging step
         signum, due = self.agreed_flags(reading)
@@ -301,15 +305,22 @@ class TrainingRun:
         samples = bool(cfg["SAMPLE_EVERY"]) and (epoch % (cfg["SAMPLE_EVERY"] * k) == 0 or last)
         validate = bool(cfg["VAL_EVERY"]) and (epoch % (cfg["VAL_EVERY"] * k) == 0 or last)
         if samples:
-            grid = self._samples(model.G, self.run_dir / "samples" / f"epoch_{epoch:04d}.png")
+            grid = self._samples(model.inference_G, self.run_dir / "samples" / f"epoch_{epoch:04d}.png")
             self.log.tb.add_image("samples", grid, progress.step)
         best = False
         if validate:
-            val = self.validate(without_sync_bn(model.G), progress.step)
+            val = self.validate(without_sync_bn(model.inference_G), progress.step)
             row |= {f"val_{k}": v for k, v in val.items() if k != "n_images"}  # a None ratio: empty in log.csv
+            if model.average is not None:  # G_EMA: the raw G scored too, the same run's other arm
+                raw = self.validate(without_sync_bn(model.G), progress.step, "val_raw")
+                row |= {f"val_raw_{k}": v for k, v in raw.items() if k != "n_images"}
             figure = val["l1"] if cfg["BEST_BY"] == "l1" else -val["fcn_class_iou"]  # as a loss: lower is better
             best = figure < progress.best_val
             progress.best_val = min(figure, progress.best_val)
+            if cfg["LR_POLICY"] == "plateau":
+                plateau = PlateauSchedule(**progress.plateau)
+                plateau.step(figure)
+                progress.plateau = asdict(plateau)
         self.log.epoch_row(row, curves=samples or validate or epoch == 1)
         return best
 
@@ -324,7 +335,7 @@ class TrainingRun:
                   f"per epoch: from now on every {self.outputs_every} x SAMPLE_EVERY / VAL_EVERY epochs, and at the "
                   f"end (EVAL_BUDGET={self.cfg['EVAL_BUDGET']:g} of the time)")
 
-    def validate(self, G: nn.Module, step: int) -> dict[str, Any]:
+    def validate(self, G: nn.Module, step: int, tag: str = "val") -> dict[str, Any]:
         """paper test mode (§3.3) metrics on up to VAL_MAX_IMAGES validation images, in training's batch size, so
         that batch statistics are like training's."""
         cfg = self.cfg
@@ -341,10 +352,10 @@ class TrainingRun:
             val |= {f"fcn_{k}": v for k, v in self.fcn.result()["generated"].items()}
             self.fcn.confusion.clear()
             keys += FCN_METRICS
-        self.log.scalars({k: val[k] for k in keys if val[k] is not None}, step, "val")
+        self.log.scalars({k: val[k] for k in keys if val[k] is not None}, step, tag)
         ratio = "n/a (needs 2+ images)" if val["ratio"] is None else f"{val['ratio']:.3f}"
         maps = "".join(f"  {k} {val[k]:.4f}" for k in MAP_METRICS + FCN_METRICS if k in val)
-        print(f"  val: L1 {val['l1']:.4f}  PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}  "
+        print(f"  {tag}: L1 {val['l1']:.4f}  PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}  "
               f"own/other L1 ratio {ratio}{maps}  ({val['n_images']} images)")
         return val
 
@@ -373,12 +384,14 @@ class TrainingRun:
         path = self.run_dir / "generator.pt"
         try:
             export = load_checkpoint(path)
-            current = export["epoch"] == progress.epoch and export["generator"].keys() == model.G.state_dict().keys() \
-                and all(torch.equal(v, export["generator"][k]) for k, v in model.G.state_dict().items())
+            weights = model.inference_G.state_dict()
+            current = export["epoch"] == progress.epoch and export["generator"].keys() == weights.keys() \
+                and all(torch.equal(v, export["generator"][k]) for k, v in weights.items())
         except CheckpointError:
             current = False
         if not current:
-            atomic_save(generator_export(model.G, model.D, progress.epoch, self.saved_config), path)
+            atomic_save(generator_export(model.inference_G, model.D, progress.epoch, self.saved_config,
+                                         averaged=model.average is not None), path)
             print(f"wrote {path} from {self.resume_path}: it was missing or did not match that checkpoint")
 
     def finished(self) -> int:
