@@ -438,6 +438,7 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str
                               f"exports such as generator.pt hold the generator only); resume from the run's "
                               f"checkpoints/*.pt")
     saved = ckpt.get("config", {})
+    check_resume_recipe(saved, cfg, path)
     diffs = [f"{k}: checkpoint {saved[k]!r} vs now {cfg[k]!r}" for k in ARCHITECTURE_KEYS
              if k in saved and saved[k] != cfg[k]]
     if D is not None:  # the discriminator the weights were written for (its hparams), against the one built now
@@ -448,7 +449,6 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str
         raise CheckpointError(f"cannot resume from {path}: settings differ ({'; '.join(diffs)}). Use the "
                               f"checkpoint's settings, or a new RUN_DIR (or RESUME=never with a new RUN_DIR) "
                               f"to start a fresh run")
-    check_resume_recipe(saved, cfg, path)
     if cfg["DISC_N_LAYERS"] == 0 and cfg["NORM"] == "batch" and "model.5.bias" in ckpt["discriminator"]:
         raise CheckpointError(f"cannot resume from {path}: its PixelGAN discriminator was written before its last "
                               f"1x1 conv lost its bias (as in the official code); start a new RUN_DIR. Its "

@@ -241,14 +241,7 @@ def validate_config(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"IMAGE_SIZE={cfg['IMAGE_SIZE']} is not divisible by 2^NUM_DOWNS={side}; use a multiple "
                           f"of {side} or NUM_DOWNS=0 to derive the depth (7 for 128, 8 for 256, 9 for 512)")
     check_image_size(cfg["IMAGE_SIZE"], cfg["NUM_DOWNS"], cfg["DISC_N_LAYERS"])
-    coarsest = cfg["IMAGE_SIZE"]
-    for _ in range(cfg["D_SCALES"] - 1):
-        coarsest = downsample_side(coarsest)
-    if cfg["D_SCALES"] > 1:
-        try:
-            check_image_size(coarsest, cfg["NUM_DOWNS"], cfg["DISC_N_LAYERS"])
-        except ConfigError as e:
-            raise ConfigError(f"D_SCALES={cfg['D_SCALES']}: its coarsest D sees {coarsest} px images. {e}") from None
+    check_coarsest_scale(cfg["IMAGE_SIZE"], cfg["D_SCALES"], cfg["DISC_N_LAYERS"])
     if cfg["JITTER"] and cfg["PREPROCESS"] in ("resize_and_crop", "scale_width_and_crop") \
             and cfg["LOAD_SIZE"] < cfg["IMAGE_SIZE"]:
         raise ConfigError(f"LOAD_SIZE={cfg['LOAD_SIZE']} < IMAGE_SIZE={cfg['IMAGE_SIZE']}: the random crop needs "
@@ -289,6 +282,26 @@ def check_image_size(image_size: int, num_downs: int, disc_n_layers: int) -> Non
                           f"its feature maps would shrink to {min(sides[:-1])}x{min(sides[:-1])} and its patch "
                           f"logits to {max(sides[-1], 0)}x{max(sides[-1], 0)}. Use IMAGE_SIZE >= {smallest} (e.g. "
                           f"{1 << (smallest - 1).bit_length()}) or a smaller DISC_N_LAYERS")
+
+
+def coarsest_side(image_size: int, scales: int) -> int:
+    """The side of the images the last of D_SCALES discriminators sees (each pools the pair by 2)."""
+    for _ in range(scales - 1):
+        image_size = downsample_side(image_size)
+    return image_size
+
+
+def check_coarsest_scale(image_size: int, scales: int, disc_n_layers: int) -> None:
+    """D_SCALES: the coarsest discriminator's PatchGAN needs images as large as the paper's one does."""
+    def fits(size: int) -> bool:
+        sides = patchgan_sides(coarsest_side(size, scales), disc_n_layers)
+        return min(sides[:-1]) >= 2 and sides[-1] >= 1
+    if scales > 1 and not fits(image_size):
+        smallest = next(s for s in range(4, 2 ** 16) if fits(s))
+        raise ConfigError(f"IMAGE_SIZE={image_size} is too small for D_SCALES={scales}: its coarsest discriminator "
+                          f"would see {coarsest_side(image_size, scales)} px images, too few for the PatchGAN of "
+                          f"DISC_N_LAYERS={disc_n_layers}. Use IMAGE_SIZE >= {smallest}, fewer D_SCALES or a "
+                          f"smaller DISC_N_LAYERS")
 
 
 def check_device(name: str) -> None:

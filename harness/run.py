@@ -311,8 +311,10 @@ class TrainingRun:
         if validate:
             val = self.validate(without_sync_bn(model.inference_G), progress.step)
             row |= {f"val_{k}": v for k, v in val.items() if k != "n_images"}  # a None ratio: empty in log.csv
-            if model.average is not None:  # G_EMA: the raw G scored too, the same run's other arm
-                raw = self.validate(without_sync_bn(model.G), progress.step, "val_raw")
+            if model.average is not None:  # G_EMA: the raw G scored too (the same run's other arm), leaving the
+                devices = [self.runtime.device] if self.runtime.device.type == "cuda" else []  # RNGs as they were
+                with torch.random.fork_rng(devices=devices):
+                    raw = self.validate(without_sync_bn(model.G), progress.step, "val_raw")
                 row |= {f"val_raw_{k}": v for k, v in raw.items() if k != "n_images"}
             figure = val["l1"] if cfg["BEST_BY"] == "l1" else -val["fcn_class_iou"]  # as a loss: lower is better
             best = figure < progress.best_val
