@@ -117,44 +117,30 @@ def set_learning_rates(m: "Pix2Pix", cfg: dict[str, Any], factor: float) -> floa
 GAN_LOSSES = ("bce", "lsgan", "hinge")
 
 
+def adversarial_loss(logits: torch.Tensor, real: bool, kind: str = "bce", for_D: bool = True) -> torch.Tensor:
+    """How far D's logits are from calling the pair real (`real`) or generated. kind (GAN_LOSS): "bce" (the paper),
+    "lsgan" (least squares, Mao et al. 2017) or "hinge" (as SPADE: D wants a margin of 1, G raises D's score)."""
+    if kind == "bce":
+        return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits) if real else torch.zeros_like(logits))
+    if kind == "lsgan":
+        return F.mse_loss(logits, torch.ones_like(logits) if real else torch.zeros_like(logits))
+    if kind == "hinge":
+        return (F.relu(1 - logits) if real else F.relu(1 + logits)).mean() if for_D else -logits.mean()
+    raise ValueError(f"GAN_LOSS must be one of {GAN_LOSSES}, got {kind!r}")
+
+
 def discriminator_loss(real_logits: Any, fake_logits: Any, kind: str = "bce"):
     """-> (loss, real term, fake term). paper §3.3: divide D's objective by 2 to slow D relative to G.
-    kind (GAN_LOSS): "bce" (the paper), "lsgan" (least squares to 1 and 0, Mao et al. 2017) or "hinge" (Lim & Ye
-    2017, as SPADE). A multi-scale D gives a list of logit maps: the terms are summed over them (pix2pixHD)."""
-    if isinstance(real_logits, list):
-        terms = [discriminator_loss(r, f, kind)[1:] for r, f in zip(real_logits, fake_logits)]
-        real, fake = (summed(t) for t in zip(*terms))
-        return (real + fake) / 2, real, fake
-    if kind == "bce":
-        real = F.binary_cross_entropy_with_logits(real_logits, torch.ones_like(real_logits))
-        fake = F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
-    elif kind == "lsgan":
-        real = F.mse_loss(real_logits, torch.ones_like(real_logits))
-        fake = F.mse_loss(fake_logits, torch.zeros_like(fake_logits))
-    elif kind == "hinge":
-        real, fake = F.relu(1 - real_logits).mean(), F.relu(1 + fake_logits).mean()
-    else:
-        raise ValueError(f"GAN_LOSS must be one of {GAN_LOSSES}, got {kind!r}")
+    A multi-scale D gives a list of logit maps: each term is summed over them (pix2pixHD)."""
+    real = summed([adversarial_loss(r, True, kind) for r in per_scale(real_logits)])
+    fake = summed([adversarial_loss(f, False, kind) for f in per_scale(fake_logits)])
     return (real + fake) / 2, real, fake
-
-
-def generator_gan_loss(fake_logits: Any, kind: str = "bce") -> torch.Tensor:
-    """G's GAN term: the non-saturating loss (maximise log D(x, G(x))), or LSGAN's / hinge's (-D(x, G(x)))."""
-    if isinstance(fake_logits, list):
-        return summed([generator_gan_loss(f, kind) for f in fake_logits])
-    if kind == "bce":
-        return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
-    if kind == "lsgan":
-        return F.mse_loss(fake_logits, torch.ones_like(fake_logits))
-    if kind == "hinge":
-        return -fake_logits.mean()
-    raise ValueError(f"GAN_LOSS must be one of {GAN_LOSSES}, got {kind!r}")
 
 
 def generator_loss(fake_logits: Any, fake: torch.Tensor, target: torch.Tensor, l1_lambda: float,
                    kind: str = "bce"):
-    """-> (loss, GAN term, L1 term). The GAN term plus lambda * L1 (§3.1)."""
-    gan = generator_gan_loss(fake_logits, kind)
+    """-> (loss, GAN term, L1 term). The non-saturating GAN loss (maximise log D(x, G(x))) plus lambda * L1."""
+    gan = summed([adversarial_loss(f, True, kind, for_D=False) for f in per_scale(fake_logits)])
     l1 = (fake - target).abs().mean()
     return gan + l1_lambda * l1, gan, l1
 
@@ -170,9 +156,9 @@ def feature_matching_loss(fake_features: list, real_features: list) -> torch.Ten
     return summed(terms)
 
 
-def per_scale(features: list) -> list[list[torch.Tensor]]:
-    """D's features (features=True) as one list per scale, also from a single PatchGAN."""
-    return features if isinstance(features[0], list) else [features]
+def per_scale(outputs: Any) -> list:
+    """D's logits as one map per scale, also from the paper's single PatchGAN."""
+    return outputs if isinstance(outputs, list) else [outputs]
 
 
 def as_float(logits: Any) -> Any:
@@ -273,7 +259,8 @@ def train_step(m: Pix2Pix, x: torch.Tensor, y: torch.Tensor, guard: StepGuard | 
             fake_features = m.D_run(x, fake, features=True)
             with torch.no_grad():
                 real_features = m.D_run(x, y, features=True)
-            fake_features, real_features = per_scale(fake_features), per_scale(real_features)
+            if torch.is_tensor(fake_features[0]):  # one PatchGAN: its features as one scale
+                fake_features, real_features = [fake_features], [real_features]
             fake_logits = [f[-1] for f in fake_features]
         else:
             fake_logits = m.D_run(x, fake)

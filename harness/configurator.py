@@ -201,6 +201,9 @@ def validate_config(cfg: dict[str, Any]) -> None:
         _positive(cfg, key)
     for key in ("FEATURE_MATCHING_LAMBDA", "G_EMA_HALF_LIFE", "G_EMA_RAMPUP"):
         _positive(cfg, key, allow_zero=True)
+    if cfg["LR_POLICY"] == "plateau" and not cfg["VAL_EVERY"]:
+        raise ConfigError("LR_POLICY='plateau' lowers the LR when validation stops improving, but VAL_EVERY=0 "
+                          "never validates: set VAL_EVERY > 0, or another LR_POLICY")
     if cfg["LR_POLICY"] == "cosine" and not cfg["N_EPOCHS"]:
         raise ConfigError("LR_POLICY='cosine' anneals over N_EPOCHS, which is 0: set N_EPOCHS > 0")
     _one_of(cfg, "DROPOUT_PLACEMENT", DROPOUT_PLACEMENTS)

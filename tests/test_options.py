@@ -19,8 +19,8 @@ from conftest import ROOT
 from generator_model import ResnetGenerator, UNetGenerator, build_generator
 from harness.configurator import ConfigError, default_settings, load_config
 from layers import init_weights
-from pix2pix import (GAN_LOSSES, LR_POLICIES, PlateauSchedule, build_models, discriminator_loss,
-                     generator_gan_loss, lr_factor)
+from pix2pix import (GAN_LOSSES, LR_POLICIES, PlateauSchedule, build_models, discriminator_loss, generator_loss,
+                     lr_factor)
 from test_parity import unpack4
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_resnet_golden.pt"
@@ -86,11 +86,15 @@ def test_each_gan_loss_against_hand_computed_values(kind):
     loss, d_real, d_fake = discriminator_loss(real, fake, kind)
     assert d_real.item() == pytest.approx(want_real, rel=1e-6) and d_fake.item() == pytest.approx(want_fake, rel=1e-6)
     assert loss.item() == pytest.approx((want_real + want_fake) / 2, rel=1e-6)  # halved (paper §3.3)
-    assert generator_gan_loss(fake, kind).item() == pytest.approx(want_g, rel=1e-6, abs=1e-7)
+    zero = torch.zeros(1)
+    loss_G, gan, l1 = generator_loss(fake, zero + 0.5, zero, 100.0, kind)
+    assert gan.item() == pytest.approx(want_g, rel=1e-6, abs=1e-7) and l1.item() == 0.5
+    assert loss_G.item() == pytest.approx(want_g + 50.0, rel=1e-6)
     # a multi-scale D: the terms summed over its scales
     two, _, _ = discriminator_loss([real, real], [fake, fake], kind)
     assert two.item() == pytest.approx(want_real + want_fake, rel=1e-6)
-    assert generator_gan_loss([fake, fake], kind).item() == pytest.approx(2 * want_g, rel=1e-6, abs=1e-7)
+    assert generator_loss([fake, fake], zero, zero, 100.0, kind)[1].item() == pytest.approx(2 * want_g, rel=1e-6,
+                                                                                          abs=1e-7)
 
 
 # ----------------------------------------------------------------------------- LR policies vs torch's schedulers
