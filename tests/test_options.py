@@ -17,7 +17,9 @@ import torch.nn as nn
 import config
 from conftest import ROOT
 from generator_model import ResnetGenerator, UNetGenerator, build_generator
+from harness import official_format
 from harness.configurator import ConfigError, default_settings, load_config
+from harness.errors import OfficialFormatError
 from layers import init_weights
 from pix2pix import (GAN_LOSSES, LR_POLICIES, PlateauSchedule, build_models, discriminator_loss, generator_loss,
                      lr_factor)
@@ -49,6 +51,17 @@ def test_resnet_9blocks_computes_the_official_networks_outputs():
         assert (G(x) - want_eval).abs().max() < 1e-5
         G.train()  # batch statistics (the paper's test mode, without dropout here)
         assert (G(x) - want_train).abs().max() < 1e-5
+
+
+def test_a_resnet_generator_exports_under_the_official_names():
+    state, *_ = official_resnet()
+    G = ResnetGenerator(3, 3, base_channels=4, n_blocks=9, norm="batch", dropout=False)
+    G.load_state_dict(dict(zip(G.state_dict(), state.values())))
+    exported = official_format.official_state_dict(G)
+    assert list(exported) == list(state) and all(torch.equal(exported[k], v) for k, v in state.items())
+    assert official_format.official_options(G).startswith("--netG resnet_9blocks --ngf 4 --norm batch")
+    with pytest.raises(OfficialFormatError, match="NORM='none'"):
+        official_format.official_state_dict(ResnetGenerator(3, 3, 4, 6, norm="none"))
 
 
 def test_resnet_6blocks_and_9blocks_from_the_setting():

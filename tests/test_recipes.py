@@ -260,6 +260,10 @@ def test_a_resnet_generator_pt_predicts_evaluates_and_exports(resnet_run, tmp_pa
         want = G(x).numpy()
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     assert np.abs(got - want).max() < 1e-4
+    official = tmp_path / "latest_net_G.pth"  # and the official code's file, under its ResnetGenerator's names
+    assert export.main(["--checkpoint", str(checkpoint), "--output", str(official), "--format", "official"]) == 0
+    names = list(torch.load(official, weights_only=True))
+    assert names[0] == "model.1.weight" and "model.10.conv_block.1.weight" in names and names[-1] == "model.26.bias"
 
 
 def test_a_resnet_generator_pt_in_the_demo(resnet_run):
