@@ -231,3 +231,27 @@ def test_every_setting_and_recipe_word_is_in_the_configuration_reference():
     settings = [k for k in default_settings()]
     assert [k for k in settings if f"| `{k}` |" not in reference] == []
     assert [w for w in config.RECIPES if f"`{w}`" not in reference] == []
+
+
+# ----------------------------------------------------------------------------- the policies in a run
+
+def test_a_run_follows_its_lr_policy_and_keeps_the_plateau_state(tmp_path):
+    import csv
+    import train
+    from conftest import tiny_args, write_pairs
+    write_pairs(tmp_path / "data" / "train", 4, seed=0)
+    write_pairs(tmp_path / "data" / "val", 2, seed=1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert train.main(tiny_args(tmp_path / "data", tmp_path / "step", LR_POLICY="step", LR_DECAY_ITERS=1,
+                                    LEARNING_RATE_D=1e-3)) == 0
+        assert train.main(tiny_args(tmp_path / "data", tmp_path / "plateau", LR_POLICY="plateau")) == 0
+    finally:
+        torch.set_num_threads(threads)
+    with open(tmp_path / "step" / "log.csv", newline="") as f:
+        assert [float(r["lr"]) for r in csv.DictReader(f)] == pytest.approx([2e-4, 2e-5])
+    ckpt = torch.load(tmp_path / "step" / "checkpoints" / "last.pt", weights_only=True)
+    assert ckpt["opt_D"]["param_groups"][0]["lr"] == pytest.approx(1e-4)  # D's own LR, scaled alike (x0.1)
+    plateau = torch.load(tmp_path / "plateau" / "checkpoints" / "last.pt", weights_only=True)["plateau"]
+    assert plateau["factor"] == 1.0 and plateau["best"] < 1.0 and plateau["bad"] in (0, 1)
