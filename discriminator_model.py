@@ -37,7 +37,7 @@ class PatchDiscriminator(nn.Module):
         self.hparams = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
                             n_layers=n_layers, norm=norm)
         if spectral_norm:  # recorded only when on: a paper D's hparams stay as they were
-            self.hparams["spectral_norm"] = True
+            self.hparams["spectral_norm"] = spectral_norm
         bias = conv_bias(norm)
         c_in = in_channels + out_channels  # conditional: D sees (x, y)
         if n_layers == 0:  # PixelGAN: 1x1 convolutions only
@@ -103,13 +103,6 @@ class MultiScaleDiscriminator(nn.Module):
                 x, y = downsample(x), downsample(y)
             out.append(D(x, y, features))
         return out
-
-
-def build_discriminator(hparams: dict, **init) -> nn.Module:
-    """The discriminator its hyperparameters (D.hparams) describe: several scales, or the paper's one PatchGAN."""
-    hparams = dict(hparams)
-    scales = hparams.pop("scales", 1)
-    return MultiScaleDiscriminator(scales, **hparams, **init) if scales > 1 else PatchDiscriminator(**hparams, **init)
 
 
 if __name__ == "__main__":

@@ -153,11 +153,6 @@ class ResnetGenerator(nn.Module):
 GENERATORS = ("unet", "resnet_6blocks", "resnet_9blocks")
 
 
-def build_generator(hparams: dict, **init) -> nn.Module:
-    """The generator its hyperparameters (G.hparams, as a checkpoint stores them) describe: a ResNet has n_blocks."""
-    return ResnetGenerator(**hparams, **init) if "n_blocks" in hparams else UNetGenerator(**hparams, **init)
-
-
 def set_test_mode(G: nn.Module, mode: str = "paper") -> dict[nn.Module, float | None]:
     """Put G in a test mode for good: "paper" (§3.3: dropout on, batch norm with the test batch's statistics) or
     "eval" (ordinary eval(): dropout off, running statistics). Running statistics are frozen (momentum 0), so

@@ -5,7 +5,6 @@ Not run directly; imported by generator_model.py and discriminator_model.py.
 import torch.nn as nn
 
 NORMS = ("batch", "instance", "none")
-INITS = ("normal", "xavier", "kaiming", "orthogonal")
 
 
 def norm_layer(norm: str, channels: int) -> nn.Module:
@@ -25,21 +24,21 @@ def conv_bias(norm: str) -> bool:
     return norm != "batch"
 
 
+INITS = {  # weight init (INIT) -> how it draws a conv weight w with gain g
+    "normal": lambda w, g: nn.init.normal_(w, 0.0, g),                    # paper §6.2: N(0, 0.02)
+    "xavier": lambda w, g: nn.init.xavier_normal_(w, gain=g),
+    "kaiming": lambda w, g: nn.init.kaiming_normal_(w, a=0, mode="fan_in"),  # gain unused, as the official code
+    "orthogonal": lambda w, g: nn.init.orthogonal_(w, gain=g),
+}
+
+
 def init_weights(module: nn.Module, kind: str = "normal", gain: float = 0.02) -> None:
-    """paper §6.2: weights from N(0, 0.02) ("normal"); or the official code's other choices: xavier_normal and
-    orthogonal scaled by `gain`, kaiming_normal (fan_in; `gain` unused). Batch-norm scale from N(1, gain); biases 0."""
+    """Conv weights drawn as INITS[kind] says; batch-norm scale from N(1, gain); all biases 0."""
+    if kind not in INITS:
+        raise ValueError(f"INIT must be one of {tuple(INITS)}, got {kind!r}")
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
-            if kind == "normal":
-                nn.init.normal_(m.weight, 0.0, gain)
-            elif kind == "xavier":
-                nn.init.xavier_normal_(m.weight, gain=gain)
-            elif kind == "kaiming":
-                nn.init.kaiming_normal_(m.weight, a=0, mode="fan_in")
-            elif kind == "orthogonal":
-                nn.init.orthogonal_(m.weight, gain=gain)
-            else:
-                raise ValueError(f"INIT must be one of {INITS}, got {kind!r}")
+            INITS[kind](m.weight, gain)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine:

@@ -20,25 +20,23 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from discriminator_model import build_discriminator
-from generator_model import UNetGenerator, build_generator
+from discriminator_model import MultiScaleDiscriminator, PatchDiscriminator
+from generator_model import ResnetGenerator, UNetGenerator
 
 # ----------------------------------------------------------------------------- the networks and optimisers (§3.3)
 
 def build_models(cfg: dict[str, Any]) -> tuple[nn.Module, nn.Module]:
     """G and D as the settings describe them: the paper's U-Net and 70x70 PatchGAN by default."""
-    init = dict(init=cfg["INIT"], init_gain=cfg["INIT_GAIN"])
+    init, channels = dict(init=cfg["INIT"], init_gain=cfg["INIT_GAIN"]), (cfg["IN_CHANNELS"], cfg["OUT_CHANNELS"])
     if cfg["GENERATOR"] == "unet":
-        G = UNetGenerator(cfg["IN_CHANNELS"], cfg["OUT_CHANNELS"], cfg["GEN_BASE_CHANNELS"], cfg["NUM_DOWNS"],
-                          cfg["NORM"], cfg["DROPOUT"], cfg["DROPOUT_PLACEMENT"], **init)
+        G = UNetGenerator(*channels, cfg["GEN_BASE_CHANNELS"], cfg["NUM_DOWNS"], cfg["NORM"], cfg["DROPOUT"],
+                          cfg["DROPOUT_PLACEMENT"], **init)
     else:  # "resnet_6blocks" / "resnet_9blocks"
-        G = build_generator(dict(in_channels=cfg["IN_CHANNELS"], out_channels=cfg["OUT_CHANNELS"],
-                                 base_channels=cfg["GEN_BASE_CHANNELS"], n_blocks=int(cfg["GENERATOR"][7]),
-                                 norm=cfg["NORM"], dropout=cfg["DROPOUT"]), **init)
-    D = build_discriminator(dict(in_channels=cfg["IN_CHANNELS"], out_channels=cfg["OUT_CHANNELS"],
-                                 base_channels=cfg["DISC_BASE_CHANNELS"], n_layers=cfg["DISC_N_LAYERS"],
-                                 norm=cfg["NORM"], scales=cfg["D_SCALES"]) | (
-        dict(spectral_norm=True) if cfg["SPECTRAL_NORM"] else {}), **init)
+        G = ResnetGenerator(*channels, cfg["GEN_BASE_CHANNELS"], int(cfg["GENERATOR"][7]), cfg["NORM"], cfg["DROPOUT"],
+                            **init)
+    patchgan = dict(in_channels=channels[0], out_channels=channels[1], base_channels=cfg["DISC_BASE_CHANNELS"],
+                    n_layers=cfg["DISC_N_LAYERS"], norm=cfg["NORM"], spectral_norm=cfg["SPECTRAL_NORM"], **init)
+    D = MultiScaleDiscriminator(cfg["D_SCALES"], **patchgan) if cfg["D_SCALES"] > 1 else PatchDiscriminator(**patchgan)
     return G, D
 
 
@@ -47,19 +45,9 @@ def make_optimizers(G: nn.Module, D: nn.Module, cfg: dict[str, Any], device: tor
     """paper §3.3: Adam for both nets, lr 2e-4, betas (0.5, 0.999); fused kernels where the device has them.
     D may have its own learning rate and betas (TTUR, Heusel et al. 2017, as SPADE: D faster than G)."""
     fused = device.type in ("cuda", "cpu") if fused is None else fused
-    lr_G, lr_D = base_learning_rates(cfg)
-    return (torch.optim.Adam(G.parameters(), lr=lr_G, betas=(cfg["BETA1"], cfg["BETA2"]), fused=fused),
-            torch.optim.Adam(D.parameters(), lr=lr_D, betas=d_setting(cfg, "BETA1", "BETA2"), fused=fused))
-
-
-def d_setting(cfg: dict[str, Any], *keys: str) -> Any:
-    """D's own value of each key (LEARNING_RATE_D, BETA1_D, ...), or G's where it is "same"."""
-    values = tuple(cfg[k] if cfg[f"{k}_D"] == "same" else cfg[f"{k}_D"] for k in keys)
-    return values if len(values) > 1 else values[0]
-
-
-def base_learning_rates(cfg: dict[str, Any]) -> tuple[float, float]:
-    return cfg["LEARNING_RATE"], d_setting(cfg, "LEARNING_RATE")
+    return (torch.optim.Adam(G.parameters(), lr=cfg["LEARNING_RATE"], betas=(cfg["BETA1"], cfg["BETA2"]), fused=fused),
+            torch.optim.Adam(D.parameters(), lr=cfg["LEARNING_RATE_D"], betas=(cfg["BETA1_D"], cfg["BETA2_D"]),
+                             fused=fused))
 
 
 def make_grad_scalers(device: torch.device, precision: str) -> tuple[torch.amp.GradScaler, torch.amp.GradScaler]:
@@ -105,11 +93,10 @@ class PlateauSchedule:
 
 def set_learning_rates(m: "Pix2Pix", cfg: dict[str, Any], factor: float) -> float:
     """Both optimisers' LRs for an epoch: their base LRs times the policy's factor; returns G's."""
-    lr_G, lr_D = base_learning_rates(cfg)
-    for opt, lr in ((m.opt_G, lr_G * factor), (m.opt_D, lr_D * factor)):
+    for opt, lr in ((m.opt_G, cfg["LEARNING_RATE"] * factor), (m.opt_D, cfg["LEARNING_RATE_D"] * factor)):
         for group in opt.param_groups:
             group["lr"] = lr
-    return lr_G * factor
+    return cfg["LEARNING_RATE"] * factor
 
 
 # ----------------------------------------------------------------------------- the objective (§3.1)
@@ -132,15 +119,15 @@ def adversarial_loss(logits: torch.Tensor, real: bool, kind: str = "bce", for_D:
 def discriminator_loss(real_logits: Any, fake_logits: Any, kind: str = "bce"):
     """-> (loss, real term, fake term). paper §3.3: divide D's objective by 2 to slow D relative to G.
     A multi-scale D gives a list of logit maps: each term is summed over them (pix2pixHD)."""
-    real = summed([adversarial_loss(r, True, kind) for r in per_scale(real_logits)])
-    fake = summed([adversarial_loss(f, False, kind) for f in per_scale(fake_logits)])
+    real = sum(adversarial_loss(r, True, kind) for r in per_scale(real_logits))
+    fake = sum(adversarial_loss(f, False, kind) for f in per_scale(fake_logits))
     return (real + fake) / 2, real, fake
 
 
 def generator_loss(fake_logits: Any, fake: torch.Tensor, target: torch.Tensor, l1_lambda: float,
                    kind: str = "bce"):
     """-> (loss, GAN term, L1 term). The non-saturating GAN loss (maximise log D(x, G(x))) plus lambda * L1."""
-    gan = summed([adversarial_loss(f, True, kind, for_D=False) for f in per_scale(fake_logits)])
+    gan = sum(adversarial_loss(f, True, kind, for_D=False) for f in per_scale(fake_logits))
     l1 = (fake - target).abs().mean()
     return gan + l1_lambda * l1, gan, l1
 
@@ -153,24 +140,12 @@ def feature_matching_loss(fake_features: list, real_features: list) -> torch.Ten
     for fake_k, real_k in zip(fake_features, real_features):
         layers = list(zip(fake_k[:-1], real_k[:-1]))
         terms += [4 / len(layers) / len(fake_features) * F.l1_loss(f.float(), r.detach().float()) for f, r in layers]
-    return summed(terms)
+    return sum(terms)
 
 
-def per_scale(outputs: Any) -> list:
-    """D's logits as one map per scale, also from the paper's single PatchGAN."""
-    return outputs if isinstance(outputs, list) else [outputs]
-
-
-def as_float(logits: Any) -> Any:
-    """Logits (one map, or one per scale) in fp32: the losses are computed in fp32 under autocast too."""
-    return [t.float() for t in logits] if isinstance(logits, list) else logits.float()
-
-
-def summed(terms: list[torch.Tensor]) -> torch.Tensor:
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    return total
+def per_scale(logits: Any) -> list[torch.Tensor]:
+    """D's logits as one fp32 map per scale (also from the paper's single PatchGAN): losses are computed in fp32."""
+    return [t.float() for t in (logits if isinstance(logits, list) else [logits])]
 
 
 class RealFakeScores(nn.Module):
@@ -245,7 +220,7 @@ def train_step(m: Pix2Pix, x: torch.Tensor, y: torch.Tensor, guard: StepGuard | 
     with m.amp:
         fake = m.G_run(x)
         real_logits, fake_logits = m.D_pairs(x, y, fake.detach())  # detach: D's step must not reach G
-    loss_D, d_real, d_fake = discriminator_loss(as_float(real_logits), as_float(fake_logits), m.gan_loss)  # in fp32
+    loss_D, d_real, d_fake = discriminator_loss(real_logits, fake_logits, m.gan_loss)
     if guard:
         guard.check(d_real=d_real, d_fake=d_fake)
     m.opt_D.zero_grad(set_to_none=True)
@@ -264,7 +239,7 @@ def train_step(m: Pix2Pix, x: torch.Tensor, y: torch.Tensor, guard: StepGuard | 
             fake_logits = [f[-1] for f in fake_features]
         else:
             fake_logits = m.D_run(x, fake)
-    loss_G, g_gan, g_l1 = generator_loss(as_float(fake_logits), fake.float(), y.float(), m.l1_lambda, m.gan_loss)
+    loss_G, g_gan, g_l1 = generator_loss(fake_logits, fake.float(), y.float(), m.l1_lambda, m.gan_loss)
     if m.feature_matching:
         loss_G = loss_G + m.feature_matching * feature_matching_loss(fake_features, real_features)
     m.D.requires_grad_(True)
@@ -289,11 +264,10 @@ def update(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, guard: Step
 # ----------------------------------------------------------------------------- the averaged generator (G_EMA)
 
 class GeneratorAverage:
-    """G_EMA: an exponential moving average of G's weights (as stylegan2-ada keeps G_ema), used instead of G for
-    samples, validation and exports. Its half-life is counted in images (HALF_LIFE_IMAGES), shortened early on by a
-    ramp-up (at most RAMPUP x the images seen so far), so that the average is not dominated by the random init.
-    Batch-norm running statistics are averaged the same way; in the paper's test mode (§3.3) batch norm uses the
-    test batch's own statistics, computed through the averaged weights. Training never reads it."""
+    """G_EMA: an exponential moving average of G's weights (stylegan2-ada's G_ema), used instead of G for samples,
+    validation and exports; training never reads it. Its half-life is in images, at most `rampup` x the images seen
+    so far (so the random init fades fast). Batch-norm statistics are averaged alike; the paper's test mode (§3.3)
+    uses the test batch's own, through the averaged weights."""
 
     def __init__(self, G: nn.Module, half_life_images: float, rampup: float):
         self.G = copy.deepcopy(G).requires_grad_(False)
@@ -302,9 +276,7 @@ class GeneratorAverage:
 
     def beta(self, images: int) -> float:
         """The weight of the old average after a step of `images` images (0 at the first step: the average is G)."""
-        half_life = self.half_life
-        if self.rampup:
-            half_life = min(half_life, self.images * self.rampup)
+        half_life = min(self.half_life, self.images * self.rampup) if self.rampup else self.half_life
         return 0.5 ** (images / max(half_life, 1e-8))
 
     @torch.no_grad()

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from generator_model import TEST_MODES, UNetGenerator, build_generator, set_test_mode
+from generator_model import TEST_MODES, ResnetGenerator, UNetGenerator, set_test_mode
 from harness import official_format
 from harness.atomic import atomic_path, fsync_folder
 from harness.errors import CheckpointError
@@ -375,6 +375,11 @@ def check_channels(hparams: dict[str, Any], where: str) -> None:
             raise CheckpointError(f"{where} gives {key}={hparams.get(key)!r}; pix2pix images have 1 or 3 channels")
 
 
+def build_generator(hparams: dict[str, Any]) -> nn.Module:
+    """The generator that generator_hparams (a checkpoint's, or a live G.hparams) describe: a ResNet has n_blocks."""
+    return ResnetGenerator(**hparams) if "n_blocks" in hparams else UNetGenerator(**hparams)
+
+
 def generator_from_state(hparams: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
     """Rebuild a generator from a live model's complete hyperparameters (G.hparams) and load its weights."""
     G = build_generator(hparams)
@@ -510,8 +515,7 @@ def keep_legacy_skips(G: UNetGenerator, ckpt: dict[str, Any]) -> bool:
 # Generator settings a checkpoint written before they existed was built with: its outputs must not change.
 LEGACY_GENERATOR_HPARAMS = {"dropout_placement": "paper", "skip_relu": False}
 LEGACY_CONFIG = {"DROPOUT_PLACEMENT": "paper", "RECIPE": "", "GENERATOR": "unet", "GAN_LOSS": "bce", "D_SCALES": 1,
-                 "FEATURE_MATCHING": False, "FEATURE_MATCHING_LAMBDA": 10.0, "SPECTRAL_NORM": False,
-                 "LEARNING_RATE_D": "same", "BETA1_D": "same", "BETA2_D": "same", "G_EMA": False}
+                 "FEATURE_MATCHING": False, "FEATURE_MATCHING_LAMBDA": 10.0, "SPECTRAL_NORM": False, "G_EMA": False}
 
 
 def upgrade_legacy(ckpt: dict[str, Any]) -> dict[str, Any]:

@@ -16,8 +16,9 @@ import torch.nn as nn
 
 import config
 from conftest import ROOT
-from generator_model import ResnetGenerator, UNetGenerator, build_generator
+from generator_model import ResnetGenerator, UNetGenerator
 from harness import official_format
+from harness.checkpoint import build_generator
 from harness.configurator import ConfigError, default_settings, load_config
 from harness.errors import OfficialFormatError
 from layers import init_weights
