@@ -12,9 +12,10 @@ in make_optimizers, the LR policies in lr_factor, and the averaged generator (G_
 """
 import contextlib
 import copy
+import functools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn as nn
@@ -63,7 +64,7 @@ def lr_factor(epoch: int, cfg: dict[str, Any], plateau_factor: float = 1.0) -> f
     """Multiplier of the base LRs during 0-based `epoch`, by LR_POLICY, as the official code's schedulers:
     "linear" (the paper): 1 for N_EPOCHS, then linear to 0 over N_EPOCHS_DECAY; "step": x0.1 every LR_DECAY_ITERS
     epochs; "cosine": cosine annealing from 1 to 0 over N_EPOCHS (then back up, as torch's CosineAnnealingLR);
-    "plateau": `plateau_factor`, which PlateauSchedule keeps."""
+    "plateau": `plateau_factor`, which plateau_after keeps."""
     policy, n_epochs = cfg["LR_POLICY"], cfg["N_EPOCHS"]
     if policy == "linear":
         return 1.0 - max(0, epoch + 1 - n_epochs) / float(cfg["N_EPOCHS_DECAY"] + 1)
@@ -74,21 +75,14 @@ def lr_factor(epoch: int, cfg: dict[str, Any], plateau_factor: float = 1.0) -> f
     return plateau_factor
 
 
-@dataclass
-class PlateauSchedule:
-    """LR_POLICY="plateau": x0.2 once the validation figure (BEST_BY, as a loss) has not improved by 1 % for more
-    than 5 validations in a row (torch's ReduceLROnPlateau as the official code configures it)."""
-    factor: float = 1.0
-    best: float = math.inf
-    bad: int = 0
-
-    def step(self, figure: float) -> None:
-        if figure < self.best * (1 - 0.01):
-            self.best, self.bad = figure, 0
-        else:
-            self.bad += 1
-        if self.bad > 5:
-            self.factor, self.bad = self.factor * 0.2, 0
+def plateau_after(state: dict[str, float], figure: float) -> dict[str, float]:
+    """LR_POLICY="plateau" after a validation: the factor x0.2 once the figure (BEST_BY, as a loss) has not improved
+    by 1 % for more than 5 validations (torch's ReduceLROnPlateau as the official code configures it)."""
+    factor, best, bad = state.get("factor", 1.0), state.get("best", math.inf), state.get("bad", 0)
+    best, bad = (figure, 0) if figure < best * (1 - 0.01) else (best, bad + 1)
+    if bad > 5:
+        factor, bad = factor * 0.2, 0
+    return {"factor": factor, "best": best, "bad": bad}
 
 
 def set_learning_rates(m: "Pix2Pix", cfg: dict[str, Any], factor: float) -> float:
@@ -148,18 +142,11 @@ def per_scale(logits: Any) -> list[torch.Tensor]:
     return [t.float() for t in (logits if isinstance(logits, list) else [logits])]
 
 
-class RealFakeScores(nn.Module):
-    """D on (x, real) and on (x, fake) in one call, so DDP sees one forward per backward. The two batches still go
-    through D separately, keeping their batch-norm statistics apart as the official code does, and in its order
-    (fake first), so that D's running statistics match it too."""
-
-    def __init__(self, D: nn.Module):
-        super().__init__()
-        self.D = D
-
-    def forward(self, x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor):
-        fake_logits = self.D(x, fake)
-        return self.D(x, real), fake_logits
+def real_and_fake_scores(D: nn.Module, x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor):
+    """D on (x, real) and on (x, fake), for D's step. Two calls, so each batch keeps its own batch-norm statistics
+    as in the official code, and in its order (fake first), so that D's running statistics match it too."""
+    fake_logits = D(x, fake)
+    return D(x, real), fake_logits
 
 
 # ----------------------------------------------------------------------------- one training step (§3.3)
@@ -167,8 +154,11 @@ class RealFakeScores(nn.Module):
 @dataclass
 class Pix2Pix:
     """What a training step updates: the two networks, their optimisers and fp16 loss scalers (no-ops otherwise);
-    checkpoints save these. G_run, D_pairs and D_run are the networks as the step runs them: the plain ones, or
-    DDP/torch.compile wrappers of them (wrap_for_training)."""
+    checkpoints save these.
+
+    G_run, D_pairs and D_run are how the step calls the networks: G, real_and_fake_scores and D themselves here;
+    under torchrun and torch.compile their DDP and compiled versions (utils.wrap_for_training). The method reads
+    the same either way."""
     G: nn.Module  # generator_model.UNetGenerator (the paper) or ResnetGenerator
     D: nn.Module  # discriminator_model.PatchDiscriminator (the paper) or MultiScaleDiscriminator
     opt_G: torch.optim.Optimizer
@@ -177,16 +167,16 @@ class Pix2Pix:
     scaler_D: torch.amp.GradScaler
     l1_lambda: float = 100.0
     amp: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)  # bf16/fp16 autocast
-    G_run: nn.Module = None
-    D_pairs: nn.Module = None  # D's step: D on (x, real) and (x, fake) together
-    D_run: nn.Module = None    # G's step: D alone (never under DDP: its weights get no gradient there)
+    G_run: Callable = None
+    D_pairs: Callable = None  # D's step: D on (x, real) and (x, fake) together
+    D_run: Callable = None    # G's step: D alone (never under DDP: its weights get no gradient there)
     gan_loss: str = "bce"          # GAN_LOSS
     feature_matching: float = 0.0  # FEATURE_MATCHING's lambda (0 = off)
     average: "GeneratorAverage | None" = None  # G_EMA: the averaged G, updated after each step
 
     def __post_init__(self):
         self.G_run = self.G_run or self.G
-        self.D_pairs = self.D_pairs or RealFakeScores(self.D)
+        self.D_pairs = self.D_pairs or functools.partial(real_and_fake_scores, self.D)
         self.D_run = self.D_run or self.D
 
     @property
@@ -207,8 +197,8 @@ def beyond_the_paper(cfg: dict[str, Any], G: nn.Module, world_size: int = 1) -> 
 class StepGuard(Protocol):
     """What train_step asks of a guard against NaN/Inf losses (harness/step_guard.py has the real one)."""
     def check(self, **losses: torch.Tensor) -> None: ...
-    def hold_if_not_finite(self, opt: torch.optim.Optimizer) -> None: ...
-    def after_update(self, scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer) -> None: ...
+    def hold_if_not_finite(self, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None: ...
+    def after_update(self, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None: ...
 
 
 def train_step(m: Pix2Pix, x: torch.Tensor, y: torch.Tensor, guard: StepGuard | None = None
@@ -254,10 +244,8 @@ def train_step(m: Pix2Pix, x: torch.Tensor, y: torch.Tensor, guard: StepGuard | 
 def update(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, guard: StepGuard | None = None) -> None:
     """One optimiser step, through the fp16 loss scaler (which skips it when the gradients overflowed)."""
     if guard:
-        guard.hold_if_not_finite(opt)
+        guard.hold_if_not_finite(opt, scaler)
     scaler.step(opt)
-    if guard:
-        guard.after_update(scaler, opt)
     scaler.update()
 
 

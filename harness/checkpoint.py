@@ -39,8 +39,8 @@ RNG_STATE = ("rng", "rank_rngs", "loader_rng")  # this rank's RNGs, every rank's
 # and "generator_hparams"/"discriminator_hparams" (enough to rebuild the networks without config.py).
 # With G_EMA also "generator_average": pix2pix.GeneratorAverage's state ({"generator": weights, "images": n}).
 AVERAGE = "generator_average"
-# A generator export (generator.pt) holds "format", "generator", "epoch", "config" and the hparams only, and
-# "averaged": True if "generator" is the averaged generator (G_EMA), which it then is.
+# A generator export (generator.pt) holds "format", "generator", "epoch", "config" and the hparams only, and with
+# G_EMA "averaged": True: its "generator" is then the averaged generator.
 
 
 @dataclass
@@ -51,7 +51,7 @@ class Progress:
     step: int = 0
     images_in_epoch: int = 0
     best_val: float = float("inf")  # the best validation BEST_BY so far, as a loss: lower is better
-    plateau: dict = field(default_factory=dict)  # LR_POLICY="plateau": pix2pix.PlateauSchedule's state
+    plateau: dict = field(default_factory=dict)  # LR_POLICY="plateau": pix2pix.plateau_after's state
 
 
 PROGRESS = tuple(f.name for f in fields(Progress))
@@ -76,15 +76,15 @@ def generator_export(G: nn.Module, D: nn.Module, epoch: int, cfg: dict[str, Any]
                      ) -> dict[str, Any]:
     """generator.pt: the generator alone (`averaged`: G_EMA's average), loadable by load_generator without
     config.py (on any machine)."""
-    return {"format": CHECKPOINT_FORMAT, "generator": cpu_copy(G.state_dict()), "averaged": averaged,
+    return {"format": CHECKPOINT_FORMAT, "generator": cpu_copy(G.state_dict()), **({"averaged": True} if averaged else {}),
             "epoch": epoch, "config": cfg, **model_hparams(G, D)}
 
 
 def export_of(ckpt: dict[str, Any]) -> dict[str, Any]:
     """The generator export of a training checkpoint (its CPU copies, shared, not copied again): its averaged
     generator if it has one (G_EMA), else its generator."""
-    averaged = AVERAGE in ckpt
-    return {"format": CHECKPOINT_FORMAT, "generator": inference_weights(ckpt), "averaged": averaged,
+    averaged = {"averaged": True} if AVERAGE in ckpt else {}
+    return {"format": CHECKPOINT_FORMAT, "generator": inference_weights(ckpt), **averaged,
             "epoch": ckpt["epoch"], "config": ckpt["config"], "generator_hparams": ckpt["generator_hparams"],
             "discriminator_hparams": ckpt["discriminator_hparams"]}
 

@@ -33,8 +33,13 @@ from harness.configurator import load_config
 from conftest import tiny_args, write_checkpoints_at_once
 from conftest import make_dataset
 from generator_model import UNetGenerator
-from pix2pix import lr_factor
+from pix2pix import lr_factor as policy_factor
 from harness.run_log import COLUMNS
+
+
+def lr_factor(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
+    """The paper's linear policy (LR_POLICY="linear") for these epoch counts."""
+    return policy_factor(epoch, {"LR_POLICY": "linear", "N_EPOCHS": n_epochs, "N_EPOCHS_DECAY": n_epochs_decay})
 
 # 8 images at BATCH_SIZE 2: 4 steps per epoch, 2 epochs (1 constant + 1 decayed), periodic checkpoints
 RUN = dict(BATCH_SIZE=2, N_EPOCHS=1, N_EPOCHS_DECAY=1)
@@ -49,7 +54,7 @@ def run_training(data: Path, run_dir: Path, on_step=None, after_epoch=None, **ov
     """train.main in-process on one thread, with hooks: on_step(n) before the n-th train_step call (1-based)
     of this run, after_epoch(run_dir) at the end of every finished epoch (after its checkpoints are written).
     Returns {"code": main's exit code, "lrs": [(lr_G, lr_D) of every step]}."""
-    real_step, real_barrier = train.train_step, harness_run.barrier
+    real_step, real_barrier = train.train_step, train.barrier
     record = {"lrs": [], "code": None}
 
     def step(model, *args, **kwargs):
@@ -68,7 +73,7 @@ def run_training(data: Path, run_dir: Path, on_step=None, after_epoch=None, **ov
     with pytest.MonkeyPatch.context() as mp:
         write_checkpoints_at_once(mp)  # after_epoch sees the epoch's checkpoint on disk
         mp.setattr(train, "train_step", step)
-        mp.setattr(harness_run, "barrier", barrier)
+        mp.setattr(train, "barrier", barrier)
         mp.setattr(run_log, "plot_curves", lambda rows, path: None)
         torch.set_num_threads(1)
         try:
