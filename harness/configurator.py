@@ -197,6 +197,12 @@ def validate_config(cfg: dict[str, Any]) -> None:
     _one_of(cfg, "GAN_LOSS", GAN_LOSSES)
     _one_of(cfg, "LR_POLICY", LR_POLICIES)
     _one_of(cfg, "D_SCALES", (1, 2, 3))
+    for key in ("FEATURE_MATCHING", "SPECTRAL_NORM", "G_EMA"):  # as written in config.py or a RECIPE
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key}={cfg[key]!r} is not valid; choose True or False")
+    for key in ("FEATURE_MATCHING_LAMBDA", "G_EMA_HALF_LIFE", "G_EMA_RAMPUP", "INIT_GAIN", "LR_DECAY_ITERS"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)):
+            raise ConfigError(f"{key}={cfg[key]!r} is not valid; valid: {VALID_VALUES[key]}")
     for key in ("INIT_GAIN", "LR_DECAY_ITERS"):
         _positive(cfg, key)
     for key in ("FEATURE_MATCHING_LAMBDA", "G_EMA_HALF_LIFE", "G_EMA_RAMPUP"):

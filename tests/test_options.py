@@ -218,6 +218,18 @@ def test_a_bad_option_value_is_one_line_listing_the_valid_values(arg, valid):
     assert valid in message and "\n" not in message and ConfigError.exit_code == 2
 
 
+@pytest.mark.parametrize("recipe, valid", [
+    ({"D_SCALES": "2"}, "1, 2, 3"), ({"FEATURE_MATCHING": "yes"}, "True or False"),
+    ({"G_EMA_RAMPUP": "0.05"}, "a fraction >= 0"), ({"GAN_LOSS": "wgangp"}, "'bce', 'lsgan', 'hinge'"),
+])
+def test_a_recipe_or_config_value_of_the_wrong_type_is_one_line(monkeypatch, recipe, valid):
+    """Values written in config.py or in RECIPES are checked as the command line's are."""
+    monkeypatch.setitem(config.RECIPES, "msd_fm", recipe)
+    with pytest.raises(ConfigError) as err:
+        load_config(["--RECIPE=msd_fm"])
+    assert valid in str(err.value) and "\n" not in str(err.value)
+
+
 def test_train_exits_2_with_one_line_for_an_unknown_recipe(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--RECIPE=plus", f"--RUN_DIR={tmp_path}"],
                             capture_output=True, text=True, timeout=120, cwd=tmp_path)
