@@ -247,6 +247,8 @@ def update(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, guard: Step
         guard.hold_if_not_finite(opt, scaler)
     scaler.step(opt)
     scaler.update()
+    if guard:
+        guard.after_update(opt, scaler)
 
 
 # ----------------------------------------------------------------------------- the averaged generator (G_EMA)

@@ -60,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
                         *make_grad_scalers(runtime.device, runtime.precision), cfg["L1_LAMBDA"],
                         runtime.amp, **beyond_the_paper(cfg, G, ranks.world_size))  # recipes: all off
 
-
         progress = run.resume(model, train_data)  # a checkpoint's weights, RNGs, position; or fresh
         if progress.epoch >= run.total_epochs:  # nothing to train (a stale generator.pt: rewritten)
             return run.already_finished(progress, model)
