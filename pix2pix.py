@@ -47,8 +47,13 @@ def make_optimizers(G: nn.Module, D: nn.Module, cfg: dict[str, Any], device: tor
     D may have its own learning rate and betas (TTUR, Heusel et al. 2017, as SPADE: D faster than G)."""
     fused = device.type in ("cuda", "cpu") if fused is None else fused
     return (torch.optim.Adam(G.parameters(), lr=cfg["LEARNING_RATE"], betas=(cfg["BETA1"], cfg["BETA2"]), fused=fused),
-            torch.optim.Adam(D.parameters(), lr=cfg["LEARNING_RATE_D"], betas=(cfg["BETA1_D"], cfg["BETA2_D"]),
+            torch.optim.Adam(D.parameters(), lr=of_D(cfg, "LEARNING_RATE"), betas=(of_D(cfg, "BETA1"), of_D(cfg, "BETA2")),
                              fused=fused))
+
+
+def of_D(cfg: dict[str, Any], key: str) -> float:
+    """D's own value of a setting (LEARNING_RATE_D, BETA1_D, BETA2_D), or G's where it says "same"."""
+    return cfg[key] if cfg[f"{key}_D"] == "same" else cfg[f"{key}_D"]
 
 
 def make_grad_scalers(device: torch.device, precision: str) -> tuple[torch.amp.GradScaler, torch.amp.GradScaler]:
@@ -87,7 +92,7 @@ def plateau_after(state: dict[str, float], figure: float) -> dict[str, float]:
 
 def set_learning_rates(m: "Pix2Pix", cfg: dict[str, Any], factor: float) -> float:
     """Both optimisers' LRs for an epoch: their base LRs times the policy's factor; returns G's."""
-    for opt, lr in ((m.opt_G, cfg["LEARNING_RATE"] * factor), (m.opt_D, cfg["LEARNING_RATE_D"] * factor)):
+    for opt, lr in ((m.opt_G, cfg["LEARNING_RATE"] * factor), (m.opt_D, of_D(cfg, "LEARNING_RATE") * factor)):
         for group in opt.param_groups:
             group["lr"] = lr
     return cfg["LEARNING_RATE"] * factor

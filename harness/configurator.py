@@ -241,8 +241,6 @@ def validate_config(cfg: dict[str, Any]) -> None:
             raise ConfigError(f"{beta1}={cfg[beta1]}, {beta2}={cfg[beta2]}: Adam betas must be in [0, 1)")
     if cfg["LEARNING_RATE_D"] != "same" and cfg["LEARNING_RATE_D"] <= 0:
         raise ConfigError(f"LEARNING_RATE_D={cfg['LEARNING_RATE_D']!r} must be > 0, or same")
-    for key in ("LEARNING_RATE", "BETA1", "BETA2"):  # D's "same": G's value, resolved once here
-        cfg[f"{key}_D"] = cfg[key] if cfg[f"{key}_D"] == "same" else cfg[f"{key}_D"]
     if cfg["GENERATOR"] != "unet":
         if cfg["IMAGE_SIZE"] % 4:
             raise ConfigError(f"IMAGE_SIZE={cfg['IMAGE_SIZE']} is not divisible by 4, which GENERATOR="
