@@ -13,20 +13,29 @@ import torch.nn.functional as F
 
 from layers import conv_bias, init_weights, norm_layer
 
-DISCRIMINATOR_KEYS = ("in_channels", "out_channels", "base_channels", "n_layers", "norm")
+def conv_geometry(n_layers: int) -> list[tuple[int, int, int]]:
+    """(kernel, stride, padding) of each convolution of PatchDiscriminator(n_layers=n_layers), in order."""
+    if n_layers == 0:  # PixelGAN
+        return [(1, 1, 0)] * 3
+    return [(4, 2, 1)] * n_layers + [(4, 1, 1)] * 2   # the last C-block and the output conv keep resolution
 
 
 def receptive_field(n_layers: int, scale: int = 0) -> int:
     """Side of the input patch that one output logit sees (70 for the default n_layers=3), in the pair's own pixels;
-    `scale` = how many times the pair was average-pooled first (MultiScaleDiscriminator's D number `scale`)."""
-    kernels_strides = [(3, 2)] * scale  # each pooling: 3x3, stride 2
-    if n_layers:
-        kernels_strides += [(4, 2)] * n_layers + [(4, 1), (4, 1)]
+    `scale`: how many times the pair was average-pooled first (MultiScaleDiscriminator's D number `scale`)."""
     rf, jump = 1, 1
-    for kernel, stride in kernels_strides:
+    for kernel, stride, _ in [(3, 2, 1)] * scale + conv_geometry(n_layers):  # each pooling: 3x3, stride 2
         rf += (kernel - 1) * jump
         jump *= stride
     return rf
+
+
+def feature_sides(image_size: int, n_layers: int) -> list[int]:
+    """Side of each convolution's output at this image size; the last is the patch logits'."""
+    sides = [image_size]
+    for kernel, stride, padding in conv_geometry(n_layers):
+        sides.append((sides[-1] + 2 * padding - kernel) // stride + 1)
+    return sides[1:]
 
 
 class PatchDiscriminator(nn.Module):

@@ -26,6 +26,7 @@ from harness.data_checks import data_fingerprint
 from harness.distributed import barrier, setup_distributed
 from harness.errors import exit_on_error
 from harness.fcn_score import scorer_for
+from harness.fid import training_scores
 from harness.run import (Timer, TrainingRun, gather_rng_states, is_due, is_early_sample_step,
                          log_step, progress_bar, read_datasets, spaced_out, step_checkpoint_due)
 from harness.run_log import print_epoch_speed, sample_batch, training_flops_per_image
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             return run.already_finished(progress, model)
         wrap_for_training(model, cfg["COMPILE"], ranks.world_size, runtime.device)  # DDP, compile
         flops = training_flops_per_image(cfg)  # model FLOPs of one training image (speed lines)
+        fid = training_scores(cfg["INCEPTION_WEIGHTS"], runtime.device) \
+            if cfg["FID"] and ranks.master else None  # FID/KID of the outputs; weights checked now
         log = run.open_log(progress, model, train_set, val_set, flops)  # rank 0: log.csv, TB
         fcn = scorer_for(cfg["TRAIN_DIR"], cfg["DIRECTION"], cfg["PRESET"])[0] \
             if cfg["FCN_SCORE"] and ranks.master else None  # paper §4.2: FCN-score of the outputs
@@ -158,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                     grid = run.save_samples(model.inference_G, samples, f"epoch_{progress.epoch:04d}.png")
                     log.tb.add_image("samples", grid, progress.step)
                 if validated:  # every VAL_EVERY epochs and the last; a best figure makes best.pt
-                    val = run.validate(model, val_set, fcn, log, progress.step)  # G_EMA: raw G's too
+                    val = run.validate(model, val_set, fcn, fid, log, progress.step)  # G_EMA: raw G's too
                     row |= {f"val_{k}": v for k, v in val.items() if k != "n_images"}
                     figure = val["l1"] if cfg["BEST_BY"] == "l1" else -val["fcn_class_iou"]
                     best = figure < progress.best_val  # lower is better
