@@ -172,7 +172,7 @@ def official_generator(path: str) -> str:
         head = f.read(64).lstrip()
     if head[:1] == b"<":  # an HTML error or login page served with status 200
         raise DownloadError(f"the server sent a web page, not a weights file (it starts {head[:24]!r})")
-    from harness.checkpoint import read_weights_file
+    from harness.weights import read_weights_file
     from harness.errors import CheckpointError
     from harness.official_format import describe, generator_from_official, is_official_unet, is_state_dict
     try:

@@ -85,7 +85,7 @@ def load_extractor(path: Path) -> torch.nn.Module:
     read without code (weights_only), and anything but Inception-v3 weights is refused in one line."""
     from torchmetrics.image.fid import NoTrainInceptionV3
 
-    from harness.checkpoint import read_weights_file
+    from harness.weights import read_weights_file
     wrong = f"{path} is not the Inception-v3 weights file FID/KID need ({WEIGHTS_NAME}; {where_to_get_it()})"
     try:
         state = read_weights_file(path)
