@@ -43,7 +43,7 @@ from harness.errors import exit_on_error
 from harness.gpu_check import BUDGET_MINUTES, gpu_check
 from harness.loading import cache_images, loader_workers, training_loader
 from harness.run_log import training_flops_per_image
-from pix2pix import Pix2Pix, build_models, make_grad_scalers, make_optimizers, train_step
+from pix2pix import Pix2Pix, beyond_the_paper, build_models, make_grad_scalers, make_optimizers, train_step
 from utils import AMP_DTYPES, Runtime, pick_runtime, synchronize, wrap_for_training
 
 
@@ -116,7 +116,7 @@ def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime,
     sync = lambda: synchronize(device)  # noqa: E731 - the device timed, not the current one
     G, D = (m.to(device, memory_format=runtime.memory_format) for m in build_models(cfg))
     model = Pix2Pix(G, D, *make_optimizers(G, D, cfg, device, fused=args.fused),
-                    *make_grad_scalers(device, precision), cfg["L1_LAMBDA"], runtime.amp)
+                    *make_grad_scalers(device, precision), cfg["L1_LAMBDA"], runtime.amp, **beyond_the_paper(cfg, G))
     results: dict[str, Any] = {}
     start = time.perf_counter()
     wrap_for_training(model, cfg["COMPILE"])
@@ -128,7 +128,7 @@ def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime,
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
     if "train" not in args.skip:
-        step = lambda: train_step(model, x, y)  # noqa: E731
+        step = lambda: step_and_average(model, x, y)  # noqa: E731
         if cfg["COMPILE"]:
             step()
             results["compile_s"] = time.perf_counter() - start
@@ -152,6 +152,13 @@ def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime,
     if "save" not in args.skip and "train" not in args.skip:  # after the peak: its CPU copies are not the step's
         results |= bench_save(model, cfg, args)  # Adam's state exists once training has stepped
     return results
+
+
+def step_and_average(model: Pix2Pix, x: torch.Tensor, y: torch.Tensor) -> None:
+    """A training step as train.py takes it: with G_EMA, the averaged generator's update too."""
+    train_step(model, x, y)
+    if model.average:
+        model.average.update(model.G, len(x))
 
 
 def bench_save(model: Pix2Pix, cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, float]:
@@ -232,7 +239,7 @@ def bench_from_files(model: Pix2Pix, train_set: Any, cfg: dict[str, Any], args: 
 
     def step():
         x, y = next(batches)
-        train_step(model, runtime.to_device(x), runtime.to_device(y))
+        step_and_average(model, runtime.to_device(x), runtime.to_device(y))
     try:
         return median_rate(step, cfg["BATCH_SIZE"], args, lambda: synchronize(runtime.device),
                            warmup=args.warmup + 2 * loader.num_workers)
