@@ -73,8 +73,7 @@ def read_image(path: Path | Any, channels: int = 3) -> np.ndarray:
     try:
         im = Image.open(path)
     except Image.DecompressionBombError as e:  # PIL refuses twice its limit itself, with an exception of its own
-        raise ValueError(f"over PIL's decompression-bomb limit ({str(e).split(', could')[0]}); downscale "
-                         f"it") from None
+        raise ValueError(f"over PIL's decompression-bomb limit ({str(e).split(', could')[0]}); downscale it") from None
     with im:
         if too_big := pixel_limit_error(im):
             raise ValueError(too_big)

@@ -151,11 +151,9 @@ GENERATORS = ("unet", "resnet_6blocks", "resnet_9blocks")
 
 def set_test_mode(G: nn.Module, mode: str = "paper") -> dict[nn.Module, tuple[float | None, bool]]:
     """Put G in a test mode for good: "paper" (§3.3: dropout on, batch norm with the test batch's statistics) or
-    "eval" (ordinary eval(): dropout off, running statistics). Inference never changes a buffer: the running
-    statistics are frozen (momentum 0), and in paper mode batch norm does not track them at all, so that its
-    num_batches_tracked counters do not count test batches either (a resumed run, validated a different number of
-    times, stays bit-identical to a straight one). Returns each batch-norm layer's previous (momentum,
-    track_running_stats)."""
+    "eval" (ordinary eval(): dropout off, running statistics). Inference never changes a buffer, not even
+    num_batches_tracked (so a resume that validated more often stays bit-identical): statistics frozen (momentum
+    0), untracked in paper mode. Returns each batch-norm layer's previous (momentum, track_running_stats)."""
     if mode not in TEST_MODES:
         raise ValueError(f"test mode must be one of {TEST_MODES}, got {mode!r}")
     previous = {m: (m.momentum, m.track_running_stats) for m in G.modules()
