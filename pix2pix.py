@@ -48,7 +48,10 @@ def lr_factor(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
 def set_learning_rate(optimizers: tuple[torch.optim.Optimizer, ...], lr: float) -> None:
     for opt in optimizers:
         for group in opt.param_groups:
-            group["lr"] = lr
+            if torch.is_tensor(group["lr"]):  # a captured step (harness/cuda_graph.py) reads it where it is
+                group["lr"].fill_(lr)
+            else:
+                group["lr"] = lr
 
 
 # ----------------------------------------------------------------------------- the objective (§3.1)

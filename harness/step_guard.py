@@ -78,7 +78,8 @@ class StepGuard:
             self.tally[SUMS] += torch.where(ok, values, torch.zeros_like(values))
             self.tally[N_OK] += ok
             self.tally[N_SKIPPED] += self.bad
-            self.tally[FIRST_BAD_STEP] = torch.where(first, float(self.step), self.tally[FIRST_BAD_STEP])
+            step = self.step if torch.is_tensor(self.step) else float(self.step)  # a tensor in a CUDA graph
+            self.tally[FIRST_BAD_STEP] = torch.where(first, step, self.tally[FIRST_BAD_STEP])
             self.tally[FIRST_BAD_LOSSES] = torch.where(first, values, self.tally[FIRST_BAD_LOSSES])
         self.saved, self.restore_to = [], []
 
