@@ -19,6 +19,7 @@ import torch.nn as nn
 
 from dataset import AugmentationSampler
 from harness.configurator import load_config
+from harness.cuda_graph import training_step
 from harness.distributed import setup_distributed
 from harness.errors import exit_on_error
 from harness.run import TrainingRun
@@ -55,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         if not run.begin(progress, model):  # run log, stop signals, the untrained generator's samples
             return 0
         guard = StepGuard(cfg["ON_NAN"], runtime.device, runtime.precision == "fp16", run.stop_or_save_flags)
+        # guard.begin_step, train_step, guard.end_step: eagerly, or replayed as one CUDA graph (CUDA_GRAPH)
+        step = training_step(model, guard, train_step, cfg, runtime, ranks.world_size)
 
         for epoch in range(progress.epoch, run.total_epochs):
             # the learning rate: constant for N_EPOCHS, then linearly to zero over N_EPOCHS_DECAY (§6.2)
@@ -64,9 +67,7 @@ def main(argv: list[str] | None = None) -> int:
             guard.start_epoch()
             for x, y in run.progress_bar(loader, epoch, progress):
                 x, y = runtime.to_device(x), runtime.to_device(y)
-                guard.begin_step(progress.step, model)  # ON_NAN=skip: what a poisoned step may change, kept
-                losses = train_step(model, x, y, guard)
-                guard.end_step(losses)  # a poisoned step is not counted (and, with skip, undone)
+                step(x, y, progress.step)  # a poisoned step is not applied, not counted (ON_NAN=skip: undone)
                 progress.step += 1
                 progress.images_in_epoch += len(x) * ranks.world_size
                 if run.after_step(progress, model, guard, len(x) * ranks.world_size):  # logs, grids, timed saves

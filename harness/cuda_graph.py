@@ -60,14 +60,15 @@ def set_capturable(model: Pix2Pix, capturable: bool, device: torch.device) -> No
 
 
 class EagerStep:
-    """One training step as train.py runs it: the guard's begin, pix2pix.train_step, the guard's tally."""
+    """One training step as train.py runs it: the guard's begin, pix2pix.train_step (or `method`, the same
+    function as the caller names it), the guard's tally."""
 
-    def __init__(self, model: Pix2Pix, guard: Any):
-        self.model, self.guard = model, guard
+    def __init__(self, model: Pix2Pix, guard: Any, method: Callable = train_step):
+        self.model, self.guard, self.method = model, guard, method
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, step: int | torch.Tensor) -> dict[str, torch.Tensor]:
         self.guard.begin_step(step, self.model)  # ON_NAN=skip: what a poisoned step may change, kept
-        losses = train_step(self.model, x, y, self.guard)
+        losses = self.method(self.model, x, y, self.guard)
         self.guard.end_step(losses)  # a poisoned step is not counted (and, with skip, undone)
         return losses
 
@@ -76,9 +77,9 @@ class GraphedStep(EagerStep):
     """The same step, captured after WARMUP_STEPS eager ones and replayed from then on. `capture` records a step
     and returns an object with replay() (capture_graph; tests pass their own)."""
 
-    def __init__(self, model: Pix2Pix, guard: Any, device: torch.device,
+    def __init__(self, model: Pix2Pix, guard: Any, device: torch.device, method: Callable = train_step,
                  capture: Callable[[Callable[[], Any]], Any] = capture_graph, say: Callable[[str], None] = print):
-        super().__init__(model, guard)
+        super().__init__(model, guard, method)
         self.device, self.capture, self.say = device, capture, say
         self.graph, self.failed, self.warm = None, False, 0
         self.side = torch.cuda.Stream(device) if device.type == "cuda" else None
@@ -127,13 +128,14 @@ class GraphedStep(EagerStep):
             return False
 
 
-def training_step(model: Pix2Pix, guard: Any, cfg: dict[str, Any], device: torch.device, precision: str,
+def training_step(model: Pix2Pix, guard: Any, method: Callable, cfg: dict[str, Any], runtime: Any,
                   world_size: int = 1, say: Callable[[str], None] = print) -> EagerStep:
-    """The step train.py calls as step(x, y, step_number): CUDA_GRAPH's captured one where it can be, else the
-    eager one (said in one line when CUDA_GRAPH=True asked for more). Call it after the checkpoint is restored:
-    it sets the optimisers up for the step it picks."""
-    why = why_eager(cfg, device, precision, world_size) if cfg["CUDA_GRAPH"] else "off"
-    if why and why != "off":
+    """The step train.py calls as step(x, y, step_number), running `method` (pix2pix.train_step): CUDA_GRAPH's
+    captured one where it can be, else the eager one (said in one line when CUDA_GRAPH=True asked for more).
+    Call it after the checkpoint is restored: it sets the optimisers up for the step it picks."""
+    device = runtime.device
+    why = why_eager(cfg, device, runtime.precision, world_size) if cfg["CUDA_GRAPH"] else "off"
+    if why not in ("", "off"):
         say(f"CUDA_GRAPH=True: stepping eagerly: {why}")
     set_capturable(model, not why, device)
-    return EagerStep(model, guard) if why else GraphedStep(model, guard, device, say=say)
+    return EagerStep(model, guard, method) if why else GraphedStep(model, guard, device, method, say=say)

@@ -144,7 +144,8 @@ def decode_all(dataset: PairedImageDataset, indices: list[int], size: tuple[int,
     x = torch.empty(len(indices), height, width, dataset.in_channels, dtype=torch.uint8)
     y = torch.empty(len(indices), height, width, dataset.out_channels, dtype=torch.uint8)
     loader = DataLoader(ResizedPairs(dataset, indices), batch_size=None, num_workers=min(workers, len(indices)),
-                        worker_init_fn=ignore_stop_signals, collate_fn=as_is)
+                        worker_init_fn=ignore_stop_signals, collate_fn=as_is,
+                        generator=torch.Generator())  # its worker seeds must not consume the run's random stream
     for i, (a, b) in enumerate(loader):
         x[i].numpy()[:], y[i].numpy()[:] = a, b  # numpy copies: the decoded arrays may be read-only
     return x, y

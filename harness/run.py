@@ -29,6 +29,7 @@ from harness.checkpoint import (CheckpointWriter, Progress, atomic_save, check_r
                                 training_checkpoint)
 from harness.configurator import resolve_resume
 from harness.data_checks import data_fingerprint, training_data
+from harness.device_data import ResidentBatches, training_batches
 from harness.distributed import Ranks, barrier, check_ranks_agree, gather_from_ranks, without_sync_bn
 from harness.errors import CheckpointError, DatasetError
 from harness.loading import cache_images, loader_workers, training_loader
@@ -121,7 +122,12 @@ class TrainingRun:
         self.train_data = data_fingerprint(train_set)  # saved in checkpoints, compared on resume
         return train_set, val_set
 
-    def loader(self, dataset: Any, sampler: Any) -> DataLoader:
+    def loader(self, dataset: Any, sampler: Any) -> DataLoader | ResidentBatches:
+        """The training batches: resident where the step runs (DATA_ON_DEVICE), or the DataLoader's."""
+        resident = training_batches(dataset, sampler, self.cfg, self.runtime.device, self.runtime.memory_format,
+                                    say=print if self.ranks.master else lambda text: None)
+        if resident is not None:
+            return resident
         loader = training_loader(dataset, sampler, self.cfg, self.runtime.device, self.loader_rng)
         self.cleanup.callback(shut_down_workers, loader)  # never left for interpreter exit (where they would hang)
         return loader

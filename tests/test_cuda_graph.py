@@ -14,7 +14,8 @@ from harness.configurator import default_settings, load_config
 from harness.cuda_graph import WARMUP_STEPS, EagerStep, GraphedStep, set_capturable, training_step
 from harness.errors import ConfigError
 from harness.step_guard import StepGuard
-from pix2pix import Pix2Pix, build_models, make_grad_scalers, make_optimizers, set_learning_rate
+from pix2pix import Pix2Pix, build_models, make_grad_scalers, make_optimizers, set_learning_rate, train_step
+from utils import Runtime
 
 CPU = torch.device("cpu")
 CFG = default_settings() | {"IMAGE_SIZE": 32, "NUM_DOWNS": 5, "GEN_BASE_CHANNELS": 8, "DISC_BASE_CHANNELS": 8}
@@ -107,8 +108,8 @@ def test_off_cuda_the_step_is_eager_and_says_why_in_one_line():
     model = tiny_model()
     for setting, expected in ((False, []), (True, ["CUDA_GRAPH=True: stepping eagerly: it needs a CUDA device and "
                                                    "DEVICE=auto runs on cpu"])):
-        step = training_step(model, StepGuard("stop", CPU), CFG | {"CUDA_GRAPH": setting}, CPU, "fp32",
-                             say=said.append)
+        step = training_step(model, StepGuard("stop", CPU), train_step, CFG | {"CUDA_GRAPH": setting},
+                             Runtime(CPU, "fp32"), say=said.append)
         assert type(step) is EagerStep and said == expected
         assert all(isinstance(g["lr"], float) and not g["capturable"] for g in model.opt_G.param_groups)
 
