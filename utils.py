@@ -150,9 +150,8 @@ def wrap_for_training(m: Any, compile: bool | str, world_size: int = 1, device: 
     mode="reduce-overhead" (COMPILE="reduce-overhead": CUDA graphs replay a step's hundreds of kernel launches at
     once, for small batches, where launching them bounds a GPU step). Checkpoints keep saving the plain m.G, m.D."""
     if world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        ids = [device] if device is not None and device.type == "cuda" else None
-        m.G_run, m.D_pairs = DDP(m.G, device_ids=ids), DDP(m.D_pairs, device_ids=ids)
+        from harness.distributed import ddp
+        m.G_run, m.D_pairs = ddp(m.G, device), ddp(m.D_pairs, device)
     if compile:
         options = {"mode": compile} if isinstance(compile, str) else {}
         m.G_run, m.D_pairs, m.D_run = (torch.compile(net, **options) for net in (m.G_run, m.D_pairs, m.D))

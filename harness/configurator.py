@@ -202,6 +202,10 @@ def validate_config(cfg: dict[str, Any]) -> None:
     if cfg["CUDA_GRAPH"] and cfg["COMPILE"]:
         raise ConfigError(f"CUDA_GRAPH=True captures the eager step, and COMPILE={cfg['COMPILE']!r} compiles it "
                           f"(\"reduce-overhead\" with CUDA graphs of its own): use one of them")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and cfg["DEVICE"].startswith("cuda:"):
+        raise ConfigError(f"DEVICE={cfg['DEVICE']} under torchrun would put every process on that one GPU, while "
+                          f"NCCL gives each process GPU LOCAL_RANK: use DEVICE=cuda (or auto), and choose the GPUs "
+                          f"with CUDA_VISIBLE_DEVICES")
     check_device(cfg["DEVICE"])
     device = pick_device(cfg["DEVICE"])
     if cfg["SYNC_BN"] and int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.type != "cuda":

@@ -78,9 +78,9 @@ class GraphedStep(EagerStep):
     and returns an object with replay() (capture_graph; tests pass their own)."""
 
     def __init__(self, model: Pix2Pix, guard: Any, device: torch.device, method: Callable = train_step,
-                 capture: Callable[[Callable[[], Any]], Any] = capture_graph, say: Callable[[str], None] = print):
+                 capture: Callable[[Callable[[], Any]], Any] | None = None, say: Callable[[str], None] = print):
         super().__init__(model, guard, method)
-        self.device, self.capture, self.say = device, capture, say
+        self.device, self.capture, self.say = device, capture or capture_graph, say
         self.graph, self.failed, self.warm = None, False, 0
         self.side = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None

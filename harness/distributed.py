@@ -47,6 +47,46 @@ def setup_distributed(timeout_s: int, device: str) -> Ranks:
     return Ranks(dist.get_rank(), local_rank, dist.get_world_size())
 
 
+RANK0_WORK_TIMEOUT_S = 6 * 3600  # what rank 0 may take for one-off work the others wait for (the FCN segmenter)
+
+
+def ddp(module: nn.Module, device: torch.device | None) -> nn.Module:
+    """`module` under DistributedDataParallel as train.py's step needs it:
+      - gradient_as_bucket_view: the gradients are views of the all-reduce buckets (no copy in or out of them);
+      - buffers broadcast before each forward (forward_sync_buffers, formerly broadcast_buffers) only where batch
+        norm keeps per-process running statistics (NORM=batch without SYNC_BN): rank 0's, so every rank (and the
+        checkpoint) holds the same; instance norm has none and SyncBatchNorm's are the same everywhere already (at
+        the start DDP broadcasts rank 0's buffers either way);
+      - static_graph: every step runs the same forward and backward (D's step calls D twice in one forward), so DDP
+        can fix its bucket order after the first step and skip the per-step search for unused parameters."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    cuda = device is not None and device.type == "cuda"
+    return DDP(module, device_ids=[device] if cuda else None, gradient_as_bucket_view=True,
+               forward_sync_buffers=has_own_statistics(module), static_graph=True)
+
+
+def has_own_statistics(module: nn.Module) -> bool:
+    """True if `module` has batch norm whose running statistics differ between processes (not SyncBatchNorm)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)
+               and m.track_running_stats for m in module.modules())
+
+
+def while_rank0_works(world_size: int, work, timeout_s: float = RANK0_WORK_TIMEOUT_S):
+    """`work()` on rank 0 (its result; None on the other ranks) while the other ranks wait in a barrier of a gloo
+    group with its own timeout, `timeout_s`: minutes of one-off work (training the FCN-score's segmenter) must not
+    meet DIST_TIMEOUT_S, or NCCL's watchdog, in the training's first collective. If rank 0 fails, torchrun stops
+    the others."""
+    if world_size == 1:
+        return work()
+    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        result = work() if dist.get_rank() == 0 else None
+        dist.barrier(group=group)
+    finally:
+        dist.destroy_process_group(group)
+    return result
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

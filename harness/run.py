@@ -30,7 +30,8 @@ from harness.checkpoint import (CheckpointWriter, Progress, atomic_save, check_r
 from harness.configurator import resolve_resume
 from harness.data_checks import data_fingerprint, training_data
 from harness.device_data import ResidentBatches, training_batches
-from harness.distributed import Ranks, barrier, check_ranks_agree, gather_from_ranks, without_sync_bn
+from harness.distributed import (Ranks, barrier, check_ranks_agree, gather_from_ranks, while_rank0_works,
+                                 without_sync_bn)
 from harness.errors import CheckpointError, DatasetError
 from harness.loading import cache_images, loader_workers, training_loader
 from harness.run_lock import RunDirLock
@@ -176,12 +177,13 @@ class TrainingRun:
             return False
         self.flops = training_flops_per_image(self.cfg)
         self.samples = sample_batch(self.val_set, self.cfg["N_SAMPLES"])
+        if self.cfg["FCN_SCORE"]:  # rank 0 trains the segmenter (minutes) while the others wait, not in a collective
+            from harness.fcn_score import scorer_for
+            self.fcn = while_rank0_works(self.ranks.world_size, lambda: scorer_for(
+                self.cfg["TRAIN_DIR"], self.cfg["DIRECTION"], self.cfg["PRESET"])[0])
         if self.ranks.master:
             import matplotlib.pyplot  # noqa: F401 - imported now, not inside the first timed validation (EVAL_BUDGET)
             import harness.metrics  # noqa: F401
-            if self.cfg["FCN_SCORE"]:
-                from harness.fcn_score import scorer_for
-                self.fcn = scorer_for(self.cfg["TRAIN_DIR"], self.cfg["DIRECTION"], self.cfg["PRESET"])[0]
             self.run_dir.mkdir(parents=True, exist_ok=True)
             (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=2))
             self.log = RunLog(self.run_dir, resume_epoch=progress.epoch)
