@@ -24,7 +24,8 @@ CACHE_IMAGES = False  # keep the decoded training set in memory (uint8; its size
 #                       after the first epoch. Augmentation stays random per epoch, exactly as without the cache
 DATA_ON_DEVICE = "auto"  # decode and resize the training set once and keep it where the step runs (GPU memory, or
 #                         host memory over the GPU's budget); batches are cropped and mirrored there, bit-identical to
-#                         the DataLoader's. "auto": when the set fits (else the DataLoader), True: stop if it does not
+#                         the DataLoader's. "auto": on a GPU when the set fits, else the DataLoader; True: also on a
+#                         CPU, and stop if the set does not fit; False: the DataLoader
 BAD_FILES = "error"  # unreadable/unsplittable images: "error" = stop before training and list them, "skip" = skip them
 
 # --- model ---

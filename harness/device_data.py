@@ -54,10 +54,12 @@ def free_gpu_memory(device: torch.device) -> int:
 
 def plan_residency(setting: str | bool, dataset: PairedImageDataset, device: torch.device,
                    n_items: int | None = None) -> Plan:
-    """DATA_ON_DEVICE (True, False or "auto") for this set on this device. `n_items`: the pairs this process keeps
-    (its shard under torchrun). True on a set that fits nowhere raises DatasetError (one line: size, free memory)."""
-    if setting is False:
-        return Plan(None, "")
+    """DATA_ON_DEVICE (True, False or "auto") for this set on this device: "auto" keeps it on a CUDA device (or in
+    host memory when over the GPU's budget), and leaves a CPU run to the DataLoader (measured no faster there:
+    docs/performance.md). `n_items`: the pairs this process keeps (its shard under torchrun). True on a set that
+    fits nowhere raises DatasetError (one line: size, free memory)."""
+    if setting is False or (setting == "auto" and device.type != "cuda"):
+        return Plan(None, "")  # on a CPU the step, not the loader, sets the pace: the DataLoader, as before
     sizes = resized_sizes(dataset)
     if len(sizes) > 1:
         return Plan(None, f"DATA_ON_DEVICE: the training pairs are resized to {len(sizes)} different sizes under "

@@ -67,16 +67,15 @@ def test_channels_last_batches_hold_the_same_values(tmp_path):
 
 def test_mixed_sizes_fall_back_to_the_loader_and_say_why_in_one_line(tmp_path):
     """PREPROCESS=crop over images of two sizes: no single stored size, so the DataLoader; one line says why."""
-    write_pairs(tmp_path / "train", 3, size=32)
-    write_pairs(tmp_path / "train", 2, size=40, seed=5)  # same names would clash: other seeds, other files below
-    for i, path in enumerate(sorted((tmp_path / "train").glob("*.png"))[:2]):
-        path.rename(tmp_path / "train" / f"big{i}.png")
+    write_pairs(tmp_path / "train", 2, size=40, seed=5)
+    for i, path in enumerate(sorted((tmp_path / "train").glob("*.png"))):
+        path.rename(tmp_path / "train" / f"big{i}.png")  # write_pairs names files 000, 001, ...
     write_pairs(tmp_path / "train", 3, size=32)
     dataset = make_dataset(tmp_path / "train", image_size=16, preprocess="crop")
     said = []
-    for setting in ("auto", True):
+    for setting, device in (("auto", torch.device("cuda", 0)), (True, CPU)):  # a GPU's default, and asked for
         cfg = {"DATA_ON_DEVICE": setting, "BATCH_SIZE": 1, "NUM_WORKERS": 0}
-        assert training_batches(dataset, AugmentationSampler(len(dataset), 0), cfg, CPU,
+        assert training_batches(dataset, AugmentationSampler(len(dataset), 0), cfg, device,
                                 torch.contiguous_format, say=said.append) is None
     assert len(said) == 2 and all("\n" not in line for line in said)
     assert said[0].startswith("DATA_ON_DEVICE: the training pairs are resized to 2 different sizes under "
@@ -87,8 +86,8 @@ def test_mixed_sizes_fall_back_to_the_loader_and_say_why_in_one_line(tmp_path):
 
 
 def test_a_set_that_does_not_fit_is_refused_in_one_line_or_loaded_from_files(tmp_path, monkeypatch):
-    """DATA_ON_DEVICE=True: one DatasetError line with the set's size and the free memory; "auto": the DataLoader,
-    said in one line; a set that fits: kept, said with its size."""
+    """DATA_ON_DEVICE=True: one DatasetError line with the set's size and the free memory; "auto" on a GPU: the
+    DataLoader, said in one line; a set that fits: kept, said with its size; "auto" on a CPU: the DataLoader."""
     write_pairs(tmp_path / "train", 4)
     dataset = make_dataset(tmp_path / "train", image_size=32, load_size=36)
     size = 4 * 36 * 36 * 6  # 4 pairs, resized to 36x36, 3 + 3 channels of uint8
@@ -98,11 +97,13 @@ def test_a_set_that_does_not_fit_is_refused_in_one_line_or_loaded_from_files(tmp
     message = str(error.value)
     assert "\n" not in message and f"({loading.format_bytes(size)})" in message and "500 B of host memory" in message
     assert message.startswith("DATA_ON_DEVICE=True: the 4 training pairs, 36x36 uint8")
-    auto = plan_residency("auto", dataset, CPU)
+    monkeypatch.setattr(device_data, "free_gpu_memory", lambda device: 500)
+    auto = plan_residency("auto", dataset, torch.device("cuda", 0))
     assert auto.where is None and "do not fit" in auto.note and auto.note.endswith("with the DataLoader")
     monkeypatch.setattr(device_data, "available_memory", lambda: 10 ** 9)
-    fits = plan_residency("auto", dataset, CPU)
+    fits = plan_residency(True, dataset, CPU)
     assert fits == Plan("device", fits.note, (36, 36), size) and loading.format_bytes(size) in fits.note
+    assert plan_residency("auto", dataset, CPU) == Plan(None, "")  # the CPU's default: the DataLoader, silently
 
 
 def test_a_gpu_without_room_keeps_the_set_in_host_memory(tmp_path, monkeypatch):
@@ -145,3 +146,54 @@ def test_each_rank_holds_and_draws_only_its_shard(tmp_path, n, world_size):
     assert not reshuffled or any(reshuffled)
     one = ShardSampler(n, 42)
     assert list(one) == list(AugmentationSampler(n, 42))  # a single process: the DataLoader's own order
+
+
+def run_main(args: list[str]) -> int:
+    """train.main through the errors convention (exit code, one line on stderr), giving pytest its signal handlers
+    back (train.main installs its own)."""
+    import signal
+
+    import train
+    from harness.errors import exit_on_error
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return exit_on_error(lambda: train.main(args))
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+
+
+def test_a_resident_run_trains_bit_identically_to_the_loaders(tiny_run, tmp_path, capsys):
+    """train.py with DATA_ON_DEVICE=True: the same generator, bit for bit, as the session's run through the
+    DataLoader, and it said where it kept the set."""
+    assert run_main(tiny_args(tiny_run / "data", tmp_path / "run", DATA_ON_DEVICE=True)) == 0
+    assert "DATA_ON_DEVICE: keeping the 8 training pairs, 36x36 uint8" in capsys.readouterr().out
+    mine, theirs = (torch.load(d / "generator.pt", weights_only=True)["generator"]
+                    for d in (tmp_path / "run", tiny_run / "run"))
+    assert mine.keys() == theirs.keys() and all(torch.equal(v, theirs[k]) for k, v in mine.items())
+
+
+def test_data_on_device_true_on_a_set_that_does_not_fit_stops_before_training(tiny_run, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """One line on stderr with the set's size and the free memory, exit 1, nothing trained or saved."""
+    monkeypatch.setattr(device_data, "available_memory", lambda: 500)
+    assert run_main(tiny_args(tiny_run / "data", tmp_path / "run", DATA_ON_DEVICE=True)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: DATA_ON_DEVICE=True: the 8 training pairs, 36x36 uint8")
+    assert "500 B of host memory available" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_a_run_over_mixed_sizes_says_why_it_loads_from_files(tmp_path, capsys):
+    """PREPROCESS=crop over two image sizes (batch 1): the run prints the one line and trains from the DataLoader."""
+    write_pairs(tmp_path / "data" / "train", 2, size=36)
+    for i, path in enumerate(sorted((tmp_path / "data" / "train").glob("*.png"))):
+        path.rename(tmp_path / "data" / "train" / f"small{i}.png")
+    write_pairs(tmp_path / "data" / "train", 2, size=40, seed=3)
+    write_pairs(tmp_path / "data" / "val", 2, size=32, seed=1)
+    args = tiny_args(tmp_path / "data", tmp_path / "run", DATA_ON_DEVICE=True, PREPROCESS="crop",
+                     N_EPOCHS_DECAY=0, VAL_EVERY=0, SAMPLE_EVERY=0)
+    assert run_main(args) == 0
+    out = capsys.readouterr().out
+    assert "DATA_ON_DEVICE: the training pairs are resized to 2 different sizes under PREPROCESS=crop" in out
+    assert (tmp_path / "run" / "generator.pt").is_file()
