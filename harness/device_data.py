@@ -105,9 +105,6 @@ class ShardSampler(AugmentationSampler):
     def shard(self) -> list[int]:
         return list(range(self.rank, self.n, self.world_size))
 
-    def __len__(self) -> int:
-        return math.ceil((self.n - self.skip) / self.world_size)
-
     def __iter__(self) -> Iterator[tuple[int, int]]:
         if self.world_size == 1:
             yield from super().__iter__()
