@@ -13,9 +13,9 @@ and the optimisers have made their one-time choices and allocations. An epoch's 
 
 Eager and graphed steps launch the same kernels on the same tensors, so a run resumed anywhere continues as the run
 never stopped (bit-identically with DETERMINISTIC=True). A capture that fails (an operation that cannot be
-captured, say) prints one line and the run goes on with the eager step. Under torchrun (the NaN check is an
-all-reduce that carries the host's stop/save request), with fp16 (GradScaler's bookkeeping) or off CUDA the step
-stays eager, said in one line.
+captured, say) prints one line and the run goes on with the eager step. Under torchrun (DDP's gradient
+all-reduces and the ranks' NaN agreement are not captured here), with fp16 (GradScaler's bookkeeping) or off CUDA
+the step stays eager, said in one line.
 
 Not run directly; train.py and bench.py build their step with training_step.
 """
@@ -42,7 +42,7 @@ def why_eager(cfg: dict[str, Any], device: torch.device, precision: str, world_s
     if device.type != "cuda":
         return f"it needs a CUDA device and DEVICE={cfg['DEVICE']} runs on {device.type}"
     if world_size > 1:
-        return "under torchrun the NaN check's all-reduce carries each step's stop/save request from the host"
+        return "under torchrun DDP's gradient all-reduces and the ranks' NaN agreement are not captured here"
     if precision == "fp16":
         return "fp16's loss scaler keeps per-step bookkeeping on the host (use PRECISION=bf16)"
     return ""
