@@ -6,8 +6,9 @@ objective (§3.1) and one training step (§3.3). Read this first; train.py runs 
     G minimises   -log D(x, G(x)) + lambda * |y - G(x)|_1   lambda = 100 (§3.1, §4.2)
 """
 import contextlib
+import functools
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn as nn
@@ -70,18 +71,11 @@ def generator_loss(fake_logits: torch.Tensor, fake: torch.Tensor, target: torch.
     return gan + l1_lambda * l1, gan, l1
 
 
-class RealFakeScores(nn.Module):
-    """D on (x, real) and on (x, fake) in one call, so DDP sees one forward per backward. The two batches still go
-    through D separately, keeping their batch-norm statistics apart as the official code does, and in its order
-    (fake first), so that D's running statistics match it too."""
-
-    def __init__(self, D: nn.Module):
-        super().__init__()
-        self.D = D
-
-    def forward(self, x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor):
-        fake_logits = self.D(x, fake)
-        return self.D(x, real), fake_logits
+def real_and_fake_scores(D: nn.Module, x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor):
+    """D on (x, real) and on (x, fake), for D's step. Two calls, so each batch keeps its own batch-norm statistics
+    as in the official code, and in its order (fake first), so that D's running statistics match it too."""
+    fake_logits = D(x, fake)
+    return D(x, real), fake_logits
 
 
 # ----------------------------------------------------------------------------- one training step (§3.3)
@@ -89,8 +83,11 @@ class RealFakeScores(nn.Module):
 @dataclass
 class Pix2Pix:
     """What a training step updates: the two networks, their optimisers and fp16 loss scalers (no-ops otherwise);
-    checkpoints save these. G_run, D_pairs and D_run are the networks as the step runs them: the plain ones, or
-    DDP/torch.compile wrappers of them (wrap_for_training)."""
+    checkpoints save these.
+
+    G_run, D_pairs and D_run are how the step calls the networks: G, real_and_fake_scores and D themselves here;
+    under torchrun and torch.compile their DDP and compiled versions (utils.wrap_for_training). The method reads
+    the same either way."""
     G: UNetGenerator
     D: PatchDiscriminator
     opt_G: torch.optim.Optimizer
@@ -99,21 +96,21 @@ class Pix2Pix:
     scaler_D: torch.amp.GradScaler
     l1_lambda: float = 100.0
     amp: contextlib.AbstractContextManager = field(default_factory=contextlib.nullcontext)  # bf16/fp16 autocast
-    G_run: nn.Module = None
-    D_pairs: nn.Module = None  # D's step: D on (x, real) and (x, fake) together
-    D_run: nn.Module = None    # G's step: D alone (never under DDP: its weights get no gradient there)
+    G_run: Callable = None
+    D_pairs: Callable = None  # D's step: D on (x, real) and (x, fake) together
+    D_run: Callable = None    # G's step: D alone (never under DDP: its weights get no gradient there)
 
     def __post_init__(self):
         self.G_run = self.G_run or self.G
-        self.D_pairs = self.D_pairs or RealFakeScores(self.D)
+        self.D_pairs = self.D_pairs or functools.partial(real_and_fake_scores, self.D)
         self.D_run = self.D_run or self.D
 
 
 class StepGuard(Protocol):
     """What train_step asks of a guard against NaN/Inf losses (harness/step_guard.py has the real one)."""
     def check(self, **losses: torch.Tensor) -> None: ...
-    def hold_if_not_finite(self, opt: torch.optim.Optimizer) -> None: ...
-    def after_update(self, scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer) -> None: ...
+    def hold_if_not_finite(self, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None: ...
+    def after_update(self, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None: ...
 
 
 def train_step(m: Pix2Pix, x: torch.Tensor, y: torch.Tensor, guard: StepGuard | None = None
@@ -149,8 +146,8 @@ def train_step(m: Pix2Pix, x: torch.Tensor, y: torch.Tensor, guard: StepGuard | 
 def update(opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler, guard: StepGuard | None = None) -> None:
     """One optimiser step, through the fp16 loss scaler (which skips it when the gradients overflowed)."""
     if guard:
-        guard.hold_if_not_finite(opt)
+        guard.hold_if_not_finite(opt, scaler)
     scaler.step(opt)
-    if guard:
-        guard.after_update(scaler, opt)
     scaler.update()
+    if guard:
+        guard.after_update(opt, scaler)

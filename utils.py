@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from pix2pix import real_and_fake_scores
+
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", mode: str = "paper") -> nn.Module:
     """A trained generator from generator.pt, any training checkpoint, or an official latest_net_G.pth, rebuilt
@@ -58,8 +60,7 @@ def pick_precision(name: str, device: torch.device) -> str:
 
 def memory_format_for(channels_last: str | bool, device: torch.device, batch_size: int) -> torch.memory_format:
     """CHANNELS_LAST: "auto" -> NHWC on CUDA (tensor cores) and on CPU from batch 4; NCHW for small CPU batches,
-    where oneDNN's layout conversions cost more than they save (measured: 1.28x faster at batch 1, even at 4,
-    1.2x slower at 16 on 2 cores)."""
+    where oneDNN's layout conversions cost more than they save (figures: docs/performance.md)."""
     if channels_last == "auto":
         channels_last = device.type == "cuda" or (device.type == "cpu" and batch_size >= 4)
     return torch.channels_last if channels_last else torch.contiguous_format
@@ -145,10 +146,13 @@ def pick_runtime(cfg: dict[str, Any], local_rank: int | None = None) -> Runtime:
 
 
 def wrap_for_training(m: Any, compile: bool | str, world_size: int = 1, device: torch.device | None = None) -> None:
-    """Set the networks a pix2pix.Pix2Pix trains through: DDP across processes (the D step's pair of D calls as one
-    module, so DDP sees one forward per backward), then torch.compile (COMPILE=True), or torch.compile with
-    mode="reduce-overhead" (COMPILE="reduce-overhead": CUDA graphs replay a step's hundreds of kernel launches at
-    once, for small batches, where launching them bounds a GPU step). Checkpoints keep saving the plain m.G, m.D."""
+    """Set the networks a pix2pix.Pix2Pix trains through (G_run, D_pairs, D_run): DDP across processes (the D
+    step's pair of D calls as one module, RealFakeScores, so DDP sees one forward per backward), then torch.compile
+    (COMPILE=True), or torch.compile with mode="reduce-overhead" (COMPILE="reduce-overhead": CUDA graphs replay a
+    step's hundreds of kernel launches at once, for small batches, where launching them bounds a GPU step).
+    Checkpoints keep saving the plain m.G, m.D."""
+    if world_size > 1 or compile:
+        m.D_pairs = RealFakeScores(m.D)
     if world_size > 1:
         from harness.distributed import ddp
         m.G_run, m.D_pairs = ddp(m.G, device), ddp(m.D_pairs, device)
@@ -157,6 +161,17 @@ def wrap_for_training(m: Any, compile: bool | str, world_size: int = 1, device: 
         m.G_run, m.D_pairs, m.D_run = (torch.compile(net, **options) for net in (m.G_run, m.D_pairs, m.D))
         if compile == "reduce-overhead":
             m.G_run = NewStepAtEachCall(m.G_run)
+
+
+class RealFakeScores(nn.Module):
+    """pix2pix.real_and_fake_scores as one module: DDP needs one forward per backward, and D's step calls D twice."""
+
+    def __init__(self, D: nn.Module):
+        super().__init__()
+        self.D = D
+
+    def forward(self, x: torch.Tensor, real: torch.Tensor, fake: torch.Tensor):
+        return real_and_fake_scores(self.D, x, real, fake)
 
 
 class NewStepAtEachCall(nn.Module):

@@ -1,6 +1,6 @@
 """The machinery beside the method: what keeps a training run alive for days and talks to other formats.
 
-    run.py            the calls train.py makes around its loop (data, resume, after each step, end of each epoch)
+    run.py            the helpers train.py's loop calls: when to sample, validate, save; doing it (TrainingRun)
     step_guard.py     the NaN/Inf watch inside a training step (ON_NAN), without reading the device mid-step
     checkpoint.py     the checkpoint schema, atomic saves, loading generators, legacy files
     configurator.py   config.py < PRESET < --KEY=value, validated
@@ -9,7 +9,7 @@
     device_data.py    the training set resident where the step runs, batches by one gather (DATA_ON_DEVICE)
     cuda_graph.py     the whole training step captured as one CUDA graph (CUDA_GRAPH), or the eager step
     errors.py         every error a user sees, and its exit code (2 = the command, 1 = at run time)
-    signals.py        Ctrl-C / SIGTERM: finish the step, save, print the resume command
+    signals.py        Ctrl-C / SIGTERM: finish the step, save, print the resume command; the ranks agree on it
     distributed.py    torchrun / DDP setup and agreement between ranks
     run_log.py        log.csv, TensorBoard, curves.png, sample grids
     metrics.py        L1, PSNR, SSIM and the own/other-target ratio

@@ -113,7 +113,7 @@ class GraphedStep(EagerStep):
     def record(self, x: torch.Tensor, y: torch.Tensor, step: int) -> bool:
         """Capture the step on fixed input tensors; False (said in one line) if the capture failed."""
         self.inputs = (x.clone(memory_format=torch.preserve_format), y.clone(memory_format=torch.preserve_format),
-                       torch.zeros((), dtype=self.guard.tally.dtype, device=self.device))
+                       torch.zeros((), dtype=self.guard.tally.vector.dtype, device=self.device))
         try:
             self.graph = self.capture(lambda: self.losses.update(EagerStep.__call__(self, *self.inputs)))
             return True
@@ -129,13 +129,13 @@ class GraphedStep(EagerStep):
 
 
 def training_step(model: Pix2Pix, guard: Any, method: Callable, cfg: dict[str, Any], runtime: Any,
-                  world_size: int = 1, say: Callable[[str], None] = print) -> EagerStep:
+                  world_size: int = 1, say: Callable[[str], None] | None = print) -> EagerStep:
     """The step train.py calls as step(x, y, step_number), running `method` (pix2pix.train_step): CUDA_GRAPH's
     captured one where it can be, else the eager one (said in one line when CUDA_GRAPH=True asked for more).
     Call it after the checkpoint is restored: it sets the optimisers up for the step it picks."""
     device = runtime.device
     why = why_eager(cfg, device, runtime.precision, world_size) if cfg["CUDA_GRAPH"] else "off"
-    if why not in ("", "off"):
+    if why not in ("", "off") and say:
         say(f"CUDA_GRAPH=True: stepping eagerly: {why}")
     set_capturable(model, not why, device)
-    return EagerStep(model, guard, method) if why else GraphedStep(model, guard, device, method, say=say)
+    return EagerStep(model, guard, method) if why else GraphedStep(model, guard, device, method, say=say or print)

@@ -1,5 +1,5 @@
 """Stopping a run cleanly: SIGINT/SIGTERM become a flag that the run checks after each step (finish the step,
-save, print how to resume), and DataLoader workers leave those signals to the main process.
+save, print how to resume), every rank agreeing on it; DataLoader workers leave those signals to the main process.
 
 Not run directly; harness/run.py uses it.
 """
@@ -7,6 +7,8 @@ import shlex
 import signal
 import sys
 
+import torch
+import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 
@@ -34,6 +36,18 @@ class StopRequest:
 
     def exit_code(self) -> int:
         return 0 if self.signum == signal.SIGINT else 128 + self.signum
+
+
+def agree_on_stop(signum: int, save_due: bool, world_size: int, device: torch.device) -> tuple[int, bool]:
+    """(stop signal, timed save due) as every rank sees them: the largest signal number any rank caught, and
+    whether rank 0's clock says a save is due. Under torchrun one small all-reduce, which waits for the device
+    (so train.py agrees on logging steps and epoch ends there); in a single process its own values."""
+    if world_size == 1:
+        return signum, save_due
+    flags = torch.tensor([signum, int(save_due)], dtype=torch.int64, device=device)  # nccl needs a CUDA tensor
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    signum, due = flags.tolist()
+    return signum, bool(due)
 
 
 def ignore_stop_signals(worker_id: int) -> None:

@@ -2,18 +2,20 @@
 step: the host never waits for a GPU mid-run, so it can queue work ahead of it (and CUDA graphs stay possible).
 
 - check(**losses), after each loss group: a device flag, `bad`. Under torchrun it is max-reduced over the ranks in
-  one all-reduce per loss group, and each rank's stop/save request rides in the same all-reduce.
-- hold_if_not_finite(opt), before each update: a step with a non-finite loss is not applied. Fused Adam skips it
+  one all-reduce per loss group, so that every rank skips or stops together.
+- hold_if_not_finite(opt, scaler), before each update: a step with a non-finite loss is not applied. Fused Adam skips it
   on the device (its found_inf input, the way GradScaler skips an fp16 overflow).
-- ON_NAN=skip: what the step changed before its last loss was known (D's update, batch-norm statistics) is put
-  back on the device, so a skipped step leaves no trace.
+- ON_NAN=skip: what the step changed before its last loss was known (D's update, batch-norm statistics, D's fp16
+  loss scale) is put back on the device, so a skipped step leaves no trace (but in D's fp16 loss scaler's count of
+  steps to its next growth, which GradScaler's public API cannot set without a host read).
+- after_update(opt, scaler): fp16 updates the loss scaler skipped are counted, on the device: its scale, read
+  through its public scale(), shrinks exactly when it skipped.
 - read(), at logging and saving steps only: the one device->host read. Loss sums, skipped steps, and the first
   non-finite loss, which stops the run under ON_NAN=stop before any checkpoint or export is written (so a NaN is
   noticed up to LOG_EVERY steps late, with the poisoned steps never applied).
 """
 import sys
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -23,9 +25,29 @@ from harness.errors import NonFiniteLoss
 LOSS_TERMS = ("d_real", "d_fake", "g_gan", "g_l1")
 FP16_HINT = ("; in fp16 this is usually an overflow (values above 65504): use PRECISION=bf16 (same range as fp32, "
              "on Ampere+ GPUs and AMX CPUs) or PRECISION=fp32")
-# the device-side tally, one float64 vector so that one read returns it all
-SUMS, N_OK, N_SKIPPED, SCALER_SKIPS, FIRST_BAD_STEP, FIRST_BAD_LOSSES, FLAGS = \
-    slice(0, 4), 4, 5, 6, 7, slice(8, 12), 12
+
+
+class Tally:
+    """The guard's counts, on the device: named views of one vector, so that one read returns them all (and a
+    CUDA graph of the step updates them in place)."""
+    SIZES = {"loss_sums": len(LOSS_TERMS), "n_ok": 1, "n_skipped": 1, "scaler_skips": 1, "first_bad_step": 1,
+             "first_bad_losses": len(LOSS_TERMS)}
+
+    def __init__(self, vector: torch.Tensor):
+        self.vector = vector
+        (self.loss_sums, self.n_ok, self.n_skipped, self.scaler_skips, self.first_bad_step,
+         self.first_bad_losses) = vector.split(list(self.SIZES.values()))
+
+    @classmethod
+    def zeros(cls, device: torch.device) -> "Tally":
+        dtype = torch.float32 if device.type == "mps" else torch.float64
+        tally = cls(torch.zeros(sum(cls.SIZES.values()), dtype=dtype, device=device))
+        tally.first_bad_step.fill_(-1)  # none yet
+        return tally
+
+    def counts(self) -> list[torch.Tensor]:
+        """What start_epoch resets: the loss sums and counts (a first bad step not yet reported stays)."""
+        return [self.loss_sums, self.n_ok, self.n_skipped, self.scaler_skips]
 
 
 @dataclass
@@ -35,19 +57,19 @@ class Reading:
     n_ok: int
     skipped: int
     scaler_skips: int
-    flags: int  # the ranks' agreed stop/save request (harness/run.py): 2 * signal number + a due timed save
 
 
 class StepGuard:
-    def __init__(self, on_nan: str, device: torch.device, fp16: bool = False,
-                 flags: Callable[[], int] = lambda: 0):
-        self.on_nan, self.device, self.fp16, self.flags = on_nan, device, fp16, flags
-        dtype = torch.float32 if device.type == "mps" else torch.float64
-        self.tally = torch.zeros(13, dtype=dtype, device=device)
-        self.tally[FIRST_BAD_STEP] = -1
+    def __init__(self, on_nan: str, device: torch.device, fp16: bool = False):
+        self.on_nan, self.device, self.fp16 = on_nan, device, fp16
+        self.tally = Tally.zeros(device)
         self.bad = torch.zeros((), dtype=torch.bool, device=device)
+        self.one = torch.ones((), device=device)  # scaler.scale(one): a loss scaler's scale, on the device
+        self.scale_before = self.one
         self.saved: list[torch.Tensor] = []
         self.restore_to: list[torch.Tensor] = []
+        self.scaler_D, self.saved_scale = None, None
+        self.fresh_optimizer = None
         self.step, self.reported_skips = 0, 0
 
     # ------------------------------------------------------------------------- around a step (train.py)
@@ -58,88 +80,94 @@ class StepGuard:
         self.bad = torch.zeros((), dtype=torch.bool, device=self.device)
         if self.on_nan == "skip":
             opt_state = [t for s in model.opt_D.state.values() for t in s.values() if torch.is_tensor(t)]
-            scaler = [t for t in (model.scaler_D._scale, model.scaler_D._growth_tracker) if t is not None] \
-                if model.scaler_D.is_enabled() else []
-            self.restore_to = [*model.D.parameters(), *model.D.buffers(), *model.G.buffers(), *opt_state, *scaler]
+            self.restore_to = [*model.D.parameters(), *model.D.buffers(), *model.G.buffers(), *opt_state]
             self.saved = [t.detach().clone() for t in self.restore_to]
+            if model.scaler_D.is_enabled():  # D's fp16 loss scale (its growth counter has no public setter)
+                self.scaler_D, self.saved_scale = model.scaler_D, model.scaler_D.scale(self.one).detach()
             self.fresh_optimizer = model.opt_D if not opt_state else None  # its first step: nothing to keep yet
 
     def end_step(self, losses: dict[str, torch.Tensor]) -> None:
         """Count the step: a poisoned one adds nothing to the loss sums and, under ON_NAN=skip, is undone."""
-        values = torch.stack([losses[k].float() for k in LOSS_TERMS]).to(self.tally.dtype)
+        values = torch.stack([losses[k].float() for k in LOSS_TERMS]).to(self.tally.vector.dtype)
         ok = ~self.bad
         with torch.no_grad():
             if self.on_nan == "skip":
                 for current, saved in zip(self.restore_to, self.saved):
                     current.copy_(torch.where(self.bad, saved, current))
+                if self.scaler_D is not None:
+                    self.scaler_D.update(torch.where(self.bad, self.saved_scale, self.scaler_D.scale(self.one)))
                 if self.fresh_optimizer is not None and self.bad.item():  # once per run, only under ON_NAN=skip
                     self.fresh_optimizer.state.clear()
-            first = self.bad & (self.tally[FIRST_BAD_STEP] < 0)
-            self.tally[SUMS] += torch.where(ok, values, torch.zeros_like(values))
-            self.tally[N_OK] += ok
-            self.tally[N_SKIPPED] += self.bad
+            t = self.tally
+            first = self.bad & (t.first_bad_step < 0)
+            t.loss_sums += torch.where(ok, values, torch.zeros_like(values))
+            t.n_ok += ok
+            t.n_skipped += self.bad
             step = self.step if torch.is_tensor(self.step) else float(self.step)  # a tensor in a CUDA graph
-            self.tally[FIRST_BAD_STEP] = torch.where(first, step, self.tally[FIRST_BAD_STEP])
-            self.tally[FIRST_BAD_LOSSES] = torch.where(first, values, self.tally[FIRST_BAD_LOSSES])
-        self.saved, self.restore_to = [], []
+            t.first_bad_step.copy_(torch.where(first, step, t.first_bad_step))
+            t.first_bad_losses.copy_(torch.where(first, values, t.first_bad_losses))
+        self.saved, self.restore_to, self.scaler_D = [], [], None
 
     # ------------------------------------------------------------------------- inside the step (pix2pix.py)
 
     def check(self, **losses: torch.Tensor) -> None:
         bad = ~torch.isfinite(torch.stack([v.detach().float() for v in losses.values()])).all()
-        if is_distributed():  # all ranks skip or stop together; the stop/save request rides along
+        if is_distributed():  # all ranks skip or stop together
             import torch.distributed as dist
-            agreed = torch.stack([bad.long(), torch.full_like(bad, self.flags(), dtype=torch.long)])
-            dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
-            bad = agreed[0].bool()
-            self.tally[FLAGS] = agreed[1]
-        self.bad = self.bad | bad
+            bad = bad.int()  # nccl reduces no bools
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)
+        self.bad = self.bad | bad.bool()
 
-    def hold_if_not_finite(self, opt: torch.optim.Optimizer) -> None:
+    def hold_if_not_finite(self, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         """Make the coming update a no-op if a loss of this step is not finite, without reading the flag: fused
         Adam takes it as found_inf. In fp16 the loss scaler's own found_inf already skips NaN/Inf gradients."""
         if self.fp16:
+            self.scale_before = scaler.scale(self.one).detach()
             return
         if opt.defaults.get("fused"):
             opt.found_inf = self.bad.float()
         elif self.bad.item():  # other optimisers know no found_inf: a step without gradients changes nothing
             opt.zero_grad(set_to_none=True)
 
-    def after_update(self, scaler: torch.amp.GradScaler, opt: torch.optim.Optimizer) -> None:
-        """Count the updates the fp16 loss scaler skipped (call between scaler.step and scaler.update)."""
+    def after_update(self, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
+        """Count the updates the fp16 loss scaler skipped (call after scaler.update): its scale backs off exactly
+        when it found inf/NaN gradients and skipped the update (it grows, or stays, otherwise)."""
         if getattr(opt, "found_inf", None) is not None and not scaler.is_enabled():
             del opt.found_inf
-        if scaler.is_enabled():  # GradScaler's per-optimiser record of this step; private, hence here only
-            found = scaler._per_optimizer_states[id(opt)]["found_inf_per_device"].values()
-            self.tally[SCALER_SKIPS] += sum(f.to(self.tally.dtype) for f in found).clamp(max=1)
+        if scaler.is_enabled():
+            with torch.no_grad():
+                self.tally.scaler_skips += (scaler.scale(self.one) < self.scale_before).to(self.tally.vector.dtype)
 
     # ------------------------------------------------------------------------- reading (logging and saving steps)
 
     def read(self, over_ranks: bool = False) -> Reading:
         """The one device->host read: raises NonFiniteLoss under ON_NAN=stop if any step so far was not finite.
         `over_ranks`: the loss sums and finite steps of every rank (an all-reduce first; at the end of an epoch)."""
-        tally = self.tally
+        vector = self.tally.vector
         if over_ranks and is_distributed():
             import torch.distributed as dist
-            tally = tally.clone()
-            dist.all_reduce(tally[:N_SKIPPED])  # the loss sums and step counts; skips are the same on every rank
-        tally = tally.tolist()
-        if tally[FIRST_BAD_STEP] >= 0:
-            found = ", ".join(f"{k}={v}" for k, v in zip(LOSS_TERMS, tally[FIRST_BAD_LOSSES])
+            summed = Tally(vector.clone())
+            for total in (summed.loss_sums, summed.n_ok):  # skips are the same on every rank
+                dist.all_reduce(total)
+            vector = summed.vector
+        seen = Tally(vector.cpu())  # the one device->host copy
+        first_bad_step, n_skipped, n_ok = int(seen.first_bad_step), int(seen.n_skipped), int(seen.n_ok)
+        if first_bad_step >= 0:
+            found = ", ".join(f"{k}={v}" for k, v in zip(LOSS_TERMS, seen.first_bad_losses.tolist())
                               if not abs(v) < float("inf")) or "loss on another process"
-            message = f"step {int(tally[FIRST_BAD_STEP])}: non-finite {found}{FP16_HINT if self.fp16 else ''}"
+            message = f"step {first_bad_step}: non-finite {found}{FP16_HINT if self.fp16 else ''}"
             if self.on_nan == "stop":
                 raise NonFiniteLoss(message)
-            print(f"\n{message}; skipped {int(tally[N_SKIPPED]) - self.reported_skips} step(s) since the last report "
+            print(f"\n{message}; skipped {n_skipped - self.reported_skips} step(s) since the last report "
                   f"(ON_NAN=skip)", file=sys.stderr)
-            self.reported_skips = int(tally[N_SKIPPED])
-            self.tally[FIRST_BAD_STEP] = -1  # report the next one afresh
-        n_ok = int(tally[N_OK])
-        return Reading({k: v / max(n_ok, 1) for k, v in zip(LOSS_TERMS, tally[SUMS])}, n_ok, int(tally[N_SKIPPED]),
-                       int(tally[SCALER_SKIPS]), int(tally[FLAGS]))
+            self.reported_skips = n_skipped
+            self.tally.first_bad_step.fill_(-1)  # report the next one afresh
+        return Reading({k: v / max(n_ok, 1) for k, v in zip(LOSS_TERMS, seen.loss_sums.tolist())}, n_ok, n_skipped,
+                       int(seen.scaler_skips))
 
     def start_epoch(self) -> None:
         """The loss sums and counts are per epoch; a non-finite loss not yet reported stays."""
         with torch.no_grad():
-            self.tally[:FIRST_BAD_STEP] = 0
+            for count in self.tally.counts():
+                count.zero_()
         self.reported_skips = 0

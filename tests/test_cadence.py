@@ -14,7 +14,7 @@ import torch
 import train
 from conftest import tiny_args
 from harness import run as harness_run
-from harness import run_log
+from harness import metrics, run_log
 from harness.checkpoint import CheckpointWriter, cpu_copy
 from harness.errors import CheckpointError
 
@@ -88,13 +88,13 @@ def test_slow_samples_and_validation_are_spaced_out_to_stay_within_eval_budget(t
     def clock():
         now[0] += 1
         return now[0]
-    real_evaluate = harness_run.evaluate_generator
+    real_evaluate = metrics.evaluate_generator
 
     def slow_evaluate(*args, **kwargs):
         now[0] += 100
         return real_evaluate(*args, **kwargs)
     monkeypatch.setattr(harness_run, "clock", clock)
-    monkeypatch.setattr(harness_run, "evaluate_generator", slow_evaluate)
+    monkeypatch.setattr(metrics, "evaluate_generator", slow_evaluate)
     monkeypatch.setattr(run_log, "plot_curves", lambda rows, path: None)
     for budget, validated in ((0.1, ["1", "6"]), (0, ["1", "2", "3", "4", "5", "6"])):
         run_dir = tmp_path / f"budget{budget}"

@@ -180,7 +180,7 @@ def graph_and_eager_steps(batch: int, steps: int = 7) -> tuple[list, list]:
             torch.cuda.synchronize()
             assert not graphed or step.graph is not None
             weights.append(torch.cat([p.detach().float().flatten() for p in (*G.parameters(), *D.parameters())]))
-            tallies.append(guard.tally.clone())
+            tallies.append(guard.tally.vector.clone())
     finally:
         torch.use_deterministic_algorithms(False)
     return weights, tallies

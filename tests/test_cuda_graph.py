@@ -48,7 +48,7 @@ def same_training(a: tuple[Pix2Pix, StepGuard], b: tuple[Pix2Pix, StepGuard]) ->
     (ma, ga), (mb, gb) = a, b
     tensors = lambda m: [*m.G.state_dict().values(), *m.D.state_dict().values(),  # noqa: E731
                          *[t for opt in (m.opt_G, m.opt_D) for s in opt.state.values() for t in s.values()]]
-    return all(torch.equal(x, y) for x, y in zip(tensors(ma), tensors(mb))) and torch.equal(ga.tally, gb.tally)
+    return all(torch.equal(x, y) for x, y in zip(tensors(ma), tensors(mb))) and torch.equal(ga.tally.vector, gb.tally.vector)
 
 
 def replaying(calls: list) -> callable:

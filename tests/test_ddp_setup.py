@@ -19,7 +19,8 @@ from conftest import ROOT, tiny_args, write_pairs
 from harness.configurator import default_settings, load_config
 from harness.distributed import ddp, has_own_statistics
 from harness.errors import ConfigError
-from pix2pix import RealFakeScores, build_models
+from pix2pix import build_models
+from utils import RealFakeScores
 from test_distributed import launch
 
 

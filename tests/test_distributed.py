@@ -7,7 +7,8 @@ train.main, watching it through a few wrapped names of the train module, and sav
     torchrun --standalone --nproc_per_node=2 tests/test_distributed.py DUMP [--fail=RANK:STEP] [--nan=RANK:STEP] \
         [--sigterm=RANK:STEP] [--late-sigterm=RANK:STEP] [--hang=RANK:STEP] [--ctrl-c=RANK:STEP] [--slow-fcn=SECONDS] \
         -- --TRAIN_DIR=...
-    (train.py settings). Signals come during that step, before its loss check; --late-sigterm's after the step.
+    (train.py settings). Signals come during that step, before its loss check; --late-sigterm's after its loss
+    checks, before the ranks agree on stopping.
 """
 import os
 import shutil
@@ -297,21 +298,21 @@ def test_a_stuck_rank_stops_the_job_after_dist_timeout_s(tmp_path):
 
 
 @pytest.mark.timeout(600)  # one launch, limited by LAUNCH_TIMEOUT_S
-def test_ranks_agree_on_stopping_inside_the_loss_check_and_a_late_signal_stops_them_one_step_later(tmp_path):
-    """The stop flag rides in the loss checks' all-reduces (2 per step, none of their own), read at logging steps
-    (here every step). A SIGTERM that reaches rank 1 after step 0's checks is heard by both ranks at step 1's:
-    both finish step 1 and stop there together, and rank 0 saves it, mid-epoch."""
+def test_ranks_agree_on_stopping_after_a_logging_step_in_one_collective_of_its_own(tmp_path):
+    """The loss checks all-reduce the NaN flag only (2 per step); the stop is agreed after a logging step (here
+    every step) in one all-reduce of its own. A SIGTERM that reaches rank 1 after step 1's loss checks is heard in
+    that step's agreement: both ranks finish step 1 and stop there together, and rank 0 saves it, mid-epoch."""
     write_pairs(tmp_path / "data" / "train", 6, seed=0)  # BATCH_SIZE 1 on 2 ranks: 3 steps per epoch
     write_pairs(tmp_path / "data" / "val", 1, seed=1)
     run_dir = tmp_path / "run"
     args = dist_settings(tmp_path / "data", run_dir, BATCH_SIZE=1, N_EPOCHS=1, N_EPOCHS_DECAY=0, VAL_EVERY=0,
                          SAMPLE_EVERY=0, CHECKPOINT_EVERY_STEPS=0, LOG_EVERY=1)
-    stopped = launch(tmp_path, "stopped", args, worker_opts=("--late-sigterm=1:0",))
+    stopped = launch(tmp_path, "stopped", args, worker_opts=("--late-sigterm=1:1",))
     assert [d and d.get("exit") for d in stopped.dumps] == [143, 143], stopped.describe()
     assert [d["steps"] for d in stopped.dumps] == [2, 2], stopped.describe()
-    for dump in stopped.dumps:  # step 0's own all-reduces: D's loss check and G's, each with the flags
+    for dump in stopped.dumps:  # step 0: D's loss check, G's loss check, then the stop agreement
         first, second = dump["all_reduces_before_step"]
-        assert second - first == 2, stopped.describe()
+        assert second - first == 3, stopped.describe()
     assert f"saved {run_dir / 'checkpoints' / 'last.pt'} at epoch 1, step 2. Resume with:" in stopped.rank_out[0]
     ckpt = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
     assert (ckpt["epoch"], ckpt["images_in_epoch"], ckpt["step"]) == (0, 4, 2)  # 2 batches of 1 on each rank
@@ -451,6 +452,7 @@ def worker(argv: list[str]) -> int:
     import pix2pix
     import train
     from harness import checkpoint
+    from harness import metrics
     from harness import run as harness_run
 
     sep = argv.index("--")
@@ -506,7 +508,7 @@ def worker(argv: list[str]) -> int:
             save()
             time.sleep(LAUNCH_TIMEOUT_S)  # longer than any test waits; bounded so no rank outlives a failed test
         rec["all_reduces_before_step"].append(all_reduces[0])
-        try:  # a signal during the step (before its loss check, where the ranks agree on stopping) ...
+        try:  # a signal during the step (before its loss checks) ...
             if signal_at == (rank, step):  # as if this rank's node were preempted
                 os.kill(os.getpid(), signal.SIGTERM)
             if ctrl_c_at == (rank, step):  # Ctrl-C in torchrun's terminal: SIGINT to its whole process group
@@ -514,7 +516,7 @@ def worker(argv: list[str]) -> int:
             losses = real["train_step"](model, x, y, guard)
             if guard.bad.item():  # the ranks' agreed verdict on this step (read here by the test only)
                 rec["nonfinite_steps"].append(step)
-            if late_signal_at == (rank, step):  # ... or after it: heard at the next step's check
+            if late_signal_at == (rank, step):  # ... or after them: heard in the step's stop agreement
                 os.kill(os.getpid(), signal.SIGTERM)
             return losses
         finally:
@@ -538,6 +540,7 @@ def worker(argv: list[str]) -> int:
     wrapped |= {name: recorder(name) for name in
                 ("evaluate_generator", "write_samples", "RunLog", "atomic_save", "load_checkpoint")}
     home = {"generator_loss": pix2pix, "build_models": train, "train_step": train,  # whose global the run calls
+            "evaluate_generator": metrics,
             "atomic_save": checkpoint}  # (by the checkpoint writer's thread)
     real = {name: getattr(home.get(name, harness_run), name) for name in wrapped}
     for name, fn in wrapped.items():

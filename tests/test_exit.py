@@ -155,14 +155,14 @@ def test_training_leaves_no_worker_processes_and_gives_the_signals_back(tiny_dat
     import multiprocessing
 
     import train
-    from harness import run as harness_run
+    from harness import metrics as harness_metrics
     sentinel = lambda signum, frame: None  # noqa: E731
     signal.signal(signal.SIGTERM, sentinel)
     args = tiny_args(tiny_data, tmp_path / "run", NUM_WORKERS=2, N_EPOCHS_DECAY=0, SAMPLE_EVERY=0)
     if outcome == "error":
         def fail(*a, **k):
             raise RuntimeError("simulated failure in validation")
-        monkeypatch.setattr(harness_run, "evaluate_generator", fail)
+        monkeypatch.setattr(harness_metrics, "evaluate_generator", fail)
         with pytest.raises(RuntimeError, match="simulated failure") as caught:
             train.main(args)
         assert caught.value.__traceback__ is not None  # the frame (and its loader) is still referenced here

@@ -678,6 +678,33 @@ def test_non_finite_loss_is_caught_before_any_poisoned_update(monkeypatch, poiso
         assert untouched(opt_D)
 
 
+def test_fp16_skip_counts_the_loss_scalers_skip_and_puts_back_d_and_its_scale(monkeypatch):
+    """PRECISION=fp16, ON_NAN=skip, a NaN in D's loss: D's loss scaler skips D's update (its scale halves), which
+    the guard counts from the public scale() alone; the guard puts D and that scale back. A finite step after it
+    counts no skip."""
+    from harness.step_guard import StepGuard
+    model = tiny_model()
+    model.scaler_G, model.scaler_D = pix2pix.make_grad_scalers(torch.device("cpu"), "fp16")
+    real_d, poison = pix2pix.discriminator_loss, [True]
+
+    def d_loss(*a):
+        loss, real, fake = real_d(*a)
+        real = real * float("nan") if poison[0] else real
+        return (real + fake) / 2, real, fake
+    monkeypatch.setattr(pix2pix, "discriminator_loss", d_loss)
+    x, y = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
+    guard = StepGuard("skip", torch.device("cpu"), fp16=True)
+    for step in (0, 1):  # Adam's first step is the guard's special case (no state to keep): look at the second
+        poison[0] = step == 1
+        d_before = {k: v.detach().clone() for k, v in model.D.state_dict().items()}
+        scale_before = model.scaler_D.get_scale()
+        guard.begin_step(step, model)
+        guard.end_step(pix2pix.train_step(model, x, y, guard))
+    assert guard.read().scaler_skips == 1 and guard.read().skipped == 1
+    assert model.scaler_D.get_scale() == scale_before
+    assert all(torch.equal(v, model.D.state_dict()[k]) for k, v in d_before.items())
+
+
 def nan_generator_on(monkeypatch, calls: set[int], hook=None) -> None:
     """Make G's output NaN on the given (1-based) forward calls on real data (not FLOP counting on "meta")."""
     real_forward, count = generator_model.UNetGenerator.forward, [0]

@@ -49,7 +49,7 @@ def run_training(data: Path, run_dir: Path, on_step=None, after_epoch=None, **ov
     """train.main in-process on one thread, with hooks: on_step(n) before the n-th train_step call (1-based)
     of this run, after_epoch(run_dir) at the end of every finished epoch (after its checkpoints are written).
     Returns {"code": main's exit code, "lrs": [(lr_G, lr_D) of every step]}."""
-    real_step, real_barrier = train.train_step, harness_run.barrier
+    real_step, real_barrier = train.train_step, train.barrier
     record = {"lrs": [], "code": None}
 
     def step(model, *args, **kwargs):
@@ -68,7 +68,7 @@ def run_training(data: Path, run_dir: Path, on_step=None, after_epoch=None, **ov
     with pytest.MonkeyPatch.context() as mp:
         write_checkpoints_at_once(mp)  # after_epoch sees the epoch's checkpoint on disk
         mp.setattr(train, "train_step", step)
-        mp.setattr(harness_run, "barrier", barrier)
+        mp.setattr(train, "barrier", barrier)
         mp.setattr(run_log, "plot_curves", lambda rows, path: None)
         torch.set_num_threads(1)
         try:

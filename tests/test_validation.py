@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 
 import train
-from harness import run as harness_run
+from harness import metrics as harness_metrics
 from conftest import tiny_args
 from harness.checkpoint import load_checkpoint, load_generator
 
@@ -80,7 +80,7 @@ def scripted_validation(monkeypatch, l1_values: list[float]) -> list[int]:
     def fake(G, loader, *args, **kwargs):
         seen.append(sum(x.shape[0] for x, _ in loader))
         return {"summary": {"l1": next(values), "psnr": 20.0, "ssim": 0.5, "ratio": 0.8, "n_images": seen[-1]}}
-    monkeypatch.setattr(harness_run, "evaluate_generator", fake)
+    monkeypatch.setattr(harness_metrics, "evaluate_generator", fake)
     return seen
 
 
