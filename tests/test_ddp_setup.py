@@ -1,6 +1,6 @@
-"""DDP as train.py builds it, for GPUs, checked with what gloo on the CPU can show: the DDP flags per
-normalisation (gradient_as_bucket_view, broadcast_buffers only for per-process batch-norm statistics,
-static_graph), rank 0 training the FCN segmenter while the others wait outside the training's collectives (so
+"""DDP as train.py builds it, for GPUs, checked with what gloo on the CPU can show: the DDP options per
+normalisation and device (buffers synced each forward only for per-process batch-norm statistics;
+gradient_as_bucket_view and static_graph on GPUs), rank 0 training the FCN segmenter while the others wait outside the training's collectives (so
 DIST_TIMEOUT_S does not kill the job), and DEVICE=cuda:N under torchrun refused in one line. SYNC_BN on two GPUs:
 tests/test_cuda.py.
 
@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from conftest import ROOT, tiny_args, write_pairs
 from harness.configurator import default_settings, load_config
-from harness.distributed import ddp, has_own_statistics
+from harness.distributed import ddp, ddp_options, has_own_statistics
 from harness.errors import ConfigError
 from pix2pix import build_models
 from utils import RealFakeScores
@@ -43,9 +43,12 @@ def test_ddp_broadcasts_buffers_only_for_per_process_batch_norm_statistics(one_p
         G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
     for module in (G, RealFakeScores(D)):
         assert has_own_statistics(module) is broadcast
+        gpu = ddp_options(module, torch.device("cuda", 1))
+        assert gpu == dict(device_ids=[torch.device("cuda", 1)], forward_sync_buffers=broadcast,
+                           gradient_as_bucket_view=True, static_graph=True)
         if not sync_bn:  # SyncBatchNorm is built under DDP on GPUs only (tests/test_cuda.py)
-            wrapped = ddp(module, torch.device("cpu"))
-            assert wrapped.gradient_as_bucket_view and wrapped.static_graph
+            wrapped = ddp(module, torch.device("cpu"))  # gloo on a CPU: DDP's defaults, measured no slower
+            assert not wrapped.gradient_as_bucket_view and not wrapped.static_graph
             assert wrapped.forward_sync_buffers is broadcast
 
 
