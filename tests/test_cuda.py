@@ -224,8 +224,10 @@ def test_a_capture_that_fails_on_the_gpu_says_one_line_and_trains_on(data, tmp_p
     then the eager step to the end of the run, with finite weights."""
     from harness import cuda_graph
 
+    real_capture = cuda_graph.capture_graph
+
     def host_read_inside(step):
-        return cuda_graph.capture_graph(lambda: (step(), torch.ones((), device="cuda").item()))
+        return real_capture(lambda: (step(), torch.ones((), device="cuda").item()))
     monkeypatch.setattr(cuda_graph, "capture_graph", host_read_inside)
     assert run_training(data, tmp_path / "run", monkeypatch, DEVICE="cuda", CUDA_GRAPH=True, N_EPOCHS=2,
                         N_EPOCHS_DECAY=2) == 0
