@@ -73,6 +73,8 @@ VAL_MAX_IMAGES = 100  # validate on at most this many VAL_DIR images
 EVAL_BUDGET = 0.1  # samples, validation and curves: at most this fraction of the time (spaced out if slower; 0 = off)
 PIXEL_ACCURACY = False  # validation also reports RMSE and pixel accuracy (within 5/16 grey levels): maps' figures
 FCN_SCORE = False  # validation also reports the FCN-score (paper §4.2, labels->photo data; trains a segmenter once)
+FID = False  # validation also reports FID and KID (Inception-v3 features; needs INCEPTION_WEIGHTS, never downloaded)
+INCEPTION_WEIGHTS = ""  # FID's pt_inception-2015-12-05-6726825d.pth; "" = torch's hub cache (docs/results.md)
 BEST_BY = "l1"  # what picks best.pt: "l1" (validation L1, lower) or "fcn_class_iou" (with FCN_SCORE, higher)
 TEST_MODE = "paper"  # generator at test time: "paper" (dropout on, batch statistics; paper §3.3) or "eval"
 LOG_EVERY = 50  # TensorBoard scalars every N steps

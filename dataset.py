@@ -3,8 +3,8 @@
   A/ and B/        two sub-folders whose files pair up by name stem (A/1.png <-> B/1.jpg); B is resized to A's size
 
 PREPROCESS picks the geometry, as the official code's --preprocess does: resize_and_crop (the paper's jitter, the
-default), crop, scale_width, scale_width_and_crop, none (see resized_size). Resizing is bicubic with antialiasing,
-like PIL's. Input and target always get the same crop and flip (paper §6.2).
+default), crop, scale_width, scale_width_and_crop, none (see PairTransform.resized_size). Resizing is bicubic
+with antialiasing, like PIL's. Input and target always get the same crop and flip (paper §6.2).
 
 Check a folder before training (layout, pairs, sizes, bad files; with train.py's --KEY=value settings):
     python -m harness.data_checks ../shared/data/facades/train
@@ -113,7 +113,7 @@ def read_pair(path: Path, direction: str, in_channels: int = 3, out_channels: in
 
 def resize(images: list[np.ndarray], height: int, width: int) -> list[np.ndarray]:
     """Equal-size HxWxC uint8 arrays -> height x width x C, bicubic, antialiased when shrinking: the reference code's
-    PIL resize. torch's uint8 path uses PIL's kernel (within 0.01 grey levels of PIL on average, and faster)."""
+    PIL resize. torch's uint8 path uses PIL's kernel (docs/data.md gives the difference)."""
     if images[0].shape[:2] == (height, width):
         return images
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # NHWC memory: torch's fast uint8 path
@@ -127,30 +127,6 @@ def to_tensor(image: np.ndarray) -> torch.Tensor:
     chw /= 127.5
     chw -= 1
     return torch.from_numpy(chw)
-
-
-def resized_size(height: int, width: int, preprocess: str, load_size: int, crop_size: int,
-                 multiple: int) -> tuple[int, int]:
-    """(height, width) an image is resized to before any crop, per PREPROCESS (the official code's semantics):
-      resize_and_crop        load_size x load_size, then a crop_size crop
-      crop                   unchanged, then a crop_size crop
-      scale_width_and_crop   width load_size, height kept in proportion (at least crop_size), then a crop
-      scale_width            the same without the crop; both sides then rounded to a multiple of `multiple`
-      none                   unchanged, each side rounded to the nearest multiple of `multiple` (at least one)
-    The uncropped modes round to 2^NUM_DOWNS, which the U-Net needs (the official code rounds to 4)."""
-    def round_to(n: float) -> int:
-        return max(multiple, int(round(n / multiple)) * multiple)
-    if preprocess == "resize_and_crop":
-        return load_size, load_size
-    if preprocess == "crop":
-        return height, width
-    if preprocess in ("scale_width", "scale_width_and_crop"):
-        height, width = max(int(load_size * height / width), crop_size), load_size
-        if preprocess == "scale_width_and_crop":
-            return height, width
-    if preprocess in ("scale_width", "none"):
-        return round_to(height), round_to(width)
-    raise ValueError(f"PREPROCESS={preprocess!r} is not one of {', '.join(PREPROCESS_MODES)}")
 
 
 class PairTransform:
@@ -167,7 +143,26 @@ class PairTransform:
                                  additional_targets={"target": "image"})
 
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
-        return resized_size(height, width, self.preprocess, self.load_size, self.image_size, self.multiple)
+        """(height, width) an image is resized to before any crop, per PREPROCESS (the official code's semantics):
+          resize_and_crop        LOAD_SIZE x LOAD_SIZE, then an IMAGE_SIZE crop
+          crop                   unchanged, then an IMAGE_SIZE crop
+          scale_width_and_crop   width LOAD_SIZE, height kept in proportion (at least IMAGE_SIZE), then a crop
+          scale_width            the same without the crop; both sides then rounded to a multiple of `multiple`
+          none                   unchanged, each side rounded to the nearest multiple of `multiple` (at least one)
+        The uncropped modes round to 2^NUM_DOWNS, which the U-Net needs (the official code rounds to 4)."""
+        def round_to(n: float) -> int:
+            return max(self.multiple, int(round(n / self.multiple)) * self.multiple)
+        if self.preprocess == "resize_and_crop":
+            return self.load_size, self.load_size
+        if self.preprocess == "crop":
+            return height, width
+        if self.preprocess in ("scale_width", "scale_width_and_crop"):
+            height, width = max(int(self.load_size * height / width), self.image_size), self.load_size
+            if self.preprocess == "scale_width_and_crop":
+                return height, width
+        if self.preprocess in ("scale_width", "none"):
+            return round_to(height), round_to(width)
+        raise ValueError(f"PREPROCESS={self.preprocess!r} is not one of {', '.join(PREPROCESS_MODES)}")
 
     def output_size(self, height: int, width: int) -> tuple[int, int]:
         """(height, width) of the transformed image of an input half of this size."""
@@ -195,11 +190,14 @@ class PairedImageDataset(Dataset):
     """(input, target) float tensors in [-1, 1], CxHxW, of `pairs` (find_pairs; train.py passes the ones the data
     checks found usable) under the config's DIRECTION, channels and geometry. Index with an int, or with
     (index, seed) from AugmentationSampler: the seed fixes that item's jitter and flip, so augmentation is the
-    same whatever the number of loader workers, and a resumed run continues it exactly."""
-    cached: list[tuple[np.ndarray, np.ndarray]] | None = None  # CACHE_IMAGES: every pair as read (harness/loading.py)
+    same whatever the number of loader workers, and a resumed run continues it exactly. `folder` and `skipped`
+    record where the pairs came from and which files the checks left out, and why."""
 
-    def __init__(self, pairs: list[Pair], cfg: dict[str, Any], train: bool):
+    def __init__(self, pairs: list[Pair], cfg: dict[str, Any], train: bool, folder: Path | None = None,
+                 skipped: list[tuple[Path, str]] | None = None):
         self.pairs, self.train = pairs, train
+        self.folder, self.skipped = folder, skipped or []
+        self.cached: list[tuple[np.ndarray, np.ndarray]] | None = None  # CACHE_IMAGES (harness/loading.py)
         self.direction, self.in_channels, self.out_channels = cfg["DIRECTION"], cfg["IN_CHANNELS"], cfg["OUT_CHANNELS"]
         self.transform = build_transform(cfg, train)
 

@@ -10,19 +10,28 @@ import torch.nn as nn
 
 from layers import conv_bias, init_weights, norm_layer
 
-DISCRIMINATOR_KEYS = ("in_channels", "out_channels", "base_channels", "n_layers", "norm")
+def conv_geometry(n_layers: int) -> list[tuple[int, int, int]]:
+    """(kernel, stride, padding) of each convolution of PatchDiscriminator(n_layers=n_layers), in order."""
+    if n_layers == 0:  # PixelGAN
+        return [(1, 1, 0)] * 3
+    return [(4, 2, 1)] * n_layers + [(4, 1, 1)] * 2   # the last C-block and the output conv keep resolution
 
 
 def receptive_field(n_layers: int) -> int:
     """Side of the input patch that one output logit sees (70 for the default n_layers=3)."""
-    if n_layers == 0:
-        return 1
-    strides = [2] * n_layers + [1, 1]
     rf, jump = 1, 1
-    for s in strides:
-        rf += 3 * jump   # every conv is 4x4
-        jump *= s
+    for kernel, stride, _ in conv_geometry(n_layers):
+        rf += (kernel - 1) * jump
+        jump *= stride
     return rf
+
+
+def feature_sides(image_size: int, n_layers: int) -> list[int]:
+    """Side of each convolution's output at this image size; the last is the patch logits'."""
+    sides = [image_size]
+    for kernel, stride, padding in conv_geometry(n_layers):
+        sides.append((sides[-1] + 2 * padding - kernel) // stride + 1)
+    return sides[1:]
 
 
 class PatchDiscriminator(nn.Module):

@@ -1,9 +1,16 @@
 """
-Download and safely extract an official pix2pix dataset, then print the train.py command.
+Download and safely extract an official pix2pix dataset, then print the train.py command; or download one of the
+official code's pretrained generators, then print the predict.py command.
 
     python download_dataset.py facades                 # -> data/facades/{train,val,test}
     python download_dataset.py maps --output data/       # also: edges2shoes, edges2handbags, night2day
     python download_dataset.py cityscapes              # prints how to prepare it (not redistributable)
+    python download_dataset.py --pretrained facades_label2photo   # -> pretrained/facades_label2photo.pth
+                                   # also: sat2map, map2sat, edges2shoes, day2night
+
+A pretrained generator is downloaded to <dest>/<name>.pth.part (resumed like an archive), checked (it must load as
+a generator of the official code: harness/official_format.py; an HTML error page or a truncated file is refused
+and deleted) and only then renamed to <name>.pth, where predict.py and evaluate.py load it as it is.
 
 The archive is downloaded to <dest>/<name>.tar.gz.part; re-running after a failure resumes
 it with an HTTP Range request. Once its size matches Content-Length it is renamed to
@@ -21,6 +28,7 @@ import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+from typing import Any, Callable
 
 from tqdm import tqdm
 
@@ -28,6 +36,15 @@ from harness.errors import DownloadError
 
 BASE_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets"
 DATASETS = ["facades", "maps", "edges2shoes", "edges2handbags", "night2day"]
+# the official code's scripts/download_pix2pix_model.sh: its pretrained PyTorch generators (unet_256)
+MODELS_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/models-pytorch"
+PRETRAINED = {  # name: what it translates, and which half of that dataset's A|B files is its input
+    "facades_label2photo": ("facades label maps to photos", "BtoA"),
+    "sat2map": ("aerial photos to maps", "AtoB"),
+    "map2sat": ("maps to aerial photos", "BtoA"),
+    "edges2shoes": ("edge maps to photos of shoes", "AtoB"),
+    "day2night": ("daytime to night-time photos (night2day)", "BtoA"),
+}
 CHUNK = 1 << 16  # bytes per read
 TIMEOUT = 30  # seconds without progress before giving up
 
@@ -46,8 +63,9 @@ class UnsafeArchiveError(DownloadError):
     """An archive member would land outside the destination (or is a device file): nothing is extracted."""
 
 
-def download(url: str, part: str, final: str) -> None:
-    """Download url to `final` through `part`, resuming an existing `part` with a Range request."""
+def download(url: str, part: str, final: str, check: Callable[[str], Any] | None = None) -> None:
+    """Download url to `final` through `part`, resuming an existing `part` with a Range request. `check(part)`
+    may refuse the complete download with a DownloadError: `part` is then deleted and `final` never written."""
     have = os.path.getsize(part) if os.path.exists(part) else 0
     req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
     try:
@@ -57,7 +75,7 @@ def download(url: str, part: str, final: str) -> None:
             raise
         e.close()  # 416: the server can't continue our .part (e.g. file changed); start over
         os.remove(part)
-        return download(url, part, final)
+        return download(url, part, final, check)
     with resp:
         length = resp.headers.get("Content-Length")
         if resp.status == 206:  # partial content: append to what we have
@@ -80,6 +98,12 @@ def download(url: str, part: str, final: str) -> None:
     size = os.path.getsize(part)
     if total is not None and size != total:  # a dropped connection just ends the stream early
         raise DownloadError(f"connection closed after {size} of {total} bytes")
+    if check is not None:
+        try:
+            check(part)
+        except DownloadError:
+            os.remove(part)  # complete but wrong: resuming it could only make it longer
+            raise
     os.replace(part, final)
 
 
@@ -141,14 +165,77 @@ def train_command(dest: str, name: str) -> str:
     return cmd + (f" --VAL_DIR={os.path.join(root, val)}" if val else "")
 
 
+def official_generator(path: str) -> str:
+    """What `path` holds if it loads as a generator of the official pix2pix code (harness/official_format.py), in a
+    few words; else a DownloadError saying what it is instead (a web page, a truncated or foreign file)."""
+    with open(path, "rb") as f:
+        head = f.read(64).lstrip()
+    if head[:1] == b"<":  # an HTML error or login page served with status 200
+        raise DownloadError(f"the server sent a web page, not a weights file (it starts {head[:24]!r})")
+    from harness.weights import read_weights_file
+    from harness.errors import CheckpointError
+    from harness.official_format import describe, generator_from_official, is_official_unet, is_state_dict
+    try:
+        state = read_weights_file(path)
+        if not is_official_unet(state):
+            raise CheckpointError(f"it is {describe(state)}" if is_state_dict(state) else
+                                  "it loads, but holds no generator of the official code")
+        hp = generator_from_official(state).hparams
+    except CheckpointError as e:
+        raise DownloadError(f"the file is not an official pix2pix generator: {e}") from None
+    return f"U-Net of {hp['num_downs']} levels, ngf {hp['base_channels']}, {hp['norm']} norm"
+
+
+def predict_command(path: str) -> str:
+    return f"python predict.py --checkpoint {path} --input your_images/ --output results/"
+
+
+def fetch_pretrained(name: str, dest: str, url: str | None) -> int:
+    """Download, check and place one official pretrained generator, then say how to use it."""
+    final = os.path.join(dest, f"{name}.pth")
+    what, direction = PRETRAINED[name]
+    usage = (f"To translate your images ({what}):\n  {predict_command(final)}\n"
+             f"On A|B files of its dataset (predict.py --paired, evaluate.py) add --direction {direction}.")
+    if os.path.exists(final):
+        print(f"{final} already exists; not downloading again. {usage}")
+        return 0
+    os.makedirs(dest, exist_ok=True)
+    url = url or f"{MODELS_URL}/{name}.pth"
+    part = final + ".part"
+    print(f"downloading {url}")
+    try:
+        download(url, part, final, check=official_generator)
+    except (OSError, http.client.HTTPException, DownloadError) as e:  # URLError/timeouts are OSError
+        kept = f"; {part} is kept and re-running resumes it" if os.path.exists(part) else "; nothing was saved"
+        print(f"error: download of {url} failed: {e}{kept}", file=sys.stderr)
+        return 1
+    print(f"saved {final}: the official {name} generator ({official_generator(final)}). {usage}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description="Download and extract a pix2pix dataset.")
-    p.add_argument("name", choices=DATASETS + ["cityscapes"])
-    p.add_argument("--output", "--dest", default="data",
-                   help="folder to put the dataset in (default: data); --dest is its former name")
-    p.add_argument("--url", default=None, help="override the URL (default: BASE_URL/<name>.tar.gz)")
+    p = argparse.ArgumentParser(description="Download and extract a pix2pix dataset, or a pretrained generator.")
+    p.add_argument("name", nargs="?", choices=DATASETS + ["cityscapes"], help="the dataset")
+    p.add_argument("--pretrained", metavar="MODEL", default=None,
+                   help=f"instead, an official pretrained generator: {', '.join(PRETRAINED)}")
+    p.add_argument("--output", "--dest", default=None,
+                   help="folder to put it in (default: data, or pretrained with --pretrained); --dest is its former "
+                        "name")
+    p.add_argument("--url", default=None,
+                   help="override the URL (default: BASE_URL/<name>.tar.gz, MODELS_URL/<model>.pth)")
     args = p.parse_args(argv)
 
+    if args.pretrained is not None:
+        if args.name:
+            p.error("give a dataset name or --pretrained MODEL, not both")
+        if args.pretrained not in PRETRAINED:
+            print(f"error: unknown pretrained model {args.pretrained!r}; the official ones are "
+                  f"{', '.join(PRETRAINED)}", file=sys.stderr)
+            return 2
+        return fetch_pretrained(args.pretrained, args.output or "pretrained", args.url)
+    if args.name is None:
+        p.error(f"name a dataset ({', '.join(DATASETS)}, cityscapes) or a model with --pretrained")
+    args.output = args.output or "data"
     if args.name == "cityscapes":
         print(CITYSCAPES_HELP.format(dest=args.output.rstrip("/") or "."))
         return 0

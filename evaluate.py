@@ -5,12 +5,19 @@ thumbnails, works offline).
     python evaluate.py --checkpoint runs/facades/generator.pt --data data/facades/val
     python evaluate.py --checkpoint runs/facades/generator_best.pt --data data/facades/test --output results/test
     python evaluate.py --checkpoint runs/facades/generator.pt --data data/facades/test --fcn-score
+    python evaluate.py --checkpoint runs/maps/generator.pt --data data/maps/val --fid --inception-weights PATH
 
 --fcn-score (labels -> photo data: the input is a label map) adds the paper's FCN-score (§4.2): a segmenter trained
-here on the real training photos (harness/fcn_score.py; trained once, ~8 min of CPU time on facades, then reused
+here on the real training photos (harness/fcn_score.py; trained once, in minutes on a CPU, then reused
 while the training files stay the same) labels each generated photo; its label map is compared with the input's
 (pixel accuracy, class accuracy, class IoU), and the real photos are scored the same way as the ceiling. The
 training folder is --fcn-train, else the checkpoint's TRAIN_DIR, else the `train` folder beside --data.
+
+--fid adds FID and KID between the outputs and the real targets (Inception-v3 features, torchmetrics; lower is
+better; harness/fid.py): set-level figures, in summary.json, index.html and a last metrics.csv row, "(all N
+images)". They need the Inception weights pt_inception-2015-12-05-6726825d.pth (~91 MB), never downloaded here:
+--inception-weights PATH, else torch's hub cache; without it one line says where to get it. FID is biased by the
+number of images (compare only at equal counts); KID is not.
 
 --mean-baseline scores, instead of the checkpoint's generator, the mean target image of that training folder as the
 output for every input (at the checkpoint's resolution): the blurry average that pixel metrics reward, and the
@@ -19,9 +26,11 @@ floor that the own/other ratio and the FCN-score are there to see through.
 Images are scored in [0, 1] at the model's resolution (the checkpoint's IMAGE_SIZE, through the dataset's eval
 transform) with the checkpoint's DIRECTION and channels, so runs compare. L1: lower is better; PSNR (dB) and
 SSIM: higher is better; RMSE in grey levels (0-255): lower is better; pixel_acc_5 / pixel_acc_16: the fraction of
-pixels whose largest channel difference to the target is below 5 / 16 grey levels (the maps figure), higher is
-better; ratio = mean L1 to an image's own target / mean L1 to the other images' targets: 1.0 = the output ignores
-its input (as a mean-image predictor does), lower is better (harness/metrics.py).
+pixels whose largest channel difference to the target is below 5 / 16 grey levels (this project's maps figure),
+higher is better; gcgan_rmse, gcgan_acc_5, gcgan_acc_10: the same figures by GcGAN's evaluation script (the
+protocol behind published maps numbers: both images at 256 px bilinear, the target from the file, RMSE summed over
+channels); ratio = mean L1 to an image's own target / mean L1 to the other images' targets: 1.0 = the output
+ignores its input (as a mean-image predictor does), lower is better (harness/metrics.py).
 
 Default --output: <checkpoint folder>/eval_<data folder name>. Deterministic: --seed fixes the dropout noise of the
 paper's test mode (--mode paper, the default; or eval). The generator runs in IEEE fp32 by default (--precision
@@ -51,8 +60,10 @@ from tqdm import tqdm
 
 from harness.data_checks import check_batchable, checked_dataset
 from harness.errors import ConfigError, exit_on_error, path_argument
+from harness.fid import WEIGHTS_NAME, FidKid, find_weights, weights_note
 from harness.inference import batch_size_for, check_output_folder, load_for_inference, model_arguments
-from harness.metrics import METRICS, PIXEL_ACC_DELTAS, evaluate_generator
+from harness.metrics import (GCGAN_DELTAS, GCGAN_METRICS, METRICS, PIXEL_ACC_DELTAS, evaluate_generator,
+                             gcgan_maps_scores)
 
 THUMB_SIZE = 256  # thumbnails in index.html are at most this many pixels wide
 KINDS = ("input", "output", "target")
@@ -64,7 +75,16 @@ FIGURES = {"l1": ("L1", "L1", "{:.4f}", "lower is better"),
            **{f"pixel_acc_{d}": (f"acc@{d}", f"pixel accuracy, delta {d}", "{:.4f}",
                                  f"pixels within {d} grey levels in every channel; higher is better")
               for d in PIXEL_ACC_DELTAS},
-           "ratio": ("ratio", "own/other-target L1 ratio", "{:.3f}", "1.0 = ignores the input, lower is better")}
+           "gcgan_rmse": ("G-RMSE", "RMSE, GcGAN's protocol", "{:.2f}",
+                          "256 px bilinear, summed over channels; lower is better"),
+           **{f"gcgan_acc_{d}": (f"G@{d}", f"pixel accuracy, GcGAN's protocol, delta {d}", "{:.4f}",
+                                 "256 px bilinear; higher is better") for d in GCGAN_DELTAS},
+           "ratio": ("ratio", "own/other-target L1 ratio", "{:.3f}", "1.0 = ignores the input, lower is better"),
+           "fid": ("FID", "FID", "{:.2f}", "Inception-v3 features of outputs vs targets; lower is better"),
+           "kid": ("KID", "KID", "{:.5f}", "mean over subsets; lower is better"),
+           "kid_std": ("KID sd", "KID, sd over subsets", "{:.5f}", "its spread over the random subsets")}
+PER_IMAGE = (*METRICS, *GCGAN_METRICS)  # metrics.csv's and index.html's columns
+SET_FIGURES = ("ratio", "fid", "kid", "kid_std")  # of the whole set, not means of per-image figures
 
 
 def default_out(checkpoint: Path, data: Path) -> Path:
@@ -110,7 +130,10 @@ def write_html(path: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) 
         ("skipped files", ", ".join(summary["skipped_files"]) or "none"),
         ("mode / seed / batch size", f"{summary['mode']} / {summary['seed']} / {summary['batch_size']}"),
         ("resolution / direction", f"{summary['image_size']} px / {summary['direction']}"),
-    ] + [(f"mean {name} ({meaning})", number(k, summary[k])) for k, (_, name, _, meaning) in FIGURES.items()]
+    ] + [(f"{'' if k in SET_FIGURES else 'mean '}{name} ({meaning})", number(k, summary[k]))
+         for k, (_, name, _, meaning) in FIGURES.items() if k in summary]
+    if "fid" in summary:
+        facts += [("FID/KID images, Inception weights", f"{summary['fid_images']}, {fid_weights(summary)}")]
     fcn = summary.get("fcn")
     if fcn:  # paper §4.2
         facts += [(f"FCN-score, {who} photos (pixel acc / class acc / class IoU)",
@@ -118,12 +141,12 @@ def write_html(path: Path, rows: list[dict[str, Any]], summary: dict[str, Any]) 
                   for who in ("generated", "real")] + [("FCN-score segmenter", fcn["segmenter"])]
     kinds = (*KINDS, "segmented") if fcn else KINDS
     head = "".join(f"<tr><th>{esc(k)}</th><td>{esc(str(v))}</td></tr>" for k, v in facts)
-    columns = "".join(f"<th>{esc(FIGURES[k][1])}</th>" for k in METRICS)
+    columns = "".join(f"<th>{esc(FIGURES[k][1])}</th>" for k in PER_IMAGE)
     segmented = "<th>output, segmented (FCN-score)</th>" if fcn else ""
     body = "".join(
         f"<tr><td>{i + 1}</td><td class=f>{esc(r['file'])}</td>"
         + "".join(f'<td><img src="images/{thumb_name(i, kind)}" alt="{kind}" loading="lazy"></td>' for kind in kinds)
-        + "".join(f"<td>{number(k, r[k])}</td>" for k in METRICS) + "</tr>\n"
+        + "".join(f"<td>{number(k, r[k])}</td>" for k in PER_IMAGE) + "</tr>\n"
         for i, r in enumerate(rows))
     path.write_text(f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>pix2pix evaluation: {esc(summary['data'])}</title>
@@ -143,18 +166,26 @@ img {{ width: 192px; display: block; }}
 """, encoding="utf-8")
 
 
+def fid_weights(summary: dict[str, Any]) -> str:
+    return weights_note(summary["inception_weights"], summary["inception_weights_standard"])
+
+
 def summary_table(summary: dict[str, Any]) -> str:
     head = (f"{summary['n_images']} images of {summary['data']} ({summary['mode']} mode, seed {summary['seed']}, "
             f"batch {summary['batch_size']}, {summary['image_size']} px)")
-    return "\n".join([head] + [
+    lines = [head] + [
         f"  {short:<6} {'n/a' if summary[k] is None else fmt.format(summary[k]):>8}  {name}: {meaning}"
-        for k, (short, name, fmt, meaning) in FIGURES.items()])
+        for k, (short, name, fmt, meaning) in FIGURES.items() if k in summary]
+    if "fid" in summary:
+        lines.append(f"  FID/KID of {summary['fid_images']} images; Inception weights {fid_weights(summary)}")
+    return "\n".join(lines)
 
 
 def evaluate(args: argparse.Namespace) -> int:
     data = Path(args.data)
     out = args.output or default_out(args.checkpoint, data)
     check_output_folder(out)
+    weights = find_weights(args.inception_weights) if args.fid else None  # before any work: one line if missing
     G, cfg, device, precision = load_for_inference(args.checkpoint, args.mode, args.device, args.precision,
                                                    args.direction, needs_direction=True)
     if args.mean_baseline:
@@ -165,24 +196,31 @@ def evaluate(args: argparse.Namespace) -> int:
     n = min(len(dataset), args.max_images or len(dataset))
     batch_size = batch_size_for(args, cfg)
     check_batchable(dataset, batch_size)
+    fid = FidKid(weights, device) if weights else None  # a file that is not the Inception weights stops us here
     scorer, segmenter = fcn_scorer(args, cfg, data) if args.fcn_score else (None, None)
     loader = DataLoader(Subset(dataset, range(n)), batch_size=batch_size, shuffle=False, num_workers=0)
-    with tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True) as bar:  # closed before a Ctrl-C line
-        result = evaluate_generator(G, bar, device, precision, args.mode, args.seed,
-                                    on_batch=thumbnail_writer(out / "images", scorer))
+    save, gcgan = thumbnail_writer(out / "images", scorer), GcGANScores(dataset)
 
-    rows = [{"file": dataset.files[i].relative_to(data).as_posix(),
-             **{k: result["per_image"][k][i].item() for k in METRICS}} for i in range(n)]
-    with open(out / "metrics.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, ["file", *METRICS])
-        writer.writeheader()
-        writer.writerows({**r, **{k: f"{r[k]:.6g}" for k in METRICS}} for r in rows)
+    def on_batch(x: torch.Tensor, fake: torch.Tensor, y: torch.Tensor) -> None:
+        save(x, fake, y)
+        gcgan(fake)
+        if fid is not None:
+            fid.update(fake, y)
+    with tqdm(loader, desc="evaluate", unit="batch", dynamic_ncols=True) as bar:  # closed before a Ctrl-C line
+        result = evaluate_generator(G, bar, device, precision, args.mode, args.seed, on_batch=on_batch)
+
+    per_image = {k: result["per_image"][k].tolist() for k in METRICS} | gcgan.per_image
+    rows = [{"file": dataset.files[i].relative_to(data).as_posix(), **{k: per_image[k][i] for k in PER_IMAGE}}
+            for i in range(n)]
+    set_figures = fid.result() if fid is not None else {}
+    write_csv(out / "metrics.csv", rows, set_figures)
     summary = {"checkpoint": "mean training target (--mean-baseline)" if args.mean_baseline else str(args.checkpoint),
                "data": str(data), "n_images": n, "skipped_files": skipped,
                "mode": args.mode, "seed": args.seed, "batch_size": batch_size, "image_size": cfg["IMAGE_SIZE"],
                "direction": cfg["DIRECTION"], "device": str(device), "precision": precision,
                **{k: finite_or_none(result["summary"][k]) for k in (*METRICS, "ratio")},
-               "pixel_acc_deltas": list(PIXEL_ACC_DELTAS)}
+               **{k: sum(v) / len(v) for k, v in gcgan.per_image.items()},
+               "pixel_acc_deltas": list(PIXEL_ACC_DELTAS), "gcgan_deltas": list(GCGAN_DELTAS), **set_figures}
     if scorer is not None:
         summary["fcn"] = scorer.result() | {"segmenter": str(segmenter)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -195,6 +233,35 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"skipped {len(skipped)} unreadable file(s), listed in summary.json", file=sys.stderr)
     print(f"wrote {out / 'metrics.csv'}, {out / 'summary.json'} and {out / 'index.html'}")
     return 0
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]], set_figures: dict[str, Any]) -> None:
+    """One row per image; with --fid, FID and KID columns filled in one last row for the whole set (with the
+    per-image figures' means), "(all N images)"."""
+    figures = [k for k in ("fid", "kid", "kid_std") if k in set_figures]
+    fmt = lambda v: "" if v is None else f"{v:.6g}"  # noqa: E731
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, ["file", *PER_IMAGE, *figures])
+        writer.writeheader()
+        writer.writerows({**r, **{k: fmt(r[k]) for k in PER_IMAGE}} for r in rows)
+        if figures:
+            means = {k: fmt(sum(r[k] for r in rows) / len(rows)) for k in PER_IMAGE}
+            writer.writerow({"file": f"(all {len(rows)} images)", **means, **{k: fmt(set_figures[k]) for k in figures}})
+
+
+class GcGANScores:
+    """An on_batch callback: GcGAN's maps figures of each output against its target as read from the data file
+    (harness/metrics.py), in loader order."""
+
+    def __init__(self, dataset: Any):
+        self.dataset = dataset
+        self.per_image: dict[str, list[float]] = {k: [] for k in GCGAN_METRICS}
+
+    def __call__(self, fake: torch.Tensor) -> None:
+        for image in fake:
+            real = self.dataset.load_pair(len(self.per_image[GCGAN_METRICS[0]]))[1]
+            for k, v in gcgan_maps_scores(image, real).items():
+                self.per_image[k].append(v)
 
 
 def training_folder(args: argparse.Namespace, cfg: dict[str, Any], data: Path, why: str) -> Path:
@@ -240,9 +307,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="score the mean training target as every output instead of the generator (a baseline)")
     ap.add_argument("--segmenter", type=Path, default=None,
                     help="where the segmenter is saved and reused (default runs/fcn/<dataset>_<direction>.pt)")
+    ap.add_argument("--fid", action="store_true", help="add FID and KID (needs the Inception weights, see below)")
+    ap.add_argument("--inception-weights", type=path_argument(Path), default=None,
+                    help=f"FID/KID's {WEIGHTS_NAME} (default: torch's hub cache; never downloaded)")
     args = ap.parse_args(argv)
     if args.batch_size < 0 or args.max_images < 0:
         ap.error("--batch-size and --max-images must be >= 0")
+    if args.inception_weights and not args.fid:
+        ap.error("--inception-weights is for --fid: add --fid")
     return args
 
 

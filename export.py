@@ -26,8 +26,8 @@ import torch
 import torch.nn as nn
 
 from harness.atomic import atomic_path
+from harness.checkpoint import load_generator
 from harness.errors import ExportError, OfficialFormatError, exit_on_error, path_argument
-from utils import load_generator
 
 
 def export_onnx_format(G: nn.Module, output: Path) -> int:

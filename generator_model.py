@@ -10,7 +10,6 @@ from typing import Iterator
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from layers import conv_bias, init_weights, norm_layer
 
@@ -38,16 +37,12 @@ def num_downs_for(image_size: int) -> int:
 
 class UNetGenerator(nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: int = 3, base_channels: int = 64,
-                 num_downs: int = 8, norm: str = "batch", dropout: bool = True, dropout_placement: str = "paper",
-                 skip_relu: bool = True):
+                 num_downs: int = 8, norm: str = "batch", dropout: bool = True, dropout_placement: str = "paper"):
         super().__init__()
         if num_downs < 2:
             raise ValueError(f"num_downs must be >= 2, got {num_downs}")
         self.hparams = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
-                            num_downs=num_downs, norm=norm, dropout=dropout, dropout_placement=dropout_placement,
-                            skip_relu=skip_relu)
-        # False only for checkpoints written before the fix: their decoders saw LeakyReLU'd skips
-        self.skip_relu = skip_relu
+                            num_downs=num_downs, norm=norm, dropout=dropout, dropout_placement=dropout_placement)
         bias = conv_bias(norm)
         # encoder widths 64,128,256,512,512,...: doubling, capped at 8x the base width
         widths = [base_channels * min(2 ** i, 8) for i in range(num_downs)]
@@ -78,6 +73,9 @@ class UNetGenerator(nn.Module):
             block.append(nn.ReLU())
             self.decoder.append(nn.Sequential(*block))
         self.head = nn.Sequential(up(widths[0] * 2, out_channels, use_bias=True), nn.Tanh())
+        # The reference (official code, and the authors' Lua code) starts each decoder block with a ReLU on
+        # [skip, x]; x is already ReLU'd and ReLU(LeakyReLU(z)) = ReLU(z), so ReLU on the skip is the same.
+        self.skip_activation = nn.ReLU()
         init_weights(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,10 +90,7 @@ class UNetGenerator(nn.Module):
         x = self.bottleneck(x)
         for block in self.decoder:
             x = block(x)
-            skip = skips.pop()
-            # The reference (official code, and the authors' Lua code) starts each decoder block with a ReLU on
-            # [skip, x]; x is already ReLU'd and ReLU(LeakyReLU(z)) = ReLU(z), so ReLU on the skip is the same.
-            x = torch.cat([F.relu(skip) if self.skip_relu else skip, x], dim=1)  # encoder layer i -> decoder n-i
+            x = torch.cat([self.skip_activation(skips.pop()), x], dim=1)  # encoder layer i -> decoder n-i
         return self.head(x)
 
 

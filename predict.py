@@ -15,14 +15,15 @@ The U-Net needs sides divisible by 2^num_downs (256 for the paper's model), so e
 --paired reads A|B files like the training data (the checkpoint's DIRECTION says which half is the input)
 and writes input | output | target strips instead.
 
---mode paper (default, as utils.load_generator and the paper §3.3: dropout on, batch-norm with the batch's
+--mode paper (default, as load_generator and the paper §3.3: dropout on, batch-norm with the batch's
 statistics; --seed fixes the dropout noise) or eval (dropout off, running statistics). In paper mode a larger
 --batch-size makes an output depend on its batch-mates, so it defaults to 1 there, as the official test.py; in
 eval mode it only changes speed and defaults to the checkpoint's BATCH_SIZE. Only images of the same fitted size
 are batched together.
 
---checkpoint also takes a latest_net_G.pth of the official pix2pix code (e.g. its pretrained generators); such a
-file stores no direction, so --paired needs --direction there.
+--checkpoint also takes a latest_net_G.pth of the official pix2pix code (e.g. its pretrained generators, which
+`python download_dataset.py --pretrained NAME` fetches into pretrained/); such a file stores no direction, so
+--paired needs --direction there.
 
 Exit code 0 if at least one image was written: unreadable images are skipped, listed at the end, and do not stop
 the run. 1 if the checkpoint is missing or corrupt, no input image was found, or nothing could be written;

@@ -27,6 +27,7 @@ from harness.cuda_graph import training_step
 from harness.distributed import barrier, setup_distributed, while_rank0_works
 from harness.errors import exit_on_error
 from harness.fcn_score import scorer_for
+from harness.fid import training_scores
 from harness.run import (Timer, TrainingRun, gather_rng_states, is_due, is_early_sample_step,
                          log_step, progress_bar, read_datasets, spaced_out, step_checkpoint_due)
 from harness.run_log import print_epoch_speed, sample_batch, training_flops_per_image
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             return run.already_finished(progress, model)
         wrap_for_training(model, cfg["COMPILE"], ranks.world_size, runtime.device)  # DDP, compile
         flops = training_flops_per_image(cfg)  # model FLOPs of one training image (speed lines)
+        fid = training_scores(cfg["INCEPTION_WEIGHTS"], runtime.device) \
+            if cfg["FID"] and ranks.master else None  # FID/KID of the outputs; weights checked now
         log = run.open_log(progress, model, train_set, val_set, flops)  # rank 0: log.csv, TB
         # paper §4.2: the FCN-score of the outputs; rank 0 trains its segmenter (minutes) while the
         # other ranks wait outside the training's collectives, whose DIST_TIMEOUT_S it could exceed
@@ -161,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
                     grid = run.save_samples(model.G, samples, f"epoch_{progress.epoch:04d}.png")
                     log.tb.add_image("samples", grid, progress.step)
                 if validated:  # every VAL_EVERY epochs and the last; a best figure makes best.pt
-                    val = run.validate(model.G, val_set, fcn, log, progress.step)
+                    val = run.validate(model.G, val_set, fcn, fid, log, progress.step)
                     row |= {f"val_{k}": v for k, v in val.items() if k != "n_images"}
                     figure = val["l1"] if cfg["BEST_BY"] == "l1" else -val["fcn_class_iou"]
                     best = figure < progress.best_val  # lower is better

@@ -1,10 +1,10 @@
 """The runtime a training or inference run picks for this machine (device, precision, memory layout, DDP and
-compile wrapping), seeds, and small image helpers; plus the one-line way to load a trained generator.
+compile wrapping), seeds, and small image helpers.
 
 Not run directly. In a notebook:
-    from utils import load_generator
-    G = load_generator("runs/pix2pix/generator.pt")   # rebuilds the U-Net from the file alone
-    G = load_generator("latest_net_G.pth")            # also a generator of the official pix2pix code
+    from utils import pick_device, to_unit
+    device = pick_device("auto")   # cuda > mps > cpu
+(A trained generator loads with harness.checkpoint.load_generator.)
 """
 import contextlib
 import os
@@ -17,14 +17,6 @@ import torch
 import torch.nn as nn
 
 from pix2pix import real_and_fake_scores
-
-
-def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", mode: str = "paper") -> nn.Module:
-    """A trained generator from generator.pt, any training checkpoint, or an official latest_net_G.pth, rebuilt
-    from the file alone, in test mode `mode` ("paper": dropout on and batch statistics, §3.3; or "eval"); its
-    training settings are in G.train_config. The loader itself is harness/checkpoint.py's."""
-    from harness.checkpoint import load_generator as load
-    return load(path, device, mode)
 
 
 # ----------------------------------------------------------------------------- device, precision, seeds
@@ -60,7 +52,7 @@ def pick_precision(name: str, device: torch.device) -> str:
 
 def memory_format_for(channels_last: str | bool, device: torch.device, batch_size: int) -> torch.memory_format:
     """CHANNELS_LAST: "auto" -> NHWC on CUDA (tensor cores) and on CPU from batch 4; NCHW for small CPU batches,
-    where oneDNN's layout conversions cost more than they save (figures: docs/performance.md)."""
+    where oneDNN's layout conversions cost more than they save (measured both ways in docs/performance.md)."""
     if channels_last == "auto":
         channels_last = device.type == "cuda" or (device.type == "cpu" and batch_size >= 4)
     return torch.channels_last if channels_last else torch.contiguous_format

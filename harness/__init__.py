@@ -2,7 +2,8 @@
 
     run.py            the helpers train.py's loop calls: when to sample, validate, save; doing it (TrainingRun)
     step_guard.py     the NaN/Inf watch inside a training step (ON_NAN), without reading the device mid-step
-    checkpoint.py     the checkpoint schema, atomic saves, loading generators, legacy files
+    checkpoint.py     the checkpoint schema, atomic saves, loading generators (load_generator), legacy files
+    weights.py        reading weight files without running code, checking their tensors
     configurator.py   config.py < PRESET < --KEY=value, validated
     data_checks.py    bad files, pairing, batchable shapes; `python -m harness.data_checks FOLDER`
     loading.py        the training DataLoader: NUM_WORKERS=auto, the in-memory image cache (CACHE_IMAGES)

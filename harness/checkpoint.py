@@ -1,21 +1,19 @@
-"""Checkpoints: what one holds (the schema, declared once below), atomic saving, loading without running code,
-the checks of every loaded file (its size before loading, then its tensors: finite, of the expected names and
-shapes), rebuilding a generator from its file alone, the checks before resuming, and how files written by older
-versions are read (the legacy section, the one place that knows them).
+"""Checkpoints: what one holds (the schema, declared once below), atomic saving, loading (without running code,
+every tensor checked: harness/weights.py), rebuilding a generator from its file alone (load_generator, the public
+loader), the checks before resuming, and how files written by older versions are read (the legacy section, the one
+place that knows them).
 
 Not run directly. In a notebook:
-    from utils import load_generator   # this module's load_generator
+    from harness.checkpoint import load_generator
     G = load_generator("runs/pix2pix/generator.pt")
 """
 import contextlib
 import os
-import pickle
 import random
 import threading
-import zipfile
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,6 +23,7 @@ from generator_model import TEST_MODES, UNetGenerator, set_test_mode
 from harness import official_format
 from harness.atomic import atomic_path, fsync_folder
 from harness.errors import CheckpointError
+from harness.weights import check_weights, load_weights, named_tensors, read_weights_file
 
 CHECKPOINT_FORMAT = 2  # written into every checkpoint as "format"; bump when the schema below changes
 
@@ -54,7 +53,9 @@ PROGRESS = tuple(f.name for f in fields(Progress))
 
 
 def model_hparams(G: nn.Module, D: nn.Module) -> dict[str, dict]:
-    return {"generator_hparams": dict(G.hparams), "discriminator_hparams": dict(D.hparams)}
+    """The networks' constructor arguments, and skip_relu: False only for a generator from before the U-Net skip
+    fix (use_legacy_skips), recorded so every file knows which function its generator computes."""
+    return {"generator_hparams": {"skip_relu": True} | G.hparams, "discriminator_hparams": dict(D.hparams)}
 
 
 def training_checkpoint(model: Any, progress: Progress, rngs: dict[str, Any], cfg: dict[str, Any],
@@ -206,71 +207,6 @@ def remove_stale_temp_files(*folders: Path) -> None:
             tmp.unlink()
 
 
-def read_weights_file(path: str | os.PathLike) -> Any:
-    """torch.load with weights_only=True: a checkpoint can hold tensors and plain data, never code. The archive's
-    size is checked first (check_archive_size), so a file made to inflate is refused before torch allocates it."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint {path} {not_a_file(path)}")
-    check_archive_size(path)
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        reason = unpickling_reason(e)
-        if "global" in reason.lower():  # it names code to import: loading it anyway could run that code
-            raise CheckpointError(f"{path} holds objects other than tensors and plain data; loading it could run "
-                                  f"code, so it is refused on purpose. Use a checkpoint written by train.py") from None
-        raise CheckpointError(f"{path} is not a loadable pix2pix checkpoint ({reason}); it may be truncated or not a "
-                              f"checkpoint") from None
-    except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt files
-        reason = (str(e).splitlines() or [""])[0].split(". ")[0][:200]
-        raise CheckpointError(f"{path} is not a loadable pix2pix checkpoint ({type(e).__name__}: {reason}); it may "
-                              f"be truncated or not a checkpoint. Files that need arbitrary code to load are refused "
-                              f"on purpose.") from None
-    return ckpt
-
-
-def not_a_file(path: Path) -> str:
-    """Why `path` (not a regular file) cannot be read: a dangling link, a folder, or nothing there."""
-    if path.is_symlink() and not path.exists():
-        return f"is a symbolic link to {os.readlink(path)}, which does not exist"
-    if path.is_dir():
-        return "is a folder, not a checkpoint file"
-    return "is not a regular file" if path.exists() else "does not exist"
-
-
-def unpickling_reason(e: pickle.UnpicklingError) -> str:
-    """torch's own reason for refusing a file, without its advice to retry with weights_only=False: that would
-    run whatever code the file names, the one thing never to do with a file one cannot vouch for."""
-    text = str(e)
-    if "WeightsUnpickler error:" in text:
-        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation", 1)[0]
-    reason = " ".join(text.split())[:200]
-    return "UnpicklingError" if not reason or "weights_only" in reason else f"UnpicklingError: {reason}"
-
-
-# Bytes an archive may inflate to beyond twice its own size: torch.save stores every record uncompressed, so a
-# checkpoint's records add up to less than its file; the slack only allows for a repacked, deflated copy.
-INFLATION_SLACK = 16 * 2 ** 20
-
-
-def check_archive_size(path: Path) -> None:
-    """Refuse a checkpoint whose records would take far more memory than the file's own size, reading only the
-    zip archive's directory (each record's uncompressed size): megabytes of deflated zeros would otherwise make
-    torch allocate gigabytes before anything could be checked. Files that are no zip archive (torch's legacy
-    format, or not a checkpoint at all) are left to torch.load."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            inflated = sum(record.file_size for record in archive.infolist())
-    except Exception:  # noqa: BLE001 - not a zip archive, or a damaged one: torch.load reports it
-        return
-    size = path.stat().st_size
-    if inflated > 2 * size + INFLATION_SLACK:
-        raise CheckpointError(f"{path} would inflate to {inflated / 2 ** 30:.2f} GiB in memory from "
-                              f"{size / 2 ** 20:.2f} MiB on disk: torch.save stores tensors uncompressed, so this "
-                              f"file was made to inflate; it is refused before loading")
-
-
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     """A checkpoint written by train.py (a training checkpoint or a generator export), loaded without code and
     brought to the current schema."""
@@ -279,9 +215,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
 
 def checked_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
     if official_format.is_state_dict(ckpt):
-        what = ("an official-code generator (latest_net_G.pth): load it with utils.load_generator, predict.py or "
-                "evaluate.py; it holds no training state to resume") if official_format.is_official_unet(ckpt) \
-            else f"{official_format.describe(ckpt)}, not a pix2pix checkpoint"
+        what = ("an official-code generator (latest_net_G.pth): load it with harness.checkpoint.load_generator, "
+                "predict.py or evaluate.py; it holds no training state to resume") \
+            if official_format.is_official_unet(ckpt) else f"{official_format.describe(ckpt)}, not a pix2pix checkpoint"
         raise CheckpointError(f"{path} is {what}")
     if not isinstance(ckpt, dict) or "generator" not in ckpt or "generator_hparams" not in ckpt:
         raise CheckpointError(f"{path} loads, but is not a pix2pix checkpoint (no generator weights/hparams)")
@@ -292,60 +228,7 @@ def checked_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
     return upgrade_legacy(ckpt)
 
 
-# ----------------------------------------------------------------------------- checks of loaded weights
-
-def named_tensors(obj: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """(dotted name, tensor) for every tensor in nested dicts, lists and tuples (a state dict, an optimiser's)."""
-    if torch.is_tensor(obj):
-        yield prefix, obj
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            yield from named_tensors(value, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            yield from named_tensors(value, f"{prefix}.{i}" if prefix else str(i))
-
-
-def check_weights(tensors: Iterable[tuple[str, torch.Tensor]], path: str | os.PathLike) -> None:
-    """Refuse weights that can only compute garbage: NaN/Inf values, or negative batch-norm running variances.
-    torch stores no checksum, so a damaged or hand-edited file loads as if it were fine, and then every output
-    is NaN (black images, n/a metrics) without a word. Names the file and the first bad tensor."""
-    for name, t in tensors:
-        if not t.is_floating_point():
-            continue
-        finite = torch.isfinite(t)
-        if not finite.all():
-            raise CheckpointError(f"{path}: tensor {name!r} holds NaN/Inf values ({int((~finite).sum())} of "
-                                  f"{t.numel()}); the file is damaged or was saved from a diverged run. Use another "
-                                  f"checkpoint (a run keeps checkpoints/best.pt and epoch_*.pt) or retrain")
-        if name.endswith("running_var") and (t < 0).any():
-            raise CheckpointError(f"{path}: tensor {name!r} holds negative running variances ({int((t < 0).sum())} "
-                                  f"of {t.numel()}), which no batch norm produces; the file is damaged")
-
-
-def load_weights(module: nn.Module, state: Any, name: Callable[[str], str] = str) -> None:
-    """module.load_state_dict(state), after refusing in one line the first tensor that is missing, unexpected or of
-    the wrong shape, by its name in the file (`name` maps the module's key to it): torch lists them all on many
-    lines, which a one-line error would cut before the first key."""
-    if not isinstance(state, dict):
-        raise CheckpointError(f"the weights are a {type(state).__name__}, not a dict of named tensors")
-    expected = module.state_dict()
-    missing = [k for k in expected if k not in state]
-    if missing:
-        more = f" ({len(missing)} tensors are missing in all)" if len(missing) > 1 else ""
-        raise CheckpointError(f"tensor {name(missing[0])!r} is missing; expected one of shape "
-                              f"{tuple(expected[missing[0]].shape)}{more}")
-    for key, want in expected.items():
-        got = state[key]
-        if not torch.is_tensor(got) or got.shape != want.shape:
-            shape = tuple(got.shape) if torch.is_tensor(got) else type(got).__name__
-            raise CheckpointError(f"tensor {name(key)!r} has shape {shape}; expected {tuple(want.shape)}")
-    unexpected = [k for k in state if k not in expected]
-    if unexpected:
-        raise CheckpointError(f"tensor {name(unexpected[0])!r} is not part of a {type(module).__name__} with these "
-                              f"hyperparameters")
-    module.load_state_dict(state)
-
+# ----------------------------------------------------------------------------- rebuilding a generator
 
 def check_channels(hparams: dict[str, Any], where: str) -> None:
     """A generator for pix2pix images: 1 (grayscale) or 3 (RGB) channels in and out, as IN/OUT_CHANNELS allow."""
@@ -354,9 +237,15 @@ def check_channels(hparams: dict[str, Any], where: str) -> None:
             raise CheckpointError(f"{where} gives {key}={hparams.get(key)!r}; pix2pix images have 1 or 3 channels")
 
 
+def build_generator(hparams: dict[str, Any]) -> UNetGenerator:
+    """The U-Net that generator_hparams (a checkpoint's, or a live model's G.hparams) describe, legacy skips too."""
+    G = UNetGenerator(**{k: v for k, v in hparams.items() if k != "skip_relu"})
+    return use_legacy_skips(G) if hparams.get("skip_relu") is False else G
+
+
 def generator_from_state(hparams: dict[str, Any], state: dict[str, torch.Tensor]) -> UNetGenerator:
     """Rebuild a U-Net from a live model's complete hyperparameters (G.hparams) and load its weights."""
-    G = UNetGenerator(**hparams)
+    G = build_generator(hparams)
     load_weights(G, state)
     return G
 
@@ -387,7 +276,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
         hparams = ckpt["generator_hparams"]
         check_channels(hparams, f"{path}: its generator_hparams")
         try:
-            G = UNetGenerator(**hparams)
+            G = build_generator(hparams)
         except (TypeError, ValueError) as e:  # hand-made or damaged hyperparameters
             raise CheckpointError(f"{path}: its generator_hparams do not describe a U-Net ({e})") from None
         try:
@@ -453,14 +342,25 @@ def check_same_data(saved: dict[str, Any], now: dict[str, Any], path: str | os.P
                           f"(--RUN_DIR=...), or continue this run on the new data with --RESUME={path}")
 
 
-def keep_legacy_skips(G: UNetGenerator, ckpt: dict[str, Any]) -> bool:
-    """Resuming a checkpoint written before the U-Net skip fix continues its own, legacy function (skip_relu=False,
-    also recorded in the checkpoints it writes next); returns True if it is such a checkpoint."""
-    G.skip_relu = G.hparams["skip_relu"] = ckpt["generator_hparams"]["skip_relu"]
-    return not G.skip_relu
-
-
 # ----------------------------------------------------------------------------- files of older versions
+
+def use_legacy_skips(G: UNetGenerator) -> UNetGenerator:
+    """G as generators were before the U-Net skip fix: each decoder block saw its encoder's LeakyReLU'd output as
+    it is, not ReLU'd as in the reference code (generator_model.py). G.hparams records it as skip_relu=False, so the
+    checkpoints such a G writes load with the same function. Returns G."""
+    G.skip_activation = nn.Identity()
+    G.hparams["skip_relu"] = False
+    return G
+
+
+def keep_legacy_skips(G: UNetGenerator, ckpt: dict[str, Any]) -> bool:
+    """Resuming a checkpoint written before the U-Net skip fix continues its own, legacy function (also recorded in
+    the checkpoints it writes next); returns True if it is such a checkpoint."""
+    if ckpt["generator_hparams"]["skip_relu"]:
+        return False
+    use_legacy_skips(G)
+    return True
+
 
 # Generator settings a checkpoint written before they existed was built with: its outputs must not change.
 LEGACY_GENERATOR_HPARAMS = {"dropout_placement": "paper", "skip_relu": False}

@@ -16,6 +16,7 @@ import torch
 
 import config as default_config
 from dataset import PREPROCESS_MODES
+from discriminator_model import feature_sides
 from generator_model import DROPOUT_PLACEMENTS, TEST_MODES, num_downs_for
 from harness.errors import CheckpointError, ConfigError
 from layers import NORMS
@@ -215,16 +216,9 @@ def validate_config(cfg: dict[str, Any]) -> None:
 
 
 def patchgan_sides(image_size: int, n_layers: int) -> list[int]:
-    """Side of each normalised feature map of the PatchGAN (discriminator_model.py) at this image size, then of its
-    patch logits: 4x4 convolutions with padding 1, stride 2 but in the last block and the output conv."""
-    if n_layers == 0:  # PixelGAN: 1x1 convolutions keep the size
-        return [image_size, image_size]
-    side = (image_size - 2) // 2 + 1
-    sides = []
-    for i in range(1, n_layers + 1):
-        side = (side - 2) // (2 if i < n_layers else 1) + 1
-        sides.append(side)
-    return sides + [side - 1]
+    """Side of each normalised feature map of the PatchGAN at this image size (every convolution's output but the
+    first and the last), then of its patch logits."""
+    return feature_sides(image_size, n_layers)[1:]
 
 
 def check_image_size(image_size: int, num_downs: int, disc_n_layers: int) -> None:

@@ -143,9 +143,7 @@ def checked_dataset(folder: str | os.PathLike, cfg: dict[str, Any], train: bool,
     """A PairedImageDataset of the usable pairs of `folder`; unusable files raise or are skipped (BAD_FILES)."""
     pairs, skipped, error = usable_pairs(folder, cfg, bad_files, scan)
     raise_if([error])
-    dataset = PairedImageDataset(pairs, cfg, train)
-    dataset.folder, dataset.skipped = Path(folder), skipped
-    return dataset
+    return PairedImageDataset(pairs, cfg, train, Path(folder), skipped)
 
 
 def training_data(cfg: dict[str, Any], rank: int = 0, barrier=lambda: None
@@ -159,8 +157,7 @@ def training_data(cfg: dict[str, Any], rank: int = 0, barrier=lambda: None
     raise_if([error for _, _, error in found])
     datasets = []
     for (pairs, skipped, _), key, train in zip(found, ("TRAIN_DIR", "VAL_DIR"), (True, False)):
-        dataset = PairedImageDataset(pairs, cfg, train)
-        dataset.folder, dataset.skipped = Path(cfg[key]), skipped
+        dataset = PairedImageDataset(pairs, cfg, train, Path(cfg[key]), skipped)
         check_batchable(dataset, cfg["BATCH_SIZE"], key)
         datasets.append(dataset)
     return datasets[0], datasets[1]

@@ -102,24 +102,6 @@ def barrier(world_size: int) -> None:
         dist.barrier()
 
 
-def max_over_ranks(value: int, device: torch.device) -> int:
-    """The largest `value` of any rank (the value itself in a single process): lets every rank agree to skip
-    a step or stop, so none is left waiting in a collective the others never join."""
-    if not is_distributed():
-        return value
-    flag = torch.tensor([value], dtype=torch.int64, device=device)  # nccl needs a CUDA tensor
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-    return int(flag.item())
-
-
-def sum_over_ranks(values: list[float], device: torch.device) -> list[float]:
-    if not is_distributed():
-        return values
-    totals = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(totals)
-    return totals.tolist()
-
-
 def gather_from_ranks(value: object, world_size: int) -> list:
     """Every rank's `value` (tensors and plain data), in rank order, on every rank; [value] in a single process.
     Sent as torch.save bytes: all_gather_object cannot unpickle tensors itself."""

@@ -1,7 +1,8 @@
 """Every error this project reports to a user, and its exit code: the one place to learn which is which.
 
     2  the command is wrong: an unknown or invalid setting or argument (fix the command line or config.py)
-    1  something found at run time: data, a checkpoint, the run folder, a diverged loss, a download, an export
+    1  something found at run time: data, a checkpoint, the run folder, a diverged loss, a download, an export,
+     the Inception weights of FID/KID
   130  interrupted by Ctrl-C before anything could be saved
 
 Each message names the file or setting, says what is wrong and how to fix it; `exit_on_error` prints it as one
@@ -47,7 +48,11 @@ class ExportError(Pix2PixError, RuntimeError):
 
 
 class DownloadError(Pix2PixError, RuntimeError):
-    """A dataset download failed or its archive is unsafe to extract."""
+    """A download (a dataset, a pretrained generator) failed, was cut off, or is not what it should be."""
+
+
+class InceptionWeightsError(Pix2PixError, RuntimeError):
+    """FID/KID's Inception-v3 weights file is missing or is not that file (harness/fid.py says where it comes from)."""
 
 
 def exit_on_error(main: Callable[[], int], interrupted: str = "interrupted by Ctrl-C") -> int:

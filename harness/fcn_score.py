@@ -197,7 +197,7 @@ class Recipe:
     image_size: int = 128  # photos (bilinear) and class maps (nearest) are resized to squares of this size
     width: int = 16  # channels of the first U-Net level, doubled per level
     depth: int = 5  # levels (about 2M weights): the deepest works at 8x8, context to tell a shop from a facade
-    epochs: int = 25  # facades: 4.5 min at 2 threads on an idle 2-core CPU, 8 min at 1 thread beside a training
+    epochs: int = 25  # minutes on a CPU for facades (docs/results.md gives the training time)
     batch_size: int = 8
     lr: float = 2e-3  # Adam, cosine-decayed to 0 over the run
     seed: int = 0

@@ -17,9 +17,8 @@ from harness.data_checks import SCAN_PROGRESS_MIN_FILES, half_size
 from harness.errors import DatasetError
 from harness.signals import ignore_stop_signals
 
-# NUM_WORKERS=auto never starts more per process: each worker holds a copy of torch's state. On a 16-core H200 host
-# 16 workers fed a bf16 batch-16 facades step no faster than 8 (650 vs 659 img/s, interleaved) and slowed the step
-# itself by taking the main process's cores (docs/performance.md#on-a-gpu)
+# NUM_WORKERS=auto never starts more per process: each worker holds a copy of torch's state, and on a GPU host more
+# fed the step no faster while taking the main process's cores (docs/performance.md#on-a-gpu)
 MAX_AUTO_WORKERS = 8
 CACHE_MEMORY_SHARE = 0.8  # CACHE_IMAGES may take at most this share of the memory available when the run starts
 
@@ -90,7 +89,7 @@ def cache_images(dataset: PairedImageDataset, workers: int, say: Callable[[str],
     forked = workers == 0 or multiprocessing.get_start_method() == "fork"
     copies = processes_on_this_node() * (1 if forked else 1 + workers)
     total, available = size * copies, available_memory()
-    where = f"{len(dataset)} training pairs of {getattr(dataset, 'folder', 'the training set')}"
+    where = f"{len(dataset)} training pairs of {dataset.folder or 'the training set'}"
     detail = f" x {copies} copies (one per process{'' if forked else ' and loader worker'})" if copies > 1 else ""
     if available is not None and total > CACHE_MEMORY_SHARE * available:
         raise DatasetError(f"CACHE_IMAGES=True: the {where} take {format_bytes(size)} decoded{detail}, more than "

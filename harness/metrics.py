@@ -9,7 +9,13 @@ lower is better.
 For maps (aerial -> map), whose targets are flat colour regions, the figures used in the image-translation
 literature are RMSE and per-pixel accuracy (e.g. DistanceGAN, Benaim & Wolf 2017; GcGAN, Fu et al. 2019): a pixel
 is correct when the largest absolute channel difference between output and target, in grey levels (0-255, the
-output rounded as a saved image is), is below a threshold delta. Reported for delta = 5 and 16 (PIXEL_ACC_DELTAS).
+output rounded as a saved image is), is below a threshold delta. Reported for delta = 5 and 16 (PIXEL_ACC_DELTAS),
+at the model's resolution: this project's own figures, which compare with each other. gcgan_maps_scores follows
+GcGAN's evaluation script instead (evaluation/evaluate_maps.py of github.com/hufu6371/GcGAN), whose figures papers
+cite: the output as the official test.py saves it (truncated to 8 bits) and the real target file's half at its own
+size, both resized to 256x256 bilinearly; a pixel is correct when its largest channel difference is strictly below
+delta (5 and 10); RMSE = sqrt(sum over pixels and channels of the squared difference / 256^2), averaged over
+images (no division by 3: for the same images it is sqrt(3) times a per-channel RMSE).
 
 All figures use images in [0, 1], computed in IEEE fp32 on the CPU whatever device ran the generator: the same
 outputs score the same everywhere (on a GPU, convolutions in SSIM could otherwise run in TF32 and in another
@@ -17,6 +23,8 @@ summation order). Not run directly; used by harness/run.py and evaluate.py.
 """
 from typing import Any, Callable
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
@@ -27,6 +35,9 @@ from utils import generate, to_unit
 RATIO_SIZE = 64  # the ratio compares every output with every target, so it is computed at a small size
 PIXEL_ACC_DELTAS = (5, 16)  # grey levels
 METRICS = ("l1", "psnr", "ssim", "rmse", *(f"pixel_acc_{d}" for d in PIXEL_ACC_DELTAS))  # per image
+GCGAN_SIZE = 256  # both images are resized to this square
+GCGAN_DELTAS = (5, 10)  # grey levels
+GCGAN_METRICS = ("gcgan_rmse", *(f"gcgan_acc_{d}" for d in GCGAN_DELTAS))  # per image
 
 
 def per_image_metrics(fake: torch.Tensor, target: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -41,6 +52,20 @@ def per_image_metrics(fake: torch.Tensor, target: torch.Tensor) -> dict[str, tor
         "rmse": grey.square().flatten(1).mean(1).sqrt(),
         **{f"pixel_acc_{d}": (worst_channel < d).float().mean(1) for d in PIXEL_ACC_DELTAS},
     }
+
+
+def gcgan_maps_scores(fake: torch.Tensor, real: np.ndarray) -> dict[str, float]:
+    """GcGAN's maps figures of one output (3xHxW in [0, 1]) against its real target as read from the file (HxWxC
+    uint8, any size; C = 1 or 3): see the module docstring."""
+    fake8 = (fake.float().clamp(0, 1) * 255).to(torch.uint8).permute(1, 2, 0).numpy()  # truncated, as saved
+    real8 = np.repeat(real, 3, axis=2) if real.shape[2] == 1 else real
+    size = (GCGAN_SIZE, GCGAN_SIZE)
+    fake_f, real_f = (cv2.resize(np.ascontiguousarray(im), size, interpolation=cv2.INTER_LINEAR).astype(np.float32)
+                      for im in (fake8, real8))
+    diff = np.abs(real_f - fake_f)
+    worst = diff.max(axis=2)
+    return {"gcgan_rmse": float(np.sqrt(np.square(diff).sum() / GCGAN_SIZE ** 2)),
+            **{f"gcgan_acc_{d}": float((worst < d).mean()) for d in GCGAN_DELTAS}}
 
 
 def own_other_ratio(fakes: torch.Tensor, targets: torch.Tensor) -> float | None:

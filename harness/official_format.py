@@ -5,7 +5,7 @@ keys like `model.model.1.model.3.weight`, with no settings inside. This module m
 the same convolutions and norms, so the weights carry over one to one, with the official dropout placement and
 ReLU'd skips, so the function is the official one.
 
-Not run directly: utils.load_generator (and so predict.py, evaluate.py, demo.py) reads such files, and
+Not run directly: harness.checkpoint.load_generator (and so predict.py, evaluate.py, demo.py) reads such files, and
 `python export.py --format official` writes one.
 """
 from typing import Any
@@ -14,6 +14,7 @@ import torch
 
 from generator_model import UNetGenerator
 from harness.errors import CheckpointError, OfficialFormatError
+from harness.weights import load_weights
 
 ROOT = "model.model."  # the outermost UnetSkipConnectionBlock's layers
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
@@ -103,13 +104,12 @@ def infer_hparams(state: dict[str, torch.Tensor]) -> dict[str, Any]:
         raise OfficialFormatError("an official U-Net without batch or instance norm (--norm none?) is not supported")
     return dict(in_channels=first.shape[1], out_channels=last.shape[1],
                 base_channels=first.shape[0], num_downs=num_downs, norm=norm, dropout=True,
-                dropout_placement="official", skip_relu=True)
+                dropout_placement="official")
 
 
 def generator_from_official(state: dict[str, torch.Tensor]) -> UNetGenerator:
     """Our UNetGenerator computing exactly the official network stored in `state` (a latest_net_G.pth). A file
     that does not fit is refused in one line naming its first unexpected, missing or wrong-shape tensor."""
-    from harness.checkpoint import load_weights  # the one loader that names bad keys (it imports this module)
     prefix = "module." if unwrapped(state) is not state else ""
     state = unwrapped(state)
     hp = infer_hparams(state)
@@ -149,7 +149,7 @@ def official_state_dict(G: UNetGenerator) -> dict[str, torch.Tensor]:
     (or no dropout: then run the official test.py with --no_dropout), and at least 5 levels.
     """
     hp = G.hparams
-    if not hp["skip_relu"]:
+    if hp.get("skip_relu", True) is False:  # a generator from before the U-Net skip fix (harness/checkpoint.py)
         raise OfficialFormatError("this generator was trained before the U-Net skip fix (skip_relu=False): the "
                                   "official network computes a different function with these weights; retrain it")
     if hp["dropout"] and hp["dropout_placement"] != "official":

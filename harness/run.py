@@ -47,6 +47,7 @@ FIRST_CHECKPOINT_STEP = 100  # an early last.pt, before CHECKPOINT_EVERY_MINUTES
 VAL_METRICS = ("l1", "psnr", "ssim", "ratio")
 MAP_METRICS = ("rmse", "pixel_acc_5", "pixel_acc_16")  # with PIXEL_ACCURACY (the maps preset)
 FCN_METRICS = ("fcn_pixel_acc", "fcn_class_acc", "fcn_class_iou")  # with FCN_SCORE
+FID_METRICS = ("fid", "kid")  # with FID
 
 
 # ----------------------------------------------------------------------------- when (train.py asks)
@@ -111,27 +112,37 @@ class Timer:
 
 # ----------------------------------------------------------------------------- before the first step
 
-def validation_metrics(G: nn.Module, val_set: Any, cfg: dict[str, Any], runtime: Runtime, fcn: Any
-                       ) -> dict[str, Any]:
+def validation_metrics(G: nn.Module, val_set: Any, cfg: dict[str, Any], runtime: Runtime, fcn: Any,
+                       fid: Any = None) -> dict[str, Any]:
     """paper test mode (§3.3) metrics on up to VAL_MAX_IMAGES validation images, in training's batch size, so
-    that batch statistics are like training's; with `fcn` (FCN_SCORE) the FCN-score of the outputs (§4.2)."""
+    that batch statistics are like training's; with `fcn` (FCN_SCORE) the FCN-score of the outputs (§4.2), with
+    `fid` (FID) FID and KID of the outputs against the real images (harness/fid.py)."""
     from harness import metrics  # torchmetrics takes seconds to import: not before a run starts
     subset = Subset(val_set, range(min(len(val_set), cfg["VAL_MAX_IMAGES"] or len(val_set))))
     loader = DataLoader(subset, batch_size=cfg["BATCH_SIZE"], num_workers=loader_workers(cfg["NUM_WORKERS"]),
                         worker_init_fn=ignore_stop_signals)  # decoding in workers: a GPU validates in seconds
-    on_batch = (lambda x, fake, y: fcn.update(x, generated=fake)) if fcn else None
+
+    def on_batch(x: torch.Tensor, fake: torch.Tensor, y: torch.Tensor) -> None:
+        if fcn:
+            fcn.update(x, generated=fake)
+        if fid:
+            fid.update(fake, y)
     summary = metrics.evaluate_generator(G, loader, runtime.device, runtime.precision, cfg["TEST_MODE"],
                                          cfg["SEED"], on_batch=on_batch)["summary"]
     val = {k: summary[k] for k in VAL_METRICS + (MAP_METRICS if cfg["PIXEL_ACCURACY"] else ())}
     if fcn:
         val |= {f"fcn_{k}": v for k, v in fcn.result()["generated"].items()}
         fcn.confusion.clear()
+    if fid:
+        val |= {k: fid.result()[k] for k in FID_METRICS}
+        fid.next_round()  # the real images' features are kept
     return val | {"n_images": summary["n_images"]}
 
 
 def print_validation(val: dict[str, Any]) -> None:
     ratio = "n/a (needs 2+ images)" if val["ratio"] is None else f"{val['ratio']:.3f}"
     maps = "".join(f"  {k} {val[k]:.4f}" for k in MAP_METRICS + FCN_METRICS if k in val)
+    maps += "".join(f"  {k.upper()} {val[k]:.4g}" for k in FID_METRICS if val.get(k) is not None)
     print(f"  val: L1 {val['l1']:.4f}  PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}  "
           f"own/other L1 ratio {ratio}{maps}  ({val['n_images']} images)")
 
@@ -243,10 +254,10 @@ class TrainingRun:
         return write_samples(without_sync_bn(G), *samples, self.cfg, self.runtime.device, self.runtime.precision,
                              self.run_dir / "samples" / name)
 
-    def validate(self, G: nn.Module, val_set: Any, fcn: Any, log: RunLog, step: int) -> dict[str, Any]:
+    def validate(self, G: nn.Module, val_set: Any, fcn: Any, fid: Any, log: RunLog, step: int) -> dict[str, Any]:
         """validation_metrics of G, logged to TensorBoard and printed."""
         self.writer.wait()  # its loader's workers fork this process: never while a thread writes a checkpoint
-        val = validation_metrics(without_sync_bn(G), val_set, self.cfg, self.runtime, fcn)
+        val = validation_metrics(without_sync_bn(G), val_set, self.cfg, self.runtime, fcn, fid)
         log.scalars({k: v for k, v in val.items() if k != "n_images" and v is not None}, step, "val")
         print_validation(val)
         return val
@@ -286,7 +297,7 @@ class TrainingRun:
         """Every epoch trained: the last checkpoint on disk, and where the generator is, said."""
         self.writer.wait()
         if self.ranks.master:
-            print(f"done: {self.run_dir / 'generator.pt'} (load it with utils.load_generator)")
+            print(f"done: {self.run_dir / 'generator.pt'} (load it with harness.checkpoint.load_generator)")
         return 0
 
     def already_finished(self, progress: Progress, model: Any) -> int:

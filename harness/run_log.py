@@ -22,7 +22,7 @@ from utils import generate, sample_grid
 
 COLUMNS = ["epoch", "step", "d_real", "d_fake", "g_gan", "g_l1", "lr", "images_per_s", "skipped_steps",
            "val_l1", "val_psnr", "val_ssim", "val_ratio", "val_rmse", "val_pixel_acc_5", "val_pixel_acc_16",
-           "val_fcn_pixel_acc", "val_fcn_class_acc", "val_fcn_class_iou"]
+           "val_fcn_pixel_acc", "val_fcn_class_acc", "val_fcn_class_iou", "val_fid", "val_kid"]
 
 
 RUN_DIR_HINTS = {errno.ENOTDIR: "a part of the path is a file, not a folder",
@@ -125,6 +125,8 @@ def plot_curves(rows: list[dict[str, str]], path: Path):
         panels.append(("validation pixel accuracy", ["val_pixel_acc_5", "val_pixel_acc_16"]))
     if any(r.get("val_fcn_class_iou") for r in rows):  # FCN_SCORE
         panels.append(("validation FCN-score", ["val_fcn_pixel_acc", "val_fcn_class_acc", "val_fcn_class_iou"]))
+    if any(r.get("val_fid") for r in rows):  # FID
+        panels += [("validation FID (lower is better)", ["val_fid"]), ("validation KID (lower is better)", ["val_kid"])]
     fig, axes = plt.subplots(1, len(panels), figsize=(24, 3.2))
     for ax, (title, keys) in zip(axes, panels):
         for k in keys:

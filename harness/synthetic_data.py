@@ -183,7 +183,7 @@ def _render(rng: np.random.Generator, maps: dict) -> np.ndarray:
     light = np.float32(rng.uniform(0.85, 1.08))
     light_x, light_y = np.float32(rng.uniform(-0.12, 0.12)), np.float32(rng.uniform(-0.1, 0.1))
 
-    # work on flat per-class pixel lists, so each pixel is shaded once (about 3x faster than full layers)
+    # work on flat per-class pixel lists, so each pixel is shaded once, not once per layer (docs/performance.md)
     flat = {k: maps[k].ravel() for k in ("bid", "lu", "lv", "rw", "rh")}
     y_of = np.repeat(np.arange(size, dtype=np.float32) / size, size)
     cls_flat = cls.ravel()

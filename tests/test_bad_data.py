@@ -1,5 +1,6 @@
-"""Robustness to bad data: every kind of broken, odd or convertible file, through the dataset API
-(used by train.py, evaluate.py and predict.py) and through train.main.
+"""Robustness to bad data: every kind of broken, odd or convertible image file, through the dataset API
+(used by train.py, evaluate.py and predict.py) and through train.main. Bad checkpoint files:
+tests/test_bad_checkpoints.py; bad settings: tests/test_config.py.
 
     python -m pytest tests/test_bad_data.py -q
 """

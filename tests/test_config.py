@@ -1,8 +1,11 @@
-"""Tests for config.py and configurator.load_config: overrides and types, typo hints, no code evaluation, presets,
-validation messages, and train.py's command-line error handling (CPU, ~10 s; one subprocess).
+"""Settings: config.py and configurator.load_config: overrides and types, typo hints, presets; values parsed as
+literals, never evaluated (code in a --KEY=value never runs); bad settings refused in one line naming the setting
+and the valid values, before any data or model work, and train.py's command line exiting 2 on them; bench.py taking
+the same settings; docs/configuration.md naming every setting (CPU, ~15 s; three subprocesses).
 
     python -m pytest tests/test_config.py -q
 """
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,9 +14,12 @@ import pytest
 import torch
 
 import config as default_config
+import train
+from conftest import tiny_args
 from harness.configurator import ConfigError, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 
 def test_defaults_are_the_papers():
@@ -273,3 +279,114 @@ def test_too_small_images_are_a_config_error_not_a_traceback(args, message):
         load_config(args)
     assert str(err.value) == message
     assert load_config(["--IMAGE_SIZE=32", "--LOAD_SIZE=32"])["IMAGE_SIZE"] == 32
+
+
+# ----------------------------------------------------------------------------- overrides are never code
+
+INJECTIONS = ["__import__('os').system('touch {m}')", "exec(\"open('{m}','w')\")", "[open('{m}', 'w')]",
+              "(lambda: open('{m}','w'))()"]
+
+
+@pytest.mark.parametrize("key", ["LEARNING_RATE", "BATCH_SIZE", "MIRROR", "SEED"])
+@pytest.mark.parametrize("template", INJECTIONS)
+def test_overrides_are_parsed_never_evaluated(tmp_path, key, template):
+    marker = tmp_path / "MARKER"
+    with pytest.raises(ConfigError) as e:
+        load_config([f"--{key}={template.format(m=marker)}"])
+    assert key in str(e.value) and "\n" not in str(e.value)
+    assert not marker.exists()
+
+
+def test_string_settings_are_taken_literally(tmp_path):
+    marker = tmp_path / "MARKER"
+    text = f"__import__('os').system('touch {marker}')"
+    assert load_config([f"--RUN_DIR={text}"])["RUN_DIR"] == text
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- bad settings, in-process
+
+@pytest.mark.parametrize("override,names", [
+    ("--IMAGE_SIZE=100", ["IMAGE_SIZE=100", "2^NUM_DOWNS=128", "multiple of 128"]),
+    ("--IMAGE_SIZE=64 --NUM_DOWNS=8", ["IMAGE_SIZE=64", "2^NUM_DOWNS=256", "multiple of 256"]),
+    ("--LOAD_SIZE=200", ["LOAD_SIZE=200", "IMAGE_SIZE=256", "LOAD_SIZE >= IMAGE_SIZE"]),
+    ("--LEARNING_RATE=0", ["LEARNING_RATE=0.0", "> 0"]),
+    ("--LEARNING_RATE=-2e-4", ["LEARNING_RATE=-0.0002", "> 0"]),
+    ("--BATCH_SIZE=0", ["BATCH_SIZE=0", "> 0"]),
+    ("--BATCH_SIZE=-4", ["BATCH_SIZE=-4", "> 0"]),
+    ("--BATCH_SIZE=2.5", ["BATCH_SIZE", "expected int"]),
+    ("--DIRECTION=AtoC", ["DIRECTION='AtoC'", "'AtoB', 'BtoA'"]),
+    ("--NORM=group", ["NORM='group'", "'batch'", "'instance'"]),
+    ("--PRECISION=fp8", ["PRECISION='fp8'", "'auto', 'fp32', 'tf32', 'bf16', 'fp16'"]),
+    ("--DEVICE=cuda:99", ["DEVICE='cuda:99'", "CUDA device(s) are available", "DEVICE=auto or cpu"]),
+    ("--DEVICE=tpu", ["DEVICE='tpu'", "auto, cpu, cuda"]),
+    ("--BAD_FILES=ignore", ["BAD_FILES='ignore'", "'error', 'skip'"]),
+    ("--ON_NAN=continue", ["ON_NAN='continue'", "'stop', 'skip'"]),
+    ("--LERNING_RATE=1e-3", ["LERNING_RATE", "Did you mean LEARNING_RATE"]),
+    ("--PRESET=facade", ["PRESET='facade'", "facades"]),
+    ("BATCH_SIZE=4", ["BATCH_SIZE=4", "--KEY=value"]),
+])
+def test_bad_settings_are_one_line_errors_naming_setting_and_valid_values(override, names):
+    with pytest.raises(ConfigError) as e:
+        load_config(override.split())
+    message = str(e.value)
+    assert "\n" not in message
+    assert all(n in message for n in names), message
+
+
+def test_config_is_validated_before_any_data_or_model_work(tmp_path, monkeypatch):
+    from harness import run
+    monkeypatch.setattr(run, "training_data", lambda *a, **k: pytest.fail("data touched"))
+    monkeypatch.setattr(train, "build_models", lambda *a, **k: pytest.fail("models built"))
+    with pytest.raises(ConfigError, match="NORM"):
+        train.main(tiny_args(tmp_path / "no-data", tmp_path / "run", NORM="layer"))
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- bad settings, the real CLI
+
+CLI_CASES = {  # 2 cases only: each costs seconds of imports; the rest are checked in-process above
+    "missing_cuda": (["--DEVICE=cuda:99"], "DEVICE='cuda:99'"),  # no machine has 100 GPUs
+    "code_injection": (["--LEARNING_RATE=__import__('os').system('touch MARKER')"], "--LEARNING_RATE="),
+}
+
+
+@pytest.fixture(scope="module")
+def cli_results(tmp_path_factory) -> dict:
+    """Run the CLI cases concurrently (each pays ~4 s of imports) from an empty folder."""
+    cwd = tmp_path_factory.mktemp("cli")
+    procs = {name: subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=ENV, text=True,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for name, (args, _) in CLI_CASES.items()}
+    results = {name: (p, *p.communicate(timeout=180)) for name, p in procs.items()}
+    return {"cwd": cwd, **results}
+
+
+@pytest.mark.parametrize("case", list(CLI_CASES))
+def test_cli_bad_setting_exits_2_with_a_one_line_error(cli_results, case):
+    proc, out, err = cli_results[case]
+    assert proc.returncode == 2
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert CLI_CASES[case][1] in err
+    assert out == ""
+    assert sorted(os.listdir(cli_results["cwd"])) == []  # no MARKER, no data/ or runs/ created
+
+
+# ----------------------------------------------------------------------------- bench.py and the reference
+
+def test_bench_takes_config_settings_as_train_does(capsys):
+    import bench
+    with pytest.raises(ConfigError, match="unknown setting 'BATCH_SIZ'"):
+        bench.main(["--BATCH_SIZ=2", "--skip", "train,infer,onnx,data,peak"])
+    assert bench.main(["--IMAGE_SIZE=32", "--BATCH_SIZE=2", "--PRECISION=fp32", "--json",
+                       "--skip", "train,infer,onnx,data,peak"]) == 0
+    out = capsys.readouterr().out
+    assert '"image_size": 32' in out and '"batch_size": 2' in out
+
+
+def test_the_configuration_reference_names_every_setting():
+    """docs/configuration.md is the reference of config.py: a setting added without a row there fails here."""
+    import config
+    reference = (ROOT / "docs" / "configuration.md").read_text()
+    missing = [k for k in vars(config) if k.isupper() and k != "PRESETS" and f"| `{k}` |" not in reference]
+    assert missing == []

@@ -190,7 +190,7 @@ def test_two_processes_of_batch_b_match_one_process_of_batch_2b(ddp_run, tmp_pat
 
 def test_distributed_checkpoint_loads_in_a_single_process_run_and_load_generator(ddp_run, tmp_path, monkeypatch,
                                                                                  capsys):
-    from utils import load_generator
+    from harness.checkpoint import load_generator
     run_dir = tmp_path / "run"
     shutil.copytree(ddp_run.run_dir, run_dir)
     for path in (run_dir / "generator.pt", run_dir / "checkpoints" / "last.pt"):

@@ -254,3 +254,109 @@ def test_cityscapes_prints_instructions(tmp_path, no_network, capsys):
     out = capsys.readouterr().out
     assert "cityscapes-dataset.com" in out and "prepare_cityscapes_dataset.py" in out
     assert not (tmp_path / "data").exists()
+
+
+# ----------------------------------------------------------------------------- pretrained generators
+
+def official_generator_bytes() -> bytes:
+    """A small generator in the official code's format (a bare UnetGenerator state dict), as its server holds them."""
+    import torch
+
+    from generator_model import UNetGenerator
+    from harness.official_format import official_state_dict
+    torch.manual_seed(0)
+    buf = io.BytesIO()
+    torch.save(official_state_dict(UNetGenerator(3, 3, 4, 5, dropout_placement="official")), buf)
+    return buf.getvalue()
+
+
+MODEL = official_generator_bytes()
+
+
+def error_line(err: str) -> str:
+    """The one error line on stderr (besides tqdm's progress bar), with no traceback."""
+    lines = [line for line in err.splitlines() if line and "%|" not in line]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def fetch(server, dest, *extra: str, path: str = "/facades_label2photo.pth") -> int:
+    return dd.main(["--pretrained", "facades_label2photo", "--output", str(dest), "--url", server.url + path, *extra])
+
+
+def test_pretrained_download_prints_a_predict_command_that_works(server, tmp_path, capsys):
+    """The whole path of a user: download, the printed command run as printed (with real folders), a PNG out."""
+    import shlex
+
+    import predict
+    from conftest import write_pairs
+    server.files["/facades_label2photo.pth"] = MODEL
+    dest = tmp_path / "pretrained"
+    assert fetch(server, dest) == 0
+    assert (dest / "facades_label2photo.pth").read_bytes() == MODEL and leftovers(dest) == ["facades_label2photo.pth"]
+    out = capsys.readouterr().out
+    assert "the official facades_label2photo generator (U-Net of 5 levels, ngf 4, batch norm)" in out
+    assert "add --direction BtoA" in out
+    command = next(line.strip() for line in out.splitlines() if line.strip().startswith("python predict.py"))
+    assert command == (f"python predict.py --checkpoint {dest / 'facades_label2photo.pth'} --input your_images/ "
+                       f"--output results/")
+    write_pairs(tmp_path / "your_images", 2, seed=3)
+    argv = shlex.split(command.replace("your_images/", str(tmp_path / "your_images")).replace(
+        "results/", str(tmp_path / "results")))[2:]
+    assert predict.main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "results").iterdir()) == ["000.png", "001.png"]
+
+
+def test_pretrained_download_resumes_after_an_interruption(server, tmp_path, capsys):
+    server.files["/facades_label2photo.pth"] = MODEL
+    dest = tmp_path / "pretrained"
+    server.mode = "drop"
+    assert fetch(server, dest) == 1
+    err = error_line(capsys.readouterr().err)
+    assert "connection closed after" in err and "resumes" in err
+    assert leftovers(dest) == ["facades_label2photo.pth.part"]  # nothing where predict.py would load it
+    server.mode, server.requests = "ok", []
+    assert fetch(server, dest) == 0
+    assert server.requests == [("/facades_label2photo.pth", f"bytes={len(MODEL) // 2}-")]
+    assert (dest / "facades_label2photo.pth").read_bytes() == MODEL and leftovers(dest) == ["facades_label2photo.pth"]
+
+
+@pytest.mark.parametrize("served", ["an HTML page", "a truncated file", "a discriminator"])
+def test_pretrained_download_refuses_what_is_not_a_generator(server, tmp_path, capsys, served):
+    import torch
+    if served == "an HTML page":
+        body = b"<!DOCTYPE html><html><body>Service unavailable</body></html>"
+        why = "web page"
+    elif served == "a truncated file":  # complete by its Content-Length, but cut short at the source
+        body, why = MODEL[:len(MODEL) * 2 // 3], "not an official pix2pix generator"
+    else:
+        buf = io.BytesIO()
+        torch.save({"model.0.weight": torch.zeros(8, 6, 4, 4), "model.0.bias": torch.zeros(8)}, buf)
+        body, why = buf.getvalue(), "discriminator"
+    server.files["/facades_label2photo.pth"] = body
+    dest = tmp_path / "pretrained"
+    assert fetch(server, dest) == 1
+    err = error_line(capsys.readouterr().err)
+    assert err.startswith("error: download of ") and why in err and "nothing was saved" in err
+    assert leftovers(dest) == []  # no .pth, and no .part that a re-run would resume
+
+
+def test_pretrained_http_error_is_one_line(server, tmp_path, capsys):
+    dest = tmp_path / "pretrained"
+    assert fetch(server, dest, path="/missing.pth") == 1
+    assert "404" in error_line(capsys.readouterr().err) and leftovers(dest) == []
+
+
+def test_unknown_pretrained_model_is_one_line_listing_the_known_ones(tmp_path, no_network, capsys):
+    assert dd.main(["--pretrained", "horse2zebra", "--output", str(tmp_path / "p")]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: unknown pretrained model 'horse2zebra'; the official ones are facades_label2photo, "
+                   "sat2map, map2sat, edges2shoes, day2night\n")
+    assert not (tmp_path / "p").exists()
+
+
+def test_present_pretrained_file_is_not_downloaded_again(tmp_path, no_network, capsys):
+    (tmp_path / "sat2map.pth").write_bytes(MODEL)
+    assert dd.main(["--pretrained", "sat2map", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "already exists" in out and f"--checkpoint {tmp_path / 'sat2map.pth'}" in out and "AtoB" in out

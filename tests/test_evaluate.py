@@ -1,5 +1,5 @@
 """evaluate.py: metrics.csv / summary.json / index.html on the session's tiny run, determinism, the default output
-folder, errors, and the own/other-target L1 ratio on constructed tensors.
+folder, errors, the former flag name --out, and the own/other-target L1 ratio on constructed tensors.
 
     python -m pytest tests/test_evaluate.py -q
 """
@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 import evaluate
 from conftest import interrupted_at, make_dataset
 from harness.metrics import evaluate_generator, own_other_ratio
-from utils import load_generator
+from harness.checkpoint import load_generator
 
 VAL_FILES = ["000.png", "001.png", "002.png", "003.png"]  # conftest.tiny_run's val folder
 
@@ -41,16 +41,20 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 def test_metrics_csv_has_one_row_per_image(evaluated):
     rows = read_csv(evaluated / "metrics.csv")
     assert [r["file"] for r in rows] == VAL_FILES
-    assert list(rows[0]) == ["file", "l1", "psnr", "ssim", "rmse", "pixel_acc_5", "pixel_acc_16"]
+    assert list(rows[0]) == ["file", "l1", "psnr", "ssim", "rmse", "pixel_acc_5", "pixel_acc_16", "gcgan_rmse",
+                             "gcgan_acc_5", "gcgan_acc_10"]
     for r in rows:
         assert 0 < float(r["l1"]) < 1 and 0 < float(r["psnr"]) < 60 and -1 <= float(r["ssim"]) <= 1
         assert 0 < float(r["rmse"]) < 255 and 0 <= float(r["pixel_acc_5"]) <= float(r["pixel_acc_16"]) <= 1
+        assert 0 < float(r["gcgan_rmse"]) < 255 * 3 ** 0.5
+        assert 0 <= float(r["gcgan_acc_5"]) <= float(r["gcgan_acc_10"]) <= 1
     summary = json.loads((evaluated / "summary.json").read_text())
-    for k in ("l1", "psnr", "ssim", "rmse", "pixel_acc_5", "pixel_acc_16"):
+    for k in ("l1", "psnr", "ssim", "rmse", "pixel_acc_5", "pixel_acc_16", "gcgan_rmse", "gcgan_acc_5", "gcgan_acc_10"):
         assert np.mean([float(r[k]) for r in rows]) == pytest.approx(summary[k], rel=1e-5)
-    assert summary["pixel_acc_deltas"] == [5, 16]
+    assert summary["pixel_acc_deltas"] == [5, 16] and summary["gcgan_deltas"] == [5, 10]
     page = (evaluated / "index.html").read_text()
     assert "mean pixel accuracy, delta 5" in page and "mean RMSE, grey levels" in page
+    assert "mean pixel accuracy, GcGAN&#x27;s protocol, delta 10" in page and "FID" not in page  # FID: only with --fid
 
 
 def test_summary_json_matches_an_independent_evaluation(evaluated, tiny_run):
@@ -94,7 +98,7 @@ def test_index_html_links_existing_local_images(evaluated):
     assert f"{summary['l1']:.4f}" in page and f"{summary['ratio']:.3f}" in page  # the summary is on top
     # one row per image, in file order, with its metrics (rounded for display, so compared with a tolerance)
     number = r"<td>([-\d.]+)</td>"
-    cells = re.findall(r"<td class=f>([^<]+)</td>.*?" + number * 6 + "</tr>", page)
+    cells = re.findall(r"<td class=f>([^<]+)</td>.*?" + number * 9 + "</tr>", page)
     assert [c[0] for c in cells] == VAL_FILES
     for (_, *values), row in zip(cells, read_csv(evaluated / "metrics.csv")):
         assert [float(v) for v in values] == pytest.approx([float(row[k]) for k in list(row)[1:]], abs=0.006)
@@ -232,3 +236,12 @@ def test_ctrl_c_while_evaluating_ends_with_one_line_and_exit_130(tiny_run, tmp_p
                             "--output", tmp_path / "out"], tmp_path)
     assert ended.returncode == 130, ended.stderr[-2000:]
     assert ended.stderr.strip().splitlines()[-1] == "interrupted by Ctrl-C" and "Traceback" not in ended.stderr
+
+
+def test_old_output_flag_names_still_work(tiny_run, tmp_path):
+    import evaluate
+    args = ["--checkpoint", str(tiny_run / "run" / "generator.pt"), "--data", str(tiny_run / "data" / "val"),
+            "--max-images", "1"]
+    assert evaluate.main([*args, "--output", str(tmp_path / "new")]) == 0
+    assert evaluate.main([*args, "--out", str(tmp_path / "old")]) == 0
+    assert (tmp_path / "new" / "summary.json").is_file() and (tmp_path / "old" / "summary.json").is_file()

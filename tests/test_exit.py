@@ -75,7 +75,7 @@ def finish(proc: subprocess.Popen, out: Path, deadline: float) -> tuple[float | 
 
 
 # (training images, validation images, workers): every worker count with 1 and 2 validation images, and
-# 1 to 6 training images; the hangs had a single validation image and 2 workers
+# 1 to 6 training images; the hangs this guards against came with a single validation image and 2 workers
 CASES = [(n_train, n_val, workers) for (n_val, workers), n_train in
          zip(itertools.product((1, 2), (0, 1, 2, 2)), itertools.cycle((1, 4, 6, 5, 2, 3)))]
 CASES += [(4, 1, 2), (6, 1, 2), (5, 1, 1), (3, 2, 2)]

@@ -16,7 +16,7 @@ import torch
 import export
 from harness import onnx_export as onnx_utils
 from generator_model import UNetGenerator
-from utils import load_generator
+from harness.checkpoint import load_generator
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,6 @@ import generator_model
 import pix2pix
 from harness import run_log
 import train
-import utils
 from harness.checkpoint import atomic_save, load_checkpoint
 from harness.errors import CheckpointError, NonFiniteLoss, RunDirError
 from conftest import ROOT, interrupted_at, tiny_args, write_pairs
@@ -757,7 +756,7 @@ def test_nan_skip_skips_steps_and_keeps_training(tiny_data, tmp_path, monkeypatc
                          rf"\(ON_NAN=skip\)", err), err
     assert log_rows(run_dir)[0]["skipped_steps"] == "2"
     assert all_finite(load_checkpoint(run_dir / "checkpoints" / "last.pt"))
-    assert all(torch.isfinite(v).all() for v in utils.load_generator(run_dir / "generator.pt").state_dict().values()
+    assert all(torch.isfinite(v).all() for v in checkpoint.load_generator(run_dir / "generator.pt").state_dict().values()
                if v.is_floating_point())
 
 

@@ -1,8 +1,7 @@
 """The code's layout promises: the method at the top level imports nothing of the machinery in harness/ (train.py
-only a few named calls), no command-line script imports another, the top level stays small, no test hooks live in
-production code, the checkpoint schema is the one list that saving and loading use (its format number written and
-read, older formats upgraded in one place, the discriminator's hyperparameters checked on resume), and the public
-loader stays importable from utils. CPU, ~5 s.
+only a few named calls) and knows nothing of older checkpoints, no command-line script imports another, no module
+of the project imports itself back through others, the top level stays small, and no test hooks live in production
+code. CPU, ~1 s.
 
     python -m pytest tests/test_layout.py -q
 """
@@ -10,13 +9,7 @@ import ast
 import re
 from pathlib import Path
 
-import pytest
-import torch
-
-from harness import checkpoint
-from harness.checkpoint import CHECKPOINT_FORMAT, PROGRESS, RNG_STATE, TRAINING_STATE, CheckpointError
-from conftest import ROOT, tiny_args
-from harness.configurator import ConfigError, load_config
+from conftest import ROOT
 
 # the programs a user runs; library modules with a small __main__ (generator_model.py, discriminator_model.py) are
 # imported by design
@@ -77,102 +70,47 @@ def test_no_environment_variable_test_hooks_in_production_code():
     assert {k: v for k, v in hooks.items() if v} == {}
 
 
-def test_load_generator_is_still_importable_from_utils(tiny_run):
-    from utils import load_generator
-    path = tiny_run / "run" / "generator.pt"
-    mine, theirs = load_generator(path, mode="eval"), checkpoint.load_generator(path, mode="eval")
-    assert type(mine) is type(theirs) and not mine.training
-    assert all(torch.equal(a, b) for a, b in zip(mine.state_dict().values(), theirs.state_dict().values()))
+def project_imports() -> dict[str, set[str]]:
+    """Each module of the project (top level and harness/) -> the project modules it imports, at the top or inside
+    functions: an import deferred into a function still ties the two modules together."""
+    files = {p.stem: p for p in ROOT.glob("*.py")} | {f"harness.{p.stem}": p for p in ROOT.glob("harness/*.py")
+                                                    if p.stem != "__init__"}
+    graph = {}
+    for module, path in files.items():
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+        graph[module] = names & files.keys() - {module}
+    return graph
 
 
-def test_a_training_checkpoint_holds_exactly_the_schema(tiny_run):
-    ckpt = torch.load(tiny_run / "run" / "checkpoints" / "last.pt", weights_only=True)
-    schema = {*TRAINING_STATE, *PROGRESS, *RNG_STATE, "format", "config", "train_data", "generator_hparams",
-              "discriminator_hparams"}
-    assert set(ckpt) == schema and ckpt["format"] == CHECKPOINT_FORMAT
-    export = torch.load(tiny_run / "run" / "generator.pt", weights_only=True)
-    assert set(export) == {"format", "generator", "epoch", "config", "generator_hparams", "discriminator_hparams"}
+def import_circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Every path by which a module imports itself again, each found from its smallest member."""
+    circles = []
+
+    def walk(path: list[str]) -> None:
+        for nxt in sorted(graph[path[-1]]):
+            if nxt == path[0]:
+                circles.append(path + [nxt])
+            elif nxt not in path and nxt > path[0]:
+                walk(path + [nxt])
+    for start in sorted(graph):
+        walk([start])
+    return circles
 
 
-def test_a_checkpoint_from_a_newer_format_is_refused_with_its_name(tiny_run, tmp_path):
-    ckpt = torch.load(tiny_run / "run" / "generator.pt", weights_only=True)
-    checkpoint.atomic_save(ckpt | {"format": CHECKPOINT_FORMAT + 1}, tmp_path / "future.pt")
-    with pytest.raises(CheckpointError, match=rf"future.pt has checkpoint format {CHECKPOINT_FORMAT + 1}, newer"):
-        checkpoint.load_generator(tmp_path / "future.pt")
-    del ckpt["format"]  # files written before the format was recorded load as format 1
-    checkpoint.atomic_save(ckpt, tmp_path / "old.pt")
-    assert checkpoint.load_generator(tmp_path / "old.pt") is not None
+def test_no_module_imports_itself_back_through_others():
+    graph = project_imports()
+    assert "harness.weights" in graph["harness.official_format"] and "harness.checkpoint" in graph["harness.run"]
+    assert import_circles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]  # the search finds one
+    assert import_circles(graph) == []
 
 
-def format_1(ckpt: dict) -> dict:
-    """The same checkpoint as the previous schema wrote it: LR scheduler states, batches (not images) into the
-    epoch, best_val_l1, no train_data."""
-    old = {k: v for k, v in ckpt.items() if k not in ("images_in_epoch", "train_data", "best_val")}
-    lr = {"base_lrs": [2e-4], "last_epoch": ckpt["epoch"]}
-    return old | {"format": 1, "batch_in_epoch": 3, "sched_G": lr, "sched_D": lr, "best_val_l1": ckpt["best_val"]}
-
-
-def test_resume_compares_the_discriminator_the_weights_were_written_for(tiny_run, tmp_path):
-    """A checkpoint whose stored discriminator_hparams differ from the discriminator built now is refused by name,
-    even when its config agrees (e.g. a hand-edited or foreign file)."""
-    import pix2pix
-    run = tiny_run / "run"
-    cfg = load_config(tiny_args(tiny_run / "data", tmp_path / "run"))
-    ckpt = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
-    _, D = pix2pix.build_models(cfg)
-    checkpoint.check_resume_compatible(ckpt, cfg, "last.pt", D)  # the run's own settings: accepted
-    ckpt["discriminator_hparams"] = ckpt["discriminator_hparams"] | {"n_layers": 5}
-    with pytest.raises(CheckpointError, match=r"settings differ \(discriminator n_layers: checkpoint 5 vs now"):
-        checkpoint.check_resume_compatible(ckpt, cfg, "last.pt", D)
-
-
-def test_a_resumed_run_continues_through_the_schema_and_older_formats_are_upgraded(tiny_run, tmp_path):
-    """restore_training_state loads every TRAINING_STATE entry into a Pix2Pix and gives back the Progress; a format-1
-    file (batches into the epoch, schedulers, no optional entries) is read as the current schema in one place."""
-    import pix2pix
-    ckpt = torch.load(tiny_run / "run" / "checkpoints" / "last.pt", weights_only=True)
-    cfg = load_config(tiny_args(tiny_run / "data", tmp_path / "run"))
-    G, D = pix2pix.build_models(cfg)
-    model = pix2pix.Pix2Pix(G, D, *pix2pix.make_optimizers(G, D, cfg, torch.device("cpu")),
-                            *pix2pix.make_grad_scalers(torch.device("cpu"), "fp32"))
-    progress = checkpoint.restore_training_state(ckpt, model)
-    assert progress == checkpoint.Progress(**{k: ckpt[k] for k in PROGRESS})
-    assert all(torch.equal(v, ckpt["generator"][k]) for k, v in G.state_dict().items())
-
-    old = format_1(ckpt)
-    del old["best_val_l1"], old["rank_rngs"]
-    old["config"] = old["config"] | {"BATCH_SIZE": 2}
-    checkpoint.atomic_save(old, tmp_path / "old.pt")
-    upgraded = checkpoint.load_checkpoint(tmp_path / "old.pt")
-    assert upgraded["images_in_epoch"] == 3 * 2  # 3 batches of 2 images in 1 process
-    assert upgraded["best_val"] == float("inf") and upgraded["rank_rngs"] == [] and upgraded["train_data"] == {}
-    assert "sched_G" not in upgraded and "batch_in_epoch" not in upgraded
-    checkpoint.check_resume_compatible(upgraded, old["config"] | cfg, "old.pt", D)
-    assert checkpoint.restore_training_state(upgraded, model).images_in_epoch == 6
-
-
-def test_bench_takes_config_settings_as_train_does(capsys):
-    import bench
-    with pytest.raises(ConfigError, match="unknown setting 'BATCH_SIZ'"):
-        bench.main(["--BATCH_SIZ=2", "--skip", "train,infer,onnx,data,peak"])
-    assert bench.main(["--IMAGE_SIZE=32", "--BATCH_SIZE=2", "--PRECISION=fp32", "--json",
-                       "--skip", "train,infer,onnx,data,peak"]) == 0
-    out = capsys.readouterr().out
-    assert '"image_size": 32' in out and '"batch_size": 2' in out
-
-
-def test_old_output_flag_names_still_work(tiny_run, tmp_path):
-    import evaluate
-    args = ["--checkpoint", str(tiny_run / "run" / "generator.pt"), "--data", str(tiny_run / "data" / "val"),
-            "--max-images", "1"]
-    assert evaluate.main([*args, "--output", str(tmp_path / "new")]) == 0
-    assert evaluate.main([*args, "--out", str(tmp_path / "old")]) == 0
-    assert (tmp_path / "new" / "summary.json").is_file() and (tmp_path / "old" / "summary.json").is_file()
-
-
-def test_the_configuration_reference_names_every_setting():
-    """docs/configuration.md is the reference of config.py: a setting added without a row there fails here."""
-    import config
-    reference = (ROOT / "docs" / "configuration.md").read_text()
-    missing = [k for k in vars(config) if k.isupper() and k != "PRESETS" and f"| `{k}` |" not in reference]
-    assert missing == []
+def test_the_method_knows_nothing_of_older_checkpoints():
+    """Reading files of older versions is the checkpoint upgrade path's job (harness/checkpoint.py)."""
+    words = {name: re.findall(r"legacy|skip_relu|upgrade", (ROOT / f"{name}.py").read_text(), re.IGNORECASE)
+             for name in LEARNER_PATH}
+    assert {k: v for k, v in words.items() if v} == {}

@@ -1,11 +1,12 @@
 """metrics.py against values worked out by hand: L1, PSNR and SSIM in [0, 1] image space, RMSE and pixel accuracy in
-grey levels, the [-1, 1] -> [0, 1] conversion inside evaluate_generator, and the own/other-target L1 ratio on a set
-small enough to do on paper.
+grey levels (this project's and GcGAN's protocol), the [-1, 1] -> [0, 1] conversion inside evaluate_generator, and
+the own/other-target L1 ratio on a set small enough to do on paper.
 
     python -m pytest tests/test_metrics.py -q
 """
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -130,3 +131,35 @@ def test_pixel_accuracy_is_measured_on_8_bit_values_and_is_perfect_for_a_perfect
     m = per_image_metrics(target + 4.6 / 255 * (target < 0.5), target)
     assert m["pixel_acc_5"].item() == pytest.approx(0 / 4) and m["pixel_acc_16"].item() == 1
     assert m["rmse"].item() == pytest.approx(math.sqrt(25 * 9 / 12), rel=1e-6)  # 9 of 12 channels below half
+
+
+# ----------------------------------------------------------------------------- GcGAN's maps protocol
+
+def flat(value: int, size: int, channels: int = 3) -> np.ndarray:
+    """A size x size uint8 image of one grey level, as read from a file."""
+    return np.full((size, size, channels), value, np.uint8)
+
+
+def test_gcgan_rmse_sums_over_channels_and_pixels_divided_by_256_squared():
+    """Output 0.5 -> 127 (truncated as the official test.py saves it), target 130 in every channel: a difference
+    of 3 in each of 3 channels at every pixel: sqrt(3 * 9 * 256^2 / 256^2) = sqrt(27), not the per-channel 3."""
+    from harness.metrics import gcgan_maps_scores
+    scores = gcgan_maps_scores(torch.full((3, 64, 64), 0.5), flat(130, 600))  # target at the file's own size
+    assert scores["gcgan_rmse"] == pytest.approx(math.sqrt(27), rel=1e-6)
+    assert scores["gcgan_acc_5"] == scores["gcgan_acc_10"] == 1.0
+
+
+def test_gcgan_accuracy_is_strictly_below_delta_on_the_worst_channel():
+    from harness.metrics import gcgan_maps_scores
+    target = flat(100, 256)
+    target[:128, :, 1] = 95  # the top half differs by 5 in one channel only
+    scores = gcgan_maps_scores(torch.full((3, 256, 256), 100 / 255 + 1e-4), target)  # 100 after truncation
+    assert scores["gcgan_acc_5"] == 0.5 and scores["gcgan_acc_10"] == 1.0  # 5 is not below 5
+    assert scores["gcgan_rmse"] == pytest.approx(math.sqrt(25 * 128 * 256 / 256 ** 2), rel=1e-6)
+
+
+def test_gcgan_output_is_truncated_and_a_grey_target_counts_three_channels():
+    from harness.metrics import gcgan_maps_scores
+    # 0.999 * 255 = 254.7: saved as 254 by truncation (rounding would give 255, a difference of 0)
+    scores = gcgan_maps_scores(torch.full((3, 32, 32), 0.999), flat(255, 40, channels=1))
+    assert scores["gcgan_rmse"] == pytest.approx(math.sqrt(3), rel=1e-6)

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from discriminator_model import PatchDiscriminator, receptive_field
+from discriminator_model import PatchDiscriminator, feature_sides, receptive_field
 from generator_model import UNetGenerator, num_downs_for
 
 
@@ -134,6 +134,20 @@ def test_default_discriminator_size_and_patch_grid(default_D):
     for i, m in enumerate(layers):  # convs feeding BatchNorm have no bias
         if isinstance(m, nn.Conv2d) and i + 1 < len(layers):
             assert (m.bias is None) == isinstance(layers[i + 1], nn.BatchNorm2d)
+
+
+@pytest.mark.parametrize("n_layers, image_size", [(0, 8), (1, 32), (3, 70), (3, 256), (5, 300)])
+def test_feature_sides_are_the_networks(n_layers, image_size):
+    """feature_sides (which the configurator's smallest-image check uses) gives the side of every convolution's
+    output, measured on the network itself."""
+    D = PatchDiscriminator(base_channels=2, n_layers=n_layers)
+    x, sides = torch.zeros(1, 3, image_size, image_size), []
+    for m in D.modules():
+        if isinstance(m, nn.Conv2d):
+            m.register_forward_hook(lambda m, inputs, out: sides.append(out.shape[-1]))
+    with torch.no_grad():
+        D(x, x)
+    assert feature_sides(image_size, n_layers) == sides
 
 
 @pytest.mark.parametrize("n_layers, expected", [(0, 1), (1, 16), (3, 70), (5, 286)])

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Subset
 from conftest import ROOT
 from conftest import make_dataset
 from harness.metrics import evaluate_generator
-from utils import load_generator
+from harness.checkpoint import load_generator
 
 NOTEBOOK = ROOT / "notebooks" / "inference.ipynb"
 SUMMARY = re.compile(r"mean over (\d+) images: L1 ([\d.]+)  PSNR ([\d.]+) dB  SSIM ([-\d.]+)  "
@@ -34,6 +34,21 @@ def test_committed_without_outputs():
     assert code and all(c.outputs == [] and c.execution_count is None for c in code)
     first = nb.cells[0].source
     assert "PIX2PIX_CHECKPOINT" in first and "PIX2PIX_DATA" in first  # the settings come first
+
+
+def test_load_generator_is_imported_as_the_readme_and_the_notebook_show(tiny_run):
+    """One public loader, defined once (harness/checkpoint.py) and imported the way the README and the notebook
+    show it; it rebuilds a trained generator from its file alone, in the test mode asked for."""
+    shown = {path.name: re.findall(r"from ([\w.]+) import load_generator", path.read_text())
+             for path in (ROOT / "README.md", NOTEBOOK)}
+    assert shown == {"README.md": ["harness.checkpoint"], "inference.ipynb": ["harness.checkpoint"]}
+    defined = [p.relative_to(ROOT).as_posix() for p in [*ROOT.glob("*.py"), *ROOT.glob("harness/*.py")]
+               if "def load_generator(" in p.read_text()]
+    assert defined == ["harness/checkpoint.py"]
+    G = load_generator(tiny_run / "run" / "generator.pt", mode="eval")
+    assert not G.training and G.train_config["IMAGE_SIZE"] == 2 ** G.hparams["num_downs"]
+    assert all(torch.equal(a, b) for a, b in
+               zip(G.state_dict().values(), torch.load(tiny_run / "run" / "generator.pt")["generator"].values()))
 
 
 @pytest.fixture

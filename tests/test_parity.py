@@ -1,5 +1,5 @@
-"""Parity with the official pix2pix code (issue 9): the golden fixture made once with the official UnetGenerator
-(tests/fixtures/README.md), official latest_net_G.pth files in (utils.load_generator) and out (official_format),
+"""Parity with the official pix2pix code: the golden fixture made once with the official UnetGenerator
+(tests/fixtures/README.md), official latest_net_G.pth files in (load_generator) and out (official_format),
 dropout placements, legacy checkpoints keeping their function, PixelGAN's last conv, the night2day direction and
 batch-1 inference in paper mode. Never imports the official code.
 
@@ -22,11 +22,11 @@ import train
 from conftest import tiny_args, write_pairs
 from discriminator_model import PatchDiscriminator
 from generator_model import UNetGenerator
-from harness.checkpoint import CheckpointError, load_checkpoint, load_generator
+from harness.checkpoint import CheckpointError, load_checkpoint, load_generator, use_legacy_skips
 from harness.configurator import ConfigError, load_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_unet_golden.pt"
-TOL = 1e-5  # the issue's bound on max abs difference to the official network
+TOL = 1e-5  # the bound on the max abs difference to the official network (docs/faithfulness.md)
 
 
 def unpack4(packed: torch.Tensor, shape: list[int], scale: float) -> torch.Tensor:
@@ -89,7 +89,7 @@ def test_golden_fixture_eval_and_train_outputs(golden):
     G = official_format.generator_from_official(golden["state"])
     assert {k: G.hparams[k] for k in ("in_channels", "out_channels", "base_channels", "num_downs", "norm")} == \
         dict(in_channels=3, out_channels=3, base_channels=8, num_downs=6, norm="batch")
-    assert G.hparams["dropout_placement"] == "official" and G.hparams["skip_relu"] is True
+    assert G.hparams["dropout_placement"] == "official" and "skip_relu" not in G.hparams  # not a legacy U-Net
     with torch.no_grad():
         out_eval = G.eval()(golden["x"])
         out_train = no_dropout(G).train()(golden["x"])
@@ -189,7 +189,7 @@ def test_export_needs_the_official_function():
     with pytest.raises(OfficialFormatError, match="DROPOUT_PLACEMENT=official"):
         official_format.official_state_dict(UNetGenerator(3, 3, 4, 6))  # paper placement (the default)
     with pytest.raises(OfficialFormatError, match="skip fix"):
-        official_format.official_state_dict(UNetGenerator(3, 3, 4, 6, dropout_placement="official", skip_relu=False))
+        official_format.official_state_dict(use_legacy_skips(UNetGenerator(3, 3, 4, 6, dropout_placement="official")))
     with pytest.raises(OfficialFormatError, match="at least 5"):
         official_format.official_state_dict(UNetGenerator(3, 3, 4, 4, dropout_placement="official"))
     # without dropout the placement does not matter (the official test.py then needs --no_dropout)
@@ -229,7 +229,8 @@ def test_dropout_placement_setting_is_validated_and_stored(tiny_data, tmp_path):
 # ----------------------------------------------------------------------------- legacy checkpoints
 
 def make_legacy(src: Path, dest: Path) -> Path:
-    """A copy of a checkpoint as written before issue 9: no dropout_placement/skip_relu, no DROPOUT_PLACEMENT."""
+    """A copy of a checkpoint as written before the dropout placement and the skip fix: no dropout_placement or
+    skip_relu, no DROPOUT_PLACEMENT."""
     ckpt = load_checkpoint(src)
     for key in ("dropout_placement", "skip_relu"):
         del ckpt["generator_hparams"][key]
@@ -247,7 +248,7 @@ def test_legacy_checkpoint_keeps_its_outputs(tiny_run, tmp_path):
     with torch.no_grad():
         assert torch.equal(G(x), legacy_forward(G, x))  # the function it was trained as
         new = load_generator(tiny_run / "run" / "generator.pt", mode="eval")
-        assert new.hparams["skip_relu"] is True and not torch.allclose(new(x), G(x), atol=1e-4)
+        assert "skip_relu" not in new.hparams and not torch.allclose(new(x), G(x), atol=1e-4)
 
 
 def test_resuming_a_legacy_checkpoint_continues_its_function(tiny_run, tmp_path, capsys):

@@ -16,7 +16,7 @@ from PIL import Image
 
 import predict
 from conftest import ROOT, interrupted_at, write_pairs
-from utils import load_generator
+from harness.checkpoint import load_generator
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Checkpoints that move between machines (issue 14): resume under another PRECISION, process count,
+"""Checkpoints that move between machines: resume under another PRECISION, process count,
 CHANNELS_LAST or COMPILE; the GPU RNG of the GPU in use only; set_device for DEVICE=cuda:N; few device->host
 reads per training step; fp16 details; CPU exports; DETERMINISTIC.
 
@@ -272,7 +272,7 @@ def test_each_process_saves_and_restores_only_its_own_gpus_rng(monkeypatch):
     assert len(restored) == 1 and torch.equal(restored[0][0], states[3]) and restored[0][1] == torch.device("cuda", 0)
 
     restored.clear()
-    legacy = saved | {"cuda": [states[i] for i in range(4)]}  # written before issue 14 by a 4-GPU process
+    legacy = saved | {"cuda": [states[i] for i in range(4)]}  # as older versions wrote it: one state per GPU
     checkpoint.set_rng_states(legacy, torch.device("cuda", 1))
     assert len(restored) == 1 and torch.equal(restored[0][0], states[1])
     restored.clear()

@@ -116,7 +116,7 @@ def test_channels_last_auto_picks_the_layout_by_device_and_batch():
         load_config(["--CHANNELS_LAST=sometimes"])
 
 
-# ----------------------------------------------------------------------------- what fp32 means; tf32 (issue 19)
+# ----------------------------------------------------------------------------- what fp32 means; tf32
 
 def test_fp32_is_ieee_on_a_gpu_and_tf32_turns_tf32_on(cuda_flags):
     """PyTorch runs fp32 convolutions as TF32 on Ampere+ GPUs by default; here PRECISION=fp32 switches that off, tf32
@@ -167,7 +167,7 @@ def test_evaluate_defaults_to_fp32_and_predict_to_auto():
     assert predict.parse_args(["--checkpoint", "g.pt", "--input", "x.png", "--output", "o"]).precision == "auto"
 
 
-# ----------------------------------------------------------------------------- COMPILE="reduce-overhead" (issue 19)
+# ----------------------------------------------------------------------------- COMPILE="reduce-overhead"
 
 @pytest.mark.parametrize("setting, options", [(True, {}), ("reduce-overhead", {"mode": "reduce-overhead"}),
                                               (False, None)])
@@ -189,7 +189,7 @@ def test_compile_setting_reaches_torch_compile(monkeypatch, setting, options):
     assert len(marks) == (2 if setting == "reduce-overhead" else 0)
 
 
-# ----------------------------------------------------------------------------- training from files (issue 19)
+# ----------------------------------------------------------------------------- training from files
 
 def test_bench_training_from_files_runs_whole_epochs_of_the_batches_a_run_would_use(tmp_path, monkeypatch, capsys):
     """bench.py's "training from files" and "batches alone" go through whole epochs (one warm-up epoch, then
@@ -219,7 +219,7 @@ def test_bench_training_from_files_runs_whole_epochs_of_the_batches_a_run_would_
     assert len(read) == 2 * 6 and "DATA_ON_DEVICE: keeping the 6 training pairs" in captured.err  # once per part
 
 
-# ----------------------------------------------------------------------------- bench.py --gpu-check (issue 19)
+# ----------------------------------------------------------------------------- bench.py --gpu-check
 
 def test_gpu_check_without_cuda_says_so_in_one_line_and_runs_nothing(monkeypatch, capsys):
     from harness import gpu_check

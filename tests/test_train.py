@@ -28,7 +28,7 @@ from harness import run_log
 import train
 import generator_model
 import utils
-from harness.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_generator
+from harness.checkpoint import atomic_save, load_checkpoint, load_generator
 from harness.configurator import load_config
 from conftest import tiny_args, write_checkpoints_at_once
 from conftest import make_dataset
@@ -78,7 +78,6 @@ def run_training(data: Path, run_dir: Path, on_step=None, after_epoch=None, **ov
             for s, h in handlers.items():  # train.main installs its own SIGINT/SIGTERM handlers
                 signal.signal(s, h)
     return record
-
 
 
 @pytest.fixture(scope="module")
@@ -334,37 +333,6 @@ def test_test_mode_leaves_the_model_as_it_was():
     assert not torch.equal(c, d) and not torch.allclose(a, c, atol=1e-3)
     assert G.training and all(m.momentum == 0.1 for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert all(torch.equal(v, G.state_dict()[k]) for k, v in before.items())
-
-
-def _create_marker(path):
-    Path(path).write_text("code ran")
-    return {}
-
-
-class Booby:
-    """Unpickling this would call _create_marker: exactly what weights_only loading must refuse."""
-
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return _create_marker, (str(self.marker),)
-
-
-def test_checkpoints_are_loaded_weights_only(tmp_path):
-    marker = tmp_path / "marker"
-    path = tmp_path / "evil.pt"
-    torch.save({"generator": {}, "generator_hparams": {}, "payload": Booby(marker)}, path)
-    with pytest.raises(CheckpointError, match="evil.pt"):
-        load_checkpoint(path)
-    with pytest.raises(CheckpointError):
-        load_generator(path)
-    assert not marker.exists()
-    torch.save({"weights": torch.ones(2)}, tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="not a pix2pix checkpoint"):
-        load_checkpoint(tmp_path / "other.pt")
-    with pytest.raises(CheckpointError, match="does not exist"):
-        load_checkpoint(tmp_path / "missing.pt")
 
 
 @pytest.mark.parametrize("where", ["save", "replace"])

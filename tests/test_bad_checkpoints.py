@@ -1,13 +1,20 @@
-"""Files that lie: weights with NaN/Inf values or negative running variances (torch keeps no checksum), malformed
-official files (a key without a dot, 5 input channels, a missing or wrong-shape tensor), a checkpoint made to inflate
-in memory, and garbage. Each is refused in one line naming the file and what is wrong (the first bad tensor, the key
-and what was expected), in every script that loads it, before black images, n/a metrics or an all-NaN ONNX file are
-written, and (the inflating file) before torch allocates anything. An export whose outputs are NaN fails its check.
+"""Checkpoint files that cannot be trusted are refused in one line, before anything uses them:
 
-Uses the session's tiny 32-px run (conftest.tiny_run). CPU, ~1 min.
+- files that would run code: every load is weights_only=True (a pickle that names code is refused, and nothing runs),
+  in load_checkpoint, load_generator and a training resume; no torch.load in the project says otherwise
+- files that lie: weights with NaN/Inf values or negative running variances (torch keeps no checksum), malformed
+  official files (a key without a dot, 5 input channels, a missing or wrong-shape tensor), a checkpoint made to
+  inflate in memory, and garbage. Each is refused naming the file and what is wrong (the first bad tensor, the key
+  and what was expected), in every script that loads it, before black images, n/a metrics or an all-NaN ONNX file
+  are written, and (the inflating file) before torch allocates anything. An export whose outputs are NaN fails its
+  check.
 
-    python -m pytest tests/test_malformed_files.py -q
+Bad settings: tests/test_config.py; bad image files: tests/test_bad_data.py; archives that would write outside their
+destination: tests/test_download_dataset.py. Uses the session's tiny 32-px run (conftest.tiny_run). CPU, ~1 min.
+
+    python -m pytest tests/test_bad_checkpoints.py -q
 """
+import ast
 import pickle
 import zipfile
 from pathlib import Path
@@ -21,11 +28,12 @@ import evaluate
 import export
 import predict
 import train
-from conftest import tiny_args, write_pairs
+from conftest import ROOT, tiny_args, write_pairs
 from generator_model import UNetGenerator
 from harness import official_format
 from harness import onnx_export
-from harness.checkpoint import CheckpointError, atomic_save, check_archive_size, load_generator, read_weights_file
+from harness.checkpoint import CheckpointError, atomic_save, load_checkpoint, load_generator
+from harness.weights import check_archive_size, read_weights_file
 
 OFFICIAL_DEPTH = 6  # a 64-px official U-Net (the official code builds at least 5 levels)
 
@@ -55,6 +63,95 @@ def scripts_refuse(checkpoint: Path, tmp_path: Path, capsys, size: int = 32, dir
     assert codes == [1, 1, 1] and len(lines) == 3 and all(line.startswith("error: ") for line in lines), lines
     assert not any((tmp_path / name).exists() for name in ("predicted", "evaluated", "g.onnx"))
     return lines
+
+
+# ----------------------------------------------------------------------------- files that would run code
+
+class Payload:
+    """Unpickling this runs code: it creates the marker file."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"open({str(self.marker)!r}, 'w').close()",)
+
+
+@pytest.fixture
+def evil(tmp_path: Path) -> tuple[Path, Path]:
+    """(a .pt file shaped like a checkpoint whose unpickling would run code, the marker it would create)"""
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "evil.pt"
+    torch.save({"generator": Payload(marker), "generator_hparams": {}, "config": {}}, path)
+    # the payload is real: an unsafe load does run it (so the assertions below mean something)
+    probe = tmp_path / "probe_marker"
+    torch.save({"x": Payload(probe)}, tmp_path / "probe.pt")
+    torch.load(tmp_path / "probe.pt", weights_only=False)
+    assert probe.exists()
+    return path, marker
+
+
+def test_load_checkpoint_refuses_code(evil):
+    path, marker = evil
+    with pytest.raises(CheckpointError, match="refused on purpose"):
+        load_checkpoint(path)
+    assert not marker.exists()
+
+
+def test_load_generator_refuses_code(evil):
+    path, marker = evil
+    with pytest.raises(CheckpointError):
+        load_generator(path)
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("how", ["RESUME=path", "auto-resume of RUN_DIR"])
+def test_training_resume_refuses_code(evil, tiny_data, tmp_path, how):
+    path, marker = evil
+    run_dir = tmp_path / "run"
+    if how == "RESUME=path":
+        args = tiny_args(tiny_data, run_dir, RESUME=path)
+    else:
+        (run_dir / "checkpoints").mkdir(parents=True)
+        (run_dir / "checkpoints" / "last.pt").write_bytes(path.read_bytes())
+        args = tiny_args(tiny_data, run_dir)
+    with pytest.raises(CheckpointError):
+        train.main(args)
+    assert not marker.exists()
+    assert not (run_dir / "log.csv").exists()  # refused before anything was written
+
+
+def test_checkpoints_are_loaded_weights_only(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pt"
+    torch.save({"generator": {}, "generator_hparams": {}, "payload": Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="evil.pt"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError):
+        load_generator(path)
+    assert not marker.exists()
+    torch.save({"weights": torch.ones(2)}, tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="not a pix2pix checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_every_torch_load_in_the_project_is_weights_only():
+    """Static guard for current and future scripts (predict.py, evaluate.py, ...) and the harness: any torch.load
+    call must pass weights_only=True literally."""
+    offenders = []
+    for path in sorted([*ROOT.glob("*.py"), *ROOT.glob("harness/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "load" \
+                    and isinstance(node.func.value, ast.Name) and node.func.value.id == "torch":
+                kw = {k.arg: k.value for k in node.keywords}
+                if not (isinstance(kw.get("weights_only"), ast.Constant) and kw["weights_only"].value is True):
+                    offenders.append(f"{path.name}:{node.lineno}")
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", getattr(node.func, "id", "")) in (
+                    "loads", "load") and getattr(getattr(node.func, "value", None), "id", "") == "pickle":
+                offenders.append(f"{path.name}:{node.lineno} (pickle)")
+    assert offenders == []
 
 
 # ----------------------------------------------------------------------------- NaN / Inf weights
