@@ -50,33 +50,6 @@ def setup_distributed(timeout_s: int, device: str) -> Ranks:
 RANK0_WORK_TIMEOUT_S = 6 * 3600  # what rank 0 may take for one-off work the others wait for (the FCN segmenter)
 
 
-def ddp(module: nn.Module, device: torch.device | None) -> nn.Module:
-    """`module` under DistributedDataParallel, with ddp_options."""
-    from torch.nn.parallel import DistributedDataParallel as DDP
-    return DDP(module, **ddp_options(module, device))
-
-
-def ddp_options(module: nn.Module, device: torch.device | None) -> dict:
-    """DistributedDataParallel's options for train.py's step:
-      - buffers synced before each forward (forward_sync_buffers, formerly broadcast_buffers) only where batch norm
-        keeps per-process running statistics (NORM=batch without SYNC_BN): rank 0's, so every rank (and the
-        checkpoint) holds the same; instance norm has none and SyncBatchNorm's are the same everywhere already (at
-        the start DDP broadcasts rank 0's buffers either way);
-      - on GPUs, gradient_as_bucket_view (the gradients are views of the all-reduce buckets: no copy in or out of
-        them) and static_graph (every step runs the same forward and backward, D's pair of calls included, so DDP
-        fixes its bucket order after the first step). With gloo on a CPU neither was faster (docs/performance.md),
-        so CPU processes keep DDP's defaults there."""
-    cuda = device is not None and device.type == "cuda"
-    return dict(device_ids=[device] if cuda else None, forward_sync_buffers=has_own_statistics(module),
-                gradient_as_bucket_view=cuda, static_graph=cuda)
-
-
-def has_own_statistics(module: nn.Module) -> bool:
-    """True if `module` has batch norm whose running statistics differ between processes (not SyncBatchNorm)."""
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)
-               and m.track_running_stats for m in module.modules())
-
-
 def while_rank0_works(world_size: int, work, timeout_s: float = RANK0_WORK_TIMEOUT_S):
     """`work()` on rank 0 (its result; None on the other ranks) while the other ranks wait in a barrier of a gloo
     group with its own timeout, `timeout_s`: minutes of one-off work (training the FCN-score's segmenter) must not

@@ -17,11 +17,10 @@ import torch.nn as nn
 
 from conftest import ROOT, tiny_args, write_pairs
 from harness.configurator import default_settings, load_config
-from harness.distributed import ddp, ddp_options, has_own_statistics
 from harness.errors import ConfigError
 from pix2pix import build_models
-from utils import RealFakeScores
 from test_distributed import launch
+from utils import RealFakeScores, ddp, ddp_options, has_own_statistics
 
 
 @pytest.fixture
