@@ -151,7 +151,7 @@ def ddp_options(module: nn.Module, device: torch.device | None) -> dict:
         the start DDP broadcasts rank 0's buffers either way);
       - on GPUs, gradient_as_bucket_view (the gradients are views of the all-reduce buckets: no copy in or out of
         them) and static_graph (every step runs the same forward and backward, D's pair of calls included, so DDP
-        fixes its bucket order after the first step). With gloo on a CPU neither was faster (docs/performance.md),
+        fixes its bucket order after the first step). With gloo on a CPU both measured slower (docs/performance.md),
         so CPU processes keep DDP's defaults there."""
     cuda = device is not None and device.type == "cuda"
     return dict(device_ids=[device] if cuda else None, forward_sync_buffers=has_own_statistics(module),
