@@ -44,7 +44,7 @@ from harness.gpu_check import BUDGET_MINUTES, dense_peak_tflops, gpu_check
 from harness.loading import cache_images, loader_workers, training_loader
 from harness.run_log import training_flops_per_image
 from harness.step_guard import StepGuard
-from pix2pix import Pix2Pix, build_models, make_grad_scalers, make_optimizers, train_step
+from pix2pix import Pix2Pix, beyond_the_paper, build_models, make_grad_scalers, make_optimizers, train_step
 from utils import AMP_DTYPES, Runtime, pick_runtime, synchronize, wrap_for_training
 
 
@@ -121,7 +121,7 @@ def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime,
     sync = lambda: synchronize(device)  # noqa: E731 - the device timed, not the current one
     G, D = (m.to(device, memory_format=runtime.memory_format) for m in build_models(cfg))
     model = Pix2Pix(G, D, *make_optimizers(G, D, cfg, device, fused=args.fused),
-                    *make_grad_scalers(device, precision), cfg["L1_LAMBDA"], runtime.amp)
+                    *make_grad_scalers(device, precision), cfg["L1_LAMBDA"], runtime.amp, **beyond_the_paper(cfg, G))
     results: dict[str, Any] = {}
     start = time.perf_counter()
     wrap_for_training(model, cfg["COMPILE"])
@@ -136,7 +136,7 @@ def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime,
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
     if "train" not in args.skip:
-        step = lambda: step_of(x, y, 0)  # noqa: E731
+        step = lambda: step_and_average(step_of, model, x, y)  # noqa: E731
         if cfg["COMPILE"]:
             step()
             results["compile_s"] = time.perf_counter() - start
@@ -149,7 +149,7 @@ def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime,
         if args.profile:
             print_profile(step)
     if "files" not in args.skip:
-        results["train_files_img_s"] = bench_from_files(step_of, train_set, cfg, args, runtime)
+        results["train_files_img_s"] = bench_from_files(step_of, model, train_set, cfg, args, runtime)
     if "infer" not in args.skip:
         def infer():
             with test_mode(G, "eval"), amp:
@@ -162,6 +162,14 @@ def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime,
     if "save" not in args.skip and "train" not in args.skip:  # after the peak: its CPU copies are not the step's
         results |= bench_save(model, cfg, args)  # Adam's state exists once training has stepped
     return results
+
+
+def step_and_average(step_of: Any, model: Pix2Pix, x: torch.Tensor, y: torch.Tensor) -> None:
+    """A training step as train.py takes it (`step_of`: harness/cuda_graph.training_step's): with G_EMA, the
+    averaged generator's update too."""
+    step_of(x, y, 0)
+    if model.average:
+        model.average.update(model.G, len(x))
 
 
 def bench_save(model: Pix2Pix, cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, float]:
@@ -258,7 +266,7 @@ def whole_epochs(batches: Any, sampler: Any, args: argparse.Namespace, sync, on_
     return statistics.median(rates)
 
 
-def bench_from_files(step: Any, train_set: Any, cfg: dict[str, Any], args: argparse.Namespace,
+def bench_from_files(step: Any, model: Pix2Pix, train_set: Any, cfg: dict[str, Any], args: argparse.Namespace,
                      runtime: Runtime) -> float:
     """Training images/s over whole epochs of the training set, every batch from the batches train.py would use
     (resident on the device with DATA_ON_DEVICE, else the DataLoader with NUM_WORKERS and CACHE_IMAGES) and
@@ -267,7 +275,7 @@ def bench_from_files(step: Any, train_set: Any, cfg: dict[str, Any], args: argpa
     batches, sampler, shut_down = training_batches_of(train_set, cfg, runtime)
     try:
         return whole_epochs(batches, sampler, args, lambda: synchronize(runtime.device),
-                            lambda x, y: step(runtime.to_device(x), runtime.to_device(y), 0))
+                            lambda x, y: step_and_average(step, model, runtime.to_device(x), runtime.to_device(y)))
     finally:
         shut_down()
 

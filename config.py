@@ -4,7 +4,7 @@ Edit this file, or override any setting on the command line:
     python train.py --PRESET=facades --TRAIN_DIR=data/facades/train --VAL_DIR=data/facades/val
     python train.py --BATCH_SIZE=4 --PRECISION=fp32
 Values are parsed as Python literals (never evaluated as code) and must have the same type as the default.
-Order of precedence: this file < PRESET < other command-line overrides.
+Order of precedence: this file < PRESET < RECIPE < other command-line overrides.
 """
 
 # --- data ---
@@ -29,15 +29,20 @@ DATA_ON_DEVICE = "auto"  # decode and resize the training set once and keep it w
 BAD_FILES = "error"  # unreadable/unsplittable images: "error" = stop before training and list them, "skip" = skip them
 
 # --- model ---
-GEN_BASE_CHANNELS = 64  # width of the U-Net's first layer (ngf)
+GENERATOR = "unet"  # "unet" (paper; depth NUM_DOWNS), "resnet_6blocks" or "resnet_9blocks" (the official ResNet G)
+GEN_BASE_CHANNELS = 64  # width of the generator's first layer (ngf)
 NUM_DOWNS = 0  # U-Net depth; 0 = derive from IMAGE_SIZE (7 for 128, 8 for 256, 9 for 512)
-NORM = "batch"  # "batch" (paper) or "instance"
+NORM = "batch"  # "batch" (paper), "instance" or "none"
+INIT = "normal"  # weight init: "normal" (paper: N(0, INIT_GAIN)), "xavier", "kaiming" or "orthogonal"
+INIT_GAIN = 0.02  # std of "normal", gain of "xavier" and "orthogonal" (and batch norm's scale ~ N(1, INIT_GAIN))
 DROPOUT = True  # dropout 0.5 in three decoder layers (paper's noise source; where: DROPOUT_PLACEMENT)
 DROPOUT_PLACEMENT = "paper"  # "paper": first three decoder blocks; "official": as the official code (and its
 #                             pretrained models): the num_downs-5 blocks after the innermost (2-4 for unet_256)
 DISC_BASE_CHANNELS = 64  # width of the discriminator's first layer (ndf)
 DISC_N_LAYERS = 3  # PatchGAN size: 0 = 1x1 PixelGAN, 1 = 16x16, 3 = 70x70 (paper), 5 = 286x286
 SYNC_BN = False  # with torchrun: share batch-norm statistics across processes (SyncBatchNorm)
+D_SCALES = 1  # recipe: pix2pixHD's multi-scale D: 1 = the paper's one PatchGAN; 2-3 = one more per 2x avg-pooling
+SPECTRAL_NORM = False  # recipe: spectral norm on every conv of D (as SPADE)
 
 # --- optimisation ---
 BATCH_SIZE = 1  # images per step per process (paper: 1)
@@ -45,8 +50,19 @@ LEARNING_RATE = 2e-4  # Adam learning rate for G and D
 BETA1 = 0.5  # Adam beta1 (paper: 0.5)
 BETA2 = 0.999  # Adam beta2
 L1_LAMBDA = 100.0  # weight of the L1 term in G's loss (paper §3.1, lambda = 100)
+GAN_LOSS = "bce"  # "bce" (paper: binary cross-entropy on logits), "lsgan" (least squares) or "hinge"
+FEATURE_MATCHING = False  # recipe: pix2pixHD's L1 between D's features on real and generated pairs in G's loss
+FEATURE_MATCHING_LAMBDA = 10.0  # its weight (pix2pixHD: 10)
+LEARNING_RATE_D = "same"  # D's Adam learning rate: "same" = LEARNING_RATE, or a number (TTUR, as SPADE)
+BETA1_D = "same"  # D's Adam beta1: "same" = BETA1, or a number
+BETA2_D = "same"  # D's Adam beta2: "same" = BETA2, or a number
 N_EPOCHS = 100  # epochs at constant learning rate
 N_EPOCHS_DECAY = 100  # further epochs with the learning rate decayed linearly to zero
+LR_POLICY = "linear"  # "linear" (paper, above), "step" (x0.1 every LR_DECAY_ITERS epochs), "plateau" or "cosine"
+LR_DECAY_ITERS = 50  # LR_POLICY="step": epochs between the x0.1 steps (official --lr_decay_iters)
+G_EMA = False  # recipe: also keep a moving average of G's weights; samples, validation and exports use it
+G_EMA_HALF_LIFE = 0.0  # its half-life in images; 0 = stylegan2-ada's rule, 10,000 x global batch / 32
+G_EMA_RAMPUP = 0.05  # early on, the half-life is at most this fraction of the images seen so far (0 = no ramp-up)
 ON_NAN = "stop"  # a NaN/Inf loss: "stop" = stop without saving poisoned weights, "skip" = skip that step
 
 # --- system ---
@@ -82,6 +98,7 @@ CHECKPOINT_EVERY_MINUTES = 10.0  # refresh checkpoints/last.pt (and generator.pt
 CHECKPOINT_EVERY_STEPS = 0  # also refresh checkpoints/last.pt every N steps (0 = off)
 SNAPSHOT_EVERY = 20  # keep checkpoints/epoch_NNNN.pt every N epochs (0 = never)
 PRESET = ""  # one word applying a dataset's paper settings (see PRESETS below): facades, maps, cityscapes, ...
+RECIPE = ""  # one word applying a set of the recipes above (see RECIPES below): paper, msd_fm, hinge_sn_ttur, combo
 
 # Paper appendix 6.2, per dataset: direction, epochs, batch size, jitter and mirroring. night2day is day -> night
 # in the paper; in the standard files day is the right half, hence BtoA (as the official docs say).
@@ -94,4 +111,17 @@ PRESETS = {
     "edges2shoes": dict(DIRECTION="AtoB", N_EPOCHS=8, N_EPOCHS_DECAY=7, BATCH_SIZE=4, JITTER=False, MIRROR=False),
     "edges2handbags": dict(DIRECTION="AtoB", N_EPOCHS=8, N_EPOCHS_DECAY=7, BATCH_SIZE=4, JITTER=False, MIRROR=False),
     "night2day": dict(DIRECTION="BtoA", N_EPOCHS=9, N_EPOCHS_DECAY=8, BATCH_SIZE=4, JITTER=True, MIRROR=True),
+}
+
+# Recipes beyond the paper, one word each (RECIPE=...), applied over PRESET; any --KEY=value still wins. None is
+# proven better than the paper yet (docs/results.md): they are the arms of that comparison, and a RECIPE that turns
+# on the winner waits for its evidence. G_EMA changes nothing in training, so add it to any of them.
+msd_fm = dict(D_SCALES=2, FEATURE_MATCHING=True)  # pix2pixHD's D and its loss
+hinge_sn_ttur = dict(GAN_LOSS="hinge", SPECTRAL_NORM=True, LEARNING_RATE=1e-4, LEARNING_RATE_D=4e-4,  # SPADE's
+                     BETA1=0.0, BETA2=0.9, BETA1_D=0.0, BETA2_D=0.9)
+RECIPES = {
+    "paper": {},  # the paper's method, as the defaults
+    "msd_fm": msd_fm,
+    "hinge_sn_ttur": hinge_sn_ttur,
+    "combo": msd_fm | hinge_sn_ttur,
 }

@@ -37,7 +37,8 @@ def num_downs_for(image_size: int) -> int:
 
 class UNetGenerator(nn.Module):
     def __init__(self, in_channels: int = 3, out_channels: int = 3, base_channels: int = 64,
-                 num_downs: int = 8, norm: str = "batch", dropout: bool = True, dropout_placement: str = "paper"):
+                 num_downs: int = 8, norm: str = "batch", dropout: bool = True, dropout_placement: str = "paper",
+                 init: str = "normal", init_gain: float = 0.02):
         super().__init__()
         if num_downs < 2:
             raise ValueError(f"num_downs must be >= 2, got {num_downs}")
@@ -76,7 +77,12 @@ class UNetGenerator(nn.Module):
         # The reference (official code, and the authors' Lua code) starts each decoder block with a ReLU on
         # [skip, x]; x is already ReLU'd and ReLU(LeakyReLU(z)) = ReLU(z), so ReLU on the skip is the same.
         self.skip_activation = nn.ReLU()
-        init_weights(self)
+        init_weights(self, init, init_gain)
+
+    @property
+    def side_multiple(self) -> int:
+        """Image sides must be multiples of this: each of the num_downs levels halves them."""
+        return 2 ** self.hparams["num_downs"]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         side = 2 ** self.hparams["num_downs"]
@@ -92,6 +98,55 @@ class UNetGenerator(nn.Module):
             x = block(x)
             x = torch.cat([self.skip_activation(skips.pop()), x], dim=1)  # encoder layer i -> decoder n-i
         return self.head(x)
+
+
+class ResidualBlock(nn.Module):
+    """x + (3x3 conv, norm, ReLU, [dropout 0.5], 3x3 conv, norm), reflection-padded: the same width in and out."""
+
+    def __init__(self, width: int, norm: str, dropout: bool):
+        super().__init__()
+        bias = conv_bias(norm)
+        layers = [nn.ReflectionPad2d(1), nn.Conv2d(width, width, 3, bias=bias), norm_layer(norm, width), nn.ReLU()]
+        if dropout:
+            layers.append(nn.Dropout(0.5))
+        layers += [nn.ReflectionPad2d(1), nn.Conv2d(width, width, 3, bias=bias), norm_layer(norm, width)]
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class ResnetGenerator(nn.Module):
+    """GENERATOR="resnet_6blocks"/"resnet_9blocks": the official code's ResNet generator (Johnson et al. 2016, as
+    CycleGAN uses it): a 7x7 stem, two stride-2 downsamplings, n_blocks residual blocks at 4x the base width, two
+    stride-2 transposed-conv upsamplings and a 7x7 tanh head. Sides must be multiples of 4."""
+
+    def __init__(self, in_channels: int = 3, out_channels: int = 3, base_channels: int = 64, n_blocks: int = 9,
+                 norm: str = "batch", dropout: bool = True, init: str = "normal", init_gain: float = 0.02):
+        super().__init__()
+        self.hparams = dict(in_channels=in_channels, out_channels=out_channels, base_channels=base_channels,
+                            n_blocks=n_blocks, norm=norm, dropout=dropout)
+        bias, w = conv_bias(norm), base_channels
+        self.stem = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(in_channels, w, 7, bias=bias), norm_layer(norm, w),
+                                  nn.ReLU())
+        self.down = nn.Sequential(*[layer for c in (w, 2 * w) for layer in (
+            nn.Conv2d(c, 2 * c, 3, stride=2, padding=1, bias=bias), norm_layer(norm, 2 * c), nn.ReLU())])
+        self.blocks = nn.Sequential(*[ResidualBlock(4 * w, norm, dropout) for _ in range(n_blocks)])
+        self.up = nn.Sequential(*[layer for c in (4 * w, 2 * w) for layer in (
+            nn.ConvTranspose2d(c, c // 2, 3, stride=2, padding=1, output_padding=1, bias=bias),
+            norm_layer(norm, c // 2), nn.ReLU())])
+        self.head = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(w, out_channels, 7), nn.Tanh())
+        init_weights(self, init, init_gain)
+
+    side_multiple = 4  # two stride-2 downsamplings
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 4 or x.shape[-2] % 4:
+            raise ValueError(f"the ResNet generator needs image sides divisible by 4, got {tuple(x.shape[-2:])}")
+        return self.head(self.up(self.blocks(self.down(self.stem(x)))))
+
+
+GENERATORS = ("unet", "resnet_6blocks", "resnet_9blocks")
 
 
 def set_test_mode(G: nn.Module, mode: str = "paper") -> dict[nn.Module, float | None]:

@@ -41,7 +41,7 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from dataset import IMG_EXTENSIONS, list_images, read_image, read_pair, to_tensor
-from generator_model import UNetGenerator, test_mode
+from generator_model import test_mode
 from harness.errors import DatasetError, exit_on_error, path_argument
 from harness.inference import (batch_size_for, check_output_folder, fit_back, fit_to_model, load_for_inference,
                                model_arguments)
@@ -86,9 +86,9 @@ class Item:
     target: torch.Tensor | None = None
 
 
-def load_item(path: Path, name: Path, args: argparse.Namespace, cfg: dict[str, Any], G: UNetGenerator) -> Item:
+def load_item(path: Path, name: Path, args: argparse.Namespace, cfg: dict[str, Any], G: torch.nn.Module) -> Item:
     in_ch, out_ch = G.hparams["in_channels"], G.hparams["out_channels"]
-    multiple = 2 ** G.hparams["num_downs"]
+    multiple = G.side_multiple
     if args.paired:
         x, y = read_pair(path, cfg["DIRECTION"], in_ch, out_ch)
         if x.shape[1] == 0:

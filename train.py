@@ -33,8 +33,8 @@ from harness.run import (Timer, TrainingRun, gather_rng_states, is_due, is_early
 from harness.run_log import print_epoch_speed, sample_batch, training_flops_per_image
 from harness.signals import agree_on_stop
 from harness.step_guard import StepGuard
-from pix2pix import (Pix2Pix, build_models, lr_factor, make_grad_scalers, make_optimizers,
-                     set_learning_rate, train_step)
+from pix2pix import (Pix2Pix, beyond_the_paper, build_models, lr_factor, make_grad_scalers,
+                     make_optimizers, plateau_after, set_learning_rates, train_step)
 from utils import pick_runtime, seed_everything, wrap_for_training
 
 
@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         D = D.to(runtime.device, memory_format=runtime.memory_format)
         model = Pix2Pix(G, D, *make_optimizers(G, D, cfg, runtime.device),
                         *make_grad_scalers(runtime.device, runtime.precision), cfg["L1_LAMBDA"],
-                        runtime.amp)
+                        runtime.amp, **beyond_the_paper(cfg, G, ranks.world_size))  # recipes: all off
 
         progress = run.resume(model, train_data)  # a checkpoint's weights, RNGs, position; or fresh
         if progress.epoch >= run.total_epochs:  # nothing to train (a stale generator.pt: rewritten)
@@ -81,14 +81,13 @@ def main(argv: list[str] | None = None) -> int:
         one_step = training_step(model, guard, train_step, cfg, runtime, ranks.world_size,
                                  say=print if ranks.master else None)
         if progress.step == 0:
-            run.save_samples(model.G, samples, "step_000000.png")  # the untrained generator, now
+            run.save_samples(model.inference_G, samples, "step_000000.png")  # the untrained generator, now
         outputs_every = 1  # samples, validation every SAMPLE_EVERY / VAL_EVERY x this (EVAL_BUDGET)
         images_per_step = cfg["BATCH_SIZE"] * ranks.world_size
 
         for epoch in range(progress.epoch, run.total_epochs):
             # the learning rate: constant for N_EPOCHS, then linearly to 0 in N_EPOCHS_DECAY (§6.2)
-            lr = cfg["LEARNING_RATE"] * lr_factor(epoch, cfg["N_EPOCHS"], cfg["N_EPOCHS_DECAY"])
-            set_learning_rate((model.opt_G, model.opt_D), lr)
+            lr = set_learning_rates(model, cfg, lr_factor(epoch, cfg, progress.plateau.get("factor", 1.0)))
             sampler.set_epoch(epoch, skip=progress.images_in_epoch)  # a resumed epoch: the rest
             guard.start_epoch()  # the loss sums and counts are per epoch
             timer = Timer()
@@ -98,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             for x, y in bar:
                 x, y = runtime.to_device(x), runtime.to_device(y)
                 one_step(x, y, progress.step)  # a poisoned step: not applied (skip: undone), not counted
+                if model.average:  # G_EMA: the averaged generator follows G
+                    model.average.update(model.G, len(x) * ranks.world_size)
                 progress.step += 1
                 progress.images_in_epoch += len(x) * ranks.world_size
                 timer.count(len(x) * ranks.world_size)
@@ -107,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
                 # step gets the epoch's grid instead)
                 if epoch == 0 and is_early_sample_step(step) \
                         and progress.images_in_epoch < len(train_set):
-                    run.save_samples(model.G, samples, f"step_{step:06d}.png")
+                    run.save_samples(model.inference_G, samples, f"step_{step:06d}.png")
 
                 # a stop signal, or a save due by the clock, agreed by every rank: under torchrun a
                 # collective that waits for the device, so on logging steps only; a single process
@@ -161,14 +162,16 @@ def main(argv: list[str] | None = None) -> int:
                 sampled = is_due(progress.epoch, cfg["SAMPLE_EVERY"], outputs_every, last)
                 validated = is_due(progress.epoch, cfg["VAL_EVERY"], outputs_every, last)
                 if sampled:  # every SAMPLE_EVERY epochs and the last: a grid, also in TensorBoard
-                    grid = run.save_samples(model.G, samples, f"epoch_{progress.epoch:04d}.png")
+                    grid = run.save_samples(model.inference_G, samples, f"epoch_{progress.epoch:04d}.png")
                     log.tb.add_image("samples", grid, progress.step)
                 if validated:  # every VAL_EVERY epochs and the last; a best figure makes best.pt
-                    val = run.validate(model.G, val_set, fcn, fid, log, progress.step)
+                    val = run.validate(model, val_set, fcn, fid, log, progress.step)  # G_EMA: raw G's too
                     row |= {f"val_{k}": v for k, v in val.items() if k != "n_images"}
                     figure = val["l1"] if cfg["BEST_BY"] == "l1" else -val["fcn_class_iou"]
                     best = figure < progress.best_val  # lower is better
                     progress.best_val = min(figure, progress.best_val)
+                    if cfg["LR_POLICY"] == "plateau":  # x0.2 once validation stalls
+                        progress.plateau = plateau_after(progress.plateau, figure)
                 log.epoch_row(row, curves=sampled or validated or progress.epoch == 1)
                 outputs_every = spaced_out(cfg, outputs_every, outputs.seconds(), train_seconds)
 

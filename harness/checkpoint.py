@@ -11,7 +11,7 @@ import contextlib
 import os
 import random
 import threading
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from generator_model import TEST_MODES, UNetGenerator, set_test_mode
+from generator_model import TEST_MODES, ResnetGenerator, UNetGenerator, set_test_mode
 from harness import official_format
 from harness.atomic import atomic_path, fsync_folder
 from harness.errors import CheckpointError
@@ -36,7 +36,10 @@ TRAINING_STATE = {"generator": "G", "discriminator": "D", "opt_G": "opt_G", "opt
 RNG_STATE = ("rng", "rank_rngs", "loader_rng")  # this rank's RNGs, every rank's, and the DataLoader's generator
 # and "format", "config" (the run's settings), "train_data" (what it trained on: data_fingerprint), PROGRESS below,
 # and "generator_hparams"/"discriminator_hparams" (enough to rebuild the networks without config.py).
-# A generator export (generator.pt) holds "format", "generator", "epoch", "config" and the hparams only.
+# With G_EMA also "generator_average": pix2pix.GeneratorAverage's state ({"generator": weights, "images": n}).
+AVERAGE = "generator_average"
+# A generator export (generator.pt) holds "format", "generator", "epoch", "config" and the hparams only, and with
+# G_EMA "averaged": True: its "generator" is then the averaged generator.
 
 
 @dataclass
@@ -47,6 +50,7 @@ class Progress:
     step: int = 0
     images_in_epoch: int = 0
     best_val: float = float("inf")  # the best validation BEST_BY so far, as a loss: lower is better
+    plateau: dict = field(default_factory=dict)  # LR_POLICY="plateau": pix2pix.plateau_after's state
 
 
 PROGRESS = tuple(f.name for f in fields(Progress))
@@ -55,7 +59,8 @@ PROGRESS = tuple(f.name for f in fields(Progress))
 def model_hparams(G: nn.Module, D: nn.Module) -> dict[str, dict]:
     """The networks' constructor arguments, and skip_relu: False only for a generator from before the U-Net skip
     fix (use_legacy_skips), recorded so every file knows which function its generator computes."""
-    return {"generator_hparams": {"skip_relu": True} | G.hparams, "discriminator_hparams": dict(D.hparams)}
+    unet = {"skip_relu": True} if "num_downs" in G.hparams else {}
+    return {"generator_hparams": unet | G.hparams, "discriminator_hparams": dict(D.hparams)}
 
 
 def training_checkpoint(model: Any, progress: Progress, rngs: dict[str, Any], cfg: dict[str, Any],
@@ -63,20 +68,32 @@ def training_checkpoint(model: Any, progress: Progress, rngs: dict[str, Any], cf
     """The checkpoint of a run, as CPU copies (the live tensors may change as soon as this returns)."""
     assert set(rngs) == set(RNG_STATE)
     state = {key: cpu_copy(getattr(model, attr).state_dict()) for key, attr in TRAINING_STATE.items()}
+    if model.average is not None:
+        state[AVERAGE] = cpu_copy(model.average.state_dict())
     return {"format": CHECKPOINT_FORMAT, **state, **asdict(progress), **cpu_copy(rngs), "config": cfg,
             "train_data": train_data, **model_hparams(model.G, model.D)}
 
 
-def generator_export(G: nn.Module, D: nn.Module, epoch: int, cfg: dict[str, Any]) -> dict[str, Any]:
-    """generator.pt: the generator alone, loadable by load_generator without config.py (on any machine)."""
-    return export_of({"generator": cpu_copy(G.state_dict()), "epoch": epoch, "config": cfg, **model_hparams(G, D)})
+def generator_export(G: nn.Module, D: nn.Module, epoch: int, cfg: dict[str, Any], averaged: bool = False
+                     ) -> dict[str, Any]:
+    """generator.pt: the generator alone (`averaged`: G_EMA's average), loadable by load_generator without
+    config.py (on any machine)."""
+    return {"format": CHECKPOINT_FORMAT, "generator": cpu_copy(G.state_dict()), **({"averaged": True} if averaged else {}),
+            "epoch": epoch, "config": cfg, **model_hparams(G, D)}
 
 
 def export_of(ckpt: dict[str, Any]) -> dict[str, Any]:
-    """The generator export of a training checkpoint (its CPU copies, shared, not copied again)."""
-    return {"format": CHECKPOINT_FORMAT, "generator": ckpt["generator"], "epoch": ckpt["epoch"],
-            "config": ckpt["config"], "generator_hparams": ckpt["generator_hparams"],
+    """The generator export of a training checkpoint (its CPU copies, shared, not copied again): its averaged
+    generator if it has one (G_EMA), else its generator."""
+    averaged = {"averaged": True} if AVERAGE in ckpt else {}
+    return {"format": CHECKPOINT_FORMAT, "generator": inference_weights(ckpt), **averaged,
+            "epoch": ckpt["epoch"], "config": ckpt["config"], "generator_hparams": ckpt["generator_hparams"],
             "discriminator_hparams": ckpt["discriminator_hparams"]}
+
+
+def inference_weights(ckpt: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The generator weights inference uses: the averaged ones where a checkpoint holds them (G_EMA)."""
+    return ckpt[AVERAGE]["generator"] if AVERAGE in ckpt else ckpt["generator"]
 
 
 def cpu_copy(obj: Any) -> Any:
@@ -103,6 +120,10 @@ def restore_training_state(ckpt: dict[str, Any], model: Any) -> Progress:
                 target.load_state_dict(ckpt[key])
         else:
             target.load_state_dict(ckpt[key])
+    if model.average is not None and AVERAGE in ckpt:
+        model.average.load_state_dict(ckpt[AVERAGE])
+    elif model.average is not None:  # G_EMA off -> on: the average starts at the resumed G (check_resume_recipe)
+        model.average.G.load_state_dict(model.G.state_dict())
     return Progress(**{k: ckpt[k] for k in PROGRESS})
 
 
@@ -224,7 +245,8 @@ def checked_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
     if ckpt.get("format", 1) > CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path} has checkpoint format {ckpt['format']}, newer than this code reads "
                               f"({CHECKPOINT_FORMAT}); update the code (git pull)")
-    check_weights((item for key in TRAINING_STATE if key in ckpt for item in named_tensors(ckpt[key], key)), path)
+    check_weights((item for key in (*TRAINING_STATE, AVERAGE) if key in ckpt for item in named_tensors(ckpt[key], key)),
+                  path)
     return upgrade_legacy(ckpt)
 
 
@@ -237,24 +259,28 @@ def check_channels(hparams: dict[str, Any], where: str) -> None:
             raise CheckpointError(f"{where} gives {key}={hparams.get(key)!r}; pix2pix images have 1 or 3 channels")
 
 
-def build_generator(hparams: dict[str, Any]) -> UNetGenerator:
-    """The U-Net that generator_hparams (a checkpoint's, or a live model's G.hparams) describe, legacy skips too."""
+def build_generator(hparams: dict[str, Any]) -> nn.Module:
+    """The generator that generator_hparams (a checkpoint's, or a live model's G.hparams) describe: a ResNet (it has
+    n_blocks), or a U-Net, legacy skips too."""
+    if "n_blocks" in hparams:
+        return ResnetGenerator(**hparams)
     G = UNetGenerator(**{k: v for k, v in hparams.items() if k != "skip_relu"})
     return use_legacy_skips(G) if hparams.get("skip_relu") is False else G
 
 
-def generator_from_state(hparams: dict[str, Any], state: dict[str, torch.Tensor]) -> UNetGenerator:
-    """Rebuild a U-Net from a live model's complete hyperparameters (G.hparams) and load its weights."""
+def generator_from_state(hparams: dict[str, Any], state: dict[str, torch.Tensor]) -> nn.Module:
+    """Rebuild a generator from a live model's complete hyperparameters (G.hparams) and load its weights."""
     G = build_generator(hparams)
     load_weights(G, state)
     return G
 
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
-                   mode: str = "paper") -> UNetGenerator:
+                   mode: str = "paper") -> nn.Module:
     """Rebuild the generator from generator.pt (or any training checkpoint) alone; config.py is not consulted.
 
-    Also accepts an official-code latest_net_G.pth (a bare UnetGenerator state dict): depth, width, channels and
+    The generator is the one the file says (a U-Net or a ResNet, by its generator_hparams); from a checkpoint of a
+    G_EMA run, the averaged generator. Also accepts an official-code latest_net_G.pth (a bare UnetGenerator state dict): depth, width, channels and
     norm are inferred, with the official dropout placement; such a file stores no settings (G.train_config = {}).
 
     mode: "paper" (default, the paper's test protocol: dropout on, batch statistics; running stats frozen)
@@ -278,9 +304,9 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
         try:
             G = build_generator(hparams)
         except (TypeError, ValueError) as e:  # hand-made or damaged hyperparameters
-            raise CheckpointError(f"{path}: its generator_hparams do not describe a U-Net ({e})") from None
+            raise CheckpointError(f"{path}: its generator_hparams do not describe a generator ({e})") from None
         try:
-            load_weights(G, ckpt["generator"])
+            load_weights(G, inference_weights(ckpt))
         except CheckpointError as e:  # hparams and weights disagree: a damaged file
             raise CheckpointError(f"{path}: its generator weights do not match its hyperparameters: {e}") from None
     G = G.to(device)
@@ -305,6 +331,7 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str
                               f"exports such as generator.pt hold the generator only); resume from the run's "
                               f"checkpoints/*.pt")
     saved = ckpt.get("config", {})
+    check_resume_recipe(saved, cfg, path)
     diffs = [f"{k}: checkpoint {saved[k]!r} vs now {cfg[k]!r}" for k in ARCHITECTURE_KEYS
              if k in saved and saved[k] != cfg[k]]
     if D is not None:  # the discriminator the weights were written for (its hparams), against the one built now
@@ -319,6 +346,26 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str
         raise CheckpointError(f"cannot resume from {path}: its PixelGAN discriminator was written before its last "
                               f"1x1 conv lost its bias (as in the official code); start a new RUN_DIR. Its "
                               f"generator still loads for predict.py/evaluate.py")
+
+
+# What a recipe changes in training: a run continues with the method it was trained with. The harmless change:
+# G_EMA off -> on (training is unchanged; the average starts at the resumed weights, and says so). On -> off is
+# refused: it would drop the average the checkpoint holds, and generator.pt would silently become the raw G.
+RECIPE_KEYS = ("RECIPE", "GAN_LOSS", "D_SCALES", "FEATURE_MATCHING", "FEATURE_MATCHING_LAMBDA", "SPECTRAL_NORM",
+               "LEARNING_RATE_D", "BETA1_D", "BETA2_D", "GENERATOR", "G_EMA")
+
+
+def check_resume_recipe(saved: dict[str, Any], cfg: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse, in one line naming both, to resume a run under another recipe (settings missing from an older
+    checkpoint are its defaults: upgrade_legacy)."""
+    differ = [k for k in RECIPE_KEYS if k in saved and saved[k] != cfg[k]
+              and not (k == "G_EMA" and cfg[k] and not saved[k])]
+    if differ:
+        def recipe(c: dict[str, Any]) -> str:
+            return f"RECIPE={c.get('RECIPE', '')!r} (" + ", ".join(f"{k}={c.get(k)!r}" for k in differ if k != "RECIPE") + ")"
+        raise CheckpointError(f"cannot resume from {path}: it was trained with {recipe(saved)}, this run asks for "
+                              f"{recipe(cfg)}; continue it with its own settings, or train the new recipe in a new "
+                              f"RUN_DIR")
 
 
 def check_same_data(saved: dict[str, Any], now: dict[str, Any], path: str | os.PathLike, forced: bool
@@ -356,7 +403,7 @@ def use_legacy_skips(G: UNetGenerator) -> UNetGenerator:
 def keep_legacy_skips(G: UNetGenerator, ckpt: dict[str, Any]) -> bool:
     """Resuming a checkpoint written before the U-Net skip fix continues its own, legacy function (also recorded in
     the checkpoints it writes next); returns True if it is such a checkpoint."""
-    if ckpt["generator_hparams"]["skip_relu"]:
+    if ckpt["generator_hparams"].get("skip_relu", True):  # the fixed U-Net, or a ResNet
         return False
     use_legacy_skips(G)
     return True
@@ -364,7 +411,8 @@ def keep_legacy_skips(G: UNetGenerator, ckpt: dict[str, Any]) -> bool:
 
 # Generator settings a checkpoint written before they existed was built with: its outputs must not change.
 LEGACY_GENERATOR_HPARAMS = {"dropout_placement": "paper", "skip_relu": False}
-LEGACY_CONFIG = {"DROPOUT_PLACEMENT": "paper"}
+LEGACY_CONFIG = {"DROPOUT_PLACEMENT": "paper", "RECIPE": "", "GENERATOR": "unet", "GAN_LOSS": "bce", "D_SCALES": 1,
+                 "FEATURE_MATCHING": False, "FEATURE_MATCHING_LAMBDA": 10.0, "SPECTRAL_NORM": False, "G_EMA": False}
 
 
 def upgrade_legacy(ckpt: dict[str, Any]) -> dict[str, Any]:
@@ -372,7 +420,8 @@ def upgrade_legacy(ckpt: dict[str, Any]) -> dict[str, Any]:
     Format 1 had LR schedulers (the LR now follows from the epoch), counted batches rather than images into the
     epoch, and may lack best_val_l1 (now best_val), rank_rngs and train_data."""
     ckpt = dict(ckpt)
-    ckpt["generator_hparams"] = LEGACY_GENERATOR_HPARAMS | ckpt["generator_hparams"]
+    if "n_blocks" not in ckpt["generator_hparams"]:  # a U-Net (the only generator before the ResNet)
+        ckpt["generator_hparams"] = LEGACY_GENERATOR_HPARAMS | ckpt["generator_hparams"]
     if "config" in ckpt:
         ckpt["config"] = LEGACY_CONFIG | ckpt["config"]
     if ckpt.get("format", 1) == 1 and "batch_in_epoch" in ckpt:
@@ -383,4 +432,5 @@ def upgrade_legacy(ckpt: dict[str, Any]) -> dict[str, Any]:
         for key in ("sched_G", "sched_D"):
             ckpt.pop(key, None)
     ckpt.setdefault("train_data", {})
+    ckpt.setdefault("plateau", {})
     return ckpt

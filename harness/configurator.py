@@ -16,15 +16,16 @@ import torch
 
 import config as default_config
 from dataset import PREPROCESS_MODES
-from discriminator_model import feature_sides
-from generator_model import DROPOUT_PLACEMENTS, TEST_MODES, num_downs_for
+from discriminator_model import downsample_side, feature_sides
+from generator_model import DROPOUT_PLACEMENTS, GENERATORS, TEST_MODES, num_downs_for
 from harness.errors import CheckpointError, ConfigError
-from layers import NORMS
+from layers import INITS, NORMS
+from pix2pix import GAN_LOSSES, LR_POLICIES
 from utils import PRECISIONS, pick_device
 
 
 def default_settings() -> dict[str, Any]:
-    return {k: v for k, v in vars(default_config).items() if k.isupper() and k != "PRESETS"}
+    return {k: v for k, v in vars(default_config).items() if k.isupper() and k not in ("PRESETS", "RECIPES")}
 
 
 TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -42,17 +43,25 @@ def parse_value(key: str, text: str, default: Any) -> Any:
         if text.lower() in FALSE:
             return False
         raise ConfigError(f"--{key}={text}: expected True or False")
+    valid = f"; valid: {VALID_VALUES[key]}" if key in VALID_VALUES else ""
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
         raise ConfigError(f"--{key}={text}: not a {type(default).__name__} literal "
-                          f"(config values are parsed, never evaluated)") from None
+                          f"(config values are parsed, never evaluated){valid}") from None
     if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not type(default):
         raise ConfigError(f"--{key}={text}: expected {type(default).__name__} like the default "
-                          f"{default!r}, got {type(value).__name__}")
+                          f"{default!r}, got {type(value).__name__}{valid}")
     return value
+
+
+# The valid values of the numeric recipe settings, named in their errors (word settings list theirs: _one_of)
+VALID_VALUES = {"D_SCALES": "1 (the paper), 2 or 3", "FEATURE_MATCHING_LAMBDA": "a number >= 0 (pix2pixHD: 10)",
+                "G_EMA_HALF_LIFE": "images, a number >= 0 (0 = 10,000 x global batch / 32)",
+                "G_EMA_RAMPUP": "a fraction >= 0 (stylegan2-ada: 0.05; 0 = none)", "INIT_GAIN": "a number > 0",
+                "LR_DECAY_ITERS": "epochs, a whole number > 0"}
 
 
 def bool_or_word(key: str, value: Any, words: tuple[str, ...]) -> str | bool:
@@ -87,7 +96,21 @@ def auto_or_count(key: str, value: Any) -> str | int:
                       f"process)")
 
 
+def same_or_number(key: str, value: Any) -> str | float:
+    """LEARNING_RATE_D, BETA1_D, BETA2_D: "same" (as G's setting) or a number."""
+    if value == "same":
+        return value
+    try:
+        number = ast.literal_eval(value) if isinstance(value, str) else value
+    except (ValueError, SyntaxError):
+        number = None
+    if isinstance(number, (int, float)) and not isinstance(number, bool):
+        return float(number)
+    raise ConfigError(f"{key}={value!r} is not valid; choose same (G's value) or a number, e.g. {key}=4e-4")
+
+
 FLEXIBLE = {"CHANNELS_LAST": auto_or_bool, "COMPILE": compile_mode, "NUM_WORKERS": auto_or_count,
+            "LEARNING_RATE_D": same_or_number, "BETA1_D": same_or_number, "BETA2_D": same_or_number,
             "DATA_ON_DEVICE": auto_or_bool}
 
 
@@ -106,7 +129,7 @@ def parse_overrides(argv: list[str], defaults: dict[str, Any]) -> dict[str, Any]
 
 
 def load_config(argv: list[str] | None = None) -> dict[str, Any]:
-    """config.py defaults < PRESET < command-line --KEY=value overrides; validated before any heavy work."""
+    """config.py defaults < PRESET < RECIPE < command-line --KEY=value overrides; validated before any heavy work."""
     cfg = default_settings()
     overrides = parse_overrides(sys.argv[1:] if argv is None else argv, cfg)
     preset = overrides.get("PRESET", cfg["PRESET"])
@@ -118,6 +141,11 @@ def load_config(argv: list[str] | None = None) -> dict[str, Any]:
         cfg["RUN_DIR"] = f"runs/{preset}"
         cfg["TRAIN_DIR"], cfg["VAL_DIR"] = f"data/{preset}/train", f"data/{preset}/val"
         implied_val_dirs.add(cfg["VAL_DIR"])
+    recipe = overrides.get("RECIPE", cfg["RECIPE"])
+    if recipe:
+        if recipe not in default_config.RECIPES:
+            raise ConfigError(f"RECIPE={recipe!r} is unknown; valid: {', '.join(default_config.RECIPES)}")
+        cfg.update(default_config.RECIPES[recipe])
     cfg.update(overrides)
     if cfg["NUM_DOWNS"] == 0:
         cfg["NUM_DOWNS"] = num_downs_for(cfg["IMAGE_SIZE"])
@@ -165,6 +193,26 @@ def validate_config(cfg: dict[str, Any]) -> None:
         cfg[key] = parse(key, cfg[key])
     _one_of(cfg, "DIRECTION", ("AtoB", "BtoA"))
     _one_of(cfg, "NORM", NORMS)
+    _one_of(cfg, "GENERATOR", GENERATORS)
+    _one_of(cfg, "INIT", INITS)
+    _one_of(cfg, "GAN_LOSS", GAN_LOSSES)
+    _one_of(cfg, "LR_POLICY", LR_POLICIES)
+    _one_of(cfg, "D_SCALES", (1, 2, 3))
+    for key in ("FEATURE_MATCHING", "SPECTRAL_NORM", "G_EMA"):  # as written in config.py or a RECIPE
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key}={cfg[key]!r} is not valid; choose True or False")
+    for key in ("FEATURE_MATCHING_LAMBDA", "G_EMA_HALF_LIFE", "G_EMA_RAMPUP", "INIT_GAIN", "LR_DECAY_ITERS"):
+        if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)):
+            raise ConfigError(f"{key}={cfg[key]!r} is not valid; valid: {VALID_VALUES[key]}")
+    for key in ("INIT_GAIN", "LR_DECAY_ITERS"):
+        _positive(cfg, key)
+    for key in ("FEATURE_MATCHING_LAMBDA", "G_EMA_HALF_LIFE", "G_EMA_RAMPUP"):
+        _positive(cfg, key, allow_zero=True)
+    if cfg["LR_POLICY"] == "plateau" and not cfg["VAL_EVERY"]:
+        raise ConfigError("LR_POLICY='plateau' lowers the LR when validation stops improving, but VAL_EVERY=0 "
+                          "never validates: set VAL_EVERY > 0, or another LR_POLICY")
+    if cfg["LR_POLICY"] == "cosine" and not cfg["N_EPOCHS"]:
+        raise ConfigError("LR_POLICY='cosine' anneals over N_EPOCHS, which is 0: set N_EPOCHS > 0")
     _one_of(cfg, "DROPOUT_PLACEMENT", DROPOUT_PLACEMENTS)
     _one_of(cfg, "PRECISION", PRECISIONS)
     _one_of(cfg, "BAD_FILES", ("error", "skip"))
@@ -189,13 +237,21 @@ def validate_config(cfg: dict[str, Any]) -> None:
                           f"(0 = no limit; default 0.1)")
     if cfg["N_EPOCHS"] + cfg["N_EPOCHS_DECAY"] == 0:
         raise ConfigError("N_EPOCHS + N_EPOCHS_DECAY is 0: nothing to train")
-    if not (0 <= cfg["BETA1"] < 1 and 0 <= cfg["BETA2"] < 1):
-        raise ConfigError(f"BETA1={cfg['BETA1']}, BETA2={cfg['BETA2']}: Adam betas must be in [0, 1)")
-    side = 2 ** cfg["NUM_DOWNS"]
-    if cfg["IMAGE_SIZE"] % side:
+    for beta1, beta2 in (("BETA1", "BETA2"), ("BETA1_D", "BETA2_D")):
+        if not all(cfg[k] == "same" or 0 <= cfg[k] < 1 for k in (beta1, beta2)):
+            raise ConfigError(f"{beta1}={cfg[beta1]}, {beta2}={cfg[beta2]}: Adam betas must be in [0, 1)")
+    if cfg["LEARNING_RATE_D"] != "same" and cfg["LEARNING_RATE_D"] <= 0:
+        raise ConfigError(f"LEARNING_RATE_D={cfg['LEARNING_RATE_D']!r} must be > 0, or same")
+    if cfg["GENERATOR"] != "unet":
+        if cfg["IMAGE_SIZE"] % 4:
+            raise ConfigError(f"IMAGE_SIZE={cfg['IMAGE_SIZE']} is not divisible by 4, which GENERATOR="
+                              f"{cfg['GENERATOR']!r} needs (two stride-2 downsamplings); use a multiple of 4")
+    elif cfg["IMAGE_SIZE"] % 2 ** cfg["NUM_DOWNS"]:
+        side = 2 ** cfg["NUM_DOWNS"]
         raise ConfigError(f"IMAGE_SIZE={cfg['IMAGE_SIZE']} is not divisible by 2^NUM_DOWNS={side}; use a multiple "
                           f"of {side} or NUM_DOWNS=0 to derive the depth (7 for 128, 8 for 256, 9 for 512)")
     check_image_size(cfg["IMAGE_SIZE"], cfg["NUM_DOWNS"], cfg["DISC_N_LAYERS"])
+    check_coarsest_scale(cfg["IMAGE_SIZE"], cfg["D_SCALES"], cfg["DISC_N_LAYERS"])
     if cfg["JITTER"] and cfg["PREPROCESS"] in ("resize_and_crop", "scale_width_and_crop") \
             and cfg["LOAD_SIZE"] < cfg["IMAGE_SIZE"]:
         raise ConfigError(f"LOAD_SIZE={cfg['LOAD_SIZE']} < IMAGE_SIZE={cfg['IMAGE_SIZE']}: the random crop needs "
@@ -236,6 +292,26 @@ def check_image_size(image_size: int, num_downs: int, disc_n_layers: int) -> Non
                           f"its feature maps would shrink to {min(sides[:-1])}x{min(sides[:-1])} and its patch "
                           f"logits to {max(sides[-1], 0)}x{max(sides[-1], 0)}. Use IMAGE_SIZE >= {smallest} (e.g. "
                           f"{1 << (smallest - 1).bit_length()}) or a smaller DISC_N_LAYERS")
+
+
+def coarsest_side(image_size: int, scales: int) -> int:
+    """The side of the images the last of D_SCALES discriminators sees (each pools the pair by 2)."""
+    for _ in range(scales - 1):
+        image_size = downsample_side(image_size)
+    return image_size
+
+
+def check_coarsest_scale(image_size: int, scales: int, disc_n_layers: int) -> None:
+    """D_SCALES: the coarsest discriminator's PatchGAN needs images as large as the paper's one does."""
+    def fits(size: int) -> bool:
+        sides = patchgan_sides(coarsest_side(size, scales), disc_n_layers)
+        return min(sides[:-1]) >= 2 and sides[-1] >= 1
+    if scales > 1 and not fits(image_size):
+        smallest = next(s for s in range(4, 2 ** 16) if fits(s))
+        raise ConfigError(f"IMAGE_SIZE={image_size} is too small for D_SCALES={scales}: its coarsest discriminator "
+                          f"would see {coarsest_side(image_size, scales)} px images, too few for the PatchGAN of "
+                          f"DISC_N_LAYERS={disc_n_layers}. Use IMAGE_SIZE >= {smallest}, fewer D_SCALES or a "
+                          f"smaller DISC_N_LAYERS")
 
 
 def check_device(name: str) -> None:

@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from dataset import PairTransform, to_tensor
-from generator_model import UNetGenerator
 from harness.checkpoint import load_generator
 from harness.configurator import check_device, default_settings
 from harness.errors import ConfigError, path_argument
@@ -21,11 +20,11 @@ from utils import PRECISIONS, pick_device, pick_precision, set_float32_math, use
 
 def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str = "auto", precision: str = "auto",
                        direction: str | None = None, needs_direction: bool = False,
-                       ) -> tuple[UNetGenerator, dict[str, Any], torch.device, str]:
+                       ) -> tuple[torch.nn.Module, dict[str, Any], torch.device, str]:
     """(generator on the device in `mode`, its training settings, device, precision); device/precision as in training.
 
     Settings a hand-made checkpoint lacks fall back to config.py's defaults, except IMAGE_SIZE, which follows
-    from the U-Net's depth. `direction` (--direction) is for files that store none, such as the official
+    from the U-Net's depth (a ResNet generator's file always has it). `direction` (--direction) is for files that store none, such as the official
     latest_net_G.pth; with `needs_direction`, such a file without it is an error rather than a silent guess.
     """
     check_device(device)
@@ -39,9 +38,11 @@ def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str 
     if needs_direction and not (direction or saved):
         raise ConfigError(f"{checkpoint} stores no direction (e.g. an official latest_net_G.pth); pass --direction "
                           f"AtoB or BtoA: which half of each A|B file is the input")
-    cfg = default_settings() | {"IMAGE_SIZE": 2 ** G.hparams["num_downs"]} | G.train_config
+    unet = {"IMAGE_SIZE": 2 ** G.hparams["num_downs"], "NUM_DOWNS": G.hparams["num_downs"]} \
+        if "num_downs" in G.hparams else {}  # a U-Net's depth gives its image size; a ResNet's config says it
+    cfg = default_settings() | unet | G.train_config
     cfg |= {"DIRECTION": direction or cfg["DIRECTION"], "IN_CHANNELS": G.hparams["in_channels"],
-            "OUT_CHANNELS": G.hparams["out_channels"], "NUM_DOWNS": G.hparams["num_downs"]}
+            "OUT_CHANNELS": G.hparams["out_channels"]} | ({"NUM_DOWNS": unet["NUM_DOWNS"]} if unet else {})
     precision = pick_precision(precision, dev)
     set_float32_math(precision, dev)  # fp32 is IEEE fp32 on a GPU too; tf32 asks for TF32
     return G, cfg, dev, precision

@@ -11,6 +11,7 @@ Not run directly: harness.checkpoint.load_generator (and so predict.py, evaluate
 from typing import Any
 
 import torch
+import torch.nn as nn
 
 from generator_model import UNetGenerator
 from harness.errors import CheckpointError, OfficialFormatError
@@ -149,6 +150,8 @@ def official_state_dict(G: UNetGenerator) -> dict[str, torch.Tensor]:
     (or no dropout: then run the official test.py with --no_dropout), and at least 5 levels.
     """
     hp = G.hparams
+    if "n_blocks" in hp:
+        return official_resnet_state_dict(G)
     if hp.get("skip_relu", True) is False:  # a generator from before the U-Net skip fix (harness/checkpoint.py)
         raise OfficialFormatError("this generator was trained before the U-Net skip fix (skip_relu=False): the "
                                   "official network computes a different function with these weights; retrain it")
@@ -162,9 +165,36 @@ def official_state_dict(G: UNetGenerator) -> dict[str, torch.Tensor]:
     return {_rename(k, modules): v.detach().cpu().contiguous().clone() for k, v in G.state_dict().items()}
 
 
-def official_options(G: UNetGenerator) -> str:
+def official_resnet_state_dict(G: nn.Module) -> dict[str, torch.Tensor]:
+    """A ResnetGenerator's weights under the official ResnetGenerator's names: its layers are one nn.Sequential
+    (`model.N`; stem, two downsamplings, the blocks, two upsamplings, the head) whose blocks hold `conv_block.M`."""
+    hp = G.hparams
+    if hp["norm"] == "none":
+        raise OfficialFormatError("NORM='none': the official network's convs have no bias without a norm, ours do; "
+                                  "it cannot hold these weights")
+    n = hp["n_blocks"]
+    # our module -> the official one: the stem's conv and norm are model.1-2, the downsamplings model.4-5 and 7-8,
+    # block i model.(10+i) (its layers at the same places), the upsamplings model.(10+n)-(11+n), (13+n)-(14+n)
+    modules = {"stem.1": "model.1", "stem.2": "model.2", "down.0": "model.4", "down.1": "model.5",
+               "down.3": "model.7", "down.4": "model.8", "up.0": f"model.{10 + n}", "up.1": f"model.{11 + n}",
+               "up.3": f"model.{13 + n}", "up.4": f"model.{14 + n}", "head.1": f"model.{17 + n}"}
+    modules |= {f"blocks.{i}.body": f"model.{10 + i}.conv_block" for i in range(n)}
+    renamed = {}
+    for key, value in G.state_dict().items():
+        module = next(m for m in modules if key.startswith(m + "."))
+        renamed[modules[module] + key[len(module):]] = value.detach().cpu().contiguous().clone()
+    return renamed
+
+
+def official_options(G: nn.Module) -> str:
     """The official test.py options that build the network matching official_state_dict(G)."""
     hp = G.hparams
+    if "n_blocks" in hp:
+        if hp["n_blocks"] not in (6, 9):
+            raise OfficialFormatError(f"n_blocks={hp['n_blocks']}: the official define_G builds resnet_6blocks and "
+                                      f"resnet_9blocks only")
+        return (f"--netG resnet_{hp['n_blocks']}blocks --ngf {hp['base_channels']} --norm {hp['norm']} --input_nc "
+                f"{hp['in_channels']} --output_nc {hp['out_channels']}" + ("" if hp["dropout"] else " --no_dropout"))
     if hp["num_downs"] not in (7, 8):
         raise OfficialFormatError(f"num_downs={hp['num_downs']}: the official define_G builds only unet_128 (7) and "
                                   f"unet_256 (8); build its UnetGenerator(num_downs={hp['num_downs']}) directly")

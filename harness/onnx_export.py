@@ -20,8 +20,8 @@ TOLERANCE = 1e-4  # max abs difference to PyTorch eval allowed on the [-1, 1] ou
 
 
 def side_multiple(G: nn.Module) -> int:
-    """Image sides must be multiples of this: each of the U-Net's num_downs levels halves them."""
-    return 2 ** G.hparams["num_downs"]
+    """Image sides must be multiples of this: 2^num_downs for a U-Net (each level halves them), 4 for a ResNet."""
+    return G.side_multiple
 
 
 def export_onnx(G: nn.Module, path: str | os.PathLike, metadata: dict[str, Any] | None = None) -> None:
@@ -85,6 +85,7 @@ def max_difference(G: nn.Module, session, shapes: list[tuple[int, int, int, int]
 def check_shapes(G: nn.Module) -> list[tuple[int, int, int, int]]:
     """The two sizes an export is checked on: one square block at batch 1, a 2x1-block landscape at batch 2."""
     m, c = side_multiple(G), G.hparams["in_channels"]
+    m *= max(1, 16 // m)  # a ResNet's residual blocks reflection-pad a quarter-size map: at least 16 px
     return [(1, c, m, m), (2, c, m, 2 * m)]
 
 

@@ -25,7 +25,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Subset
 from tqdm import tqdm
 
-from harness.checkpoint import (CheckpointWriter, Progress, atomic_save, check_resume_compatible, check_same_data,
+from harness.checkpoint import (AVERAGE, CheckpointWriter, Progress, atomic_save, check_resume_compatible, check_same_data,
                                 export_of, generator_export, keep_legacy_skips, load_checkpoint,
                                 remove_stale_temp_files, restore_training_state, rng_states, set_rng_states,
                                 training_checkpoint)
@@ -139,11 +139,11 @@ def validation_metrics(G: nn.Module, val_set: Any, cfg: dict[str, Any], runtime:
     return val | {"n_images": summary["n_images"]}
 
 
-def print_validation(val: dict[str, Any]) -> None:
+def print_validation(val: dict[str, Any], tag: str = "val") -> None:
     ratio = "n/a (needs 2+ images)" if val["ratio"] is None else f"{val['ratio']:.3f}"
     maps = "".join(f"  {k} {val[k]:.4f}" for k in MAP_METRICS + FCN_METRICS if k in val)
     maps += "".join(f"  {k.upper()} {val[k]:.4g}" for k in FID_METRICS if val.get(k) is not None)
-    print(f"  val: L1 {val['l1']:.4f}  PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}  "
+    print(f"  {tag}: L1 {val['l1']:.4f}  PSNR {val['psnr']:.2f} dB  SSIM {val['ssim']:.4f}  "
           f"own/other L1 ratio {ratio}{maps}  ({val['n_images']} images)")
 
 
@@ -254,12 +254,22 @@ class TrainingRun:
         return write_samples(without_sync_bn(G), *samples, self.cfg, self.runtime.device, self.runtime.precision,
                              self.run_dir / "samples" / name)
 
-    def validate(self, G: nn.Module, val_set: Any, fcn: Any, fid: Any, log: RunLog, step: int) -> dict[str, Any]:
-        """validation_metrics of G, logged to TensorBoard and printed."""
+    def validate(self, model: Any, val_set: Any, fcn: Any, fid: Any, log: RunLog, step: int) -> dict[str, Any]:
+        """validation_metrics of the generator inference uses (model.inference_G), logged to TensorBoard and
+        printed; with G_EMA also the raw G's, as raw_* (the same run's other arm), leaving the RNGs as they were."""
         self.writer.wait()  # its loader's workers fork this process: never while a thread writes a checkpoint
+        val = self._validate(model.inference_G, val_set, fcn, fid, log, step, "val")
+        if model.average is not None:
+            with torch.random.fork_rng(devices=[self.runtime.device] if self.runtime.device.type == "cuda" else []):
+                raw = self._validate(model.G, val_set, fcn, fid, log, step, "val_raw")
+            val |= {f"raw_{k}": v for k, v in raw.items() if k != "n_images"}
+        return val
+
+    def _validate(self, G: nn.Module, val_set: Any, fcn: Any, fid: Any, log: RunLog, step: int, tag: str
+                  ) -> dict[str, Any]:
         val = validation_metrics(without_sync_bn(G), val_set, self.cfg, self.runtime, fcn, fid)
-        log.scalars({k: v for k, v in val.items() if k != "n_images" and v is not None}, step, "val")
-        print_validation(val)
+        log.scalars({k: v for k, v in val.items() if k != "n_images" and v is not None}, step, tag)
+        print_validation(val, tag)
         return val
 
     def save_due(self) -> bool:
@@ -320,6 +330,8 @@ def restore(path: Path, model: Any, train_data: dict[str, Any], cfg: dict[str, A
     if note and ranks.master:
         print(note)
     progress = restore_training_state(ckpt, model)
+    if model.average is not None and AVERAGE not in ckpt and ranks.master:
+        print(f"note: {path} was trained without G_EMA; the averaged generator starts at its weights now")
     if keep_legacy_skips(model.G, ckpt) and ranks.master:
         print(f"note: {path} predates the U-Net skip fix; this run keeps its legacy skip activations "
               f"(skip_relu=False) so its function does not change. Train in a new RUN_DIR for the reference one")
@@ -339,11 +351,13 @@ def repair_export(path: Path, checkpoint: Path, progress: Progress, model: Any, 
     writes of an older version, a deleted file) or stale is written again from the checkpoint's weights."""
     try:
         export = load_checkpoint(path)
-        current = export["epoch"] == progress.epoch and export["generator"].keys() == model.G.state_dict().keys() \
-            and all(torch.equal(v, export["generator"][k]) for k, v in model.G.state_dict().items())
+        weights = model.inference_G.state_dict()
+        current = export["epoch"] == progress.epoch and export["generator"].keys() == weights.keys() \
+            and all(torch.equal(v, export["generator"][k]) for k, v in weights.items())
     except CheckpointError:
         current = False
     if not current:
         config = load_checkpoint(checkpoint).get("config", cfg)  # the settings it was trained with
-        atomic_save(generator_export(model.G, model.D, progress.epoch, config), path)
+        atomic_save(generator_export(model.inference_G, model.D, progress.epoch, config,
+                                     averaged=model.average is not None), path)
         print(f"wrote {path} from {checkpoint}: it was missing or did not match that checkpoint")

@@ -23,6 +23,7 @@ from utils import generate, sample_grid
 COLUMNS = ["epoch", "step", "d_real", "d_fake", "g_gan", "g_l1", "lr", "images_per_s", "skipped_steps",
            "val_l1", "val_psnr", "val_ssim", "val_ratio", "val_rmse", "val_pixel_acc_5", "val_pixel_acc_16",
            "val_fcn_pixel_acc", "val_fcn_class_acc", "val_fcn_class_iou", "val_fid", "val_kid"]
+COLUMNS += [c.replace("val_", "val_raw_") for c in COLUMNS if c.startswith("val_")]  # G_EMA: the raw G's figures
 
 
 RUN_DIR_HINTS = {errno.ENOTDIR: "a part of the path is a file, not a folder",

@@ -14,7 +14,7 @@ from harness.configurator import default_settings, load_config
 from harness.cuda_graph import WARMUP_STEPS, EagerStep, GraphedStep, set_capturable, training_step
 from harness.errors import ConfigError
 from harness.step_guard import StepGuard
-from pix2pix import Pix2Pix, build_models, make_grad_scalers, make_optimizers, set_learning_rate, train_step
+from pix2pix import Pix2Pix, build_models, make_grad_scalers, make_optimizers, set_learning_rates, train_step
 from utils import Runtime
 
 CPU = torch.device("cpu")
@@ -115,13 +115,13 @@ def test_off_cuda_the_step_is_eager_and_says_why_in_one_line():
 
 
 def test_capturable_optimisers_take_the_learning_rate_in_place():
-    """A captured step reads the learning rate where it was captured: set_learning_rate fills that tensor; and
+    """A captured step reads the learning rate where it was captured: set_learning_rates fills that tensor; and
     set_capturable turns the optimisers back into plain ones (a checkpoint of either resumes under the other)."""
     model = tiny_model()
     set_capturable(model, True, CPU)
     lr = model.opt_G.param_groups[0]["lr"]
     assert torch.is_tensor(lr) and model.opt_D.param_groups[0]["capturable"]
-    set_learning_rate((model.opt_G, model.opt_D), 1e-4)
+    set_learning_rates(model, CFG, 0.5)  # half the base 2e-4
     assert model.opt_G.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(1e-4)
     set_capturable(model, False, CPU)
     assert model.opt_G.param_groups[0]["lr"] == pytest.approx(1e-4) and not model.opt_G.param_groups[0]["capturable"]

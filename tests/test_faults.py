@@ -980,7 +980,8 @@ def test_extending_a_finished_run_trains_the_new_epochs_at_the_scheduled_learnin
     before = load_checkpoint(run_dir / "checkpoints" / "last.pt")
     assert train.main(tiny_args(data, run_dir, N_EPOCHS=3, N_EPOCHS_DECAY=1, **FAST)) == 0
     rows, base = log_rows(run_dir), configurator.default_settings()["LEARNING_RATE"]
-    expected = [base * pix2pix.lr_factor(epoch, 3, 1) for epoch in (2, 3)]
+    linear = {"LR_POLICY": "linear", "N_EPOCHS": 3, "N_EPOCHS_DECAY": 1}
+    expected = [base * pix2pix.lr_factor(epoch, linear) for epoch in (2, 3)]
     assert [r["epoch"] for r in rows] == ["3", "4"] and 0 not in expected
     assert [float(r["lr"]) for r in rows] == pytest.approx(expected, rel=1e-5)
     after = load_checkpoint(run_dir / "checkpoints" / "last.pt")

@@ -329,7 +329,7 @@ def test_an_fp16_overflow_says_so_and_suggests_bf16_or_fp32(monkeypatch):
     G, D = build_models(cfg)
     cpu = torch.device("cpu")
     x = torch.rand(2, 3, 32, 32) * 2 - 1
-    monkeypatch.setattr(pix2pix, "discriminator_loss", lambda r, f: (r.sum() * float("inf"),) * 3)
+    monkeypatch.setattr(pix2pix, "discriminator_loss", lambda r, f, kind="bce": (r.sum() * float("inf"),) * 3)
     for precision, hint in (("fp16", True), ("fp32", False)):
         model = Pix2Pix(G, D, *make_optimizers(G, D, cfg, cpu), *make_grad_scalers(cpu, precision), 100.0,
                         autocast(cpu, precision))

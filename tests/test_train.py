@@ -33,8 +33,13 @@ from harness.configurator import load_config
 from conftest import tiny_args, write_checkpoints_at_once
 from conftest import make_dataset
 from generator_model import UNetGenerator
-from pix2pix import lr_factor
+from pix2pix import lr_factor as policy_factor
 from harness.run_log import COLUMNS
+
+
+def lr_factor(epoch: int, n_epochs: int, n_epochs_decay: int) -> float:
+    """The paper's linear policy (LR_POLICY="linear") for these epoch counts."""
+    return policy_factor(epoch, {"LR_POLICY": "linear", "N_EPOCHS": n_epochs, "N_EPOCHS_DECAY": n_epochs_decay})
 
 # 8 images at BATCH_SIZE 2: 4 steps per epoch, 2 epochs (1 constant + 1 decayed), periodic checkpoints
 RUN = dict(BATCH_SIZE=2, N_EPOCHS=1, N_EPOCHS_DECAY=1)
