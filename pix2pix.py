@@ -94,10 +94,7 @@ def set_learning_rates(m: "Pix2Pix", cfg: dict[str, Any], factor: float) -> floa
     """Both optimisers' LRs for an epoch: their base LRs times the policy's factor; returns G's."""
     for opt, lr in ((m.opt_G, cfg["LEARNING_RATE"] * factor), (m.opt_D, of_D(cfg, "LEARNING_RATE") * factor)):
         for group in opt.param_groups:
-            if torch.is_tensor(group["lr"]):  # a captured step (harness/cuda_graph.py) reads it where it is
-                group["lr"].fill_(lr)
-            else:
-                group["lr"] = lr
+            group["lr"] = lr
     return cfg["LEARNING_RATE"] * factor
 
 

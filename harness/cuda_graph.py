@@ -4,8 +4,8 @@ A pix2pix step launches some 450 small kernels; at the paper's batch 1, and even
 longer than running them on an H100/H200 (docs/performance.md#on-a-gpu). One graph holds all of it: the NaN/Inf
 guard's begin (harness/step_guard.py), D's step, G's step, both fused Adams, and the guard's tally. That is possible
 because a plain step never reads the device (the guard's checks stay on it), and because here:
-  - both Adams are capturable (their step counts live on the GPU) and take the learning rate as a device tensor,
-    which pix2pix.set_learning_rate fills in place at each epoch;
+  - both Adams are capturable (their step counts live on the GPU) and take the learning rate as a device tensor
+    of the graph's: a new rate that pix2pix.set_learning_rates writes (at an epoch's start) is copied into it;
   - the step number the guard records is a device tensor, filled before each replay;
   - the batch is copied into the graph's fixed input tensors.
 The first WARMUP_STEPS steps run eagerly (real steps, on a side stream, as CUDA advises before a capture), so cuDNN
@@ -48,15 +48,13 @@ def why_eager(cfg: dict[str, Any], device: torch.device, precision: str, world_s
     return ""
 
 
-def set_capturable(model: Pix2Pix, capturable: bool, device: torch.device) -> None:
-    """Both Adams capturable (step counts on the device, the learning rate a device tensor that set_learning_rate
-    fills in place) or not (the learning rate a number). A checkpoint of either kind resumes under the other."""
+def set_capturable(model: Pix2Pix, capturable: bool) -> None:
+    """Both Adams capturable (their step counts on the device) or not, with the learning rate as a number (a
+    captured step's checkpoint holds it as a tensor): a checkpoint of either kind resumes under the other."""
     for opt in (model.opt_G, model.opt_D):
         opt.defaults["capturable"] = capturable
         for group in opt.param_groups:
-            group["capturable"] = capturable
-            lr = float(group["lr"])
-            group["lr"] = torch.tensor(lr, dtype=torch.float32, device=device) if capturable else lr
+            group["capturable"], group["lr"] = capturable, float(group["lr"])
 
 
 class EagerStep:
@@ -85,8 +83,13 @@ class GraphedStep(EagerStep):
         self.side = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self.losses: dict[str, torch.Tensor] = {}
+        # (param group, its learning rate as the tensor the graph reads; the eager steps read it too, so that
+        # eager and replayed steps round it alike)
+        self.rates = [(group, torch.tensor(float(group["lr"]), device=device))
+                      for opt in (model.opt_G, model.opt_D) for group in opt.param_groups]
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, step: int | torch.Tensor) -> dict[str, torch.Tensor]:
+        self.rates_in_place()
         if self.failed or (self.graph is not None and x.shape != self.inputs[0].shape):
             return super().__call__(x, y, step)  # after a failed capture; an epoch's smaller last batch
         if self.warm < WARMUP_STEPS:
@@ -100,6 +103,14 @@ class GraphedStep(EagerStep):
         static_step.fill_(step)
         self.graph.replay()
         return self.losses
+
+    def rates_in_place(self) -> None:
+        """set_learning_rates writes numbers; the graph reads the tensors it was captured with: a new number is
+        copied into its tensor (at an epoch's start), and the group gets the tensor back, before every step."""
+        for group, rate in self.rates:
+            if group["lr"] is not rate:
+                rate.fill_(float(group["lr"]))
+                group["lr"] = rate
 
     def on_side_stream(self, x: torch.Tensor, y: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
         if self.side is None:
@@ -137,5 +148,5 @@ def training_step(model: Pix2Pix, guard: Any, method: Callable, cfg: dict[str, A
     why = why_eager(cfg, device, runtime.precision, world_size) if cfg["CUDA_GRAPH"] else "off"
     if why not in ("", "off") and say:
         say(f"CUDA_GRAPH=True: stepping eagerly: {why}")
-    set_capturable(model, not why, device)
+    set_capturable(model, not why)
     return EagerStep(model, guard, method) if why else GraphedStep(model, guard, device, method, say=say or print)

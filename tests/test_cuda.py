@@ -172,7 +172,8 @@ def graph_and_eager_steps(batch: int, steps: int = 7) -> tuple[list, list]:
             guard = StepGuard("stop", runtime.device)
             step = cuda_graph.training_step(model, guard, train_step, cfg, runtime)
             assert isinstance(step, cuda_graph.GraphedStep)
-            if not graphed:  # the same capturable optimisers, never captured
+            if not graphed:  # the same capturable optimisers and learning-rate tensors, never captured
+                step.rates_in_place()
                 step = cuda_graph.EagerStep(model, guard)
             torch.cuda.manual_seed(1)
             for n, (x, y) in enumerate(data):

@@ -51,6 +51,15 @@ def same_training(a: tuple[Pix2Pix, StepGuard], b: tuple[Pix2Pix, StepGuard]) ->
     return all(torch.equal(x, y) for x, y in zip(tensors(ma), tensors(mb))) and torch.equal(ga.tally.vector, gb.tally.vector)
 
 
+def eager_with_rate_tensors(model: Pix2Pix, guard: StepGuard) -> EagerStep:
+    """The eager step with the learning rates as tensors, as GraphedStep gives them to every step it takes (a
+    float32 tensor rounds 2e-4 as the device will)."""
+    for opt in (model.opt_G, model.opt_D):
+        for group in opt.param_groups:
+            group["lr"] = torch.tensor(float(group["lr"]))
+    return EagerStep(model, guard)
+
+
 def replaying(calls: list) -> callable:
     """A capture stand-in: records the step and replays it by running it again (as a graph replays its kernels)."""
     def capture(step):
@@ -65,7 +74,7 @@ def test_the_replayed_step_trains_as_the_eager_one():
     replayed steps' numbers."""
     sizes = [2] * (WARMUP_STEPS + 4) + [1]
     calls = []
-    eager = train(EagerStep, sizes)
+    eager = train(eager_with_rate_tensors, sizes)
     graphed = train(lambda m, g: GraphedStep(m, g, CPU, capture=replaying(calls)), sizes)
     assert calls == ["capture"] + ["replay"] * 4
     assert same_training(graphed, eager)
@@ -100,7 +109,7 @@ def test_a_failed_capture_says_one_line_and_trains_on_eagerly():
     assert said == ["CUDA_GRAPH: capturing the training step failed (RuntimeError: operation not permitted when "
                     "stream is capturing); training on with the eager step"]
     assert all(p.requires_grad for p in graphed[0].D.parameters())
-    assert same_training(graphed, train(EagerStep, sizes))
+    assert same_training(graphed, train(eager_with_rate_tensors, sizes))
 
 
 def test_off_cuda_the_step_is_eager_and_says_why_in_one_line():
@@ -114,17 +123,23 @@ def test_off_cuda_the_step_is_eager_and_says_why_in_one_line():
         assert all(isinstance(g["lr"], float) and not g["capturable"] for g in model.opt_G.param_groups)
 
 
-def test_capturable_optimisers_take_the_learning_rate_in_place():
-    """A captured step reads the learning rate where it was captured: set_learning_rates fills that tensor; and
-    set_capturable turns the optimisers back into plain ones (a checkpoint of either resumes under the other)."""
-    model = tiny_model()
-    set_capturable(model, True, CPU)
-    lr = model.opt_G.param_groups[0]["lr"]
-    assert torch.is_tensor(lr) and model.opt_D.param_groups[0]["capturable"]
-    set_learning_rates(model, CFG, 0.5)  # half the base 2e-4
-    assert model.opt_G.param_groups[0]["lr"] is lr and lr.item() == pytest.approx(1e-4)
-    set_capturable(model, False, CPU)
-    assert model.opt_G.param_groups[0]["lr"] == pytest.approx(1e-4) and not model.opt_G.param_groups[0]["capturable"]
+def test_a_new_learning_rate_reaches_the_captured_step():
+    """The graph reads the learning rate from the tensors it was captured with: a rate set_learning_rates writes at
+    an epoch's start is copied into them before the next replay; and set_capturable makes the optimisers plain
+    again, the rate a number (a checkpoint of either kind resumes under the other)."""
+    model, sizes = tiny_model(), [2] * (WARMUP_STEPS + 2)
+    step = GraphedStep(model, StepGuard("stop", CPU), CPU, capture=replaying([]))
+    for n, (x, y) in enumerate(batches(sizes)):
+        step(x, y, n)
+    rate = model.opt_G.param_groups[0]["lr"]
+    assert torch.is_tensor(rate) and rate.item() == pytest.approx(2e-4)
+    set_learning_rates(model, CFG, 0.5)  # half the base 2e-4: numbers in the param groups
+    step(x, y, len(sizes))
+    assert model.opt_G.param_groups[0]["lr"] is rate and rate.item() == pytest.approx(1e-4)
+    set_capturable(model, True)
+    assert model.opt_D.param_groups[0]["capturable"] and model.opt_G.param_groups[0]["lr"] == pytest.approx(1e-4)
+    set_capturable(model, False)
+    assert not model.opt_G.param_groups[0]["capturable"] and isinstance(model.opt_G.param_groups[0]["lr"], float)
 
 
 def test_cuda_graph_and_compile_are_one_or_the_other():
