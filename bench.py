@@ -22,7 +22,6 @@ so a loader slower than the step shows there.
 """
 import argparse
 import copy
-import itertools
 import json
 import os
 import resource
@@ -39,10 +38,12 @@ import torch.nn as nn
 
 from generator_model import test_mode
 from harness.configurator import load_config
+from harness.cuda_graph import WARMUP_STEPS, training_step
 from harness.errors import exit_on_error
-from harness.gpu_check import BUDGET_MINUTES, gpu_check
+from harness.gpu_check import BUDGET_MINUTES, dense_peak_tflops, gpu_check
 from harness.loading import cache_images, loader_workers, training_loader
 from harness.run_log import training_flops_per_image
+from harness.step_guard import StepGuard
 from pix2pix import Pix2Pix, beyond_the_paper, build_models, make_grad_scalers, make_optimizers, train_step
 from utils import AMP_DTYPES, Runtime, pick_runtime, synchronize, wrap_for_training
 
@@ -62,6 +63,10 @@ def parse_args(argv: list[str] | None) -> tuple[dict[str, Any], argparse.Namespa
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--data", default="", help="A|B training folder for the figures from files (default: synthetic "
                                               "files; with --gpu-check: data/facades/train)")
+    p.add_argument("--pairs", type=int, default=0, help="synthetic training pairs for the figures from files (default: "
+                                                         "64 on a GPU, 8 on a CPU, whose step takes a second)")
+    p.add_argument("--official", default="", help="--gpu-check: a checkout of the official pix2pix code (see "
+                                                  "docs/performance.md), timed beside ours")
     p.add_argument("--skip", default="", help="comma list of parts to skip: train,files,infer,onnx,data,peak,save")
     p.add_argument("--sweep", action="store_true", help="training img/s + memory over sizes and batch sizes")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of two training steps")
@@ -120,6 +125,9 @@ def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime,
     results: dict[str, Any] = {}
     start = time.perf_counter()
     wrap_for_training(model, cfg["COMPILE"])
+    # the step as train.py runs it: with the NaN/Inf guard, eager or one CUDA graph (CUDA_GRAPH)
+    guard = StepGuard(cfg["ON_NAN"], device, precision == "fp16")
+    step_of = training_step(model, guard, train_step, cfg, runtime, say=lambda text: print(text, file=sys.stderr))
     shape = (cfg["BATCH_SIZE"], cfg["IN_CHANNELS"], cfg["IMAGE_SIZE"], cfg["IMAGE_SIZE"])
     x = runtime.to_device(torch.randn(shape))
     y = runtime.to_device(torch.randn(shape).clamp(-1, 1))
@@ -128,18 +136,20 @@ def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime,
         torch.backends.cudnn.benchmark = True
         torch.cuda.reset_peak_memory_stats(device)
     if "train" not in args.skip:
-        step = lambda: step_and_average(model, x, y)  # noqa: E731
+        step = lambda: step_and_average(step_of, model, x, y)  # noqa: E731
         if cfg["COMPILE"]:
             step()
             results["compile_s"] = time.perf_counter() - start
-        results["train_img_s"] = median_rate(step, cfg["BATCH_SIZE"], args, sync)
+        # CUDA_GRAPH: the eager warm-up steps and the capture stay out of the timed steps
+        warmup = max(args.warmup, WARMUP_STEPS + 2) if cfg["CUDA_GRAPH"] else None
+        results["train_img_s"] = median_rate(step, cfg["BATCH_SIZE"], args, sync, warmup)
         flops = training_flops_per_image(cfg)
         results["train_gflop_per_img"] = flops / 1e9
         results["train_tflop_s"] = results["train_img_s"] * flops / 1e12
         if args.profile:
             print_profile(step)
     if "files" not in args.skip:
-        results["train_files_img_s"] = bench_from_files(model, train_set, cfg, args, runtime)
+        results["train_files_img_s"] = bench_from_files(step_of, model, train_set, cfg, args, runtime)
     if "infer" not in args.skip:
         def infer():
             with test_mode(G, "eval"), amp:
@@ -154,9 +164,10 @@ def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime,
     return results
 
 
-def step_and_average(model: Pix2Pix, x: torch.Tensor, y: torch.Tensor) -> None:
-    """A training step as train.py takes it: with G_EMA, the averaged generator's update too."""
-    train_step(model, x, y)
+def step_and_average(step_of: Any, model: Pix2Pix, x: torch.Tensor, y: torch.Tensor) -> None:
+    """A training step as train.py takes it (`step_of`: harness/cuda_graph.training_step's): with G_EMA, the
+    averaged generator's update too."""
+    step_of(x, y, 0)
     if model.average:
         model.average.update(model.G, len(x))
 
@@ -206,13 +217,14 @@ def print_profile(step) -> None:
 
 
 def training_set(cfg: dict[str, Any], args: argparse.Namespace, tmp: str) -> Any:
-    """The training set of --data (default: 64 synthetic pairs made in `tmp`) as train.py builds it (the data
+    """The training set of --data (default: --pairs synthetic pairs made in `tmp`) as train.py builds it (the data
     checks' dataset, the training augmentation), in memory with CACHE_IMAGES=True."""
     from harness.data_checks import checked_dataset
     folder = args.data
     if not folder:
         from harness import synthetic_data
-        synthetic_data.generate(Path(tmp) / "syn", n_train=64, n_val=1, size=cfg["IMAGE_SIZE"])
+        pairs = args.pairs or (64 if torch.cuda.is_available() and cfg["DEVICE"] != "cpu" else 8)
+        synthetic_data.generate(Path(tmp) / "syn", n_train=pairs, n_val=1, size=cfg["IMAGE_SIZE"])
         folder = str(Path(tmp) / "syn" / "train")
     dataset = checked_dataset(folder, cfg, train=True)
     if cfg["CACHE_IMAGES"]:
@@ -220,55 +232,63 @@ def training_set(cfg: dict[str, Any], args: argparse.Namespace, tmp: str) -> Any
     return dataset
 
 
-def epochs_of_batches(loader: Any) -> Any:
-    """The loader's batches, epoch after epoch without end (each epoch shuffled and augmented anew)."""
-    for epoch in itertools.count():
-        loader.sampler.set_epoch(epoch)
-        yield from loader
-
-
-def bench_from_files(model: Pix2Pix, train_set: Any, cfg: dict[str, Any], args: argparse.Namespace,
-                     runtime: Runtime) -> float:
-    """Training images/s with every batch from the training DataLoader (NUM_WORKERS, CACHE_IMAGES) and copied to
-    the device, as in train.py's loop: the smaller of the step's and the loader's speed. The workers' queue
-    (2 batches each) is drained in the warm-up, so the timed steps wait for the loader if it is the slower."""
+def training_batches_of(train_set: Any, cfg: dict[str, Any], runtime: Runtime) -> tuple[Any, Any, Any]:
+    """(batches, sampler, shut down) as train.py makes them: resident on the device (DATA_ON_DEVICE) or the
+    training DataLoader (NUM_WORKERS, CACHE_IMAGES), over a fresh sampler."""
     from dataset import AugmentationSampler
-    from harness.signals import shut_down_workers
-    loader = training_loader(train_set, AugmentationSampler(len(train_set), seed=0), cfg, runtime.device)
-    batches = epochs_of_batches(loader)
-
-    def step():
-        x, y = next(batches)
-        step_and_average(model, runtime.to_device(x), runtime.to_device(y))
-    try:
-        return median_rate(step, cfg["BATCH_SIZE"], args, lambda: synchronize(runtime.device),
-                           warmup=args.warmup + 2 * loader.num_workers)
-    finally:
-        shut_down_workers(loader)
-
-
-def bench_data(train_set: Any, cfg: dict[str, Any], args: argparse.Namespace, device: torch.device) -> float:
-    """Decode + joint augmentation through the training DataLoader alone (the training set's own settings,
-    NUM_WORKERS, CACHE_IMAGES), images/s."""
-    from dataset import AugmentationSampler
+    from harness.device_data import training_batches
     from harness.signals import shut_down_workers
     sampler = AugmentationSampler(len(train_set), seed=0)
-    loader = training_loader(train_set, sampler, cfg, device)
-    n = min(len(train_set), 256)
+    resident = training_batches(train_set, sampler, cfg, runtime.device, runtime.memory_format,
+                                say=lambda text: print(text, file=sys.stderr))
+    if resident is not None:
+        return resident, sampler, lambda: None
+    loader = training_loader(train_set, sampler, cfg, runtime.device, torch.Generator().manual_seed(0))
+    return loader, sampler, lambda: shut_down_workers(loader)
+
+
+def whole_epochs(batches: Any, sampler: Any, args: argparse.Namespace, sync, on_batch=None) -> float:
+    """Images/s over whole epochs, the median of --repeats epochs after one warm-up epoch (which starts the
+    workers and the caches): every batch of an epoch, so each epoch boundary and the workers' queue at it count,
+    as in a run."""
     rates = []
-    try:
-        for epoch in range(args.repeats + 1):
-            sampler.set_epoch(epoch)
-            start, seen = time.perf_counter(), 0
-            for x, _ in loader:
-                seen += x.shape[0]
-                if seen >= n:
-                    break
-            if epoch:  # the first pass starts the workers and warms the page cache
-                rates.append(seen / (time.perf_counter() - start))
-    finally:
-        shut_down_workers(loader)
+    for epoch in range(args.repeats + 1):
+        sampler.set_epoch(epoch)
+        sync()
+        start, seen = time.perf_counter(), 0
+        for x, y in batches:
+            if on_batch:
+                on_batch(x, y)
+            seen += len(x)
+        sync()
+        if epoch:
+            rates.append(seen / (time.perf_counter() - start))
     return statistics.median(rates)
+
+
+def bench_from_files(step: Any, model: Pix2Pix, train_set: Any, cfg: dict[str, Any], args: argparse.Namespace,
+                     runtime: Runtime) -> float:
+    """Training images/s over whole epochs of the training set, every batch from the batches train.py would use
+    (resident on the device with DATA_ON_DEVICE, else the DataLoader with NUM_WORKERS and CACHE_IMAGES) and
+    copied to the device, as in train.py's loop: the smaller of the step's and the loader's speed, epoch
+    boundaries included."""
+    batches, sampler, shut_down = training_batches_of(train_set, cfg, runtime)
+    try:
+        return whole_epochs(batches, sampler, args, lambda: synchronize(runtime.device),
+                            lambda x, y: step_and_average(step, model, runtime.to_device(x), runtime.to_device(y)))
+    finally:
+        shut_down()
+
+
+def bench_data(train_set: Any, cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime) -> float:
+    """The batches alone (decode + joint augmentation, or the resident set's gather), images/s over whole epochs,
+    copied to the device as train.py does."""
+    batches, sampler, shut_down = training_batches_of(train_set, cfg, runtime)
+    try:
+        return whole_epochs(batches, sampler, args, lambda: synchronize(runtime.device),
+                            lambda x, y: (runtime.to_device(x), runtime.to_device(y)))
+    finally:
+        shut_down()
 
 
 def sweep(cfg: dict[str, Any], settings: list[str]) -> list[dict[str, Any]]:
@@ -295,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     cfg, args = parse_args(argv)
     if args.gpu_check:
-        return gpu_check(args.data or "data/facades/train", args.budget)
+        return gpu_check(args.data or "data/facades/train", args.budget, args.official)
     runtime = pick_runtime(cfg)  # as train.py picks it; DEVICE=cuda:N: time and allocate on GPU N
     device, precision = runtime.device, runtime.precision
     env = {"device": str(torch.cuda.get_device_name(device) if device.type == "cuda" else device),
@@ -303,7 +323,8 @@ def main(argv: list[str] | None = None) -> int:
            "cpus": os.cpu_count(), "batch_size": cfg["BATCH_SIZE"], "image_size": cfg["IMAGE_SIZE"],
            "channels_last": runtime.memory_format == torch.channels_last,
            "compile": cfg["COMPILE"], "fused_adam": args.fused, "workers": loader_workers(cfg["NUM_WORKERS"]),
-           "cache_images": cfg["CACHE_IMAGES"]}
+           "cache_images": cfg["CACHE_IMAGES"], "data_on_device": cfg["DATA_ON_DEVICE"],
+           "cuda_graph": cfg["CUDA_GRAPH"]}
     if args.sweep:
         rows = sweep(cfg, [a for a in argv if is_setting(a)])
         print(json.dumps({"env": env, "sweep": rows}, indent=2) if args.json else format_sweep(env, rows))
@@ -313,22 +334,28 @@ def main(argv: list[str] | None = None) -> int:
         train_set = training_set(cfg, args, tmp) if needs_files else None
         results = bench_model(cfg, args, runtime, train_set)
         if "data" not in args.skip:
-            results["data_img_s"] = bench_data(train_set, cfg, args, device)
+            results["data_img_s"] = bench_data(train_set, cfg, args, runtime)
     if "peak" not in args.skip:
         results["peak_tflop_s"] = measure_peak_flops(device, precision, seconds=2.0) / 1e12
         if "train_tflop_s" in results:
             results["fraction_of_peak"] = results["train_tflop_s"] / results["peak_tflop_s"]
+    if device.type == "cuda" and "train_tflop_s" in results:
+        peak, name = dense_peak_tflops(torch.cuda.get_device_name(device), precision)
+        env["dense_peak"] = f"{name}, {precision}: {peak:g} TFLOP/s" if peak else f"unknown GPU: {name}, MFU not given"
+        if peak:
+            results["mfu"] = results["train_tflop_s"] / peak
     print(json.dumps({"env": env, "results": results}, indent=2) if args.json else format_table(env, results))
     return 0
 
 
 LABELS = {"train_img_s": "training (D+G step), images/s",
-          "train_files_img_s": "training from files (loader+step), images/s",
+          "train_files_img_s": "training from files, whole epochs, images/s",
           "infer_img_s": "inference (G forward), images/s",
           "onnx_infer_img_s": "inference, onnxruntime CPU fp32, images/s",
-          "data_img_s": "data pipeline (decode+augment), images/s", "peak_memory_mb": "peak memory, MB",
+          "data_img_s": "batches alone, whole epochs, images/s", "peak_memory_mb": "peak memory, MB",
           "train_gflop_per_img": "model GFLOP per training image", "train_tflop_s": "achieved TFLOP/s (training)",
           "peak_tflop_s": "measured conv peak, TFLOP/s", "fraction_of_peak": "fraction of measured peak",
+          "mfu": "MFU (model FLOPs / the GPU's dense peak)",
           "compile_s": "torch.compile + first step, s",
           "save_on_thread_s": "checkpoint save on the training thread, s", "save_stall_s": "checkpoint save stall, "
           "background writer, s"}

@@ -22,6 +22,8 @@ NUM_WORKERS = "auto"  # DataLoader worker processes: "auto" = one per CPU core t
 #                       torchrun's processes share them), or a number (0 = load in the main process)
 CACHE_IMAGES = False  # keep the decoded training set in memory (uint8; its size is printed first): no JPEG decoding
 #                       after the first epoch. Augmentation stays random per epoch, exactly as without the cache
+DATA_ON_DEVICE = "auto"  # training set decoded once, kept on the GPU, batches cut there (bit-identical to the loader):
+#                         "auto" (on a GPU, if it fits), True (also on a CPU; stop if it does not fit), False
 BAD_FILES = "error"  # unreadable/unsplittable images: "error" = stop before training and list them, "skip" = skip them
 
 # --- model ---
@@ -70,6 +72,7 @@ PRECISION = "auto"  # "auto" (bf16 on CUDA Ampere+ and AMX CPUs, fp16 on Volta/T
 CHANNELS_LAST = "auto"  # NHWC memory layout: "auto" (on CUDA; on CPU from batch 4, where it beats NCHW), True, False
 COMPILE = False  # torch.compile both networks (slow first epoch, faster later); "reduce-overhead": also CUDA graphs,
 #                  for small batches on a GPU, where kernel launches bound the step
+CUDA_GRAPH = False  # the whole training step as one CUDA graph, replayed (one GPU); a failed capture: eager
 DETERMINISTIC = False  # deterministic kernels, no cuDNN autotuning: bit-exact resume on GPUs too (slower)
 DIST_TIMEOUT_S = 600  # torchrun: a rank silent this long stops the whole job instead of hanging
 

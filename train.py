@@ -23,7 +23,8 @@ import torch.nn as nn
 from dataset import AugmentationSampler
 from harness.configurator import load_config
 from harness.data_checks import data_fingerprint
-from harness.distributed import barrier, setup_distributed
+from harness.cuda_graph import training_step
+from harness.distributed import barrier, setup_distributed, while_rank0_works
 from harness.errors import exit_on_error
 from harness.fcn_score import scorer_for
 from harness.fid import training_scores
@@ -69,11 +70,16 @@ def main(argv: list[str] | None = None) -> int:
         fid = training_scores(cfg["INCEPTION_WEIGHTS"], runtime.device) \
             if cfg["FID"] and ranks.master else None  # FID/KID of the outputs; weights checked now
         log = run.open_log(progress, model, train_set, val_set, flops)  # rank 0: log.csv, TB
-        fcn = scorer_for(cfg["TRAIN_DIR"], cfg["DIRECTION"], cfg["PRESET"])[0] \
-            if cfg["FCN_SCORE"] and ranks.master else None  # paper §4.2: FCN-score of the outputs
+        # paper §4.2: the FCN-score of the outputs; rank 0 trains its segmenter (minutes) while the
+        # other ranks wait outside the training's collectives, whose DIST_TIMEOUT_S it could exceed
+        fcn = while_rank0_works(ranks.world_size, lambda: scorer_for(
+            cfg["TRAIN_DIR"], cfg["DIRECTION"], cfg["PRESET"])[0]) if cfg["FCN_SCORE"] else None
         samples = sample_batch(val_set, cfg["N_SAMPLES"])  # the same few val images in every grid
         stop = run.catch_stop_signals()  # from here on Ctrl-C, SIGTERM: finish the step, save, exit
         guard = StepGuard(cfg["ON_NAN"], runtime.device, runtime.precision == "fp16")  # NaN watch
+        # guard.begin_step, train_step, guard.end_step: eagerly, or as one CUDA graph (CUDA_GRAPH)
+        one_step = training_step(model, guard, train_step, cfg, runtime, ranks.world_size,
+                                 say=print if ranks.master else None)
         if progress.step == 0:
             run.save_samples(model.inference_G, samples, "step_000000.png")  # the untrained generator, now
         outputs_every = 1  # samples, validation every SAMPLE_EVERY / VAL_EVERY x this (EVAL_BUDGET)
@@ -90,9 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
             for x, y in bar:
                 x, y = runtime.to_device(x), runtime.to_device(y)
-                guard.begin_step(progress.step, model)  # ON_NAN=skip: what the step changes, kept
-                losses = train_step(model, x, y, guard)
-                guard.end_step(losses)  # a poisoned step is not counted (with skip, undone)
+                one_step(x, y, progress.step)  # a poisoned step: not applied (skip: undone), not counted
                 if model.average:  # G_EMA: the averaged generator follows G
                     model.average.update(model.G, len(x) * ranks.world_size)
                 progress.step += 1

@@ -137,6 +137,33 @@ def pick_runtime(cfg: dict[str, Any], local_rank: int | None = None) -> Runtime:
     return Runtime(device, precision, memory_format_for(cfg["CHANNELS_LAST"], device, cfg["BATCH_SIZE"]))
 
 
+def ddp(module: nn.Module, device: torch.device | None) -> nn.Module:
+    """`module` under DistributedDataParallel, with ddp_options."""
+    from torch.nn.parallel import DistributedDataParallel as DDP
+    return DDP(module, **ddp_options(module, device))
+
+
+def ddp_options(module: nn.Module, device: torch.device | None) -> dict:
+    """DistributedDataParallel's options for train.py's step:
+      - buffers synced before each forward (forward_sync_buffers, formerly broadcast_buffers) only where batch norm
+        keeps per-process running statistics (NORM=batch without SYNC_BN): rank 0's, so every rank (and the
+        checkpoint) holds the same; instance norm has none and SyncBatchNorm's are the same everywhere already (at
+        the start DDP broadcasts rank 0's buffers either way);
+      - on GPUs, gradient_as_bucket_view (the gradients are views of the all-reduce buckets: no copy in or out of
+        them) and static_graph (every step runs the same forward and backward, D's pair of calls included, so DDP
+        fixes its bucket order after the first step). With gloo on a CPU both measured slower (docs/performance.md),
+        so CPU processes keep DDP's defaults there."""
+    cuda = device is not None and device.type == "cuda"
+    return dict(device_ids=[device] if cuda else None, forward_sync_buffers=has_own_statistics(module),
+                gradient_as_bucket_view=cuda, static_graph=cuda)
+
+
+def has_own_statistics(module: nn.Module) -> bool:
+    """True if `module` has batch norm whose running statistics differ between processes (not SyncBatchNorm)."""
+    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, nn.SyncBatchNorm)
+               and m.track_running_stats for m in module.modules())
+
+
 def wrap_for_training(m: Any, compile: bool | str, world_size: int = 1, device: torch.device | None = None) -> None:
     """Set the networks a pix2pix.Pix2Pix trains through (G_run, D_pairs, D_run): DDP across processes (the D
     step's pair of D calls as one module, RealFakeScores, so DDP sees one forward per backward), then torch.compile
@@ -146,9 +173,7 @@ def wrap_for_training(m: Any, compile: bool | str, world_size: int = 1, device: 
     if world_size > 1 or compile:
         m.D_pairs = RealFakeScores(m.D)
     if world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-        ids = [device] if device is not None and device.type == "cuda" else None
-        m.G_run, m.D_pairs = DDP(m.G, device_ids=ids), DDP(m.D_pairs, device_ids=ids)
+        m.G_run, m.D_pairs = ddp(m.G, device), ddp(m.D_pairs, device)
     if compile:
         options = {"mode": compile} if isinstance(compile, str) else {}
         m.G_run, m.D_pairs, m.D_run = (torch.compile(net, **options) for net in (m.G_run, m.D_pairs, m.D))

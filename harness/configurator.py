@@ -74,7 +74,7 @@ def bool_or_word(key: str, value: Any, words: tuple[str, ...]) -> str | bool:
 
 
 def auto_or_bool(key: str, value: Any) -> str | bool:
-    """CHANNELS_LAST: "auto", True or False."""
+    """CHANNELS_LAST, DATA_ON_DEVICE: "auto", True or False."""
     return bool_or_word(key, value, ("auto",))
 
 
@@ -110,7 +110,8 @@ def same_or_number(key: str, value: Any) -> str | float:
 
 
 FLEXIBLE = {"CHANNELS_LAST": auto_or_bool, "COMPILE": compile_mode, "NUM_WORKERS": auto_or_count,
-            "LEARNING_RATE_D": same_or_number, "BETA1_D": same_or_number, "BETA2_D": same_or_number}
+            "LEARNING_RATE_D": same_or_number, "BETA1_D": same_or_number, "BETA2_D": same_or_number,
+            "DATA_ON_DEVICE": auto_or_bool}
 
 
 def parse_overrides(argv: list[str], defaults: dict[str, Any]) -> dict[str, Any]:
@@ -267,6 +268,13 @@ def validate_config(cfg: dict[str, Any]) -> None:
             and cfg["LOAD_SIZE"] < cfg["IMAGE_SIZE"]:
         raise ConfigError(f"LOAD_SIZE={cfg['LOAD_SIZE']} < IMAGE_SIZE={cfg['IMAGE_SIZE']}: the random crop needs "
                           f"LOAD_SIZE >= IMAGE_SIZE (paper: 286 for 256)")
+    if cfg["CUDA_GRAPH"] and cfg["COMPILE"]:
+        raise ConfigError(f"CUDA_GRAPH=True captures the eager step, and COMPILE={cfg['COMPILE']!r} compiles it "
+                          f"(\"reduce-overhead\" with CUDA graphs of its own): use one of them")
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and cfg["DEVICE"].startswith("cuda:"):
+        raise ConfigError(f"DEVICE={cfg['DEVICE']} under torchrun would put every process on that one GPU, while "
+                          f"NCCL gives each process GPU LOCAL_RANK: use DEVICE=cuda (or auto), and choose the GPUs "
+                          f"with CUDA_VISIBLE_DEVICES")
     check_device(cfg["DEVICE"])
     device = pick_device(cfg["DEVICE"])
     if cfg["SYNC_BN"] and int(os.environ.get("WORLD_SIZE", "1")) > 1 and device.type != "cuda":

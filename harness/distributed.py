@@ -48,6 +48,25 @@ def setup_distributed(timeout_s: int, device: str) -> Ranks:
     return Ranks(dist.get_rank(), local_rank, dist.get_world_size())
 
 
+RANK0_WORK_TIMEOUT_S = 6 * 3600  # what rank 0 may take for one-off work the others wait for (the FCN segmenter)
+
+
+def while_rank0_works(world_size: int, work, timeout_s: float = RANK0_WORK_TIMEOUT_S):
+    """`work()` on rank 0 (its result; None on the other ranks) while the other ranks wait in a barrier of a gloo
+    group with its own timeout, `timeout_s`: minutes of one-off work (training the FCN-score's segmenter) must not
+    meet DIST_TIMEOUT_S, or NCCL's watchdog, in the training's first collective. If rank 0 fails, torchrun stops
+    the others."""
+    if world_size == 1:
+        return work()
+    group = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        result = work() if dist.get_rank() == 0 else None
+        dist.barrier(group=group)
+    finally:
+        dist.destroy_process_group(group)
+    return result
+
+
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 

@@ -3,12 +3,19 @@ figures quote it) and ends within 8 minutes on a single H100/H200-class GPU:
 
     python bench.py --gpu-check                                       # facades in data/facades (download_dataset.py)
     python bench.py --gpu-check --data ../shared/data/facades/train   # facades elsewhere (val/ or test/ beside it)
+    python bench.py --gpu-check --official ../pytorch-CycleGAN-and-pix2pix   # and the official code timed beside
 
   1. the CUDA tests, tests/test_cuda.py;
-  2. a short real facades run: one epoch, saved; then resumed from that checkpoint for a second epoch;
-  3. bench.py's training step at batch 1 and 16 in fp32 / tf32 / bf16 x NCHW / channels-last x eager / compiled,
+  2. the official code's training step at batch 16 and 1 (harness/official_timing.py; with --official PATH, a
+     checkout at its pinned commit: docs/performance.md#against-the-official-code-on-a-gpu);
+  3. the target rows: bf16, channels-last, the whole step as one CUDA graph (CUDA_GRAPH) at batch 16 and 1, on a
+     tensor and from the facades files with the set resident on the GPU (DATA_ON_DEVICE; with and without the
+     graph), each with its MFU against the GPU's dense peak for the precision (DENSE_PEAKS);
+  4. a short real facades run: one epoch, saved; then resumed from that checkpoint for a second epoch;
+  5. bench.py's training step at batch 1 and 16 in fp32 / tf32 / bf16 x NCHW / channels-last x eager / compiled,
      and compiled with CUDA graphs (COMPILE=reduce-overhead) at batch 1; and training from the facades files at
-     batch 16 (NUM_WORKERS=auto) with and without CACHE_IMAGES.
+     batch 16 through the DataLoader (NUM_WORKERS=auto) with and without CACHE_IMAGES.
+Under the table: ours from files over the official step, per batch size, against the targets.
 
 Every part runs in its own process with a timeout. Parts still waiting when the time budget is spent are listed as
 "not run", so the check ends in time whatever happens; the most telling parts come first (--budget=MINUTES gives
@@ -28,6 +35,7 @@ from typing import Any
 import torch
 
 from harness.errors import ConfigError
+from harness.official_timing import PINNED_COMMIT
 
 ROOT = Path(__file__).resolve().parent.parent
 clock = time.monotonic  # the time budget's clock (tests replace it)
@@ -35,6 +43,30 @@ BUDGET_MINUTES = 7.25  # every part has started and ended by then: with the star
 MIN_START_S = 20  # a part is not started with less time than this left
 TESTS_LIMIT_S, TRAIN_LIMIT_S, BENCH_LIMIT_S = 240, 150, 180  # each part's own timeout (and the budget's remainder)
 BENCH = ["--warmup", "5", "--steps", "20", "--repeats", "3"]  # CUDA graphs record in the warm-up's first calls
+
+
+# dense (not 2:4-sparse) tensor-core peaks from NVIDIA's datasheets, TFLOP/s, by the name torch reports; the first
+# matching name wins. 16-bit = bf16 and fp16 (fp32 accumulate); fp32 is the plain CUDA-core rate (TF32 off)
+DENSE_PEAKS = (("H200 NVL", 835.5, 417.5, 60.0), ("H200", 989.4, 494.7, 66.9), ("H100 NVL", 835.5, 417.5, 60.0),
+               ("H100 PCIe", 756.5, 378.0, 51.2), ("H100", 989.4, 494.7, 66.9), ("A100", 312.0, 156.0, 19.5),
+               ("L40S", 362.1, 183.2, 91.6), ("L4", 121.0, 60.0, 30.3), ("A10", 125.0, 62.5, 31.2))
+
+
+def dense_peak_tflops(name: str, precision: str) -> tuple[float | None, str]:
+    """(the GPU's dense peak for `precision` in TFLOP/s, or None if this GPU is not in DENSE_PEAKS; its name)."""
+    for pattern, half, tf32, fp32 in DENSE_PEAKS:
+        if pattern in name:
+            return {"bf16": half, "fp16": half, "tf32": tf32, "fp32": fp32}[precision], name
+    return None, name
+
+
+def target_plan() -> list[dict[str, Any]]:
+    """The rows the targets are read from (docs/performance.md): bf16, channels-last, the whole step as one CUDA
+    graph, at batch 16 and 1, on a tensor and from the facades files with the set resident on the GPU."""
+    rows = [dict(BATCH_SIZE=b, PRECISION="bf16", CHANNELS_LAST=True, COMPILE=False, CUDA_GRAPH=True) for b in (16, 1)]
+    rows += [dict(BATCH_SIZE=b, PRECISION="bf16", CHANNELS_LAST=True, COMPILE=False, CUDA_GRAPH=graph,
+                  DATA_ON_DEVICE=True) for b in (16, 1) for graph in (True, False)]
+    return rows
 
 
 def bench_plan() -> list[dict[str, Any]]:
@@ -48,7 +80,7 @@ def bench_plan() -> list[dict[str, Any]]:
         plan += [dict(BATCH_SIZE=b, PRECISION=p, CHANNELS_LAST=channels_last, COMPILE=False) for b, p in grid]
         if channels_last:
             plan += [dict(BATCH_SIZE=16, PRECISION="bf16", CHANNELS_LAST=True, COMPILE=False, NUM_WORKERS="auto",
-                          CACHE_IMAGES=cache) for cache in (False, True)]
+                          CACHE_IMAGES=cache, DATA_ON_DEVICE=False) for cache in (False, True)]
         plan += [dict(BATCH_SIZE=b, PRECISION=p, CHANNELS_LAST=channels_last, COMPILE=mode) for b, p in compiled
                  for mode in (True, "reduce-overhead") if mode is True or b == 1]
     return plan
@@ -106,6 +138,8 @@ def check_training(train_dir: Path, deadline: float) -> dict[str, Any]:
                 f"--RUN_DIR={Path(tmp) / 'run'}", "--N_EPOCHS=1", "--VAL_MAX_IMAGES=50"]
         for decay, expect in ((0, "epoch 1: "), (1, "resuming from ")):
             code, out, err = run_command(base + [f"--N_EPOCHS_DECAY={decay}"], TRAIN_LIMIT_S, deadline)
+            if code is None and err.startswith("not run"):
+                return row("facades run", settings, ", ".join(rates), err.strip())
             rates += re.findall(r"^epoch \d+: ([\d.]+) img/s", out, re.MULTILINE)
             notes += re.findall(r"^device \S+ \((\w+)\)", out, re.MULTILINE)[:1]
             if code != 0 or expect not in out:
@@ -118,18 +152,54 @@ def check_training(train_dir: Path, deadline: float) -> dict[str, Any]:
 
 def describe(settings: dict[str, Any]) -> str:
     compile_name = {False: "eager", True: "compiled", "reduce-overhead": "reduce-overhead"}[settings["COMPILE"]]
+    compile_name = "one CUDA graph" if settings.get("CUDA_GRAPH") else compile_name
     text = (f"batch {settings['BATCH_SIZE']}, {settings['PRECISION']}, "
             f"{'channels-last' if settings['CHANNELS_LAST'] else 'NCHW'}, {compile_name}")
     if "CACHE_IMAGES" in settings:
         text += f", NUM_WORKERS=auto, cache {'on' if settings['CACHE_IMAGES'] else 'off'}"
+    if settings.get("DATA_ON_DEVICE"):
+        text += ", set resident on the GPU"
     return text
 
 
+def check_official(official: str, batch: int, deadline: float) -> dict[str, Any]:
+    """The official code's training step (harness/official_timing.py) at `batch`, in its own process."""
+    settings = f"batch {batch}, fp32 (cuDNN TF32), NCHW, its own step"
+    if not official:
+        return row("official code", settings, "", "not run: no --official PATH (docs/performance.md)")
+    code, out, err = run_command([sys.executable, "-m", "harness.official_timing", official, "--batch", str(batch),
+                                  *BENCH], BENCH_LIMIT_S, deadline)
+    if code != 0:
+        return row("official code", settings, "", last_line(err) or "failed",
+                   failed=code is not None or "stopped after" in err)
+    result = json.loads(last_line(out))
+    commit = (result["commit"] or "?")[:7]
+    note = f"commit {commit}" + ("" if commit.startswith(PINNED_COMMIT) else f" (pinned: {PINNED_COMMIT})")
+    return row("official code", settings, f"{result['img_s']:.1f}", note)
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[str]:
+    """Ours (from the facades files, resident, one CUDA graph) over the official step, per batch, against the
+    targets, and MFU where it was given."""
+    lines = []
+    for batch, target in ((16, 3.0), (1, 2.5)):
+        official = next((r for r in rows if r["part"] == "official code" and f"batch {batch}," in r["settings"]), None)
+        ours = next((r for r in rows if r["part"] == "from files" and r["settings"].startswith(f"batch {batch},")
+                     and "one CUDA graph" in r["settings"]), None)
+        if official and ours and official["img/s"] and ours["img/s"]:
+            ratio = float(ours["img/s"]) / float(official["img/s"])
+            lines.append(f"batch {batch}: ours from files {ours['img/s']} img/s / official step {official['img/s']} "
+                         f"img/s = {ratio:.2f}x (target >= {target:g}x)")
+        else:
+            lines.append(f"batch {batch}: ratio to the official code not run")
+    return lines
+
+
 def check_bench(settings: dict[str, Any], train_dir: Path, deadline: float) -> dict[str, Any]:
-    files = "CACHE_IMAGES" in settings
+    files = "CACHE_IMAGES" in settings or "DATA_ON_DEVICE" in settings
     if files and not train_dir.is_dir():
         return row("from files", describe(settings), "", f"not run: no facades data at {train_dir}")
-    skip = "infer,onnx,peak,save" if files else "files,infer,onnx,data,peak,save"
+    skip = "infer,onnx,peak,save" if files else "files,infer,onnx,data,peak,save"  # peak: MFU is against the sheet
     cmd = [sys.executable, "bench.py", "--json", "--skip", skip, "--DEVICE=cuda", *BENCH,
            *([f"--data={train_dir}"] if files else []), *(f"--{k}={v}" for k, v in settings.items())]
     code, out, err = run_command(cmd, BENCH_LIMIT_S, deadline)
@@ -140,9 +210,11 @@ def check_bench(settings: dict[str, Any], train_dir: Path, deadline: float) -> d
     report = json.loads(out)
     results = report["results"]
     notes = [f"compile + first step {results['compile_s']:.0f} s"] if "compile_s" in results else []
+    notes += [f"MFU {results['mfu']:.1%}"] if "mfu" in results else \
+        [report["env"]["dense_peak"]] if "dense_peak" in report["env"] else []
     if files:
-        notes += [f"step alone {results['train_img_s']:.0f}", f"loader alone {results['data_img_s']:.0f} img/s",
-                  f"{report['env']['workers']} workers"]
+        notes += [f"step alone {results['train_img_s']:.0f}", f"batches alone {results['data_img_s']:.0f} img/s",
+                  "whole epochs"] + ([] if settings.get("DATA_ON_DEVICE") else [f"{report['env']['workers']} workers"])
     notes.append(f"peak {results['peak_memory_mb'] / 1024:.1f} GB")
     rate = results["train_files_img_s"] if files else results["train_img_s"]
     return row(part, describe(settings), f"{rate:.1f}", "; ".join(notes))
@@ -156,7 +228,7 @@ def format_check(header: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def gpu_check(train_dir: str, budget_minutes: float = BUDGET_MINUTES) -> int:
+def gpu_check(train_dir: str, budget_minutes: float = BUDGET_MINUTES, official: str = "") -> int:
     """The whole check; prints its table. ConfigError (exit 2) without CUDA: nothing is run."""
     if not torch.cuda.is_available():
         raise ConfigError(f"bench.py --gpu-check needs an NVIDIA GPU with CUDA, and torch.cuda.is_available() is "
@@ -167,7 +239,13 @@ def gpu_check(train_dir: str, budget_minutes: float = BUDGET_MINUTES) -> int:
     data = Path(train_dir).resolve()  # the parts run from the repository root
     print(f"GPU check: tests, a facades run and {len(bench_plan())} bench.py settings, within "
           f"{budget_minutes:.1f} minutes ...", file=sys.stderr)
-    rows = [check_tests(deadline), check_training(data, deadline)]
+    official = str(Path(official).resolve()) if official else ""
+    rows = [check_tests(deadline)]
+    rows += [check_official(official, batch, deadline) for batch in (16, 1)]
+    for settings in target_plan():
+        rows.append(check_bench(settings, data, deadline))
+        print(f"  {rows[-1]['settings']}: {rows[-1]['img/s'] or rows[-1]['notes']}", file=sys.stderr)
+    rows.append(check_training(data, deadline))
     for settings in bench_plan():
         rows.append(check_bench(settings, data, deadline))
         print(f"  {rows[-1]['settings']}: {rows[-1]['img/s'] or rows[-1]['notes']}", file=sys.stderr)
@@ -178,4 +256,5 @@ def gpu_check(train_dir: str, budget_minutes: float = BUDGET_MINUTES) -> int:
               f"{torch.version.cuda}, {os.cpu_count()} CPU cores: {(clock() - start) / 60:.1f} min, "
               f"{failed} part(s) failed")
     print(format_check(header, rows))
+    print("\n".join(["", *ratios(rows)]))
     return 1 if failed else 0

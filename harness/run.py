@@ -31,6 +31,7 @@ from harness.checkpoint import (AVERAGE, CheckpointWriter, Progress, atomic_save
                                 training_checkpoint)
 from harness.configurator import resolve_resume
 from harness.data_checks import data_fingerprint, training_data
+from harness.device_data import ResidentBatches, training_batches
 from harness.distributed import (Ranks, barrier, check_ranks_agree, gather_from_ranks, refuse_on_every_rank,
                                  without_sync_bn)
 from harness.errors import CheckpointError, DatasetError, RunDirError
@@ -213,8 +214,13 @@ class TrainingRun:
     def __exit__(self, *exc) -> bool:
         return self.cleanup.__exit__(*exc)
 
-    def loader(self, dataset: Any, sampler: Any) -> DataLoader:
-        """The training DataLoader (harness/loading.py), its workers shut down on every way out."""
+    def loader(self, dataset: Any, sampler: Any) -> DataLoader | ResidentBatches:
+        """The training batches: the set resident where the step runs (DATA_ON_DEVICE, harness/device_data.py), or
+        the DataLoader (harness/loading.py), its workers shut down on every way out."""
+        resident = training_batches(dataset, sampler, self.cfg, self.runtime.device, self.runtime.memory_format,
+                                    say=print if self.ranks.master else lambda text: None)
+        if resident is not None:
+            return resident
         loader = training_loader(dataset, sampler, self.cfg, self.runtime.device, self.loader_rng)
         self.cleanup.callback(shut_down_workers, loader)  # never left for interpreter exit (where they would hang)
         return loader

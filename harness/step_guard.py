@@ -103,7 +103,8 @@ class StepGuard:
             t.loss_sums += torch.where(ok, values, torch.zeros_like(values))
             t.n_ok += ok
             t.n_skipped += self.bad
-            t.first_bad_step.copy_(torch.where(first, float(self.step), t.first_bad_step))
+            step = self.step if torch.is_tensor(self.step) else float(self.step)  # a tensor in a CUDA graph
+            t.first_bad_step.copy_(torch.where(first, step, t.first_bad_step))
             t.first_bad_losses.copy_(torch.where(first, values, t.first_bad_losses))
         self.saved, self.restore_to, self.scaler_D = [], [], None
 

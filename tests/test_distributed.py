@@ -5,7 +5,8 @@ train.main, watching it through a few wrapped names of the train module, and sav
 (final weights, gradients, first-step dropout masks, which ranks wrote or validated) to DUMP/rank<r>.pt.
 
     torchrun --standalone --nproc_per_node=2 tests/test_distributed.py DUMP [--fail=RANK:STEP] [--nan=RANK:STEP] \
-        [--sigterm=RANK:STEP] [--late-sigterm=RANK:STEP] [--hang=RANK:STEP] [--ctrl-c=RANK:STEP] -- --TRAIN_DIR=...
+        [--sigterm=RANK:STEP] [--late-sigterm=RANK:STEP] [--hang=RANK:STEP] [--ctrl-c=RANK:STEP] [--slow-fcn=SECONDS] \
+        -- --TRAIN_DIR=...
     (train.py settings). Signals come during that step, before its loss check; --late-sigterm's after its loss
     checks, before the ranks agree on stopping.
 """
@@ -470,6 +471,9 @@ def worker(argv: list[str]) -> int:
     torch.distributed.all_reduce = counted_all_reduce
     models = {}
     state = {"step": -1}
+    if "slow-fcn" in opts:  # FCN_SCORE: rank 0's segmenter takes this many seconds to train (a stand-in, no model)
+        from harness import fcn_score
+        fcn_score.scorer_for = lambda *args, **kwargs: (time.sleep(float(opts["slow-fcn"])), (None, None))[1]
 
     def save() -> None:
         torch.save(rec, dump / f".rank{rank}.tmp")

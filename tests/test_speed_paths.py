@@ -191,23 +191,32 @@ def test_compile_setting_reaches_torch_compile(monkeypatch, setting, options):
 
 # ----------------------------------------------------------------------------- training from files
 
-def test_bench_training_from_files_takes_every_step_from_the_loader(tmp_path, monkeypatch, capsys):
-    """Each timed and warm-up step of bench.py's "training from files" draws one batch from the training
-    DataLoader: items drawn = (warm-up + repeats x steps) x batch size; CACHE_IMAGES is honoured."""
+def test_bench_training_from_files_runs_whole_epochs_of_the_batches_a_run_would_use(tmp_path, monkeypatch, capsys):
+    """bench.py's "training from files" and "batches alone" go through whole epochs (one warm-up epoch, then
+    --repeats timed ones), each batch from what train.py would use: the DataLoader (DATA_ON_DEVICE=False: every
+    item of every epoch drawn; CACHE_IMAGES honoured), or the resident set (each file decoded once)."""
     from conftest import write_pairs
     from dataset import PairedImageDataset
     write_pairs(tmp_path / "train", 6)
-    drawn = []
-    real = PairedImageDataset.__getitem__
+    drawn, read = [], []
+    real, real_read = PairedImageDataset.__getitem__, PairedImageDataset.load_pair
     monkeypatch.setattr(PairedImageDataset, "__getitem__", lambda self, key: drawn.append(key) or real(self, key))
-    code = bench.main(["--IMAGE_SIZE=32", "--LOAD_SIZE=36", "--BATCH_SIZE=2", "--NUM_WORKERS=0", "--PRECISION=fp32",
-                       "--CACHE_IMAGES=True", "--data", str(tmp_path / "train"), "--warmup", "1", "--steps", "2",
-                       "--repeats", "2", "--skip", "infer,onnx,data,peak", "--json"])
+    monkeypatch.setattr(PairedImageDataset, "load_pair", lambda self, i: read.append(i) or real_read(self, i))
+    args = ["--IMAGE_SIZE=32", "--LOAD_SIZE=36", "--BATCH_SIZE=2", "--NUM_WORKERS=0", "--PRECISION=fp32",
+            "--data", str(tmp_path / "train"), "--warmup", "1", "--steps", "2", "--repeats", "2",
+            "--skip", "infer,onnx,peak", "--json"]
+    code = bench.main(args + ["--CACHE_IMAGES=True", "--DATA_ON_DEVICE=False"])
     captured = capsys.readouterr()
     out = json.loads(captured.out)
-    assert code == 0 and out["results"]["train_files_img_s"] > 0 and out["env"]["cache_images"] is True
-    assert len(drawn) == (1 + 2 * 2) * 2
+    assert code == 0 and out["results"]["train_files_img_s"] > 0 and out["results"]["data_img_s"] > 0
+    assert out["env"]["cache_images"] is True and out["env"]["data_on_device"] is False
+    assert len(drawn) == 2 * (1 + 2) * 6  # files and batches alone: (warm-up + 2 repeats) whole epochs of 6
     assert "CACHE_IMAGES: keeping the 6 training pairs" in captured.err
+    drawn.clear(), read.clear()
+    assert bench.main(args + ["--DATA_ON_DEVICE=True"]) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["results"]["train_files_img_s"] > 0 and not drawn
+    assert len(read) == 2 * 6 and "DATA_ON_DEVICE: keeping the 6 training pairs" in captured.err  # once per part
 
 
 # ----------------------------------------------------------------------------- bench.py --gpu-check
@@ -233,6 +242,7 @@ def test_gpu_check_plan_covers_the_grid_once():
     assert {s["COMPILE"] for s in plan if s["BATCH_SIZE"] == 16} == {False, True}
     assert sum(s["COMPILE"] == "reduce-overhead" for s in plan) == 3 * 2
     assert [s.get("CACHE_IMAGES") for s in plan if "CACHE_IMAGES" in s] == [False, True]
+    assert all(s["DATA_ON_DEVICE"] is False for s in plan if "CACHE_IMAGES" in s)  # the DataLoader's rows
     assert all(s["CHANNELS_LAST"] and not s["COMPILE"] for s in plan[:6])
 
 
@@ -245,6 +255,8 @@ def fake_part(cmd: list[str]) -> tuple[int, str, str]:
         return 0, ("resuming from run/checkpoints/last.pt: epoch 2, batch 0, step 400\n" if resumed else "") + \
             f"device cuda:0 (bf16), 1 process(es)\nepoch {1 + resumed}: 150.5 img/s, 1.2 TFLOP/s\n" \
             f"  val: L1 0.4100  PSNR 12.00 dB\n", ""
+    if "harness.official_timing" in cmd:
+        return 0, json.dumps({"img_s": 100.0, "commit": "2a7afba0", "device": "Fake H200"}) + "\n", ""
     if "--COMPILE=reduce-overhead" in cmd:
         return 1, "", "Traceback ...\nRuntimeError: simulated CUDA-graph failure\n"
     results = {"train_img_s": 300.0, "peak_memory_mb": 2048.0, "train_files_img_s": 250.0, "data_img_s": 900.0}
@@ -270,18 +282,28 @@ def test_gpu_check_prints_one_table_and_keeps_to_its_budget(tmp_path, monkeypatc
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (9, 0))
     (tmp_path / "facades" / "train").mkdir(parents=True)
     (tmp_path / "facades" / "test").mkdir()
-    code = bench.main(["--gpu-check", "--data", str(tmp_path / "facades" / "train"), "--budget", str(budget_minutes)])
-    table = capsys.readouterr().out.strip().splitlines()
-    plan = gpu_check.bench_plan()
+    code = bench.main(["--gpu-check", "--data", str(tmp_path / "facades" / "train"), "--budget", str(budget_minutes),
+                       "--official", str(tmp_path / "official")])
+    lines = capsys.readouterr().out.strip().splitlines()
+    table, summary = lines[:-3], lines[-2:]  # the table, a blank line, the ratio per batch size
+    plan, targets = gpu_check.bench_plan(), gpu_check.target_plan()
     assert table[0].startswith("GPU check on Fake H200 (compute capability 9.0)")
-    assert table[2] == "| part | settings | images/s | notes |" and len(table) == 4 + 2 + len(plan)
+    assert table[2] == "| part | settings | images/s | notes |" and len(table) == 4 + 1 + 2 + len(targets) + 1 + len(plan)
     assert table[4] == "| CUDA tests | tests/test_cuda.py |  | 8 passed in 61.2s |"
-    assert table[5].startswith("| facades run | PRESET=facades, 1 epoch saved + 1 epoch resumed, batch 1, bf16 | "
-                               "150.5 / 150.5 | saved, resumed at epoch 2")
-    assert table[6] == "| training step | batch 1, fp32, channels-last, eager | 300.0 | peak 2.0 GB |"
+    assert table[5] == "| official code | batch 16, fp32 (cuDNN TF32), NCHW, its own step | 100.0 | commit 2a7afba |"
+    assert table[7] == "| training step | batch 16, bf16, channels-last, one CUDA graph | 300.0 | peak 2.0 GB |"
+    assert table[9].startswith("| from files | batch 16, bf16, channels-last, one CUDA graph, set resident on the "
+                               "GPU | 250.0 | step alone 300; batches alone 900 img/s; whole epochs; peak")
+    facades = 4 + 1 + 2 + len(targets)  # after the tests, the official code and the target rows
+    assert runs != "all" or table[facades].startswith("| facades run | PRESET=facades, 1 epoch saved + 1 epoch resumed, batch 1, "
+                                     "bf16 | 150.5 / 150.5 | saved, resumed at epoch 2")
+    assert runs != "all" or table[facades + 1] == "| training step | batch 1, fp32, channels-last, eager | 300.0 | " \
+        "peak 2.0 GB |"
     not_run = [line for line in table[4:] if "not run: the time budget is spent" in line]
     failed = [line for line in table[4:] if "FAILED: RuntimeError: simulated CUDA-graph failure" in line]
-    assert len(started) + len(not_run) == 1 + 2 + len(plan)  # tests, two training runs, the grid
+    parts = len([c for c in started if "train.py" not in c]) + any("train.py" in c for c in started)
+    assert parts + len(not_run) == 1 + 2 + len(targets) + 1 + len(plan)  # tests, official, rows, the runs' row
+    assert summary[0] == "batch 16: ours from files 250.0 img/s / official step 100.0 img/s = 2.50x (target >= 3x)"
     if runs == "all":
         assert not not_run and len(failed) == 6 and code == 1
     else:
