@@ -67,12 +67,10 @@ def pixel_limit_error(im: Image.Image) -> str | None:
 
 
 def read_image(path: Path | Any, channels: int = 3) -> np.ndarray:
-    """An image file (or file object) -> HxWxC uint8, C = `channels` (1 or 3): EXIF rotation applied, 16-bit
-    scaled to 8, transparency composited onto white. The one image reader of training and inference. An image over
-    MAX_IMAGE_PIXELS (or over PIL's own limit) is a ValueError, as a damaged file is."""
+    """The one image reader: a file (or file object) -> HxWxC uint8, C = channels; EXIF, 16-bit, alpha on white."""
     try:
         im = Image.open(path)
-    except Image.DecompressionBombError as e:  # PIL refuses twice its limit itself, with an exception of its own
+    except Image.DecompressionBombError as e:  # over twice PIL's own limit: a ValueError, as a damaged file's
         raise ValueError(f"over PIL's decompression-bomb limit ({str(e).split(', could')[0]}); downscale it") from None
     with im:
         if too_big := pixel_limit_error(im):

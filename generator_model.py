@@ -150,26 +150,21 @@ GENERATORS = ("unet", "resnet_6blocks", "resnet_9blocks")
 
 
 def set_test_mode(G: nn.Module, mode: str = "paper") -> dict[nn.Module, tuple[float | None, bool]]:
-    """Put G in a test mode for good: "paper" (§3.3: dropout on, batch norm with the test batch's statistics) or
-    "eval" (ordinary eval(): dropout off, running statistics). Inference never changes a buffer, not even
-    num_batches_tracked (so a resume that validated more often stays bit-identical): statistics frozen (momentum
-    0), untracked in paper mode. Returns each batch-norm layer's previous (momentum, track_running_stats)."""
+    """G in a test mode for good, changing no buffer; returns each batch norm's (momentum, track_running_stats)."""
     if mode not in TEST_MODES:
         raise ValueError(f"test mode must be one of {TEST_MODES}, got {mode!r}")
-    previous = {m: (m.momentum, m.track_running_stats) for m in G.modules()
-                if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+    norms = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    previous = {m: (m.momentum, m.track_running_stats) for m in norms}
     G.train(mode == "paper")
-    for m in previous:
-        m.momentum = 0.0
-        m.track_running_stats = m.track_running_stats and mode != "paper"  # the batch's statistics, buffers unread
+    for m in previous:  # paper (§3.3): dropout on, the batch's statistics, untracked; eval: running statistics
+        m.momentum, m.track_running_stats = 0.0, m.track_running_stats and mode != "paper"
     return previous
 
 
 @contextlib.contextmanager
 def test_mode(G: nn.Module, mode: str = "paper", seed: int = 0) -> Iterator[None]:
     """How every inference runs (samples, validation, predict, evaluate, the demo): G in its test mode without
-    autograd, the paper mode's dropout noise drawn from `seed` (a repeat gives the same images), and afterwards G
-    (every buffer included) and the caller's random stream exactly as they were."""
+    autograd, dropout noise from `seed`, and afterwards G (every buffer) and the caller's RNG exactly as they were."""
     cuda = [p.device for p in G.parameters() if p.device.type == "cuda"][:1]
     with torch.random.fork_rng(devices=cuda), torch.no_grad():
         torch.manual_seed(seed)
