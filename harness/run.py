@@ -140,6 +140,23 @@ def validation_metrics(G: nn.Module, val_set: Any, cfg: dict[str, Any], runtime:
     return val | {"n_images": summary["n_images"]}
 
 
+def validate_generators(model: Any, val_set: Any, cfg: dict[str, Any], runtime: Runtime, fcn: Any, fid: Any,
+                        log: RunLog, step: int) -> dict[str, Any]:
+    """validation_metrics of the generator inference uses (model.inference_G), logged to TensorBoard and printed;
+    with G_EMA also the raw G's, as raw_* (the same run's other arm), leaving the RNGs as they were."""
+    def scored(G: nn.Module, tag: str) -> dict[str, Any]:
+        val = validation_metrics(without_sync_bn(G), val_set, cfg, runtime, fcn, fid)
+        log.scalars({k: v for k, v in val.items() if k != "n_images" and v is not None}, step, tag)
+        print_validation(val, tag)
+        return val
+    val = scored(model.inference_G, "val")
+    if model.average is not None:
+        with torch.random.fork_rng(devices=[runtime.device] if runtime.device.type == "cuda" else []):
+            raw = scored(model.G, "val_raw")
+        val |= {f"raw_{k}": v for k, v in raw.items() if k != "n_images"}
+    return val
+
+
 def print_validation(val: dict[str, Any], tag: str = "val") -> None:
     ratio = "n/a (needs 2+ images)" if val["ratio"] is None else f"{val['ratio']:.3f}"
     maps = "".join(f"  {k} {val[k]:.4f}" for k in MAP_METRICS + FCN_METRICS if k in val)
@@ -262,22 +279,9 @@ class TrainingRun:
                              self.run_dir / "samples" / name)
 
     def validate(self, model: Any, val_set: Any, fcn: Any, fid: Any, log: RunLog, step: int) -> dict[str, Any]:
-        """validation_metrics of the generator inference uses (model.inference_G), logged to TensorBoard and
-        printed; with G_EMA also the raw G's, as raw_* (the same run's other arm), leaving the RNGs as they were."""
-        self.writer.wait()  # its loader's workers fork this process: never while a thread writes a checkpoint
-        val = self._validate(model.inference_G, val_set, fcn, fid, log, step, "val")
-        if model.average is not None:
-            with torch.random.fork_rng(devices=[self.runtime.device] if self.runtime.device.type == "cuda" else []):
-                raw = self._validate(model.G, val_set, fcn, fid, log, step, "val_raw")
-            val |= {f"raw_{k}": v for k, v in raw.items() if k != "n_images"}
-        return val
-
-    def _validate(self, G: nn.Module, val_set: Any, fcn: Any, fid: Any, log: RunLog, step: int, tag: str
-                  ) -> dict[str, Any]:
-        val = validation_metrics(without_sync_bn(G), val_set, self.cfg, self.runtime, fcn, fid)
-        log.scalars({k: v for k, v in val.items() if k != "n_images" and v is not None}, step, tag)
-        print_validation(val, tag)
-        return val
+        """validate_generators, never while a checkpoint is being written: its loader's workers fork this process."""
+        self.writer.wait()
+        return validate_generators(model, val_set, self.cfg, self.runtime, fcn, fid, log, step)
 
     def save_due(self) -> bool:
         """Rank 0's clock: CHECKPOINT_EVERY_MINUTES have passed since the last save (the other ranks: False)."""
