@@ -147,8 +147,8 @@ class StepGuard:
         if over_ranks and is_distributed():
             import torch.distributed as dist
             summed = Tally(vector.clone())
-            for total in (summed.loss_sums, summed.n_ok):  # skips are the same on every rank
-                dist.all_reduce(total)
+            sums_and_ok = summed.vector[:len(LOSS_TERMS) + 1]  # loss_sums then n_ok (Tally.SIZES' order)
+            dist.all_reduce(sums_and_ok)  # one collective; skips are the same on every rank
             vector = summed.vector
         seen = Tally(vector.cpu())  # the one device->host copy
         first_bad_step, n_skipped, n_ok = int(seen.first_bad_step), int(seen.n_skipped), int(seen.n_ok)
