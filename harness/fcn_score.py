@@ -500,7 +500,7 @@ def check_segmenter(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     palette = PALETTES.get(args.preset) or discovered_palette(args.train, args.direction)
     print(f"palette ({len(palette)} classes): {palette}")
-    recipe = Recipe()
+    recipe = Recipe() if args.seed is None else Recipe(seed=args.seed)
     scorer = FCNScorer(load_or_train(args.train, args.direction, palette, args.cache, recipe, args.retrain_segmenter),
                        palette, recipe.image_size)
     for path in training_files(args.test):
@@ -528,6 +528,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache", required=True, help="where the segmenter is saved (.pt)")
     parser.add_argument("--retrain-segmenter", action="store_true",
                         help="train a new segmenter even if --cache holds one, and replace it")
+    parser.add_argument("--seed", type=int, help="the recipe's seed, if not its own (the one training scores "
+                                                 "with): shows how far the ruler moves between seeds")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     return exit_on_error(lambda: check_segmenter(args))

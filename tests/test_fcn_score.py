@@ -163,3 +163,23 @@ def test_discover_palette_finds_facades_palette(facades: Path):
     truth = np.array([rgb for _, rgb in FACADES_PALETTE])
     nearest = np.abs(found[:, None] - truth[None]).max(-1)
     assert len(found) == 12 and sorted(nearest.argmin(1)) == list(range(12)) and nearest.min(1).max() <= 6, found
+
+
+def test_the_check_trains_the_recipe_with_another_seed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                       capsys: pytest.CaptureFixture):
+    import functools
+    from harness import fcn_score
+    tiny = {k: getattr(TINY_RECIPE, k) for k in ("image_size", "width", "depth", "epochs", "batch_size", "lr")}
+    monkeypatch.setattr(fcn_score, "Recipe", functools.partial(Recipe, **tiny))
+    write_pairs(tmp_path / "train", 8, seed=0)
+    write_pairs(tmp_path / "test", 4, seed=1)
+    saved = {}
+    for seed in (None, 3):
+        cache = tmp_path / f"seg_{seed}.pt"
+        args = ["--train", str(tmp_path / "train"), "--test", str(tmp_path / "test"), "--cache", str(cache)]
+        assert fcn_score.main(args + (["--seed", str(seed)] if seed is not None else [])) == 0
+        assert "real test photos: pixel_acc" in capsys.readouterr().out
+        saved[seed] = torch.load(cache, weights_only=True)
+    assert saved[None]["recipe"]["seed"] == Recipe.seed and saved[3]["recipe"]["seed"] == 3
+    first, other = saved[None]["state_dict"], saved[3]["state_dict"]
+    assert any(not torch.equal(first[k], other[k]) for k in first)  # another seed, another segmenter

@@ -1,0 +1,113 @@
+"""Compare training recipes across seeds: each run folder's log.csv at one epoch, grouped into arms by the folder's
+name without its `_s<seed>` suffix, printed as a Markdown table of every seed's value and the mean ± sample sd.
+
+    python -m harness.seed_table runs/recipes/facades_*_s* --metric fcn_class_iou --epoch 10 --baseline paper
+
+With G_EMA runs, each arm appears twice: `arm` scores the raw G (log.csv's val_raw_*), `arm+ema` the averaged one
+(val_*): EMA does not change training, so one run gives both. A recipe wins when its mean beats the baseline's by
+more than twice the larger of the two sds (in the metric's better direction).
+"""
+import argparse
+import csv
+import re
+import statistics
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import ConfigError, exit_on_error
+
+LOWER_IS_BETTER = ("l1", "rmse", "fid", "kid", "ratio")
+
+
+@dataclass
+class Arm:
+    name: str
+    values: dict[int, float] = field(default_factory=dict)  # seed -> the metric at the epoch
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values.values())
+
+    @property
+    def sd(self) -> float:
+        return statistics.stdev(self.values.values()) if len(self.values) > 1 else float("nan")
+
+
+def split_name(run_dir: Path) -> tuple[str, int]:
+    """`facades_paper_s2` -> ("facades_paper", 2); a folder not named ..._s<seed> is a ConfigError."""
+    match = re.fullmatch(r"(.+)_s(\d+)", run_dir.name)
+    if not match:
+        raise ConfigError(f"{run_dir}: a run folder's name must end in _s<seed> (e.g. facades_paper_s1) to be "
+                          f"grouped with its arm's other seeds")
+    return match[1], int(match[2])
+
+
+def read_arms(run_dirs: list[Path], metric: str, epoch: int) -> tuple[dict[str, Arm], list[str]]:
+    """Arms (raw G, and averaged G where the run logged one) from each run's log.csv row for `epoch`; runs that
+    have not reached it are listed in the second value."""
+    arms: dict[str, Arm] = {}
+    unfinished = []
+    for run_dir in run_dirs:
+        arm, seed = split_name(run_dir)
+        rows = []
+        if (run_dir / "log.csv").is_file():
+            with open(run_dir / "log.csv", newline="") as f:
+                rows = [r for r in csv.DictReader(f) if r["epoch"] == str(epoch)]
+        if not rows:
+            unfinished.append(run_dir.name)
+            continue
+        if f"val_{metric}" not in rows[0]:
+            raise ConfigError(f"{run_dir / 'log.csv'} has no column val_{metric}; give --metric as log.csv names "
+                              f"it without val_ (e.g. fcn_class_iou, l1, pixel_acc_5)")
+        raw, averaged = rows[-1].get(f"val_raw_{metric}", ""), rows[-1][f"val_{metric}"]
+        if raw:  # a G_EMA run: val_* is the averaged G, val_raw_* the raw one
+            arms.setdefault(arm, Arm(arm)).values[seed] = float(raw)
+            arms.setdefault(f"{arm}+ema", Arm(f"{arm}+ema")).values[seed] = float(averaged)
+        elif averaged:
+            arms.setdefault(arm, Arm(arm)).values[seed] = float(averaged)
+    return arms, unfinished
+
+
+def wins(arm: Arm, baseline: Arm, lower_is_better: bool) -> bool:
+    """Beats the baseline by more than twice the larger of the two sample sds."""
+    margin = baseline.mean - arm.mean if lower_is_better else arm.mean - baseline.mean
+    return len(arm.values) > 1 and len(baseline.values) > 1 and margin > 2 * max(arm.sd, baseline.sd)
+
+
+def table(arms: dict[str, Arm], metric: str, baseline: str | None) -> str:
+    seeds = sorted({s for arm in arms.values() for s in arm.values})
+    lower = metric.split("_")[0] in LOWER_IS_BETTER or metric in LOWER_IS_BETTER
+    lines = [f"| arm | {' | '.join(f'seed {s}' for s in seeds)} | mean ± sd |" + (" wins |" if baseline else ""),
+             "|---" * (len(seeds) + 2 + bool(baseline)) + "|"]
+    for arm in arms.values():
+        cells = [f"{arm.values[s]:.4f}" if s in arm.values else "" for s in seeds]
+        row = f"| {arm.name} | {' | '.join(cells)} | {arm.mean:.4f} ± {arm.sd:.4f} |"
+        if baseline:
+            row += " — |" if arm.name == baseline else f" {'yes' if wins(arm, arms[baseline], lower) else 'no'} |"
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Arms x seeds table of run folders' log.csv at one epoch.")
+    parser.add_argument("runs", nargs="+", type=Path, help="run folders named <arm>_s<seed>")
+    parser.add_argument("--metric", default="fcn_class_iou", help="a log.csv column without val_ (default: "
+                                                                      "fcn_class_iou)")
+    parser.add_argument("--epoch", type=int, required=True)
+    parser.add_argument("--baseline", help="the arm every other is judged against (e.g. facades_paper)")
+    args = parser.parse_args(argv)
+
+    def run() -> int:
+        arms, unfinished = read_arms(args.runs, args.metric, args.epoch)
+        if args.baseline and args.baseline not in arms:
+            raise ConfigError(f"--baseline {args.baseline}: no such arm among {', '.join(arms) or 'no runs'}")
+        print(table(arms, args.metric, args.baseline) if arms else f"no run has reached epoch {args.epoch}")
+        if unfinished:
+            print(f"not yet at epoch {args.epoch}: {', '.join(unfinished)}", file=sys.stderr)
+        return 0
+    return exit_on_error(run)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

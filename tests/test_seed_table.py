@@ -1,0 +1,66 @@
+"""harness/seed_table.py: arms x seeds from run folders' log.csv, the EMA arm beside the raw one, the win rule."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness.run_log import COLUMNS
+from harness.seed_table import Arm, main, read_arms, wins
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_run(folder: Path, rows: list[dict]) -> Path:
+    folder.mkdir(parents=True)
+    with open(folder / "log.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows([{"epoch": epoch, **values} for epoch, values in rows])
+    return folder
+
+
+def test_arms_are_grouped_by_name_with_the_raw_and_averaged_generators_from_one_run(tmp_path):
+    runs = [write_run(tmp_path / f"facades_paper_s{seed}",
+                      [(1, {"val_fcn_class_iou": 0.05, "val_raw_fcn_class_iou": 0.04}),
+                       (2, {"val_fcn_class_iou": ema, "val_raw_fcn_class_iou": raw})])
+            for seed, raw, ema in ((1, 0.10, 0.15), (2, 0.20, 0.25), (3, 0.30, 0.35))]
+    runs.append(write_run(tmp_path / "facades_hinge_s1", [(1, {"val_fcn_class_iou": 0.5})]))  # no G_EMA, epoch 1 only
+    arms, unfinished = read_arms(runs, "fcn_class_iou", epoch=2)
+    assert arms["facades_paper"].values == {1: 0.10, 2: 0.20, 3: 0.30}
+    assert arms["facades_paper+ema"].values == {1: 0.15, 2: 0.25, 3: 0.35}
+    assert arms["facades_paper"].mean == pytest.approx(0.2) and arms["facades_paper"].sd == pytest.approx(0.1)
+    assert unfinished == ["facades_hinge_s1"]
+    assert read_arms(runs[-1:], "fcn_class_iou", epoch=1)[0]["facades_hinge"].values == {1: 0.5}
+
+
+def test_a_win_needs_more_than_twice_the_larger_sd_in_the_better_direction():
+    base = Arm("paper", {1: 0.20, 2: 0.22, 3: 0.24})  # mean 0.22, sd 0.02
+    assert wins(Arm("a", {1: 0.27, 2: 0.27, 3: 0.27}), base, lower_is_better=False)  # +0.05 > 0.04
+    assert not wins(Arm("b", {1: 0.25, 2: 0.25, 3: 0.25}), base, lower_is_better=False)  # +0.03
+    assert not wins(Arm("c", {1: 0.2, 2: 0.4, 3: 0.6}), base, lower_is_better=False)  # +0.18, but its sd is 0.2
+    assert wins(Arm("d", {1: 0.17, 2: 0.17, 3: 0.17}), base, lower_is_better=True)  # lower L1 wins
+    assert not wins(Arm("e", {1: 0.3}), base, lower_is_better=False)  # one seed has no sd: no claim
+
+
+def test_the_table_prints_every_seed_and_marks_the_winner(tmp_path, capsys):
+    for arm, values in (("paper", (0.20, 0.22, 0.24)), ("combo", (0.30, 0.30, 0.31))):
+        for seed, value in enumerate(values, 1):
+            write_run(tmp_path / f"{arm}_s{seed}", [(10, {"val_fcn_class_iou": value})])
+    assert main([*map(str, sorted(tmp_path.iterdir())), "--epoch", "10", "--baseline", "paper"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| arm | seed 1 | seed 2 | seed 3 | mean ± sd | wins |"
+    assert "| combo | 0.3000 | 0.3000 | 0.3100 | 0.3033 ± 0.0058 | yes |" in lines
+    assert "| paper | 0.2000 | 0.2200 | 0.2400 | 0.2200 ± 0.0200 | — |" in lines
+
+
+@pytest.mark.parametrize("case, words", [("unnamed", "must end in _s<seed>"), ("metric", "has no column val_nope"),
+                                         ("baseline", "--baseline nope: no such arm")])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, case, words):
+    run = write_run(tmp_path / ("facades_paper" if case == "unnamed" else "facades_paper_s1"),
+                    [(1, {"val_fcn_class_iou": 0.2})])
+    extra = {"metric": ["--metric", "nope"], "baseline": ["--baseline", "nope"]}.get(case, [])
+    result = subprocess.run([sys.executable, "-m", "harness.seed_table", str(run), "--epoch", "1", *extra],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr
