@@ -1,13 +1,10 @@
-"""Paired image data for pix2pix, in either of two layouts (detected automatically):
+"""Paired image data for pix2pix, in either of two layouts (harness/data_checks.py finds the pairs and checks them):
   A|B files        each file holds the two images side by side, split at width // 2 (the paper's datasets)
   A/ and B/        two sub-folders whose files pair up by name stem (A/1.png <-> B/1.jpg); B is resized to A's size
 
-PREPROCESS picks the geometry, as the official code's --preprocess does: resize_and_crop (the paper's jitter, the
-default), crop, scale_width, scale_width_and_crop, none (see PairTransform.resized_size). Resizing is bicubic
-with antialiasing, like PIL's. Input and target always get the same crop and flip (paper §6.2).
-
-Check a folder before training (layout, pairs, sizes, bad files; with train.py's --KEY=value settings):
-    python -m harness.data_checks ../shared/data/facades/train
+PREPROCESS picks the geometry as the official code's --preprocess does (PairTransform.resized_size); resizing is
+bicubic with antialiasing, like PIL's. Input and target always get the same crop and flip (paper §6.2).
+Check a folder before training:  python -m harness.data_checks ../shared/data/facades/train
 """
 import hashlib
 import math
@@ -21,69 +18,16 @@ import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageOps
 from torch.utils.data import Dataset, Sampler
 
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs (PIL would only warn up to twice its own limit)
+from utils import read_image
+
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
 CROP_MODES = ("resize_and_crop", "crop", "scale_width_and_crop")  # these give IMAGE_SIZE squares
 Pair = tuple[Path, Path | None]  # an A|B file, or an A file and its B partner
 
 
-# ----------------------------------------------------------------------------- finding pairs
-
-def list_images(folder: str | os.PathLike) -> list[Path]:
-    """Image files below `folder` (nested folders included), sorted; hidden files and folders ignored."""
-    files = []
-    for root, dirs, names in os.walk(folder):  # os.walk does not follow symlinked folders: no loops
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        files += [Path(root) / n for n in names if not n.startswith(".") and n.lower().endswith(IMG_EXTENSIONS)]
-    return sorted(files)
-
-
-def find_pairs(folder: str | os.PathLike) -> tuple[list[Pair], list[tuple[Path, str]]]:
-    """(pairs, unmatched files with why). A/ and B/ sub-folders pair their files by path without extension;
-    otherwise every image is an A|B file."""
-    folder = Path(folder)
-    if not ((folder / "A").is_dir() and (folder / "B").is_dir()):
-        return [(p, None) for p in list_images(folder)], []
-    stems = [{p.relative_to(folder / side).with_suffix("").as_posix(): p for p in list_images(folder / side)}
-             for side in "AB"]
-    a, b = stems
-    unmatched = [(a[s], f"no B/{s}.* to pair with") for s in a.keys() - b.keys()]
-    unmatched += [(b[s], f"no A/{s}.* to pair with") for s in b.keys() - a.keys()]
-    return sorted((a[s], b[s]) for s in a.keys() & b.keys()), sorted(unmatched)
-
-
 # ----------------------------------------------------------------------------- reading a pair
-
-def pixel_limit_error(im: Image.Image) -> str | None:
-    """Why an opened image is refused before it is decoded (a decompression bomb), or None."""
-    if im.width * im.height > MAX_IMAGE_PIXELS:
-        return (f"{im.width}x{im.height} is larger than {MAX_IMAGE_PIXELS} pixels (decompression-bomb limit); "
-                f"downscale it")
-    return None
-
-
-def read_image(path: Path | Any, channels: int = 3) -> np.ndarray:
-    """The one image reader: a file (or file object) -> HxWxC uint8, C = channels; EXIF, 16-bit, alpha on white."""
-    try:
-        im = Image.open(path)
-    except Image.DecompressionBombError as e:  # over twice PIL's own limit: a ValueError, as a damaged file's
-        raise ValueError(f"over PIL's decompression-bomb limit ({str(e).split(', could')[0]}); downscale it") from None
-    with im:
-        if too_big := pixel_limit_error(im):
-            raise ValueError(too_big)
-        im = ImageOps.exif_transpose(im)
-        if im.mode in ("I;16", "I;16B", "I", "F"):
-            pixels = np.asarray(im, dtype=np.float32)
-            im = Image.fromarray((pixels / (257 if pixels.max() > 255 else 1)).clip(0, 255).astype(np.uint8))
-        if im.mode in ("RGBA", "LA", "P", "PA"):  # palette/alpha: onto white rather than black
-            im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
-        image = np.asarray(im.convert("RGB" if channels == 3 else "L"))
-    return image[:, :, None] if image.ndim == 2 else image
-
 
 def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     """HxWxC uint8 with C in (1, 3) -> HxWx`channels` (ITU-R 601 luma for RGB -> gray)."""
@@ -190,11 +134,10 @@ def build_transform(cfg: dict[str, Any], train: bool) -> PairTransform:
 # ----------------------------------------------------------------------------- the dataset and its sampler
 
 class PairedImageDataset(Dataset):
-    """(input, target) float tensors in [-1, 1], CxHxW, of `pairs` (find_pairs; train.py passes the ones the data
-    checks found usable) under the config's DIRECTION, channels and geometry. Index with an int, or with
-    (index, seed) from AugmentationSampler: the seed fixes that item's jitter and flip, so augmentation is the
-    same whatever the number of loader workers, and a resumed run continues it exactly. `folder` and `skipped`
-    record where the pairs came from and which files the checks left out, and why."""
+    """(input, target) float tensors in [-1, 1], CxHxW, of `pairs` (those the data checks found usable) under the
+    config's DIRECTION, channels and geometry. Index with an int, or with (index, seed) from AugmentationSampler:
+    the seed fixes that item's jitter and flip, whatever the number of loader workers, also after a resume.
+    `folder` and `skipped`: where the pairs came from, and the files the checks left out, with why."""
 
     def __init__(self, pairs: list[Pair], cfg: dict[str, Any], train: bool, folder: Path | None = None,
                  skipped: list[tuple[Path, str]] | None = None):

@@ -1,5 +1,6 @@
 """The runtime a training or inference run picks for this machine (device, precision, memory layout, DDP and
-compile wrapping), seeds, and small image helpers.
+compile wrapping), seeds, the one image-file reader (read_image: EXIF, 16-bit, alpha, decompression bombs), and
+small image helpers.
 
 Not run directly. In a notebook:
     from utils import pick_device, to_unit
@@ -10,11 +11,13 @@ import contextlib
 import os
 import random
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn as nn
+from PIL import Image, ImageOps
 
 from pix2pix import real_and_fake_scores
 
@@ -225,3 +228,35 @@ def sample_grid(x: torch.Tensor, fake: torch.Tensor, y: torch.Tensor) -> torch.T
     import torchvision.utils as vutils
     rows = torch.stack([to_unit(x), to_unit(fake), to_unit(y)], dim=1).flatten(0, 1)
     return vutils.make_grid(rows.cpu(), nrow=3, padding=2, pad_value=1.0)
+
+
+# ----------------------------------------------------------------------------- image files
+
+MAX_IMAGE_PIXELS = 64_000_000  # refuse decompression bombs (PIL would only warn up to twice its own limit)
+
+
+def pixel_limit_error(im: Image.Image) -> str | None:
+    """Why an opened image is refused before it is decoded (a decompression bomb), or None."""
+    if im.width * im.height > MAX_IMAGE_PIXELS:
+        return (f"{im.width}x{im.height} is larger than {MAX_IMAGE_PIXELS} pixels (decompression-bomb limit); "
+                f"downscale it")
+    return None
+
+
+def read_image(path: Path | Any, channels: int = 3) -> np.ndarray:
+    """The one image reader: a file (or file object) -> HxWxC uint8, C = channels; EXIF, 16-bit, alpha on white."""
+    try:
+        im = Image.open(path)
+    except Image.DecompressionBombError as e:  # over twice PIL's own limit: a ValueError, as a damaged file's
+        raise ValueError(f"over PIL's decompression-bomb limit ({str(e).split(', could')[0]}); downscale it") from None
+    with im:
+        if too_big := pixel_limit_error(im):
+            raise ValueError(too_big)
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("I;16", "I;16B", "I", "F"):
+            pixels = np.asarray(im, dtype=np.float32)
+            im = Image.fromarray((pixels / (257 if pixels.max() > 255 else 1)).clip(0, 255).astype(np.uint8))
+        if im.mode in ("RGBA", "LA", "P", "PA"):  # palette/alpha: onto white rather than black
+            im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+        image = np.asarray(im.convert("RGB" if channels == 3 else "L"))
+    return image[:, :, None] if image.ndim == 2 else image

@@ -17,15 +17,38 @@ from typing import Any
 from PIL import ExifTags, Image
 from tqdm import tqdm
 
-import dataset
-from dataset import (CROP_MODES, IMG_EXTENSIONS, Pair, PairedImageDataset, build_transform, find_pairs,
-                     list_images)
+from dataset import CROP_MODES, Pair, PairedImageDataset, build_transform
 from harness.errors import ConfigError, DatasetError, exit_on_error
+from utils import pixel_limit_error
 
 DEFAULT_DATA_ROOT = Path("data/synthetic")  # config.py's default TRAIN_DIR/VAL_DIR live here
 SCAN_PROGRESS_MIN_FILES = 2000  # show a progress bar when scanning folders at least this big
 LAYOUT_NAMES = {"A|B": "A|B files (input and target side by side in one file)",
                 "A/B": "A/ and B/ folders (files paired by name stem)"}
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def list_images(folder: str | os.PathLike) -> list[Path]:
+    """Image files below `folder` (nested folders included), sorted; hidden files and folders ignored."""
+    files = []
+    for root, dirs, names in os.walk(folder):  # os.walk does not follow symlinked folders: no loops
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        files += [Path(root) / n for n in names if not n.startswith(".") and n.lower().endswith(IMG_EXTENSIONS)]
+    return sorted(files)
+
+
+def find_pairs(folder: str | os.PathLike) -> tuple[list[Pair], list[tuple[Path, str]]]:
+    """(pairs, unmatched files with why). A/ and B/ sub-folders pair their files by path without extension;
+    otherwise every image is an A|B file."""
+    folder = Path(folder)
+    if not ((folder / "A").is_dir() and (folder / "B").is_dir()):
+        return [(p, None) for p in list_images(folder)], []
+    stems = [{p.relative_to(folder / side).with_suffix("").as_posix(): p for p in list_images(folder / side)}
+             for side in "AB"]
+    a, b = stems
+    unmatched = [(a[s], f"no B/{s}.* to pair with") for s in a.keys() - b.keys()]
+    unmatched += [(b[s], f"no A/{s}.* to pair with") for s in b.keys() - a.keys()]
+    return sorted((a[s], b[s]) for s in a.keys() & b.keys()), sorted(unmatched)
 
 
 SIDES_SWAPPED = (5, 6, 7, 8)  # EXIF orientations that ImageOps.exif_transpose turns by 90 degrees
@@ -49,7 +72,7 @@ def check_image(path: Path, split: bool = True) -> str | None:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(path) as im:
-                if too_big := dataset.pixel_limit_error(im):
+                if too_big := pixel_limit_error(im):
                     return f"{too_big} or remove it"
                 width, height = oriented_size(im)
                 im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))  # JPEG DCT scaling: fast, and

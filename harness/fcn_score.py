@@ -41,10 +41,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dataset import IMG_EXTENSIONS, list_images, read_image, split_pair
+from dataset import split_pair
 from harness.checkpoint import atomic_save
+from harness.data_checks import IMG_EXTENSIONS, list_images
 from harness.errors import CheckpointError, DatasetError, SegmenterError, exit_on_error
 from harness.weights import check_weights, load_weights, named_tensors, read_weights_file
+from utils import read_image
 
 Palette = tuple[tuple[str, tuple[int, int, int]], ...]
 

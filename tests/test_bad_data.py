@@ -11,15 +11,15 @@ import pytest
 import torch
 from PIL import Image
 
-import dataset
 import train
+import utils
 from conftest import make_pair_image, tiny_args, write_pairs
 from conftest import make_dataset
-from dataset import list_images, read_image
 from harness import data_checks
 from harness.configurator import default_settings
-from harness.data_checks import check_image, check_layout, raise_if, usable_pairs
+from harness.data_checks import check_image, check_layout, list_images, raise_if, usable_pairs
 from harness.errors import DatasetError
+from utils import read_image
 
 
 
@@ -104,7 +104,7 @@ def write_ignored(folder: Path) -> None:
 @pytest.fixture
 def messy(tmp_path: Path, monkeypatch) -> dict:
     """tmp_path/messy: 4 plain pairs + every convertible kind + every unusable kind + ignored files."""
-    monkeypatch.setattr(dataset, "MAX_IMAGE_PIXELS", 5000)  # 32x64 = 2048 is fine, huge.png (8192) is not
+    monkeypatch.setattr(utils, "MAX_IMAGE_PIXELS", 5000)  # 32x64 = 2048 is fine, huge.png (8192) is not
     folder = tmp_path / "messy"
     plain = write_pairs(folder, 4)
     convertible = write_convertible(folder)
@@ -196,11 +196,11 @@ def test_palette_png_keeps_its_colours(tmp_path):
 def test_decompression_bomb_limits(tmp_path, monkeypatch):
     Image.fromarray(np.zeros((64, 128, 3), np.uint8)).save(tmp_path / "big.png")
     assert check_image(tmp_path / "big.png") is None
-    monkeypatch.setattr(dataset, "MAX_IMAGE_PIXELS", 8191)  # ours: refused before decoding
+    monkeypatch.setattr(utils, "MAX_IMAGE_PIXELS", 8191)  # ours: refused before decoding
     with pytest.raises(ValueError, match="decompression-bomb"):
         read_image(tmp_path / "big.png")
     assert "decompression-bomb" in check_image(tmp_path / "big.png")
-    monkeypatch.setattr(dataset, "MAX_IMAGE_PIXELS", 10 ** 9)
+    monkeypatch.setattr(utils, "MAX_IMAGE_PIXELS", 10 ** 9)
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's own (raises beyond 2x): refused as well
     with pytest.raises(ValueError, match="over PIL's decompression-bomb limit"):  # as a damaged file is
         read_image(tmp_path / "big.png")
@@ -244,7 +244,7 @@ def test_scan_skip_mode_lists_bad_files_once_and_uses_the_rest(messy, capsys):
 
 
 def test_scan_all_bad_is_an_error_in_both_modes(tmp_path, monkeypatch):
-    monkeypatch.setattr(dataset, "MAX_IMAGE_PIXELS", 5000)
+    monkeypatch.setattr(utils, "MAX_IMAGE_PIXELS", 5000)
     write_unusable(tmp_path / "bad")
     for mode in ("error", "skip"):
         with pytest.raises(DatasetError, match="cannot be used|every file"):
@@ -298,7 +298,7 @@ def test_training_skips_bad_files_and_trains_on_converted_ones(messy, tmp_path, 
 
 
 def test_training_with_no_usable_file_is_a_clear_error(tmp_path, monkeypatch):
-    monkeypatch.setattr(dataset, "MAX_IMAGE_PIXELS", 5000)
+    monkeypatch.setattr(utils, "MAX_IMAGE_PIXELS", 5000)
     write_unusable(tmp_path / "train")
     write_pairs(tmp_path / "val", 2)
     with pytest.raises(DatasetError, match="every file .* unusable"):

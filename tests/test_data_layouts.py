@@ -18,9 +18,9 @@ import predict
 import train
 from conftest import ROOT, tiny_args
 from conftest import make_dataset
-from dataset import PREPROCESS_MODES, find_pairs, resize
+from dataset import PREPROCESS_MODES, resize
 from harness.configurator import load_config
-from harness.data_checks import training_data
+from harness.data_checks import find_pairs, training_data
 from harness.errors import DatasetError
 from harness.run_log import sample_batch
 

@@ -15,8 +15,8 @@ from PIL import Image
 import dataset
 from harness import synthetic_data
 from conftest import make_dataset
-from dataset import AugmentationSampler, list_images
-from harness.data_checks import ensure_default_data
+from dataset import AugmentationSampler
+from harness.data_checks import ensure_default_data, list_images
 from harness.errors import DatasetError
 from harness.configurator import load_config
 

@@ -11,10 +11,12 @@ import torch
 from PIL import Image
 
 from conftest import write_pairs
-from dataset import list_images, read_image, split_pair
+from dataset import split_pair
 from harness.fcn_score import (FACADES_PALETTE, ConfusionMatrix, FCNScorer, Recipe, colourise, discover_palette,
                                label_maps, labels_from_colours, load_or_train, segmentation_scores,
                                train_segmenter)
+from harness.data_checks import list_images
+from utils import read_image
 
 # conftest.make_pair_image's label colours (its B halves), in its class order
 TINY_PALETTE = (("c0", (0, 0, 200)), ("c1", (0, 128, 255)), ("c2", (255, 160, 0)), ("c3", (200, 0, 0)))

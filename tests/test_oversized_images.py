@@ -1,5 +1,6 @@
 """Images over the pixel limit (decompression bombs) are refused as a damaged file is, wherever they are read:
-dataset.read_image and load_pair (a file replaced mid-run), the demo's random validation input and its uploads.
+utils.read_image and the dataset's load_pair (a file replaced mid-run), the demo's random validation input and its
+uploads.
 PIL itself refuses images over twice its own limit with DecompressionBombError, which is neither OSError nor
 ValueError; the files here are PNG headers claiming 15000x12000 pixels (conftest.write_png_header).
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_dataset, write_pairs, write_png_header
-from dataset import read_image
+from utils import read_image
 
 
 def test_read_image_refuses_an_image_over_pils_own_limit_as_a_value_error(tmp_path):
