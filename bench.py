@@ -36,7 +36,6 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from generator_model import test_mode
 from harness.configurator import load_config
 from harness.cuda_graph import WARMUP_STEPS, training_step
 from harness.errors import exit_on_error
@@ -45,7 +44,7 @@ from harness.loading import cache_images, loader_workers, training_loader
 from harness.run_log import training_flops_per_image
 from harness.step_guard import StepGuard
 from pix2pix import Pix2Pix, beyond_the_paper, build_models, make_grad_scalers, make_optimizers, train_step
-from utils import AMP_DTYPES, Runtime, pick_runtime, synchronize, wrap_for_training
+from utils import AMP_DTYPES, Runtime, pick_runtime, synchronize, test_mode, wrap_for_training
 
 
 def is_setting(arg: str) -> bool:

@@ -38,12 +38,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from dataset import read_pair
-from generator_model import test_mode
 from harness.data_checks import list_images
 from harness.errors import CheckpointError, ConfigError, path_argument
 from harness.fcn_score import FACADES_PALETTE  # the facades label colours: the sketchpad's brushes
 from harness.inference import fit_back, fit_to_model, load_for_inference
-from utils import generate, read_image
+from utils import generate, read_image, test_mode
 
 MAX_PIXELS = 4096 * 4096  # larger uploads are refused: the output comes back at the input's size
 MAX_UPLOAD = "50mb"

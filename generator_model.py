@@ -5,9 +5,6 @@ Encoder C64-C128-C256-C512-C512-C512-C512-C512, decoder CD512-CD1024-CD1024-C102
 Its test mode (paper §3.3: dropout stays on, batch norm uses the test batch's statistics) is here too.
 Quick check:  python generator_model.py   (prints the parameter count and an output shape)
 """
-import contextlib
-from typing import Iterator
-
 import torch
 import torch.nn as nn
 
@@ -28,11 +25,6 @@ def dropout_blocks(num_downs: int, placement: str) -> range:
     if placement == "official":
         return range(1, max(1, num_downs - 4))
     raise ValueError(f"DROPOUT_PLACEMENT must be one of {DROPOUT_PLACEMENTS}, got {placement!r}")
-
-
-def num_downs_for(image_size: int) -> int:
-    """Depth whose 1x1 bottleneck matches the image: 7 for 128 px, 8 for 256 px (unet_256), 9 for 512 px."""
-    return max(1, (image_size - 1).bit_length())
 
 
 class UNetGenerator(nn.Module):
@@ -159,22 +151,6 @@ def set_test_mode(G: nn.Module, mode: str = "paper") -> dict[nn.Module, tuple[fl
     for m in previous:  # paper (§3.3): dropout on, the batch's statistics, untracked; eval: running statistics
         m.momentum, m.track_running_stats = 0.0, m.track_running_stats and mode != "paper"
     return previous
-
-
-@contextlib.contextmanager
-def test_mode(G: nn.Module, mode: str = "paper", seed: int = 0) -> Iterator[None]:
-    """How every inference runs (samples, validation, predict, evaluate, the demo): G in its test mode without
-    autograd, dropout noise from `seed`, and afterwards G (every buffer) and the caller's RNG exactly as they were."""
-    cuda = [p.device for p in G.parameters() if p.device.type == "cuda"][:1]
-    with torch.random.fork_rng(devices=cuda), torch.no_grad():
-        torch.manual_seed(seed)
-        was_training, previous = G.training, set_test_mode(G, mode)
-        try:
-            yield
-        finally:
-            G.train(was_training)
-            for m, (momentum, track) in previous.items():
-                m.momentum, m.track_running_stats = momentum, track
 
 
 if __name__ == "__main__":

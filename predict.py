@@ -41,12 +41,11 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from dataset import read_pair, to_tensor
-from generator_model import test_mode
 from harness.data_checks import IMG_EXTENSIONS, list_images
 from harness.errors import DatasetError, exit_on_error, path_argument
 from harness.inference import (batch_size_for, check_output_folder, fit_back, fit_to_model, load_for_inference,
                                model_arguments)
-from utils import generate, read_image, sample_grid, to_unit
+from utils import generate, read_image, sample_grid, test_mode, to_unit
 
 
 # ----------------------------------------------------------------------------- inputs

@@ -1,6 +1,6 @@
 """The runtime a training or inference run picks for this machine (device, precision, memory layout, DDP and
-compile wrapping), seeds, the one image-file reader (read_image: EXIF, 16-bit, alpha, decompression bombs), and
-small image helpers.
+compile wrapping), seeds, the one image-file reader (read_image: EXIF, 16-bit, alpha, decompression bombs), how
+every inference runs (test_mode), and small image helpers.
 
 Not run directly. In a notebook:
     from utils import pick_device, to_unit
@@ -12,13 +12,14 @@ import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 import torch.nn as nn
 from PIL import Image, ImageOps
 
+from generator_model import set_test_mode
 from pix2pix import real_and_fake_scores
 
 
@@ -209,7 +210,23 @@ class NewStepAtEachCall(nn.Module):
         return self.module(x)
 
 
-# ----------------------------------------------------------------------------- images
+# ----------------------------------------------------------------------------- inference and images
+
+@contextlib.contextmanager
+def test_mode(G: nn.Module, mode: str = "paper", seed: int = 0) -> Iterator[None]:
+    """How every inference runs (samples, validation, predict, evaluate, the demo): G in its test mode without
+    autograd, dropout noise from `seed`, and afterwards G (every buffer) and the caller's RNG exactly as they were."""
+    cuda = [p.device for p in G.parameters() if p.device.type == "cuda"][:1]
+    with torch.random.fork_rng(devices=cuda), torch.no_grad():
+        torch.manual_seed(seed)
+        was_training, previous = G.training, set_test_mode(G, mode)
+        try:
+            yield
+        finally:
+            G.train(was_training)
+            for m, (momentum, track) in previous.items():
+                m.momentum, m.track_running_stats = momentum, track
+
 
 def generate(G: nn.Module, x: torch.Tensor, device: torch.device, precision: str) -> torch.Tensor:
     """G(x) on `device` in `precision`, returned as float32 on that device (the network's [-1, 1] range)."""

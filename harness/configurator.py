@@ -17,7 +17,7 @@ import torch
 import config as default_config
 from dataset import PREPROCESS_MODES
 from discriminator_model import downsample_side, feature_sides
-from generator_model import DROPOUT_PLACEMENTS, GENERATORS, TEST_MODES, num_downs_for
+from generator_model import DROPOUT_PLACEMENTS, GENERATORS, TEST_MODES
 from harness.errors import CheckpointError, ConfigError
 from layers import INITS, NORMS
 from pix2pix import GAN_LOSSES, LR_POLICIES
@@ -154,6 +154,11 @@ def load_config(argv: list[str] | None = None) -> dict[str, Any]:
     if "VAL_DIR" not in overrides and cfg["VAL_DIR"] in implied_val_dirs:
         cfg["VAL_DIR"] = val_dir_for(cfg["TRAIN_DIR"], cfg["VAL_DIR"])
     return cfg
+
+
+def num_downs_for(image_size: int) -> int:
+    """Depth whose 1x1 bottleneck matches the image: 7 for 128 px, 8 for 256 px (unet_256), 9 for 512 px."""
+    return max(1, (image_size - 1).bit_length())
 
 
 def check_derived_depth(image_size: Any, num_downs: int) -> None:

@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
-from generator_model import test_mode
-from utils import generate, to_unit
+from utils import generate, test_mode, to_unit
 
 RATIO_SIZE = 64  # the ratio compares every output with every target, so it is computed at a small size
 PIXEL_ACC_DELTAS = (5, 16)  # grey levels

@@ -15,10 +15,9 @@ import torch
 import torch.nn as nn
 import torchvision.utils as vutils
 
-from generator_model import test_mode
 from harness.atomic import atomic_path
 from harness.errors import RunDirError
-from utils import generate, sample_grid
+from utils import generate, sample_grid, test_mode
 
 COLUMNS = ["epoch", "step", "d_real", "d_fake", "g_gan", "g_l1", "lr", "images_per_s", "skipped_steps",
            "val_l1", "val_psnr", "val_ssim", "val_ratio", "val_rmse", "val_pixel_acc_5", "val_pixel_acc_16",

@@ -399,7 +399,8 @@ def test_rank0_samples_and_validates_with_a_plain_batchnorm_copy_of_a_sync_bn_ge
     """With SYNC_BN, G's SyncBatchNorm in the paper's test mode would wait for the other ranks (at a barrier)."""
     import torch.nn as nn
 
-    from generator_model import UNetGenerator, test_mode
+    from generator_model import UNetGenerator
+    from utils import test_mode
     from harness.distributed import without_sync_bn
     G = UNetGenerator(base_channels=8, num_downs=5)
     assert without_sync_bn(G) is G

@@ -8,7 +8,8 @@ import torch
 import torch.nn as nn
 
 from discriminator_model import PatchDiscriminator, feature_sides, receptive_field
-from generator_model import UNetGenerator, num_downs_for
+from generator_model import UNetGenerator
+from harness.configurator import num_downs_for
 
 
 def n_params(model: nn.Module) -> int:

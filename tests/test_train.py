@@ -26,7 +26,6 @@ import pix2pix
 from harness import run as harness_run
 from harness import run_log
 import train
-import generator_model
 import utils
 from harness.checkpoint import atomic_save, load_checkpoint, load_generator
 from harness.configurator import load_config
@@ -339,17 +338,17 @@ def test_load_generator_rebuilds_from_the_file_alone(reference):
 
 
 def test_test_mode_leaves_the_model_as_it_was():
-    """Sampling and validation during training (generator_model.test_mode) must not change G."""
+    """Sampling and validation during training (utils.test_mode) must not change G."""
     torch.manual_seed(0)
     G = UNetGenerator(base_channels=4, num_downs=5)
     x = torch.randn(2, 3, 32, 32)
     G(x)  # some non-trivial running statistics
     before = {k: v.clone() for k, v in G.state_dict().items()}  # every buffer, num_batches_tracked included
-    with generator_model.test_mode(G, "eval"):
+    with utils.test_mode(G, "eval"):
         assert not G.training
         a, b = G(x), G(x)
     assert torch.equal(a, b)
-    with generator_model.test_mode(G, "paper"):
+    with utils.test_mode(G, "paper"):
         assert G.training  # dropout on and batch statistics (paper §3.3)
         c, d = G(x), G(x)
         assert not c.requires_grad
