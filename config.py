@@ -1,6 +1,6 @@
 """Training settings for pix2pix. Defaults are the paper's (arXiv 1611.07004, §3 and appendix 6.1-6.2).
 
-Edit this file, or override any setting on the command line:
+Edit this file, or override any setting on the command line (each in full: docs/configuration.md):
     python train.py --PRESET=facades --TRAIN_DIR=data/facades/train --VAL_DIR=data/facades/val
     python train.py --BATCH_SIZE=4 --PRECISION=fp32
 Values are parsed as Python literals (never evaluated as code) and must have the same type as the default.
@@ -18,12 +18,9 @@ IMAGE_SIZE = 256  # ... then take a random IMAGE_SIZE crop (also the eval resolu
 JITTER = True  # resize+random crop; False = resize straight to IMAGE_SIZE (validation's geometry, crops centred)
 PREPROCESS = "resize_and_crop"  # official --preprocess: resize_and_crop|crop|scale_width|scale_width_and_crop|none
 MIRROR = True  # random horizontal flip, the same for input and target
-NUM_WORKERS = "auto"  # DataLoader worker processes: "auto" = one per CPU core this process may use (at most 8;
-#                       torchrun's processes share them), or a number (0 = load in the main process)
-CACHE_IMAGES = False  # keep the decoded training set in memory (uint8; its size is printed first): no JPEG decoding
-#                       after the first epoch. Augmentation stays random per epoch, exactly as without the cache
-DATA_ON_DEVICE = "auto"  # training set decoded once, kept on the GPU, batches cut there (bit-identical to the loader):
-#                         "auto" (on a GPU, if it fits), True (also on a CPU; stop if it does not fit), False
+NUM_WORKERS = "auto"  # DataLoader workers: "auto" = one per usable CPU core (at most 8), or a number (0 = none)
+CACHE_IMAGES = False  # keep the decoded training set in memory (uint8): files decoded once; augmentation unchanged
+DATA_ON_DEVICE = "auto"  # training set decoded once, kept on the device, batches cut there: "auto" (GPU), True, False
 BAD_FILES = "error"  # unreadable/unsplittable images: "error" = stop before training and list them, "skip" = skip them
 
 # --- model ---
@@ -34,8 +31,7 @@ NORM = "batch"  # "batch" (paper), "instance" or "none"
 INIT = "normal"  # weight init: "normal" (paper: N(0, INIT_GAIN)), "xavier", "kaiming" or "orthogonal"
 INIT_GAIN = 0.02  # std of "normal", gain of "xavier" and "orthogonal" (and batch norm's scale ~ N(1, INIT_GAIN))
 DROPOUT = True  # dropout 0.5 in three decoder layers (paper's noise source; where: DROPOUT_PLACEMENT)
-DROPOUT_PLACEMENT = "paper"  # "paper": first three decoder blocks; "official": as the official code (and its
-#                             pretrained models): the num_downs-5 blocks after the innermost (2-4 for unet_256)
+DROPOUT_PLACEMENT = "paper"  # "paper": first three decoder blocks; "official": the official code's (2-4 for unet_256)
 DISC_BASE_CHANNELS = 64  # width of the discriminator's first layer (ndf)
 DISC_N_LAYERS = 3  # PatchGAN size: 0 = 1x1 PixelGAN, 1 = 16x16, 3 = 70x70 (paper), 5 = 286x286
 SYNC_BN = False  # with torchrun: share batch-norm statistics across processes (SyncBatchNorm)
@@ -66,12 +62,10 @@ ON_NAN = "stop"  # a NaN/Inf loss: "stop" = stop without saving poisoned weights
 # --- system ---
 SEED = 42  # seeds python, numpy, torch, shuffling and augmentation
 DEVICE = "auto"  # "auto" (cuda > mps > cpu), "cpu", "cuda", "cuda:1", "mps"
-PRECISION = "auto"  # "auto" (bf16 on CUDA Ampere+ and AMX CPUs, fp16 on Volta/Turing, else fp32), "fp32" (IEEE fp32,
-#                    also on GPUs), "tf32" (fp32 with TF32 tensor-core convolutions; CUDA only, fp32 elsewhere), "bf16",
-#                    "fp16"; what each means where: docs/precision.md
+PRECISION = "auto"  # "auto" (bf16 on CUDA Ampere+ and AMX CPUs, fp16 on Volta/Turing, else fp32), "fp32" (IEEE, also
+#                    on GPUs), "tf32" (TF32 convolutions, CUDA only), "bf16", "fp16": docs/precision.md
 CHANNELS_LAST = "auto"  # NHWC memory layout: "auto" (on CUDA; on CPU from batch 4, where it beats NCHW), True, False
-COMPILE = False  # torch.compile both networks (slow first epoch, faster later); "reduce-overhead": also CUDA graphs,
-#                  for small batches on a GPU, where kernel launches bound the step
+COMPILE = False  # torch.compile both networks (slow first epoch); "reduce-overhead": with CUDA graphs (small batches)
 CUDA_GRAPH = False  # the whole training step as one CUDA graph, replayed (one GPU); a failed capture: eager
 DETERMINISTIC = False  # deterministic kernels, no cuDNN autotuning: bit-exact resume on GPUs too (slower)
 DIST_TIMEOUT_S = 600  # torchrun: a rank silent this long stops the whole job instead of hanging
@@ -97,9 +91,8 @@ SNAPSHOT_EVERY = 20  # keep checkpoints/epoch_NNNN.pt every N epochs (0 = never)
 PRESET = ""  # one word applying a dataset's paper settings (see PRESETS below): facades, maps, cityscapes, ...
 RECIPE = ""  # one word applying a set of the recipes above (see RECIPES below): paper, msd_fm, hinge_sn_ttur, combo
 
-# Paper appendix 6.2, per dataset: direction, epochs, batch size, jitter and mirroring. night2day is day -> night
-# in the paper; in the standard files day is the right half, hence BtoA (as the official docs say).
-# Epochs are split half constant / half linear decay, as the official code does for its 200.
+# Paper appendix 6.2, per dataset; epochs split half constant, half decay, as the official code's 200. night2day is
+# day -> night in the paper; day is the right half of the standard files, hence BtoA (as the official docs say).
 PRESETS = {
     "facades": dict(DIRECTION="BtoA", N_EPOCHS=100, N_EPOCHS_DECAY=100, BATCH_SIZE=1, JITTER=True, MIRROR=True),
     "maps": dict(DIRECTION="AtoB", N_EPOCHS=100, N_EPOCHS_DECAY=100, BATCH_SIZE=1, JITTER=True, MIRROR=True,

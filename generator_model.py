@@ -15,11 +15,9 @@ TEST_MODES = ("paper", "eval")
 
 
 def dropout_blocks(num_downs: int, placement: str) -> range:
-    """Indices of the decoder blocks (0 = innermost) that get dropout 0.5.
-
-    "paper" (§3.1, appendix 6.1.1): the first three decoder blocks. "official" (the authors' PyTorch code and its
-    pretrained models): the num_downs - 5 blocks right after the innermost one, none on the innermost.
-    """
+    """Indices of the decoder blocks (0 = innermost) that get dropout 0.5. "paper" (§3.1, appendix 6.1.1): the first
+    three. "official" (the authors' PyTorch code and its pretrained models): the num_downs - 5 blocks right after the
+    innermost one, none on the innermost."""
     if placement == "paper":
         return range(min(3, num_downs - 1))
     if placement == "official":

@@ -158,12 +158,9 @@ def real_and_fake_scores(D: nn.Module, x: torch.Tensor, real: torch.Tensor, fake
 
 @dataclass
 class Pix2Pix:
-    """What a training step updates: the two networks, their optimisers and fp16 loss scalers (no-ops otherwise);
-    checkpoints save these.
-
-    G_run, D_pairs and D_run are how the step calls the networks: G, real_and_fake_scores and D themselves here;
-    under torchrun and torch.compile their DDP and compiled versions (utils.wrap_for_training). The method reads
-    the same either way."""
+    """What a training step updates (and checkpoints save): the two networks, their optimisers and fp16 loss
+    scalers (no-ops otherwise). G_run, D_pairs and D_run are how the step calls the networks: G, real_and_fake_scores
+    and D themselves, or their DDP and compiled versions (utils.wrap_for_training); the method reads the same."""
     G: nn.Module  # generator_model.UNetGenerator (the paper) or ResnetGenerator
     D: nn.Module  # discriminator_model.PatchDiscriminator (the paper) or MultiScaleDiscriminator
     opt_G: torch.optim.Optimizer

@@ -1,19 +1,17 @@
-"""Train pix2pix: a U-Net generator against a conditional PatchGAN (Isola et al., CVPR 2017,
-arXiv 1611.07004).
+"""Train pix2pix: a U-Net generator against a conditional PatchGAN (Isola et al., CVPR 2017, arXiv 1611.07004).
 
     python train.py                         # built-in synthetic labels->photo set, paper settings
     python train.py --PRESET=facades --TRAIN_DIR=data/facades/train --VAL_DIR=data/facades/val
     torchrun --standalone --nproc_per_node=2 train.py   # several GPUs (or CPU processes) with DDP
 
-Settings live in config.py; any of them can be overridden with --KEY=value. Stop at any time
-with Ctrl-C: the step finishes, a checkpoint is written, and the command it prints continues the
-run where it stopped (bit-exactly on the CPU, and on GPUs with --DETERMINISTIC=True).
+Settings live in config.py, each overridable with --KEY=value. Stop at any time with Ctrl-C: the step
+finishes, a checkpoint is written, and the command it prints continues the run where it stopped
+(bit-exactly on the CPU, and on GPUs with --DETERMINISTIC=True).
 
 Read pix2pix.py first: the networks, the objective, one training step. This file runs them, top to
-bottom: config -> data -> models -> resume -> the epoch loop. After each step it decides whether to
-draw an early sample grid, log, save and stop; at the end of each epoch whether to write samples,
-validate, add the log row, save checkpoints and exports, and stop. What keeps a run alive for days
-(checkpoints, stop signals, the NaN watch, DDP agreement, logs) lives in harness/, called by name.
+bottom: config -> data -> models -> resume -> the epoch loop, whose decisions (samples, logs, saves,
+validation, stops) are straight-line code. What keeps a run alive for days (checkpoints, stop signals,
+the NaN watch, DDP agreement, logs) lives in harness/, called by name.
 """
 import sys
 
