@@ -120,17 +120,17 @@ def infer_hparams(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     _check_shape(state, ROOT + "0.weight", 1, 4, "an official U-Net's is (ngf, 1 or 3 input channels, 4, 4)")
     _check_shape(state, ROOT + "3.weight", 1, 4, "an official U-Net's is (2 * ngf, 1 or 3 output channels, 4, 4)")
     first, last = state[ROOT + "0.weight"], state[ROOT + "3.weight"]  # Conv2d (ngf, in, 4, 4); ConvT (2ngf, out, 4, 4)
-    # BatchNorm has its own shift, so the official convs feeding it have no bias; InstanceNorm (affine=False,
-    # no running statistics) has no tensors at all and its convs do have biases
-    if _level(1) + "1.bias" in state:
-        norm = "instance"
-    elif _level(1) + "2.weight" in state:
-        norm = "batch"
-    else:
-        raise OfficialFormatError("an official U-Net without batch or instance norm (--norm none?) is not supported")
     return dict(in_channels=first.shape[1], out_channels=last.shape[1],
-                base_channels=first.shape[0], num_downs=num_downs, norm=norm, dropout=True,
-                dropout_placement="official")
+                base_channels=first.shape[0], num_downs=num_downs, norm=_norm(state, _level(1) + "1", _level(1) + "2"),
+                dropout=True, dropout_placement="official")
+
+
+def _norm(state: dict[str, torch.Tensor], conv: str, norm: str) -> str:
+    """The official --norm, from a conv followed by a norm layer. BatchNorm has its own shift, so the official convs
+    feeding it have no bias; InstanceNorm (affine=False, no running statistics) has no tensors and its convs do have
+    biases; without a norm (--norm none) the convs have no bias either (the official bias rule only looks for
+    InstanceNorm): a conv weight alone."""
+    return "instance" if conv + ".bias" in state else "batch" if norm + ".weight" in state else "none"
 
 
 def _check_shape(state: dict[str, torch.Tensor], key: str, channel_dim: int, kernel: int, expected: str) -> None:
@@ -154,12 +154,9 @@ def resnet_hparams(state: dict[str, torch.Tensor]) -> dict[str, Any]:
     _check_shape(state, "model.1.weight", 1, 7, "an official ResNet's first conv is (ngf, 1 or 3 input channels, 7, 7)")
     _check_shape(state, f"model.{17 + n}.weight", 0, 7,
                  f"the last conv of an official resnet_{n}blocks is (1 or 3 output channels, ngf, 7, 7)")
-    # as for the U-Net: batch-norm convs have no bias, instance-norm ones do; without a norm the official code gives
-    # them none either (its bias rule only looks for InstanceNorm), and there are no norm tensors at all
-    norm = "instance" if "model.1.bias" in state else "batch" if "model.2.weight" in state else "none"
     # with dropout the block is [pad, conv, norm, ReLU, Dropout, pad, conv, norm]: its second conv moves from 5 to 6
     return dict(in_channels=state["model.1.weight"].shape[1], out_channels=state[f"model.{17 + n}.weight"].shape[0],
-                base_channels=state["model.1.weight"].shape[0], n_blocks=n, norm=norm,
+                base_channels=state["model.1.weight"].shape[0], n_blocks=n, norm=_norm(state, "model.1", "model.2"),
                 dropout="model.10.conv_block.5.weight" not in state)
 
 
@@ -226,21 +223,24 @@ def official_state_dict(G: UNetGenerator) -> dict[str, torch.Tensor]:
                                   f"its test mode. Train with DROPOUT_PLACEMENT=official (or DROPOUT=False) to export")
     if hp["num_downs"] < 5:
         raise OfficialFormatError(f"num_downs={hp['num_downs']}: the official UnetGenerator has at least 5 levels")
-    modules = _module_map(hp["num_downs"])
-    return {_rename(k, modules): v.detach().cpu().contiguous().clone() for k, v in G.state_dict().items()}
+    return _renamed(G, _module_map(hp["num_downs"]))
 
 
 def official_resnet_state_dict(G: nn.Module) -> dict[str, torch.Tensor]:
     """A ResnetGenerator's weights under the official ResnetGenerator's names (_resnet_module_map)."""
-    hp = G.hparams
+    return _renamed(G, _resnet_module_map(G.hparams["n_blocks"]))
+
+
+def _renamed(G: nn.Module, modules: dict[str, str]) -> dict[str, torch.Tensor]:
+    """G's tensors under the official names. Without a norm the official convs have no bias (all but the last):
+    only zero biases carry over, as nothing."""
     state = G.state_dict()
-    if hp["norm"] == "none":  # the official convs have no bias without a norm: only zero biases carry over
+    if G.hparams["norm"] == "none":
         biases = [k for k in state if k.endswith(".bias") and not k.startswith("head.")]
         if any(state[k].any() for k in biases):
             raise OfficialFormatError("NORM='none': the official network's convs have no bias without a norm, ours "
                                       "have non-zero ones; it cannot hold these weights")
         state = {k: v for k, v in state.items() if k not in biases}
-    modules = _resnet_module_map(hp["n_blocks"])
     return {_rename(k, modules): v.detach().cpu().contiguous().clone() for k, v in state.items()}
 
 

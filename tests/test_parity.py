@@ -156,6 +156,17 @@ def test_other_files_are_not_supported_and_named(tmp_path, state, what):
     assert "not supported" in str(err.value) and what in str(err.value) and str(path) in str(err.value)
 
 
+def without_conv_biases(G: nn.Module) -> nn.Module:
+    """A NORM="none" generator as the official network can hold it: its convs have no bias without a norm (the last
+    conv, our head, has one), so only zero biases carry over; non-zero ones are refused, not dropped."""
+    with pytest.raises(OfficialFormatError, match="NORM='none'.*non-zero"):
+        official_format.official_state_dict(G)
+    for name, p in G.named_parameters():
+        if name.endswith(".bias") and not name.startswith("head."):
+            p.data.zero_()
+    return G
+
+
 def official_resnet_keys(n_blocks: int, norm: str, dropout: bool) -> list[str]:
     """The names, in order, of the official ResnetGenerator's state dict, written out from its layout: one
     nn.Sequential of [pad, conv 7x7, norm, ReLU], 2 x [conv, norm, ReLU], n_blocks ResnetBlocks (conv_block: [pad,
@@ -185,12 +196,8 @@ def test_resnet_round_trip_through_the_official_layout(n_blocks, norm, dropout):
     """ours -> the official names (exactly the official layout's, in its order) -> ours again: the settings read
     back from the names and shapes alone, the same tensors, the same function (with dropout: the same masks)."""
     G = randomised(ResnetGenerator(1, 3, 4, n_blocks, norm, dropout), seed=n_blocks)
-    if norm == "none":  # the official convs have no bias without a norm: only zero ones carry over
-        with pytest.raises(OfficialFormatError, match="NORM='none'.*non-zero"):
-            official_format.official_state_dict(G)
-        for name, p in G.named_parameters():
-            if name.endswith(".bias") and not name.startswith("head."):
-                p.data.zero_()
+    if norm == "none":
+        G = without_conv_biases(G)
     state = official_format.official_state_dict(G)
     assert list(state) == official_resnet_keys(n_blocks, norm, dropout)
     back = official_format.generator_from_official(state)
@@ -301,6 +308,16 @@ def test_saved_official_file_loads_back(tmp_path):
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         assert torch.equal(loaded(x), G.eval()(x))
+
+
+def test_norm_none_unet_round_trip_without_conv_biases():
+    """--norm none: ours with zero conv biases is the official network, so it goes out (without them) and comes
+    back with the same function."""
+    G = without_conv_biases(randomised(UNetGenerator(3, 3, 4, 6, "none", True, "official")))
+    state = official_format.official_state_dict(G)
+    assert [k for k in state if not k.endswith(".weight")] == ["model.model.3.bias"]  # the outermost up-conv's
+    assert len(state) == 2 * 6 + 1  # a down- and an up-conv per level, and that bias
+    assert_same_generator(G, official_format.generator_from_official(state), torch.randn(2, 3, 64, 64))
 
 
 def test_export_needs_the_official_function():
