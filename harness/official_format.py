@@ -96,7 +96,8 @@ def describe(state: dict[str, Any]) -> str:
     keys = list(state)
     if any(".conv_block." in k for k in keys):
         blocks = len({k.split(".")[1] for k in keys if ".conv_block." in k})
-        return f"an official ResNet generator (resnet_{blocks}blocks, keys like {keys[len(keys) // 2]!r})"
+        return (f"a ResNet generator with {blocks} blocks but not the official layout (no 'model.1.weight' or "
+                f"'model.10.conv_block.1.weight'; keys like {keys[len(keys) // 2]!r})")
     if "net.0.weight" in state:
         return "an official PixelGAN discriminator (a latest_net_D.pth, keys like 'net.0.weight')"
     if "model.0.weight" in state and state["model.0.weight"].dim() == 4 and state["model.0.weight"].shape[-1] == 4:
@@ -205,10 +206,11 @@ def generator_from_official(state: dict[str, torch.Tensor]) -> nn.Module:
 
 # ----------------------------------------------------------------------------- writing
 
-def official_state_dict(G: UNetGenerator) -> dict[str, torch.Tensor]:
-    """G's weights under the official UnetGenerator's names (what its latest_net_G.pth holds).
+def official_state_dict(G: nn.Module) -> dict[str, torch.Tensor]:
+    """G's weights under the official UnetGenerator's (or, for a ResNet, ResnetGenerator's) names: what its
+    latest_net_G.pth holds.
 
-    Only a generator computing the official function qualifies: ReLU'd skips, the official dropout placement
+    Only a U-Net computing the official function qualifies: ReLU'd skips, the official dropout placement
     (or no dropout: then run the official test.py with --no_dropout), and at least 5 levels.
     """
     hp = G.hparams
