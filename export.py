@@ -5,9 +5,10 @@
     python export.py --checkpoint runs/facades/generator.pt --output latest_net_G.pth --format official
 
 --format onnx (the default): the generator in eval mode (dropout off, batch norm folded into the convolutions),
-with dynamic batch, height and width; sides must be multiples of 2^num_downs (256 for the paper's model). The file
-is checked with onnxruntime against PyTorch eval on two sizes (one square at batch 1, one non-square at batch 2):
-it is kept only if the max abs difference is at most 1e-4, otherwise an existing --output is left as it was.
+with dynamic batch, height and width; sides must be multiples of 2^num_downs (256 for the paper's model; 4 for a
+ResNet). The file is checked with onnxruntime against PyTorch eval on two sizes (one square at batch 1, one
+non-square at batch 2): it is kept only if the max abs difference is at most 1e-4, otherwise an existing --output
+is left as it was.
 Prints the input and output names and shapes, the value range ([-1, 1]) and the required side multiple.
 
 --format official: the official code's latest_net_G.pth (junyanz/pytorch-CycleGAN-and-pix2pix), with the options

@@ -7,7 +7,7 @@
 --input takes image files, folders (searched recursively) and glob patterns (quote them), several at once.
 Each result is a PNG at the input's original size, named after the input; folders keep their sub-folder layout.
 
-The U-Net needs sides divisible by 2^num_downs (256 for the paper's model), so each image is fitted:
+The U-Net needs sides divisible by 2^num_downs (256 for the paper's model), a ResNet by 4, so each image is fitted:
   --fit resize            resize to the training IMAGE_SIZE square, translate, resize the output back: the scale
                           the network was trained at (a non-square image is stretched, then un-stretched)
   --fit pad               reflect-pad to the next multiple, translate, crop the padding off: native scale

@@ -259,7 +259,8 @@ def checked_checkpoint(ckpt: Any, path: str | os.PathLike) -> dict[str, Any]:
     if official_format.is_state_dict(ckpt):
         what = ("an official-code generator (latest_net_G.pth): load it with harness.checkpoint.load_generator, "
                 "predict.py or evaluate.py; it holds no training state to resume") \
-            if official_format.is_official_unet(ckpt) else f"{official_format.describe(ckpt)}, not a pix2pix checkpoint"
+            if official_format.is_official_generator(ckpt) \
+            else f"{official_format.describe(ckpt)}, not a pix2pix checkpoint"
         raise CheckpointError(f"{path} is {what}")
     if not isinstance(ckpt, dict) or "generator" not in ckpt or "generator_hparams" not in ckpt:
         raise CheckpointError(f"{path} loads, but is not a pix2pix checkpoint (no generator weights/hparams)")
@@ -301,8 +302,9 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
     """Rebuild the generator from generator.pt (or any training checkpoint) alone; config.py is not consulted.
 
     The generator is the one the file says (a U-Net or a ResNet, by its generator_hparams); from a checkpoint of a
-    G_EMA run, the averaged generator. Also accepts an official-code latest_net_G.pth (a bare UnetGenerator state dict): depth, width, channels and
-    norm are inferred, with the official dropout placement; such a file stores no settings (G.train_config = {}).
+    G_EMA run, the averaged generator. Also accepts an official-code latest_net_G.pth (a bare UnetGenerator or
+    ResnetGenerator state dict): the network's shape, channels and norm are inferred (harness/official_format.py);
+    such a file stores no settings (G.train_config = {}).
 
     mode: "paper" (default, the paper's test protocol: dropout on, batch statistics; running stats frozen)
     or "eval" (ordinary eval(): dropout off, running statistics). The checkpoint's training settings are

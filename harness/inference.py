@@ -23,9 +23,10 @@ def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str 
                        ) -> tuple[torch.nn.Module, dict[str, Any], torch.device, str]:
     """(generator on the device in `mode`, its training settings, device, precision); device/precision as in training.
 
-    Settings a hand-made checkpoint lacks fall back to config.py's defaults, except IMAGE_SIZE, which follows
-    from the U-Net's depth (a ResNet generator's file always has it). `direction` (--direction) is for files that store none, such as the official
-    latest_net_G.pth; with `needs_direction`, such a file without it is an error rather than a silent guess.
+    Settings a file lacks fall back to config.py's defaults, except a U-Net's IMAGE_SIZE, which follows from its
+    depth (an official ResNet file's is the default 256, the official crop size). `direction` (--direction) is for
+    files that store none, such as the official latest_net_G.pth; with `needs_direction`, such a file without it is
+    an error rather than a silent guess.
     """
     check_device(device)
     dev = pick_device(device)

@@ -1,7 +1,8 @@
 """Compare training recipes across seeds: each run folder's log.csv at one epoch, grouped into arms by the folder's
 name without its `_s<seed>` suffix, printed as a Markdown table of every seed's value and the mean ± sample sd.
 
-    python -m harness.seed_table runs/recipes/facades_*_s* --metric fcn_class_iou --epoch 10 --baseline paper
+    python -m harness.seed_table runs/recipes/facades_*_s* --metric fcn_class_iou --epoch 10 --baseline facades_paper
+    python -m harness.seed_table runs/recipes/facades_*_s* --metric fcn_class_iou   # every epoch: mean ± sd (seeds)
 
 With G_EMA runs, each arm appears twice: `arm` scores the raw G (log.csv's val_raw_*), `arm+ema` the averaged one
 (val_*): EMA does not change training, so one run gives both. A recipe wins when its mean beats the baseline's by
@@ -12,6 +13,7 @@ import csv
 import re
 import statistics
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,10 +84,27 @@ def table(arms: dict[str, Arm], metric: str, baseline: str | None) -> str:
              "|---" * (len(seeds) + 2 + bool(baseline)) + "|"]
     for arm in arms.values():
         cells = [f"{arm.values[s]:.4f}" if s in arm.values else "" for s in seeds]
-        row = f"| {arm.name} | {' | '.join(cells)} | {arm.mean:.4f} ± {arm.sd:.4f} |"
+        sd = f" ± {arm.sd:.4f}" if len(arm.values) > 1 else " (one seed)"
+        row = f"| {arm.name} | {' | '.join(cells)} | {arm.mean:.4f}{sd} |"
         if baseline:
             row += " — |" if arm.name == baseline else f" {'yes' if wins(arm, arms[baseline], lower) else 'no'} |"
         lines.append(row)
+    return "\n".join(lines)
+
+
+def per_epoch_table(run_dirs: list[Path], metric: str) -> str:
+    """Arms x epochs: each epoch's mean ± sd over the seeds, with their number where not every run got there."""
+    n_runs = Counter(split_name(run_dir)[0] for run_dir in run_dirs)
+    epochs, cells = [], {}
+    while (arms := read_arms(run_dirs, metric, len(epochs) + 1)[0]):
+        epochs.append(len(epochs) + 1)
+        for arm in arms.values():
+            n = len(arm.values)
+            cells.setdefault(arm.name, {})[epochs[-1]] = (f"{arm.mean:.4f}" + (f" ± {arm.sd:.4f}" if n > 1 else "")
+                                                          + (f" ({n})" if n < n_runs[arm.name.removesuffix('+ema')]
+                                                             else ""))
+    lines = [f"| arm | {' | '.join(f'epoch {e}' for e in epochs)} |", "|---" * (len(epochs) + 1) + "|"]
+    lines += [f"| {arm} | {' | '.join(row.get(e, '') for e in epochs)} |" for arm, row in cells.items()]
     return "\n".join(lines)
 
 
@@ -94,11 +113,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run folders named <arm>_s<seed>")
     parser.add_argument("--metric", default="fcn_class_iou", help="a log.csv column without val_ (default: "
                                                                       "fcn_class_iou)")
-    parser.add_argument("--epoch", type=int, required=True)
+    parser.add_argument("--epoch", type=int, help="the epoch to compare (default: every epoch, means ± sds)")
     parser.add_argument("--baseline", help="the arm every other is judged against (e.g. facades_paper)")
     args = parser.parse_args(argv)
 
     def run() -> int:
+        if args.epoch is None:
+            print(per_epoch_table(args.runs, args.metric))
+            return 0
         arms, unfinished = read_arms(args.runs, args.metric, args.epoch)
         if args.baseline and args.baseline not in arms:
             raise ConfigError(f"--baseline {args.baseline}: no such arm among {', '.join(arms) or 'no runs'}")

@@ -61,18 +61,24 @@ def this_interpreters_kernel(tmp_path, monkeypatch):
     assert KernelSpecManager().get_kernel_spec("python3").argv[0] == sys.executable
 
 
-@pytest.mark.parametrize("official", [False, True], ids=["trained_here", "official_file"])
+@pytest.mark.parametrize("official", ["", "unet", "resnet"],
+                         ids=["trained_here", "official_unet_file", "official_resnet_file"])
 def test_notebook_runs_and_shows_images_and_metrics(tiny_run, this_interpreters_kernel, monkeypatch, tmp_path,
                                                      official):
     from nbclient import NotebookClient
     checkpoint, data = tiny_run / "run" / "generator.pt", tiny_run / "data" / "val"
+    image_size, padded = 32, "32x32"  # the U-Net of 5 levels: 32 px, sides padded to multiples of 32
     if official:  # an official-code latest_net_G.pth: no settings inside, the direction comes from the notebook
         from harness import official_format
-        from generator_model import UNetGenerator
+        from generator_model import ResnetGenerator, UNetGenerator
         torch.manual_seed(0)
         checkpoint = tmp_path / "latest_net_G.pth"
-        torch.save(official_format.official_state_dict(UNetGenerator(3, 3, 4, 5, dropout_placement="official")), checkpoint)
+        G = UNetGenerator(3, 3, 4, 5, dropout_placement="official") if official == "unet" else \
+            ResnetGenerator(3, 3, 4, 6)
+        torch.save(official_format.official_state_dict(G), checkpoint)
         monkeypatch.setenv("PIX2PIX_DIRECTION", "BtoA")
+        if official == "resnet":  # no depth to size it: the default 256 px; sides padded to multiples of 4 only
+            image_size, padded = 256, "32x24"
     for key, value in (("PIX2PIX_CHECKPOINT", checkpoint), ("PIX2PIX_DATA", data), ("MPLBACKEND", "Agg"),
                        ("OMP_NUM_THREADS", "1"), ("PIX2PIX_DEVICE", "cpu")):  # compared with CPU numbers below
         monkeypatch.setenv(key, str(value))
@@ -95,9 +101,10 @@ def test_notebook_runs_and_shows_images_and_metrics(tiny_run, this_interpreters_
     n, l1, psnr, ssim, ratio = int(match[1]), *map(float, match.groups()[1:])
     # the same numbers as a direct evaluation with the notebook's settings (paper mode, seed 0, training batch)
     G = load_generator(checkpoint)
-    subset = Subset(make_dataset(data, direction="BtoA", image_size=32, train=False), range(4))
+    subset = Subset(make_dataset(data, direction="BtoA", image_size=image_size, train=False), range(4))
     expected = evaluate_generator(G, DataLoader(subset, batch_size=1), torch.device("cpu"), seed=0)["summary"]
     assert n == 4
     assert (l1, psnr, ssim, ratio) == pytest.approx(
         (expected["l1"], expected["psnr"], expected["ssim"], expected["ratio"]), abs=6e-3)
-    assert "input 32x24 -> padded 32x32 -> output 32x24" in text  # the any-size example keeps its size
+    assert f"input 32x24 -> padded {padded} -> output 32x24" in text  # the any-size example keeps its size
+    assert f"trained at {image_size} px" in text

@@ -18,7 +18,7 @@ import config
 from conftest import ROOT
 from generator_model import ResnetGenerator, UNetGenerator
 from harness import official_format
-from harness.checkpoint import build_generator
+from harness.checkpoint import build_generator, load_generator
 from harness.configurator import ConfigError, default_settings, load_config
 from harness.errors import OfficialFormatError
 from layers import init_weights
@@ -61,8 +61,26 @@ def test_a_resnet_generator_exports_under_the_official_names():
     exported = official_format.official_state_dict(G)
     assert list(exported) == list(state) and all(torch.equal(exported[k], v) for k, v in state.items())
     assert official_format.official_options(G).startswith("--netG resnet_9blocks --ngf 4 --norm batch")
+    unnormed = ResnetGenerator(3, 3, 4, 6, norm="none")  # its convs have biases, the official ones none
+    nn.init.constant_(unnormed.stem[1].bias, 0.1)
     with pytest.raises(OfficialFormatError, match="NORM='none'"):
-        official_format.official_state_dict(ResnetGenerator(3, 3, 4, 6, norm="none"))
+        official_format.official_state_dict(unnormed)
+
+
+def test_the_official_resnet_file_loads_and_computes_the_official_outputs(tmp_path):
+    """The official network's own state dict, saved as its latest_net_G.pth: read by load_generator (and so by
+    predict, evaluate, export and demo) with its settings inferred, it computes the official outputs."""
+    state, x, want_eval, want_train = official_resnet()
+    path = tmp_path / "latest_net_G.pth"
+    for saved in (state, {f"module.{k}": v for k, v in state.items()}):  # also as saved from a DDP wrapper
+        torch.save(saved, path)
+        G = load_generator(path, mode="eval")
+        assert isinstance(G, ResnetGenerator) and G.hparams == dict(in_channels=3, out_channels=3, base_channels=4,
+                                                                    n_blocks=9, norm="batch", dropout=False)
+        with torch.no_grad():
+            assert (G(x) - want_eval).abs().max() < 1e-5
+            # the paper's test mode: batch statistics (no dropout in this file), as the official net.train()
+            assert (load_generator(path)(x) - want_train).abs().max() < 1e-5
 
 
 def test_resnet_6blocks_and_9blocks_from_the_setting():

@@ -21,9 +21,10 @@ import predict
 import train
 from conftest import tiny_args, write_pairs
 from discriminator_model import PatchDiscriminator
-from generator_model import UNetGenerator
+from generator_model import ResnetGenerator, UNetGenerator
 from harness.checkpoint import CheckpointError, load_checkpoint, load_generator, use_legacy_skips
 from harness.configurator import ConfigError, load_config
+from harness.inference import load_for_inference
 
 FIXTURE = Path(__file__).parent / "fixtures" / "official_unet_golden.pt"
 TOL = 1e-5  # the bound on the max abs difference to the official network (docs/faithfulness.md)
@@ -81,6 +82,19 @@ def randomised(G: nn.Module, seed: int = 0) -> nn.Module:
     return G
 
 
+def assert_same_generator(G: nn.Module, back: nn.Module, x: torch.Tensor) -> None:
+    """`back` (read back from official names) is G: the same settings and tensors, the same function in eval and
+    train mode (with dropout: the same masks from the same seed)."""
+    assert back.hparams == G.hparams
+    assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), back.state_dict().values()))
+    with torch.no_grad():
+        assert torch.equal(G.eval()(x), back.eval()(x))
+        torch.manual_seed(1)
+        noisy = G.train()(x)
+        torch.manual_seed(1)
+        assert torch.equal(noisy, back.train()(x))
+
+
 # ----------------------------------------------------------------------------- fix 1: the official function
 
 def test_golden_fixture_eval_and_train_outputs(golden):
@@ -129,7 +143,7 @@ def test_instance_norm_official_file_is_recognised():
 
 @pytest.mark.parametrize("state, what", [
     ({"model.1.weight": torch.zeros(64, 3, 7, 7), **{f"model.{i}.conv_block.1.weight": torch.zeros(256, 256, 3, 3)
-                                                     for i in range(10, 19)}}, "ResNet generator (resnet_9blocks"),
+                                                     for i in range(10, 17)}}, "ResNet generator with 7 residual"),
     ({"model.0.weight": torch.zeros(64, 6, 4, 4), "model.0.bias": torch.zeros(64)}, "PatchGAN discriminator"),
     ({"net.0.weight": torch.zeros(64, 6, 1, 1)}, "PixelGAN discriminator"),
     ({"encoder.weight": torch.zeros(3)}, "unknown network"),
@@ -142,15 +156,135 @@ def test_other_files_are_not_supported_and_named(tmp_path, state, what):
     assert "not supported" in str(err.value) and what in str(err.value) and str(path) in str(err.value)
 
 
-def test_resnet_file_is_a_one_line_error_in_predict(tmp_path, capsys):
+def without_conv_biases(G: nn.Module) -> nn.Module:
+    """A NORM="none" generator as the official network can hold it: its convs have no bias without a norm (the last
+    conv, our head, has one), so only zero biases carry over; non-zero ones are refused, not dropped."""
+    with pytest.raises(OfficialFormatError, match="NORM='none'.*non-zero"):
+        official_format.official_state_dict(G)
+    for name, p in G.named_parameters():
+        if name.endswith(".bias") and not name.startswith("head."):
+            p.data.zero_()
+    return G
+
+
+def official_resnet_keys(n_blocks: int, norm: str, dropout: bool) -> list[str]:
+    """The names, in order, of the official ResnetGenerator's state dict, written out from its layout: one
+    nn.Sequential of [pad, conv 7x7, norm, ReLU], 2 x [conv, norm, ReLU], n_blocks ResnetBlocks (conv_block: [pad,
+    conv, norm, ReLU, (Dropout), pad, conv, norm]), 2 x [conv-transpose, norm, ReLU], [pad, conv 7x7, Tanh]. Its convs
+    have a bias only with instance norm (the head's always); only batch norm has tensors."""
+    def conv(m: str) -> list[str]:
+        return [f"{m}.weight"] + ([f"{m}.bias"] if norm == "instance" else [])
+
+    def bn(m: str) -> list[str]:
+        return [f"{m}.{t}" for t in ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")] \
+            if norm == "batch" else []
+
+    keys = conv("model.1") + bn("model.2") + conv("model.4") + bn("model.5") + conv("model.7") + bn("model.8")
+    second = 6 if dropout else 5
+    for b in range(10, 10 + n_blocks):
+        keys += conv(f"model.{b}.conv_block.1") + bn(f"model.{b}.conv_block.2")
+        keys += conv(f"model.{b}.conv_block.{second}") + bn(f"model.{b}.conv_block.{second + 1}")
+    n = n_blocks
+    keys += conv(f"model.{10 + n}") + bn(f"model.{11 + n}") + conv(f"model.{13 + n}") + bn(f"model.{14 + n}")
+    return keys + [f"model.{17 + n}.weight", f"model.{17 + n}.bias"]
+
+
+@pytest.mark.parametrize("n_blocks", [6, 9])
+@pytest.mark.parametrize("norm, dropout", [("batch", True), ("batch", False), ("instance", True),
+                                           ("instance", False), ("none", False)])
+def test_resnet_round_trip_through_the_official_layout(n_blocks, norm, dropout):
+    """ours -> the official names (exactly the official layout's, in its order) -> ours again: the settings read
+    back from the names and shapes alone, the same tensors, the same function (with dropout: the same masks)."""
+    G = randomised(ResnetGenerator(1, 3, 4, n_blocks, norm, dropout), seed=n_blocks)
+    if norm == "none":
+        G = without_conv_biases(G)
+    state = official_format.official_state_dict(G)
+    assert list(state) == official_resnet_keys(n_blocks, norm, dropout)
+    back = official_format.generator_from_official(state)
+    assert isinstance(back, ResnetGenerator)
+    assert_same_generator(G, back, torch.randn(2, 1, 20, 28))
+    assert official_format.official_state_dict(back).keys() == state.keys()
+
+
+@pytest.fixture(scope="module")
+def official_resnet_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ResnetGenerator]:
+    """An official-format resnet_6blocks (ngf 4, batch norm, dropout: the official defaults), and our twin of it."""
+    G = randomised(ResnetGenerator(3, 3, 4, 6, "batch", True), seed=4)
+    path = tmp_path_factory.mktemp("official_resnet") / "latest_net_G.pth"
+    torch.save(official_format.official_state_dict(G), path)
+    return path, G.eval()
+
+
+def test_official_resnet_file_loads_in_every_script(official_resnet_file, tmp_path, capsys):
+    import demo
+    import export
+    path, G = official_resnet_file
+    loaded = load_generator(path, mode="eval")
+    assert loaded.hparams == G.hparams and loaded.train_config == {}
+    with pytest.raises(CheckpointError, match="official-code generator.*no training state to resume"):
+        load_checkpoint(path)  # what resume reads: refused with the reason
+    image = (np.random.default_rng(0).random((36, 44, 3)) * 255).astype(np.uint8)
+    Image.fromarray(image).save(tmp_path / "in.png")
+    assert predict.main(["--checkpoint", str(path), "--input", str(tmp_path / "in.png"), "--output",
+                         str(tmp_path / "out"), "--mode", "eval", "--fit", "pad", "--device", "cpu"]) == 0
+    x = torch.from_numpy(image).permute(2, 0, 1).float()[None] / 127.5 - 1  # 36x44: a multiple of 4, no padding
+    with torch.no_grad():
+        want = ((G(x)[0] + 1) * 127.5).round().clamp(0, 255).permute(1, 2, 0).numpy()
+    assert np.abs(pixels(tmp_path / "out" / "in.png") - want).max() <= 1
+    write_pairs(tmp_path / "data", 2, size=32)
+    assert evaluate.main(["--checkpoint", str(path), "--data", str(tmp_path / "data"), "--output",
+                          str(tmp_path / "evaluated"), "--direction", "AtoB"]) == 0
+    assert export.main(["--checkpoint", str(path), "--output", str(tmp_path / "again.pth"), "--format",
+                        "official"]) == 0
+    assert "--netG resnet_6blocks --ngf 4 --norm batch" in capsys.readouterr().out
+    again, original = torch.load(tmp_path / "again.pth", weights_only=True), torch.load(path, weights_only=True)
+    assert list(again) == list(original) and all(torch.equal(again[k], original[k]) for k in original)
+    # demo.py resizes to the image size (an official file stores none: 256, the official crop) and back, as
+    # predict.py --fit resize does
+    assert predict.main(["--checkpoint", str(path), "--input", str(tmp_path / "in.png"), "--output",
+                         str(tmp_path / "resized"), "--mode", "eval", "--fit", "resize", "--device", "cpu"]) == 0
+    G_demo, cfg, device, precision = load_for_inference(path, "eval", "cpu")
+    assert cfg["IMAGE_SIZE"] == 256
+    shown = demo.translate_array(G_demo, cfg, image, "eval", 0, device, "fp32").astype(np.int16)
+    assert shown.shape == image.shape and np.abs(shown - pixels(tmp_path / "resized" / "in.png")).max() <= 1
+
+
+@pytest.mark.parametrize("how, message", [
+    ("a missing tensor", "weights do not fit an official resnet_6blocks (ngf 4, batch norm, with dropout): tensor "
+                         "'model.12.conv_block.7.running_var' is missing; expected one of shape (16,)"),
+    ("an extra tensor", "unexpected tensor 'model.12.conv_block.9.weight': not a layer of an official resnet_6blocks "
+                        "(keys like 'model.10.conv_block.1.weight')"),
+    ("5 input channels", "tensor 'model.1.weight' has shape (4, 5, 7, 7); an official ResNet's first conv is (ngf, 1 "
+                         "or 3 input channels, 7, 7)"),
+])
+def test_malformed_official_resnet_files_are_refused_naming_the_key(official_resnet_file, tmp_path, how, message):
+    state = torch.load(official_resnet_file[0], weights_only=True)
+    if how == "a missing tensor":
+        del state["model.12.conv_block.7.running_var"]
+    elif how == "an extra tensor":
+        state["model.12.conv_block.9.weight"] = torch.zeros(3)
+    else:
+        state["model.1.weight"] = torch.zeros(4, 5, 7, 7)
     path = tmp_path / "latest_net_G.pth"
-    torch.save({"model.1.weight": torch.zeros(8, 3, 7, 7), "model.10.conv_block.1.weight": torch.zeros(8, 8, 3, 3)},
-               path)
-    Image.new("RGB", (64, 64)).save(tmp_path / "a.png")
-    assert predict.main(["--checkpoint", str(path), "--input", str(tmp_path / "a.png"), "--output",
-                         str(tmp_path / "out")]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "not supported" in err and "ResNet generator" in err
+    torch.save(state, path)
+    with pytest.raises(CheckpointError) as e:
+        load_generator(path)
+    assert str(e.value) == f"{path}: {message}"
+
+
+def test_official_resnet_with_7_blocks_is_a_one_line_error_in_every_script(tmp_path, capsys):
+    """The official define_G builds resnet_6blocks and resnet_9blocks only; anything else is not its file."""
+    import demo
+    from test_bad_checkpoints import scripts_refuse
+    path = tmp_path / "latest_net_G.pth"
+    state = official_format.official_state_dict(ResnetGenerator(3, 3, 4, 7, "batch", False))
+    assert sum(k.endswith("conv_block.1.weight") for k in state) == 7
+    torch.save(state, path)
+    lines = scripts_refuse(path, tmp_path, capsys, direction=True)
+    assert demo.main(["--checkpoint", str(path), "--port", "0"]) == 1
+    lines += capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith(f"error: {path}: not supported: this file is an official ResNet "
+                                                   f"generator with 7 residual blocks") for line in lines), lines
 
 
 # ----------------------------------------------------------------------------- export
@@ -163,16 +297,7 @@ def test_export_round_trip_and_official_key_names(golden):
     state = official_format.official_state_dict(G)
     assert list(state) == list(golden["state"])  # same names in the same order as the official state dict
     assert all(state[k].shape == golden["state"][k].shape for k in state)
-    back = official_format.generator_from_official(state)
-    assert back.hparams == G.hparams
-    assert all(torch.equal(a, b) for a, b in zip(G.state_dict().values(), back.state_dict().values()))
-    x = torch.randn(2, 3, 64, 64)
-    with torch.no_grad():
-        assert torch.equal(G.eval()(x), back.eval()(x))
-        torch.manual_seed(1)
-        noisy = G.train()(x)
-        torch.manual_seed(1)
-        assert torch.equal(noisy, back.train()(x))
+    assert_same_generator(G, official_format.generator_from_official(state), torch.randn(2, 3, 64, 64))
 
 
 def test_saved_official_file_loads_back(tmp_path):
@@ -183,6 +308,16 @@ def test_saved_official_file_loads_back(tmp_path):
     x = torch.randn(1, 3, 128, 128)
     with torch.no_grad():
         assert torch.equal(loaded(x), G.eval()(x))
+
+
+def test_norm_none_unet_round_trip_without_conv_biases():
+    """--norm none: ours with zero conv biases is the official network, so it goes out (without them) and comes
+    back with the same function."""
+    G = without_conv_biases(randomised(UNetGenerator(3, 3, 4, 6, "none", True, "official")))
+    state = official_format.official_state_dict(G)
+    assert [k for k in state if not k.endswith(".weight")] == ["model.model.3.bias"]  # the outermost up-conv's
+    assert len(state) == 2 * 6 + 1  # a down- and an up-conv per level, and that bias
+    assert_same_generator(G, official_format.generator_from_official(state), torch.randn(2, 3, 64, 64))
 
 
 def test_export_needs_the_official_function():

@@ -64,3 +64,12 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, case, words):
     result = subprocess.run([sys.executable, "-m", "harness.seed_table", str(run), "--epoch", "1", *extra],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_without_an_epoch_every_epoch_is_a_column_with_the_seeds_that_reached_it(tmp_path, capsys):
+    write_run(tmp_path / "paper_s1", [(1, {"val_l1": 0.3}), (2, {"val_l1": 0.2})])
+    write_run(tmp_path / "paper_s2", [(1, {"val_l1": 0.5})])  # still training its second epoch
+    assert main([str(tmp_path / "paper_s1"), str(tmp_path / "paper_s2"), "--metric", "l1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "| arm | epoch 1 | epoch 2 |"
+    assert lines[2] == "| paper | 0.4000 ± 0.1414 | 0.2000 (1) |"
