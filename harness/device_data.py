@@ -243,5 +243,7 @@ def training_batches(dataset: PairedImageDataset, sampler: AugmentationSampler, 
         say(plan.note)
     if plan.where is None:
         return None
-    return ResidentBatches(dataset, sampler, cfg["BATCH_SIZE"], device, memory_format, plan,
-                           loader_workers(cfg["NUM_WORKERS"]))
+    batches = ResidentBatches(dataset, sampler, cfg["BATCH_SIZE"], device, memory_format, plan,
+                              loader_workers(cfg["NUM_WORKERS"]))
+    dataset.cached = None  # CACHE_IMAGES' decoded copy: the resident set replaces it (keeping both held it twice)
+    return batches

@@ -197,3 +197,18 @@ def test_a_run_over_mixed_sizes_says_why_it_loads_from_files(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "DATA_ON_DEVICE: the training pairs are resized to 2 different sizes under PREPROCESS=crop" in out
     assert (tmp_path / "run" / "generator.pt").is_file()
+
+
+def test_the_resident_set_replaces_the_cache_images_copy(tmp_path):
+    """CACHE_IMAGES then DATA_ON_DEVICE: once the resident set is built, the dataset's decoded copy is let go (both
+    held the set twice), and the batches are still the DataLoader's."""
+    write_pairs(tmp_path / "train", 5)
+    dataset = make_dataset(tmp_path / "train", image_size=32, load_size=36)
+    loading.cache_images(dataset, workers=0, say=lambda text: None)
+    assert dataset.cached is not None
+    sampler = AugmentationSampler(len(dataset), 0)
+    batches = training_batches(dataset, sampler, {"DATA_ON_DEVICE": True, "BATCH_SIZE": 2, "NUM_WORKERS": 0}, CPU,
+                               torch.contiguous_format, say=lambda text: None)
+    assert isinstance(batches, ResidentBatches) and dataset.cached is None
+    loader = DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=0)
+    assert all(torch.equal(a, b) for ours, theirs in zip(batches, loader, strict=True) for a, b in zip(ours, theirs))
