@@ -45,17 +45,27 @@ def split_name(run_dir: Path) -> tuple[str, int]:
     return match[1], int(match[2])
 
 
-def read_arms(run_dirs: list[Path], metric: str, epoch: int) -> tuple[dict[str, Arm], list[str]]:
-    """Arms (raw G, and averaged G where the run logged one) from each run's log.csv row for `epoch`; runs that
-    have not reached it are listed in the second value."""
-    arms: dict[str, Arm] = {}
-    unfinished = []
+def read_logs(run_dirs: list[Path]) -> dict[Path, list[dict[str, str]]]:
+    """Each run folder's log.csv rows (none where it has no log.csv yet), read once."""
+    logs = {}
     for run_dir in run_dirs:
-        arm, seed = split_name(run_dir)
-        rows = []
+        split_name(run_dir)  # a folder that cannot be grouped is refused before anything is read
+        logs[run_dir] = []
         if (run_dir / "log.csv").is_file():
             with open(run_dir / "log.csv", newline="") as f:
-                rows = [r for r in csv.DictReader(f) if r["epoch"] == str(epoch)]
+                logs[run_dir] = list(csv.DictReader(f))
+    return logs
+
+
+def read_arms(logs: dict[Path, list[dict[str, str]]], metric: str,
+              epoch: int) -> tuple[dict[str, Arm], list[str]]:
+    """Arms (raw G, and averaged G where the run logged one) from each run's log.csv row for `epoch` (logs as
+    read_logs gives them); runs that have not reached it are listed in the second value."""
+    arms: dict[str, Arm] = {}
+    unfinished = []
+    for run_dir, log in logs.items():
+        arm, seed = split_name(run_dir)
+        rows = [r for r in log if r["epoch"] == str(epoch)]
         if not rows:
             unfinished.append(run_dir.name)
             continue
@@ -92,11 +102,11 @@ def table(arms: dict[str, Arm], metric: str, baseline: str | None) -> str:
     return "\n".join(lines)
 
 
-def per_epoch_table(run_dirs: list[Path], metric: str) -> str:
+def per_epoch_table(logs: dict[Path, list[dict[str, str]]], metric: str) -> str:
     """Arms x epochs: each epoch's mean ± sd over the seeds, with their number where not every run got there."""
-    n_runs = Counter(split_name(run_dir)[0] for run_dir in run_dirs)
+    n_runs = Counter(split_name(run_dir)[0] for run_dir in logs)
     epochs, cells = [], {}
-    while (arms := read_arms(run_dirs, metric, len(epochs) + 1)[0]):
+    while (arms := read_arms(logs, metric, len(epochs) + 1)[0]):
         epochs.append(len(epochs) + 1)
         for arm in arms.values():
             n = len(arm.values)
@@ -118,10 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
+        logs = read_logs(args.runs)
         if args.epoch is None:
-            print(per_epoch_table(args.runs, args.metric))
+            print(per_epoch_table(logs, args.metric))
             return 0
-        arms, unfinished = read_arms(args.runs, args.metric, args.epoch)
+        arms, unfinished = read_arms(logs, args.metric, args.epoch)
         if args.baseline and args.baseline not in arms:
             raise ConfigError(f"--baseline {args.baseline}: no such arm among {', '.join(arms) or 'no runs'}")
         print(table(arms, args.metric, args.baseline) if arms else f"no run has reached epoch {args.epoch}")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.run_log import COLUMNS
-from harness.seed_table import Arm, main, read_arms, wins
+from harness.seed_table import Arm, main, read_arms, read_logs, wins
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,12 +27,12 @@ def test_arms_are_grouped_by_name_with_the_raw_and_averaged_generators_from_one_
                        (2, {"val_fcn_class_iou": ema, "val_raw_fcn_class_iou": raw})])
             for seed, raw, ema in ((1, 0.10, 0.15), (2, 0.20, 0.25), (3, 0.30, 0.35))]
     runs.append(write_run(tmp_path / "facades_hinge_s1", [(1, {"val_fcn_class_iou": 0.5})]))  # no G_EMA, epoch 1 only
-    arms, unfinished = read_arms(runs, "fcn_class_iou", epoch=2)
+    arms, unfinished = read_arms(read_logs(runs), "fcn_class_iou", epoch=2)
     assert arms["facades_paper"].values == {1: 0.10, 2: 0.20, 3: 0.30}
     assert arms["facades_paper+ema"].values == {1: 0.15, 2: 0.25, 3: 0.35}
     assert arms["facades_paper"].mean == pytest.approx(0.2) and arms["facades_paper"].sd == pytest.approx(0.1)
     assert unfinished == ["facades_hinge_s1"]
-    assert read_arms(runs[-1:], "fcn_class_iou", epoch=1)[0]["facades_hinge"].values == {1: 0.5}
+    assert read_arms(read_logs(runs[-1:]), "fcn_class_iou", epoch=1)[0]["facades_hinge"].values == {1: 0.5}
 
 
 def test_a_win_needs_more_than_twice_the_larger_sd_in_the_better_direction():
