@@ -43,7 +43,7 @@ import torch.nn.functional as F
 
 from dataset import split_pair
 from harness.checkpoint import atomic_save
-from harness.data_checks import IMG_EXTENSIONS, list_images
+from harness.data_checks import IMG_EXTENSIONS, content_identity, list_images
 from harness.errors import CheckpointError, DatasetError, SegmenterError, exit_on_error
 from harness.weights import check_weights, load_weights, named_tensors, read_weights_file
 from utils import read_image
@@ -59,7 +59,7 @@ FACADES_PALETTE: Palette = (
     ("deco", (255, 159, 0)), ("molding", (255, 80, 0)), ("pillar", (255, 0, 0)), ("shop", (174, 0, 0)),
 )
 PALETTES: dict[str, Palette] = {"facades": FACADES_PALETTE}  # keyed by config preset name
-SAVED_FORMAT = 1  # saved with a segmenter; bump it when this code changes what a saved one means (a retrain follows)
+SAVED_FORMAT = 2  # saved with a segmenter; bump it when this code changes what a saved one means (a retrain follows)
 SAVED_KEYS = ("format", "fingerprint", "direction", "palette", "recipe", "state_dict")  # a saved segmenter's record
 REPLACE_HINT = "delete it, or pass --retrain-segmenter to train a new one in its place, or give another --segmenter"
 
@@ -344,14 +344,14 @@ def train_segmenter(photos: torch.Tensor, labels: torch.Tensor, n_classes: int, 
 # ----------------------------------------------------------------------------- saved and reused
 
 def files_fingerprint(folder: str | os.PathLike) -> str:
-    """A cheap fingerprint of a training folder: sha256 of each image file's path (relative to `folder`), size and
-    modification time (ns), in sorted order. Reads no pixels; adding, removing, renaming or rewriting a file changes
-    it (so does a copy that only changes modification times: a needless retrain, never a stale segmenter)."""
+    """A cheap fingerprint of a training folder: sha256 of each image file's path (relative to `folder`) and its
+    content identity (size and a hash of its first and last bytes, data_checks.content_identity), in sorted order.
+    Adding, removing, renaming or rewriting a file changes it; a copy, or data re-created with new modification
+    times (a new machine, a restored mount), does not, so the ruler of a run resumed there stays the same file."""
     folder = Path(folder)
     digest = hashlib.sha256()
     for path in list_images(folder):
-        stat = path.stat()
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + content_identity(path) + b"\n")
     return digest.hexdigest()
 
 

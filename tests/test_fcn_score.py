@@ -128,6 +128,10 @@ def test_saved_segmenter_reused_until_anything_changes(tmp_path: Path, capsys: p
     assert saved["palette"][1] == ["c1", [0, 128, 255]] and saved["recipe"]["epochs"] == 1
     assert outcome(capsys, data, cache, recipe) == "reused"
     assert [p.name for p in cache.parent.iterdir()] == ["seg.pt"]  # no temp file left behind
+    for path in paths:  # the same bytes with new modification times (data re-created on a new machine)
+        mtime = path.stat().st_mtime_ns + 10 ** 9
+        os.utime(path, ns=(mtime, mtime))
+    assert outcome(capsys, data, cache, recipe) == "reused"
 
     write_pairs(tmp_path / "other", 1, seed=5)  # rewrite a file: new content, new modification time
     os.replace(tmp_path / "other" / "000.png", paths[0])
