@@ -174,7 +174,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="See the module docstring (top of demo.py) for details.")
     ap.add_argument("--checkpoint", type=path_argument(Path), required=True,
-                    help="generator.pt or any training checkpoint")
+                    help="generator.pt, any training checkpoint, or an official-code latest_net_G.pth")
     ap.add_argument("--port", type=int, default=7860)
     ap.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 = every interface)")
     ap.add_argument("--val-dir", type=path_argument(Path), default=None,

@@ -88,7 +88,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  epilog="See the module docstring (top of export.py) for details.")
     ap.add_argument("--checkpoint", type=path_argument(Path), required=True,
-                    help="generator.pt or any training checkpoint")
+                    help="generator.pt, any training checkpoint, or an official-code latest_net_G.pth")
     ap.add_argument("--output", type=path_argument(Path), required=True, help="file to write, e.g. generator.onnx")
     ap.add_argument("--format", choices=sorted(FORMATS), default="onnx", help="output format (default onnx)")
     return ap.parse_args(argv)

@@ -84,7 +84,8 @@ def plateau_after(state: dict[str, float], figure: float) -> dict[str, float]:
     """LR_POLICY="plateau" after a validation: the factor x0.2 once the figure (BEST_BY, as a loss) has not improved
     by 1 % for more than 5 validations (torch's ReduceLROnPlateau as the official code configures it)."""
     factor, best, bad = state.get("factor", 1.0), state.get("best", math.inf), state.get("bad", 0)
-    best, bad = (figure, 0) if figure < best * (1 - 0.01) else (best, bad + 1)
+    # 1 % of |best|: for -IoU (BEST_BY="fcn_class_iou") too, where best * 0.99 would count a decline as a gain
+    best, bad = (figure, 0) if figure < (best - 0.01 * abs(best) if math.isfinite(best) else best) else (best, bad + 1)
     if bad > 5:
         factor, bad = factor * 0.2, 0
     return {"factor": factor, "best": best, "bad": bad}
@@ -134,7 +135,8 @@ def generator_loss(fake_logits: Any, fake: torch.Tensor, target: torch.Tensor, l
 def feature_matching_loss(fake_features: list, real_features: list) -> torch.Tensor:
     """FEATURE_MATCHING (pix2pixHD §3.2, its eq. 4): L1 between D's intermediate features on the generated and the
     real pair, per D scale (features[k] = one list per scale, logits last), weighted as pix2pixHD: 4 / (number of
-    intermediate layers = n_layers + 1) per layer and 1 / D_SCALES per scale. The real features are targets only."""
+    intermediate layers: n_layers + 1, 2 for a PixelGAN) per layer and 1 / D_SCALES per scale. The real features are
+    targets only."""
     terms = []
     for fake_k, real_k in zip(fake_features, real_features):
         layers = list(zip(fake_k[:-1], real_k[:-1]))

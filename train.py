@@ -22,7 +22,7 @@ from dataset import AugmentationSampler
 from harness.configurator import load_config
 from harness.data_checks import data_fingerprint
 from harness.cuda_graph import training_step
-from harness.distributed import barrier, setup_distributed, while_rank0_works
+from harness.distributed import barrier, gather_from_ranks, setup_distributed, while_rank0_works
 from harness.errors import exit_on_error
 from harness.fcn_score import scorer_for
 from harness.fid import training_scores
@@ -37,7 +37,7 @@ from utils import pick_runtime, seed_everything, wrap_for_training
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = load_config(argv)  # config.py < PRESET < --KEY=value, each checked before any heavy work
+    cfg = load_config(argv)  # config.py < PRESET < RECIPE < --KEY=value, checked before any heavy work
     ranks = setup_distributed(cfg["DIST_TIMEOUT_S"], cfg["DEVICE"])  # this process's rank
     runtime = pick_runtime(cfg, ranks.local_rank if ranks.world_size > 1 else None)  # device etc.
     with TrainingRun(cfg, ranks, runtime, argv) as run:  # RUN_DIR checked, locked; clean-up at exit
@@ -172,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
                         progress.plateau = plateau_after(progress.plateau, figure)
                 log.epoch_row(row, curves=sampled or validated or progress.epoch == 1)
                 outputs_every = spaced_out(cfg, outputs_every, outputs.seconds(), train_seconds)
+            if cfg["LR_POLICY"] == "plateau":  # rank 0 validated: every rank takes its LR factor
+                progress.plateau = gather_from_ranks(progress.plateau, ranks.world_size)[0]
 
             # checkpoints and exports: on a new best, best.pt and generator_best.pt; on a save,
             # generator.pt, a snapshot every SNAPSHOT_EVERY epochs, and last.pt, written last: it

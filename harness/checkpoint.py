@@ -371,10 +371,11 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str
                               f"generator still loads for predict.py/evaluate.py")
 
 
-# What a recipe changes in training: a run continues with the method it was trained with. The harmless change:
-# G_EMA off -> on (training is unchanged; the average starts at the resumed weights, and says so). On -> off is
-# refused: it would drop the average the checkpoint holds, and generator.pt would silently become the raw G.
-RECIPE_KEYS = ("RECIPE", "GAN_LOSS", "D_SCALES", "FEATURE_MATCHING", "FEATURE_MATCHING_LAMBDA", "SPECTRAL_NORM",
+# What a recipe changes in training: a run continues with the method it was trained with. The RECIPE word itself
+# is only a shorthand for these (RECIPE=paper and no RECIPE are the same run). The harmless change: G_EMA off -> on
+# (training is unchanged; the average starts at the resumed weights, and says so). On -> off is refused: it would
+# drop the average the checkpoint holds, and generator.pt would silently become the raw G.
+RECIPE_KEYS = ("GAN_LOSS", "D_SCALES", "FEATURE_MATCHING", "FEATURE_MATCHING_LAMBDA", "SPECTRAL_NORM",
                "LEARNING_RATE_D", "BETA1_D", "BETA2_D", "GENERATOR", "G_EMA")
 
 
@@ -385,7 +386,7 @@ def check_resume_recipe(saved: dict[str, Any], cfg: dict[str, Any], path: str | 
               and not (k == "G_EMA" and cfg[k] and not saved[k])]
     if differ:
         def recipe(c: dict[str, Any]) -> str:
-            return f"RECIPE={c.get('RECIPE', '')!r} (" + ", ".join(f"{k}={c.get(k)!r}" for k in differ if k != "RECIPE") + ")"
+            return f"RECIPE={c.get('RECIPE', '')!r} (" + ", ".join(f"{k}={c.get(k)!r}" for k in differ) + ")"
         raise CheckpointError(f"cannot resume from {path}: it was trained with {recipe(saved)}, this run asks for "
                               f"{recipe(cfg)}; continue it with its own settings, or train the new recipe in a new "
                               f"RUN_DIR")

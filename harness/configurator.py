@@ -1,5 +1,6 @@
-"""The command line of train.py (and bench.py, harness.data_checks): config.py's settings < PRESET < --KEY=value,
-parsed as literals against config.py's types and validated before any heavy work, as nanoGPT's configurator does.
+"""The command line of train.py (and bench.py, harness.data_checks): config.py's settings < PRESET < RECIPE <
+--KEY=value, parsed as literals against config.py's types and validated before any heavy work, as nanoGPT's
+configurator does.
 
 Not run directly. In a notebook:
     from harness.configurator import load_config

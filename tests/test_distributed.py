@@ -6,7 +6,7 @@ train.main, watching it through a few wrapped names of the train module, and sav
 
     torchrun --standalone --nproc_per_node=2 tests/test_distributed.py DUMP [--fail=RANK:STEP] [--nan=RANK:STEP] \
         [--sigterm=RANK:STEP] [--late-sigterm=RANK:STEP] [--hang=RANK:STEP] [--ctrl-c=RANK:STEP] [--slow-fcn=SECONDS] \
-        -- --TRAIN_DIR=...
+        [--stalled-validation=FIGURE] -- --TRAIN_DIR=...
     (train.py settings). Signals come during that step, before its loss check; --late-sigterm's after its loss
     checks, before the ranks agree on stopping.
 """
@@ -242,6 +242,23 @@ def test_distributed_run_stops_on_one_ranks_sigterm_and_resumes_mid_epoch(ddp_ru
 
 
 # ----------------------------------------------------------------------------- failures, seeding, SyncBN
+
+def test_a_plateau_cut_made_by_rank0s_validation_reaches_every_rank(tmp_path):
+    """LR_POLICY="plateau": only rank 0 validates, so only it sees the stall; every rank must train the next epoch
+    at the cut LR, or the ranks' weights drift apart."""
+    write_pairs(tmp_path / "data" / "train", 4, seed=0)
+    write_pairs(tmp_path / "data" / "val", 2, seed=1)
+    settings = EQUIV | dict(LR_POLICY="plateau", N_EPOCHS=8, VAL_EVERY=1, BATCH_SIZE=2)
+    run = launch(tmp_path, "plateau", dist_settings(tmp_path / "data", tmp_path / "run", **settings),
+                 worker_opts=("--stalled-validation=1.0",))
+    assert run.returncode == 0 and None not in run.dumps, run.describe()
+    rank0, rank1 = run.dumps
+    # the first validation sets the best, 6 more without a gain cut the LR: epoch 8 trains at x0.2
+    assert rank0["lrs"] == pytest.approx([2e-4] * 7 + [4e-5]), rank0["lrs"]
+    assert rank1["lrs"] == rank0["lrs"]
+    for key in ("final_G", "final_D"):
+        assert all(torch.equal(rank0[key][k], rank1[key][k]) for k in rank0[key]), f"{key} differs between ranks"
+
 
 def test_a_rank_that_fails_mid_training_stops_the_job(tmp_path):
     """Rank 1 gets a NaN loss at step 1 (ON_NAN=skip: every rank must skip that step together) and crashes at
@@ -537,10 +554,20 @@ def worker(argv: list[str]) -> int:
             return real[name](*args, **kwargs)
         return call
 
-    wrapped = {"build_models": build_models, "train_step": train_step, "generator_loss": generator_loss}
+    def set_learning_rates(*args):
+        lr = real["set_learning_rates"](*args)
+        rec.setdefault("lrs", []).append(lr)  # G's LR for each epoch, as this rank trains it
+        return lr
+
+    def plateau_after(state, figure):  # --stalled-validation=FIGURE: every validation gives this figure
+        return real["plateau_after"](state, float(opts.get("stalled-validation", figure)))
+
+    wrapped = {"build_models": build_models, "train_step": train_step, "generator_loss": generator_loss,
+               "set_learning_rates": set_learning_rates, "plateau_after": plateau_after}
     wrapped |= {name: recorder(name) for name in
                 ("evaluate_generator", "write_samples", "RunLog", "atomic_save", "load_checkpoint")}
     home = {"generator_loss": pix2pix, "build_models": train, "train_step": train,  # whose global the run calls
+            "set_learning_rates": train, "plateau_after": train,
             "evaluate_generator": metrics,
             "atomic_save": checkpoint}  # (by the checkpoint writer's thread)
     real = {name: getattr(home.get(name, harness_run), name) for name in wrapped}

@@ -166,6 +166,21 @@ def test_each_lr_policy_per_epoch_matches_the_official_scheduler(policy):
         assert plateau["factor"] == pytest.approx(0.2)  # it did cut once: the comparison saw both branches
 
 
+def test_plateau_on_fcn_class_iou_follows_torchs_max_mode():
+    """BEST_BY="fcn_class_iou" hands plateau_after -IoU: a slow decline of the IoU must count as a stall (and cut
+    the LR as torch's ReduceLROnPlateau(mode="max") does on the IoU itself), a >1 % rise as a gain."""
+    ious = [0.20, 0.25, 0.28] + [0.28 - 0.001 * i for i in range(1, 8)] + [0.30, 0.3001, 0.3002]
+    opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.2, threshold=0.01, patience=5)
+    plateau, factors = {}, []
+    for iou in ious:
+        scheduler.step(iou)
+        plateau = plateau_after(plateau, -iou)
+        factors.append(plateau["factor"])
+        assert plateau["factor"] == pytest.approx(opt.param_groups[0]["lr"]), f"after IoU {iou}"
+    assert factors[-1] == pytest.approx(0.2) and 1.0 in factors  # it cut once, during the decline
+
+
 def test_the_linear_policy_is_the_paper_schedule():
     cfg = default_settings() | dict(N_EPOCHS=100, N_EPOCHS_DECAY=100)
     assert [lr_factor(e, cfg) for e in (0, 99, 100, 199)] == [1.0, 1.0, 1 - 1 / 101, 1 - 100 / 101]

@@ -145,6 +145,9 @@ def test_resuming_under_another_recipe_is_one_line_naming_both(ema_runs, tmp_pat
     with pytest.raises(CheckpointError, match="G_EMA=True.*G_EMA=False"):  # G_EMA on -> off: refused
         train.main(tiny_args(ema_runs / "data", run, N_EPOCHS=2))
     assert CheckpointError.exit_code == 1
+    # the word is a shorthand: RECIPE=paper sets nothing, so the same run goes on under it
+    assert train.main(args + ["--RECIPE=paper", "--N_EPOCHS=3"]) == 0
+    assert "resuming from" in capsys.readouterr().out
 
 
 def test_turning_the_average_on_when_resuming_is_allowed(tiny_run, tmp_path, capsys):
