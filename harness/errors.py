@@ -80,10 +80,10 @@ def exit_on_error(main: Callable[[], int], interrupted: str = "interrupted by Ct
     try:
         return main()
     except Pix2PixError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {message_of(e)}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # the file system at run time: a file that vanished or changed, a full disk
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {message_of(e)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as e:
         print(f"\n{e.args[0] if e.args else interrupted}", file=sys.stderr)
@@ -91,6 +91,17 @@ def exit_on_error(main: Callable[[], int], interrupted: str = "interrupted by Ct
     finally:
         if on_main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def message_of(error: Exception) -> str:
+    """The error's own message. Raised in a DataLoader worker, torch re-raises it in the main process as the same
+    type with the worker's whole traceback as its message ("Caught OSError in DataLoader worker process 0. Original
+    Traceback ..."): its last line holds the message."""
+    text = str(error)
+    if text.startswith("Caught ") and "\nOriginal Traceback" in text:
+        last = text.rstrip().splitlines()[-1]  # "OSError: <the message>"
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def raise_terminated(message: str) -> None:

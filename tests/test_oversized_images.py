@@ -38,6 +38,20 @@ def test_a_training_file_replaced_mid_run_is_one_oserror_naming_it(tmp_path, rep
     assert "\n" not in str(e.value)
 
 
+def test_a_file_replaced_mid_run_is_one_line_from_a_loader_worker_too(tmp_path, capsys):
+    """NUM_WORKERS > 0 (the default on a multi-core machine): torch re-raises a worker's error with the worker's
+    traceback as its message; the scripts still print one `error:` line naming the file, exit 1."""
+    from torch.utils.data import DataLoader
+    from harness.errors import exit_on_error
+    paths = write_pairs(tmp_path / "train", 2)
+    dataset = make_dataset(tmp_path / "train", image_size=32, load_size=36)
+    paths[1].write_bytes(b"not an image")
+    code = exit_on_error(lambda: sum(1 for _ in DataLoader(dataset, num_workers=1, timeout=60)))
+    err = capsys.readouterr().err
+    assert code == 1 and err.startswith(f"error: {paths[1]}: cannot be read any more (") and err.count("\n") == 1, err
+    assert "Traceback" not in err and "worker" not in err
+
+
 @pytest.fixture(scope="module")
 def demo_app(tiny_run, tmp_path_factory):
     """demo.build_app on the tiny run, its random-input button reading a folder whose only file is over the limit."""
