@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from harness.errors import DownloadError
+from harness.errors import ConfigError, DownloadError, exit_on_error
 
 BASE_URL = "http://efrosgans.eecs.berkeley.edu/pix2pix/datasets"
 DATASETS = ["facades", "maps", "edges2shoes", "edges2handbags", "night2day"]
@@ -186,6 +186,14 @@ def official_generator(path: str) -> str:
     return f"U-Net of {hp['num_downs']} levels, ngf {hp['base_channels']}, {hp['norm']} norm"
 
 
+def make_folder(path: str) -> None:
+    """--output's folder, made if missing; a path that cannot be one is an argument error naming it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:  # a file there or above it, no permission, a read-only disk
+        raise ConfigError(f"--output {path}: cannot make a folder there ({e.strerror}); give a writable folder") from None
+
+
 def predict_command(path: str) -> str:
     return f"python predict.py --checkpoint {path} --input your_images/ --output results/"
 
@@ -199,7 +207,7 @@ def fetch_pretrained(name: str, dest: str, url: str | None) -> int:
     if os.path.exists(final):
         print(f"{final} already exists; not downloading again. {usage}")
         return 0
-    os.makedirs(dest, exist_ok=True)
+    make_folder(dest)
     url = url or f"{MODELS_URL}/{name}.pth"
     part = final + ".part"
     print(f"downloading {url}")
@@ -244,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{out} already exists; not downloading again. To train:\n  {train_command(args.output, args.name)}")
         return 0
 
-    os.makedirs(args.output, exist_ok=True)
+    make_folder(args.output)
     url = args.url or f"{BASE_URL}/{args.name}.tar.gz"
     archive = os.path.join(args.output, f"{args.name}.tar.gz")
     part = archive + ".part"
@@ -282,4 +290,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_on_error(main, interrupted="interrupted by Ctrl-C: a partial download is kept as .part, and "
+                                             "re-running the command resumes it"))

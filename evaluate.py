@@ -307,11 +307,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                     help="output folder (default <checkpoint dir>/eval_<data name>); --out is its former name")
     ap.add_argument("--max-images", type=int, default=0, help="score only the first N files (0 = all)")
     ap.add_argument("--fcn-score", action="store_true", help="add the paper's FCN-score (labels -> photo data)")
-    ap.add_argument("--fcn-train", type=Path, default=None,
+    ap.add_argument("--fcn-train", type=path_argument(Path), default=None,
                     help="real A|B training files for the FCN-score's segmenter (default: the checkpoint's TRAIN_DIR)")
     ap.add_argument("--mean-baseline", action="store_true",
                     help="score the mean training target as every output instead of the generator (a baseline)")
-    ap.add_argument("--segmenter", type=Path, default=None,
+    ap.add_argument("--segmenter", type=path_argument(Path), default=None,
                     help="where the segmenter is saved and reused (default runs/fcn/<dataset>_<direction>.pt)")
     ap.add_argument("--retrain-segmenter", action="store_true",
                     help="train the FCN-score's segmenter anew and replace the saved one")

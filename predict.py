@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from dataset import read_pair, to_tensor
 from harness.data_checks import IMG_EXTENSIONS, list_images
-from harness.errors import DatasetError, exit_on_error, path_argument
+from harness.errors import ConfigError, DatasetError, exit_on_error, path_argument
 from harness.inference import (batch_size_for, check_output_folder, fit_back, fit_to_model, load_for_inference,
                                model_arguments)
 from utils import generate, read_image, sample_grid, test_mode, to_unit
@@ -117,6 +117,12 @@ def predict(args: argparse.Namespace) -> int:
         print(f"error: no images found in {' '.join(args.input)} (files, folders or glob patterns of "
               f"{', '.join(IMG_EXTENSIONS)})", file=sys.stderr)
         return 1
+    inputs = {path.resolve() for path, _ in images}  # --output inside an --input folder: never write over one
+    clash = next(((path, args.output / name) for path, name in images if (args.output / name).resolve() in inputs),
+                 None)
+    if clash:
+        raise ConfigError(f"--output {args.output}: {clash[1]} would overwrite the input image {clash[0]}; choose "
+                          f"another output folder")
     batch_size = batch_size_for(args, cfg)
     failed: list[tuple[Path, str]] = []
     written = 0

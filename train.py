@@ -175,11 +175,12 @@ def main(argv: list[str] | None = None) -> int:
             if cfg["LR_POLICY"] == "plateau":  # rank 0 validated: every rank takes its LR factor
                 progress.plateau = gather_from_ranks(progress.plateau, ranks.world_size)[0]
 
-            # checkpoints and exports: on a new best, best.pt and generator_best.pt; on a save,
-            # generator.pt, a snapshot every SNAPSHOT_EVERY epochs, and last.pt, written last: it
-            # marks the epoch as done (a kill before it redoes the epoch)
+            # checkpoints and exports: on a new best, best.pt and generator_best.pt (and last.pt: a
+            # resume from before it could overwrite it with a worse G); on a save, generator.pt, a
+            # snapshot every SNAPSHOT_EVERY epochs, and last.pt, written last: it marks the epoch as
+            # done (a kill before it redoes the epoch)
             if save or best:
-                run.save_checkpoint(progress, model, rank_rngs, train_data, last=save, export=save,
+                run.save_checkpoint(progress, model, rank_rngs, train_data, last=save or best, export=save,
                                     snapshot=save and snapshot, best=best)
             barrier(ranks.world_size)
             if stop_signal:  # Ctrl-C or SIGTERM on any rank: saved; the printed command resumes

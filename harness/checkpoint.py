@@ -355,6 +355,10 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str
                               f"checkpoints/*.pt")
     saved = ckpt.get("config", {})
     check_resume_recipe(saved, cfg, path)
+    if saved.get("BEST_BY", cfg["BEST_BY"]) != cfg["BEST_BY"]:  # best_val, plateau's best: in its figure's units
+        raise CheckpointError(f"cannot resume from {path}: it keeps its best validation figure by BEST_BY="
+                              f"{saved['BEST_BY']!r}, this run asks for {cfg['BEST_BY']!r}, and the two cannot be "
+                              f"compared; resume with --BEST_BY={saved['BEST_BY']!r}, or train in a new RUN_DIR")
     diffs = [f"{k}: checkpoint {saved[k]!r} vs now {cfg[k]!r}" for k in ARCHITECTURE_KEYS
              if k in saved and saved[k] != cfg[k]]
     if D is not None:  # the discriminator the weights were written for (its hparams), against the one built now

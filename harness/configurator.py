@@ -363,4 +363,7 @@ def resolve_resume(cfg: dict[str, Any], checkpoint_dir: Path) -> Path | None:
     path = Path(cfg["RESUME"])
     if not path.is_file():
         raise ConfigError(f"RESUME={cfg['RESUME']!r}: no such checkpoint file; use auto, never, or a .pt path")
+    if last.exists() and not last.samefile(path):  # another checkpoint (a snapshot, another run's) over this run
+        raise ConfigError(f"RESUME={cfg['RESUME']!r} but {last} exists and would be overwritten; continue from that "
+                          f"checkpoint in a new RUN_DIR, or move {last} aside first to rewind this run to it")
     return path

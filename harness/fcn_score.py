@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from dataset import split_pair
 from harness.checkpoint import atomic_save
 from harness.data_checks import IMG_EXTENSIONS, content_identity, list_images
-from harness.errors import CheckpointError, DatasetError, SegmenterError, exit_on_error
+from harness.errors import CheckpointError, DatasetError, SegmenterError, exit_on_error, path_argument
 from harness.weights import check_weights, load_weights, named_tensors, read_weights_file
 from utils import read_image
 
@@ -522,12 +522,12 @@ def check_segmenter(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train (or reuse) the FCN-score segmenter; score it on real test "
                                                  "photos against their label maps, beside the majority class.")
-    parser.add_argument("--train", required=True, help="folder of A|B training files")
-    parser.add_argument("--test", required=True, help="folder of A|B test files")
+    parser.add_argument("--train", type=path_argument(str), required=True, help="folder of A|B training files")
+    parser.add_argument("--test", type=path_argument(str), required=True, help="folder of A|B test files")
     parser.add_argument("--direction", default="BtoA", choices=("AtoB", "BtoA"),
                         help="the generator's DIRECTION for labels -> photo (BtoA: photo = left half)")
     parser.add_argument("--preset", choices=sorted(PALETTES), help="known palette; without it one is discovered")
-    parser.add_argument("--cache", required=True, help="where the segmenter is saved (.pt)")
+    parser.add_argument("--cache", type=path_argument(str), required=True, help="where the segmenter is saved (.pt)")
     parser.add_argument("--retrain-segmenter", action="store_true",
                         help="train a new segmenter even if --cache holds one, and replace it")
     parser.add_argument("--seed", type=int, help="the recipe's seed, if not its own (the one training scores "

@@ -215,7 +215,6 @@ class TrainingRun:
 
     def __enter__(self) -> "TrainingRun":
         self.cleanup.__enter__()
-        self.cleanup.callback(self.writer.wait)  # on every way out, a checkpoint being written is finished
         refused = None
         if self.ranks.master:  # the only writer
             try:
@@ -223,6 +222,9 @@ class TrainingRun:
                 self.cleanup.callback(RunDirLock(self.run_dir).release)  # one run per folder, until this one ends
             except RunDirError as e:
                 refused = e
+        # on every way out, a checkpoint being written is finished, before the lock goes (callbacks run last
+        # first): a job restarted at once must not read the older last.pt and later overwrite the newer one
+        self.cleanup.callback(self.writer.wait)
         refuse_on_every_rank(refused, self.ranks)  # the job's first collective: every rank leaves with the line
         if self.ranks.master:
             remove_stale_temp_files(self.ckpt_dir, self.run_dir)

@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from conftest import ROOT, interrupted_at, tiny_args
 from harness.run_lock import RunDirLock
 
@@ -26,6 +28,25 @@ LAUNCH_TIMEOUT_S = 300
 def rank_logs(log_dir: Path, nproc: int, stream: str) -> list[str]:
     found = [list(log_dir.glob(f"*/attempt_0/{rank}/{stream}.log")) for rank in range(nproc)]
     return [files[0].read_text() if files else "" for files in found]
+
+
+def test_the_lock_is_released_only_after_the_last_checkpoint_is_on_disk(tiny_data, tmp_path, monkeypatch):
+    """However a run ends (here: an error right after the last epoch's save began), the background checkpoint
+    write is waited for before RUN_DIR's lock goes: a job restarted at once sees the newest last.pt."""
+    import train
+    from harness import run as harness_run
+    events = []
+    wait, release = harness_run.CheckpointWriter.wait, RunDirLock.release
+    monkeypatch.setattr(harness_run.CheckpointWriter, "wait", lambda self: (events.append("wait"), wait(self))[1])
+    monkeypatch.setattr(RunDirLock, "release", lambda self: (events.append("release"), release(self))[1])
+
+    def fail(*args, **kwargs):
+        raise OSError("the disk went away")
+    monkeypatch.setattr(harness_run.TrainingRun, "finished", fail)
+    with pytest.raises(OSError, match="went away"):
+        train.main(tiny_args(tiny_data, tmp_path / "run", N_EPOCHS_DECAY=0, **FAST))
+    assert "release" in events and "wait" in events[:events.index("release")], events
+    assert "wait" not in events[events.index("release"):], events  # nothing left to write once it is released
 
 
 def test_a_second_torchrun_on_a_busy_run_dir_leaves_every_rank_with_one_line(tiny_data, tmp_path):

@@ -17,6 +17,7 @@ import config as default_config
 import train
 from conftest import tiny_args
 from harness.configurator import ConfigError, load_config
+from harness.errors import exit_on_error
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
@@ -188,6 +189,10 @@ def test_resume_setting_resolves_to_a_checkpoint_or_a_setting_error(tmp_path):
     with pytest.raises(ConfigError, match="no such checkpoint file"):
         resolve_resume({"RESUME": str(tmp_path / "missing.pt")}, ckpt_dir)
     assert resolve_resume({"RESUME": str(ckpt_dir / "last.pt")}, ckpt_dir) == ckpt_dir / "last.pt"
+    (ckpt_dir / "epoch_0001.pt").write_bytes(b"an earlier snapshot")  # RESUME=it would overwrite last.pt: refused
+    with pytest.raises(ConfigError, match=r"RESUME=.*epoch_0001.pt' but .*last.pt exists and would be overwritten"):
+        resolve_resume({"RESUME": str(ckpt_dir / "epoch_0001.pt")}, ckpt_dir)
+    assert resolve_resume({"RESUME": str(ckpt_dir / "epoch_0001.pt")}, tmp_path / "new") == ckpt_dir / "epoch_0001.pt"
 
 
 # ----------------------------------------------------------------------------- data folders and empty paths
@@ -238,6 +243,31 @@ def test_cli_empty_paths_exit_2_and_write_nothing(tmp_path):
     with pytest.raises(SystemExit) as exit_:
         predict.parse_args(["--checkpoint", "g.pt", "--input", "pictures", "--output", ""])
     assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize("script, argv", [
+    ("evaluate", ["--checkpoint", "g.pt", "--data", "val", "--fcn-train", ""]),
+    ("evaluate", ["--checkpoint", "g.pt", "--data", "val", "--segmenter", ""]),
+    ("export", ["--checkpoint", "g.pt", "--output", ""]),
+    ("demo", ["--checkpoint", "g.pt", "--val-dir", ""]),
+    ("harness.fcn_score", ["--train", "", "--test", "test", "--cache", "seg.pt"]),
+    ("harness.fcn_score", ["--train", "train", "--test", "test", "--cache", ""]),
+    ("download_dataset", ["facades", "--output", "data/x"])])  # not empty, below a file: the same exit 2
+def test_a_path_argument_that_cannot_be_used_is_exit_2_before_any_work(script, argv, tmp_path, monkeypatch, capsys):
+    """An empty path argument (an unset shell variable) would mean the current folder: an argument error, exit 2,
+    one line naming the option; nothing is read, trained or written."""
+    import importlib
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").write_text("a file where a folder is asked for")
+    module = importlib.import_module(script)
+    run = module.parse_args if hasattr(module, "parse_args") else module.main
+    with pytest.raises(SystemExit) as exit_:
+        code = exit_on_error(lambda: run(argv)) if script == "download_dataset" else run(argv)
+        raise SystemExit(code)
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # argparse: usage, then "<prog>: error: argument --x: ..."
+    assert exit_.value.code == 2 and "error: " in last and "--" in last and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 # ----------------------------------------------------------------------------- the smallest images

@@ -225,6 +225,16 @@ def test_an_output_that_is_a_file_is_an_argument_error(checkpoint, tmp_path, cap
     assert (tmp_path / "out").read_text() == "a file"
 
 
+def test_an_output_that_would_overwrite_an_input_is_refused(checkpoint, tmp_path, capsys):
+    image = write_image(tmp_path / "x.png", 32, 32)
+    before = image.read_bytes()
+    assert run(checkpoint, [tmp_path], tmp_path) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --output {tmp_path}: {image} would overwrite the input image {image};") and \
+        err.count("\n") == 1, err
+    assert image.read_bytes() == before and sorted(tmp_path.iterdir()) == [image]
+
+
 def test_ctrl_c_while_predicting_ends_with_one_line_and_exit_130(checkpoint, tmp_path):
     """A real `python predict.py`, held by the test while it reads its first image, gets SIGINT: exit 130 and
     one line, no KeyboardInterrupt traceback."""

@@ -8,6 +8,7 @@ that "best" means lowest (scripted val losses) and that VAL_EVERY=0 turns valida
 """
 import csv
 import math
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import train
 from harness import metrics as harness_metrics
 from conftest import tiny_args
 from harness.checkpoint import load_checkpoint, load_generator
+from harness.errors import CheckpointError
 
 VAL_COLUMNS = ("val_l1", "val_psnr", "val_ssim", "val_ratio")
 
@@ -95,6 +97,34 @@ def test_best_means_lowest_not_latest(tiny_data, tmp_path, monkeypatch):
     assert (best["epoch"], best["best_val"]) == (1, 0.3)
     assert torch.load(run / "generator_best.pt", weights_only=True)["epoch"] == 1
     assert torch.load(run / "generator.pt", weights_only=True)["epoch"] == 2
+
+
+def test_a_new_best_also_saves_last_pt_so_a_crash_cannot_lose_it(tiny_data, tmp_path, monkeypatch):
+    """No timed save is due (CHECKPOINT_EVERY_MINUTES), yet epoch 2's best comes with last.pt: after a crash in
+    epoch 3 the run resumes from epoch 2, knowing its best, so a worse epoch 3 cannot replace best.pt."""
+    scripted_validation(monkeypatch, [0.5, 0.3])  # epoch 3's validation: StopIteration, as a crash
+    run = tmp_path / "run"
+    args = tiny_args(tiny_data, run, SAMPLE_EVERY=0, N_EPOCHS=3, N_EPOCHS_DECAY=0, CHECKPOINT_EVERY_MINUTES=600,
+                     SNAPSHOT_EVERY=0)
+    with pytest.raises(StopIteration):
+        train.main(args)
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert (last["epoch"], last["best_val"]) == (2, 0.3)
+    scripted_validation(monkeypatch, [0.4])  # the resumed epoch 3: worse than epoch 2
+    assert train.main(args) == 0
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert (best["epoch"], best["best_val"]) == (2, 0.3)
+
+
+def test_resuming_under_another_best_by_is_refused_in_one_line(tiny_run, tmp_path):
+    """best_val (and LR_POLICY=plateau's best) are in BEST_BY's units: L1 and -IoU cannot be compared."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "run", run)
+    with pytest.raises(CheckpointError) as err:
+        train.main(tiny_args(tiny_run / "data", run, N_EPOCHS=3, BEST_BY="fcn_class_iou", FCN_SCORE=True))
+    assert str(err.value).startswith(f"cannot resume from {run / 'checkpoints' / 'last.pt'}: it keeps its best "
+                                     f"validation figure by BEST_BY='l1', this run asks for 'fcn_class_iou'")
+    assert "\n" not in str(err.value)
 
 
 def test_val_every_zero_leaves_the_columns_empty(tiny_data, tmp_path, monkeypatch):
