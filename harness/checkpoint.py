@@ -52,6 +52,7 @@ class Progress:
     images_in_epoch: int = 0
     best_val: float = float("inf")  # the best validation BEST_BY so far, as a loss: lower is better
     plateau: dict = field(default_factory=dict)  # LR_POLICY="plateau": pix2pix.plateau_after's state
+    shards: int = 1  # the epoch's order: 1 = one shuffle of the whole set, N = N processes' resident shards
 
 
 PROGRESS = tuple(f.name for f in fields(Progress))
@@ -464,4 +465,5 @@ def upgrade_legacy(ckpt: dict[str, Any]) -> dict[str, Any]:
             ckpt.pop(key, None)
     ckpt.setdefault("train_data", {})
     ckpt.setdefault("plateau", {})
+    ckpt.setdefault("shards", 1)
     return ckpt

@@ -6,7 +6,9 @@ Check a folder as training would see it (layout, pairs, sizes, bad files; train.
     python -m harness.data_checks ../shared/data/facades/train
     python -m harness.data_checks my_data/train --PREPROCESS=crop --IMAGE_SIZE=256
 """
+import contextlib
 import hashlib
+import io
 import os
 import sys
 import warnings
@@ -176,7 +178,9 @@ def training_data(cfg: dict[str, Any], rank: int = 0, barrier=lambda: None
     if rank == 0:
         ensure_default_data(cfg)
     barrier()
-    found = [usable_pairs(cfg[key], cfg) for key in ("TRAIN_DIR", "VAL_DIR")]
+    quiet = contextlib.redirect_stderr(io.StringIO()) if rank else contextlib.nullcontext()
+    with quiet:  # the scan's progress and the skipped files: shown once, by rank 0
+        found = [usable_pairs(cfg[key], cfg) for key in ("TRAIN_DIR", "VAL_DIR")]
     raise_if([error for _, _, error in found])
     datasets = []
     for (pairs, skipped, _), key, train in zip(found, ("TRAIN_DIR", "VAL_DIR"), (True, False)):

@@ -212,6 +212,7 @@ class TrainingRun:
         self.writer = CheckpointWriter()
         self.loader_rng = torch.Generator().manual_seed(cfg["SEED"])  # worker seeds must not consume dropout's RNG
         self.last_save = clock()
+        self.shards = 1  # set by loader()
 
     def __enter__(self) -> "TrainingRun":
         self.cleanup.__enter__()
@@ -238,6 +239,7 @@ class TrainingRun:
         the DataLoader (harness/loading.py), its workers shut down on every way out."""
         resident = training_batches(dataset, sampler, self.cfg, self.runtime.device, self.runtime.memory_format,
                                     say=print if self.ranks.master else lambda text: None)
+        self.shards = self.ranks.world_size if resident is not None else 1  # how an epoch's images are ordered
         if resident is not None:
             return resident
         loader = training_loader(dataset, sampler, self.cfg, self.runtime.device, self.loader_rng)
@@ -248,6 +250,11 @@ class TrainingRun:
         """The checkpoint RESUME names, restored exactly, or a fresh start; every process agreeing on where it is."""
         progress = restore(self.resume_path, model, train_data, self.cfg, self.ranks, self.runtime.device,
                            self.loader_rng) if self.resume_path else Progress()
+        if progress.images_in_epoch and progress.shards != self.shards and self.ranks.master:
+            print(f"note: {self.resume_path} stopped in an epoch ordered {order_of(progress.shards)}, and this run "
+                  f"orders it {order_of(self.shards)}: the rest of that one epoch may train some images twice and "
+                  f"leave others out. For an exact resume, use the same number of processes and DATA_ON_DEVICE")
+        progress.shards = self.shards
         check_ranks_agree(self.ranks.world_size, resume_from=self.resume_path and str(self.resume_path),
                           step=progress.step, train_images=train_data["images"])
         return progress
@@ -331,6 +338,10 @@ class TrainingRun:
             print(f"{self.run_dir} already finished its {self.total_epochs} epochs; nothing to do "
                   f"(new RUN_DIR to retrain)")
         return 0
+
+
+def order_of(shards: int) -> str:
+    return "as one shuffle of the whole set" if shards == 1 else f"by {shards} processes' resident shards"
 
 
 def restore(path: Path, model: Any, train_data: dict[str, Any], cfg: dict[str, Any], ranks: Ranks,

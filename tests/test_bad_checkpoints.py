@@ -157,7 +157,8 @@ def test_every_torch_load_in_the_project_is_weights_only():
 # ----------------------------------------------------------------------------- NaN / Inf weights
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
-def test_nan_or_inf_weights_stop_predict_evaluate_and_export_naming_the_tensor(tiny_run, tmp_path, capsys, value):
+def test_nan_or_inf_weights_stop_predict_evaluate_export_and_the_demo_naming_the_tensor(tiny_run, tmp_path, capsys,
+                                                                                        monkeypatch, value):
     """A generator.pt with one poisoned tensor loaded (black images, n/a metrics, exit 0); now each script refuses
     it, naming the file and the tensor."""
     ckpt = torch.load(tiny_run / "run" / "generator.pt", weights_only=True)
@@ -168,6 +169,10 @@ def test_nan_or_inf_weights_stop_predict_evaluate_and_export_naming_the_tensor(t
                 f"{ckpt['generator']['decoder.1.0.weight'].numel()}); the file is damaged or was saved from a diverged "
                 f"run. Use another checkpoint (a run keeps checkpoints/best.pt and epoch_*.pt) or retrain")
     assert scripts_refuse(bad, tmp_path, capsys) == [expected] * 3
+    import demo
+    monkeypatch.setattr(demo, "build_app", lambda *args, **kwargs: pytest.fail("the demo served a damaged file"))
+    assert demo.main(["--checkpoint", str(bad)]) == 1
+    assert capsys.readouterr().err == expected + "\n"
 
 
 def test_a_negative_running_variance_is_refused(tiny_run, tmp_path):

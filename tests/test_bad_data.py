@@ -297,6 +297,19 @@ def test_training_skips_bad_files_and_trains_on_converted_ones(messy, tmp_path, 
     assert (run_dir / "generator.pt").is_file()
 
 
+def test_under_torchrun_only_rank_0_lists_the_skipped_files(messy, tmp_path, capfd):
+    """Every rank checks the data (each needs its own dataset), but the skipped files are listed once, by rank 0."""
+    from harness.data_checks import training_data
+    from harness.configurator import load_config
+    write_pairs(tmp_path / "val", 2, seed=1)
+    cfg = load_config(tiny_args(tmp_path, tmp_path / "run", TRAIN_DIR=messy["folder"], BAD_FILES="skip"))
+    for rank in (1, 0):
+        train_set, _ = training_data(cfg, rank)
+        assert len(train_set) == len(messy["good"])
+        err = capfd.readouterr().err
+        assert err.count(f"skipping {len(messy['bad'])} unusable file(s)") == (rank == 0), (rank, err)
+
+
 def test_training_with_no_usable_file_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(utils, "MAX_IMAGE_PIXELS", 5000)
     write_unusable(tmp_path / "train")

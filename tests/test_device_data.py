@@ -212,3 +212,27 @@ def test_the_resident_set_replaces_the_cache_images_copy(tmp_path):
     assert isinstance(batches, ResidentBatches) and dataset.cached is None
     loader = DataLoader(dataset, batch_size=2, sampler=sampler, num_workers=0)
     assert all(torch.equal(a, b) for ours, theirs in zip(batches, loader, strict=True) for a, b in zip(ours, theirs))
+
+
+# ----------------------------------------------------------------------------- resuming an epoch ordered otherwise
+
+@pytest.mark.parametrize("saved_shards", [1, 2])
+def test_a_resume_mid_epoch_says_when_the_epochs_order_changed(tiny_run, tmp_path, capsys, saved_shards):
+    """Resident shards (DATA_ON_DEVICE under torchrun) order an epoch per process; the DataLoader and one process
+    shuffle the whole set. A checkpoint made mid-epoch under one order and resumed under another cannot skip
+    exactly the images already trained: the run says so. The same order resumes without a word."""
+    import shutil
+    import train
+    from harness.checkpoint import load_checkpoint
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "run", run)
+    last = run / "checkpoints" / "last.pt"
+    ckpt = torch.load(last, weights_only=True)  # the end of epoch 2, rewritten as 2 images into it
+    torch.save({**ckpt, "epoch": 1, "images_in_epoch": 2, "shards": saved_shards}, last)
+    capsys.readouterr()
+    assert train.main(tiny_args(tiny_run / "data", run, DATA_ON_DEVICE=False)) == 0  # one process: one shuffle
+    out = capsys.readouterr().out
+    note = f"note: {last} stopped in an epoch ordered by 2 processes' resident shards, and this run orders it as one " \
+           f"shuffle of the whole set"
+    assert (note in out) == (saved_shards == 2), out
+    assert load_checkpoint(last)["shards"] == 1  # what this run's checkpoints say now
