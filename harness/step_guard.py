@@ -4,10 +4,11 @@ step: the host never waits for a GPU mid-run, so it can queue work ahead of it (
 - check(**losses), after each loss group: a device flag, `bad`. Under torchrun it is max-reduced over the ranks in
   one all-reduce per loss group, so that every rank skips or stops together.
 - hold_if_not_finite(opt, scaler), before each update: a step with a non-finite loss is not applied. Fused Adam skips it
-  on the device (its found_inf input, the way GradScaler skips an fp16 overflow).
-- ON_NAN=skip: what the step changed before its last loss was known (D's update, batch-norm statistics, D's fp16
-  loss scale) is put back on the device, so a skipped step leaves no trace (but in D's fp16 loss scaler's count of
-  steps to its next growth, which GradScaler's public API cannot set without a host read).
+  on the device (its found_inf input, the way GradScaler skips an fp16 overflow); in fp16 the loss scaler skips it,
+  one of its gradients made NaN on the device (a non-finite loss can have finite gradients: BCE at an inf logit).
+- ON_NAN=skip: what the step changed before its last loss was known (D's update, batch-norm statistics, the fp16
+  loss scales) is put back on the device, so a skipped step leaves no trace (but in the fp16 loss scalers' counts of
+  steps to their next growth, which GradScaler's public API cannot set without a host read).
 - after_update(opt, scaler): fp16 updates the loss scaler skipped are counted, on the device: its scale, read
   through its public scale(), shrinks exactly when it skipped.
 - read(), at logging and saving steps only: the one device->host read. Loss sums, skipped steps, and the first
@@ -68,7 +69,7 @@ class StepGuard:
         self.scale_before = self.one
         self.saved: list[torch.Tensor] = []
         self.restore_to: list[torch.Tensor] = []
-        self.scaler_D, self.saved_scale = None, None
+        self.saved_scales: list[tuple[torch.amp.GradScaler, torch.Tensor]] = []
         self.fresh_optimizer = None
         self.step, self.reported_skips = 0, 0
 
@@ -82,8 +83,9 @@ class StepGuard:
             opt_state = [t for s in model.opt_D.state.values() for t in s.values() if torch.is_tensor(t)]
             self.restore_to = [*model.D.parameters(), *model.D.buffers(), *model.G.buffers(), *opt_state]
             self.saved = [t.detach().clone() for t in self.restore_to]
-            if model.scaler_D.is_enabled():  # D's fp16 loss scale (its growth counter has no public setter)
-                self.scaler_D, self.saved_scale = model.scaler_D, model.scaler_D.scale(self.one).detach()
+            # the fp16 loss scales (their growth counters have no public setter)
+            self.saved_scales = [(s, s.scale(self.one).detach()) for s in (model.scaler_D, model.scaler_G)
+                                 if s.is_enabled()]
             self.fresh_optimizer = model.opt_D if not opt_state else None  # its first step: nothing to keep yet
 
     def end_step(self, losses: dict[str, torch.Tensor]) -> None:
@@ -94,8 +96,8 @@ class StepGuard:
             if self.on_nan == "skip":
                 for current, saved in zip(self.restore_to, self.saved):
                     current.copy_(torch.where(self.bad, saved, current))
-                if self.scaler_D is not None:
-                    self.scaler_D.update(torch.where(self.bad, self.saved_scale, self.scaler_D.scale(self.one)))
+                for scaler, saved_scale in self.saved_scales:
+                    scaler.update(torch.where(self.bad, saved_scale, scaler.scale(self.one)))
                 if self.fresh_optimizer is not None and self.bad.item():  # once per run, only under ON_NAN=skip
                     self.fresh_optimizer.state.clear()
             t = self.tally
@@ -106,7 +108,7 @@ class StepGuard:
             step = self.step if torch.is_tensor(self.step) else float(self.step)  # a tensor in a CUDA graph
             t.first_bad_step.copy_(torch.where(first, step, t.first_bad_step))
             t.first_bad_losses.copy_(torch.where(first, values, t.first_bad_losses))
-        self.saved, self.restore_to, self.scaler_D = [], [], None
+        self.saved, self.restore_to, self.saved_scales = [], [], []
 
     # ------------------------------------------------------------------------- inside the step (pix2pix.py)
 
@@ -120,9 +122,13 @@ class StepGuard:
 
     def hold_if_not_finite(self, opt: torch.optim.Optimizer, scaler: torch.amp.GradScaler) -> None:
         """Make the coming update a no-op if a loss of this step is not finite, without reading the flag: fused
-        Adam takes it as found_inf. In fp16 the loss scaler's own found_inf already skips NaN/Inf gradients."""
+        Adam takes it as found_inf. In fp16 the loss scaler skips updates with NaN/Inf gradients: one gradient is
+        made NaN when the flag is up (times 1 otherwise: bit-identical)."""
         if self.fp16:
             self.scale_before = scaler.scale(self.one).detach()
+            grad = next((p.grad for group in opt.param_groups for p in group["params"] if p.grad is not None), None)
+            if grad is not None:
+                grad.mul_(torch.where(self.bad, float("nan"), 1.0).to(grad.dtype))
             return
         if opt.defaults.get("fused"):
             opt.found_inf = self.bad.float()

@@ -641,12 +641,16 @@ def untouched(opt: torch.optim.Optimizer) -> bool:
     return all(torch.count_nonzero(v) == 0 for s in opt.state.values() for v in s.values())
 
 
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("poisoned", ["d_real", "d_fake", "g_gan", "g_l1"])
-def test_non_finite_loss_is_caught_before_any_poisoned_update(monkeypatch, poisoned):
+def test_non_finite_loss_is_caught_before_any_poisoned_update(monkeypatch, poisoned, precision):
     """The step guard never lets a poisoned step update a network, without reading the device during the step;
-    the next read (a logging or saving step) names the step and the loss."""
+    the next read (a logging or saving step) names the step and the loss. The poison is a constant added to a
+    loss: its gradients stay finite, so fp16's loss scaler would not skip the update by itself."""
     from harness.step_guard import StepGuard
     model = tiny_model()
+    if precision == "fp16":
+        model.scaler_G, model.scaler_D = pix2pix.make_grad_scalers(torch.device("cpu"), "fp16")
     G, D, opt_G, opt_D = model.G, model.D, model.opt_G, model.opt_D
     real_d, real_g = pix2pix.discriminator_loss, pix2pix.generator_loss
     bad = torch.tensor(float("inf") if poisoned.endswith("l1") else float("nan"))
@@ -665,7 +669,7 @@ def test_non_finite_loss_is_caught_before_any_poisoned_update(monkeypatch, poiso
     g_before = {k: v.detach().clone() for k, v in G.named_parameters()}
     d_before = {k: v.detach().clone() for k, v in D.named_parameters()}
     x, y = torch.rand(1, 3, 32, 32) * 2 - 1, torch.rand(1, 3, 32, 32) * 2 - 1
-    guard = StepGuard("stop", torch.device("cpu"))
+    guard = StepGuard("stop", torch.device("cpu"), fp16=precision == "fp16")
     guard.begin_step(7, model)
     guard.end_step(pix2pix.train_step(model, x, y, guard))
     with pytest.raises(NonFiniteLoss, match=rf"step 7: non-finite {poisoned}=(nan|inf)"):
@@ -678,9 +682,9 @@ def test_non_finite_loss_is_caught_before_any_poisoned_update(monkeypatch, poiso
 
 
 def test_fp16_skip_counts_the_loss_scalers_skip_and_puts_back_d_and_its_scale(monkeypatch):
-    """PRECISION=fp16, ON_NAN=skip, a NaN in D's loss: D's loss scaler skips D's update (its scale halves), which
-    the guard counts from the public scale() alone; the guard puts D and that scale back. A finite step after it
-    counts no skip."""
+    """PRECISION=fp16, ON_NAN=skip, a NaN in D's loss: both loss scalers skip their updates (their scales halve),
+    which the guard counts from the public scale() alone; the guard puts D, G and both scales back. A finite step
+    after it counts no skip."""
     from harness.step_guard import StepGuard
     model = tiny_model()
     model.scaler_G, model.scaler_D = pix2pix.make_grad_scalers(torch.device("cpu"), "fp16")
@@ -696,12 +700,14 @@ def test_fp16_skip_counts_the_loss_scalers_skip_and_puts_back_d_and_its_scale(mo
     for step in (0, 1):  # Adam's first step is the guard's special case (no state to keep): look at the second
         poison[0] = step == 1
         d_before = {k: v.detach().clone() for k, v in model.D.state_dict().items()}
-        scale_before = model.scaler_D.get_scale()
+        g_before = {k: v.detach().clone() for k, v in model.G.state_dict().items()}
+        scales_before = model.scaler_D.get_scale(), model.scaler_G.get_scale()
         guard.begin_step(step, model)
         guard.end_step(pix2pix.train_step(model, x, y, guard))
-    assert guard.read().scaler_skips == 1 and guard.read().skipped == 1
-    assert model.scaler_D.get_scale() == scale_before
+    assert guard.read().scaler_skips == 2 and guard.read().skipped == 1  # D's update and G's: one step
+    assert (model.scaler_D.get_scale(), model.scaler_G.get_scale()) == scales_before
     assert all(torch.equal(v, model.D.state_dict()[k]) for k, v in d_before.items())
+    assert all(torch.equal(v, model.G.state_dict()[k]) for k, v in g_before.items())
 
 
 def nan_generator_on(monkeypatch, calls: set[int], hook=None) -> None:
