@@ -268,6 +268,11 @@ def validate_config(cfg: dict[str, Any]) -> None:
         side = 2 ** cfg["NUM_DOWNS"]
         raise ConfigError(f"IMAGE_SIZE={cfg['IMAGE_SIZE']} is not divisible by 2^NUM_DOWNS={side}; use a multiple "
                           f"of {side} or NUM_DOWNS=0 to derive the depth (7 for 128, 8 for 256, 9 for 512)")
+    on_cuda = cfg["DEVICE"] in ("auto", "cuda") or str(cfg["DEVICE"]).startswith("cuda:")
+    if cfg["DETERMINISTIC"] and cfg["GENERATOR"] != "unet" and on_cuda and torch.cuda.is_available():
+        raise ConfigError(f"DETERMINISTIC=True with GENERATOR={cfg['GENERATOR']!r} on a CUDA GPU: PyTorch has no "
+                          f"deterministic CUDA backward for the ResNet's reflection padding (the first step would "
+                          f"fail); use GENERATOR='unet', DETERMINISTIC=False, or DEVICE=cpu")
     check_image_size(cfg["IMAGE_SIZE"], cfg["NUM_DOWNS"], cfg["DISC_N_LAYERS"])
     check_coarsest_scale(cfg["IMAGE_SIZE"], cfg["D_SCALES"], cfg["DISC_N_LAYERS"])
     if cfg["JITTER"] and cfg["PREPROCESS"] in ("resize_and_crop", "scale_width_and_crop") \

@@ -72,13 +72,15 @@ class EagerStep:
 
 
 class GraphedStep(EagerStep):
-    """The same step, captured after WARMUP_STEPS eager ones and replayed from then on. `capture` records a step
-    and returns an object with replay() (capture_graph; tests pass their own)."""
+    """The same step, captured after WARMUP_STEPS eager ones of `batch_size` images and replayed from then on (a
+    smaller batch, an epoch's last, steps eagerly). `capture` records a step and returns an object with replay()
+    (capture_graph; tests pass their own)."""
 
-    def __init__(self, model: Pix2Pix, guard: Any, device: torch.device, method: Callable = train_step,
-                 capture: Callable[[Callable[[], Any]], Any] | None = None, say: Callable[[str], None] = print):
+    def __init__(self, model: Pix2Pix, guard: Any, device: torch.device, batch_size: int,
+                 method: Callable = train_step, capture: Callable[[Callable[[], Any]], Any] | None = None,
+                 say: Callable[[str], None] = print):
         super().__init__(model, guard, method)
-        self.device, self.capture, self.say = device, capture or capture_graph, say
+        self.device, self.batch_size, self.capture, self.say = device, batch_size, capture or capture_graph, say
         self.graph, self.failed, self.warm = None, False, 0
         self.side = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
@@ -90,8 +92,8 @@ class GraphedStep(EagerStep):
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, step: int | torch.Tensor) -> dict[str, torch.Tensor]:
         self.rates_in_place()
-        if self.failed or (self.graph is not None and x.shape != self.inputs[0].shape):
-            return super().__call__(x, y, step)  # after a failed capture; an epoch's smaller last batch
+        if self.failed or len(x) != self.batch_size or (self.graph is not None and x.shape != self.inputs[0].shape):
+            return super().__call__(x, y, step)  # after a failed capture; a smaller batch: never the one captured
         if self.warm < WARMUP_STEPS:
             self.warm += 1
             return self.on_side_stream(x, y, step)
@@ -149,4 +151,5 @@ def training_step(model: Pix2Pix, guard: Any, method: Callable, cfg: dict[str, A
     if why not in ("", "off") and say:
         say(f"CUDA_GRAPH=True: stepping eagerly: {why}")
     set_capturable(model, not why)
-    return EagerStep(model, guard, method) if why else GraphedStep(model, guard, device, method, say=say or print)
+    return EagerStep(model, guard, method) if why else GraphedStep(model, guard, device, cfg["BATCH_SIZE"], method,
+                                                                   say=say or print)

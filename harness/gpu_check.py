@@ -46,7 +46,7 @@ BENCH = ["--warmup", "5", "--steps", "20", "--repeats", "3"]  # CUDA graphs reco
 
 
 # dense (not 2:4-sparse) tensor-core peaks from NVIDIA's datasheets, TFLOP/s, by the name torch reports; the first
-# matching name wins. 16-bit = bf16 and fp16 (fp32 accumulate); fp32 is the plain CUDA-core rate (TF32 off)
+# name found as whole words wins ("L4" is not an L40, "A10" not an A10G). 16-bit = bf16 and fp16 (fp32 accumulate); fp32 is the plain CUDA-core rate (TF32 off)
 DENSE_PEAKS = (("H200 NVL", 835.5, 417.5, 60.0), ("H200", 989.4, 494.7, 66.9), ("H100 NVL", 835.5, 417.5, 60.0),
                ("H100 PCIe", 756.5, 378.0, 51.2), ("H100", 989.4, 494.7, 66.9), ("A100", 312.0, 156.0, 19.5),
                ("L40S", 362.1, 183.2, 91.6), ("L4", 121.0, 60.0, 30.3), ("A10", 125.0, 62.5, 31.2))
@@ -55,7 +55,7 @@ DENSE_PEAKS = (("H200 NVL", 835.5, 417.5, 60.0), ("H200", 989.4, 494.7, 66.9), (
 def dense_peak_tflops(name: str, precision: str) -> tuple[float | None, str]:
     """(the GPU's dense peak for `precision` in TFLOP/s, or None if this GPU is not in DENSE_PEAKS; its name)."""
     for pattern, half, tf32, fp32 in DENSE_PEAKS:
-        if pattern in name:
+        if re.search(rf"\b{re.escape(pattern)}\b", name):
             return {"bf16": half, "fp16": half, "tf32": tf32, "fp32": fp32}[precision], name
     return None, name
 
@@ -210,7 +210,7 @@ def check_bench(settings: dict[str, Any], train_dir: Path, deadline: float) -> d
     report = json.loads(out)
     results = report["results"]
     notes = [f"compile + first step {results['compile_s']:.0f} s"] if "compile_s" in results else []
-    notes += [f"MFU {results['mfu']:.1%}"] if "mfu" in results else \
+    notes += [f"{'step ' if files else ''}MFU {results['mfu']:.1%}"] if "mfu" in results else \
         [report["env"]["dense_peak"]] if "dense_peak" in report["env"] else []
     if files:
         notes += [f"step alone {results['train_img_s']:.0f}", f"batches alone {results['data_img_s']:.0f} img/s",

@@ -195,6 +195,16 @@ def test_resume_setting_resolves_to_a_checkpoint_or_a_setting_error(tmp_path):
     assert resolve_resume({"RESUME": str(ckpt_dir / "epoch_0001.pt")}, tmp_path / "new") == ckpt_dir / "epoch_0001.pt"
 
 
+def test_deterministic_resnet_on_a_gpu_is_refused_before_any_work(monkeypatch):
+    """torch.use_deterministic_algorithms raises in the ResNet's reflection-padding backward on CUDA: exit 2 up
+    front, not a RuntimeError at the first step. On the CPU the combination is deterministic and allowed."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ConfigError, match=r"^DETERMINISTIC=True with GENERATOR='resnet_9blocks' on a CUDA GPU"):
+        load_config(["--DETERMINISTIC=True", "--GENERATOR=resnet_9blocks"])
+    assert load_config(["--DETERMINISTIC=True", "--GENERATOR=resnet_9blocks", "--DEVICE=cpu"])["DETERMINISTIC"]
+    assert load_config(["--DETERMINISTIC=True"])["GENERATOR"] == "unet"
+
+
 # ----------------------------------------------------------------------------- data folders and empty paths
 
 def test_a_custom_train_dir_validates_on_its_own_held_out_folder_not_the_synthetic_set(tmp_path, monkeypatch):

@@ -75,10 +75,20 @@ def test_the_replayed_step_trains_as_the_eager_one():
     sizes = [2] * (WARMUP_STEPS + 4) + [1]
     calls = []
     eager = train(eager_with_rate_tensors, sizes)
-    graphed = train(lambda m, g: GraphedStep(m, g, CPU, capture=replaying(calls)), sizes)
+    graphed = train(lambda m, g: GraphedStep(m, g, CPU, 2, capture=replaying(calls)), sizes)
     assert calls == ["capture"] + ["replay"] * 4
     assert same_training(graphed, eager)
     assert graphed[1].read().n_ok == len(sizes)
+
+
+def test_a_smaller_batch_is_never_the_one_captured():
+    """A resumed epoch's few last batches: the smaller last one comes when the capture is due. It steps eagerly and
+    the next full batch is captured, so full batches replay from then on (a graph of the small shape never would)."""
+    sizes = [2] * WARMUP_STEPS + [1] + [2] * 3
+    calls = []
+    graphed = train(lambda m, g: GraphedStep(m, g, CPU, 2, capture=replaying(calls)), sizes)
+    assert calls == ["capture"] + ["replay"] * 3  # the capturing step replays too
+    assert same_training(graphed, train(eager_with_rate_tensors, sizes))
 
 
 def test_the_guard_records_a_replayed_steps_number(capsys):
@@ -88,7 +98,7 @@ def test_the_guard_records_a_replayed_steps_number(capsys):
     data = batches(sizes)
     data[WARMUP_STEPS + 1][1][0, 0, 0, 0] = float("nan")
     model, guard = tiny_model(), StepGuard("skip", CPU)
-    step = GraphedStep(model, guard, CPU, capture=replaying([]))
+    step = GraphedStep(model, guard, CPU, 2, capture=replaying([]))
     for n, (x, y) in enumerate(data):
         step(x, y, 100 + n)
     assert guard.read().skipped == 1
@@ -105,7 +115,7 @@ def test_a_failed_capture_says_one_line_and_trains_on_eagerly():
             model.D.requires_grad_(False)
             raise RuntimeError("operation not permitted when stream is capturing\nCUDA kernel errors ...")
         return capture
-    graphed = train(lambda m, g: GraphedStep(m, g, CPU, capture=failing(m), say=said.append), sizes)
+    graphed = train(lambda m, g: GraphedStep(m, g, CPU, 2, capture=failing(m), say=said.append), sizes)
     assert said == ["CUDA_GRAPH: capturing the training step failed (RuntimeError: operation not permitted when "
                     "stream is capturing); training on with the eager step"]
     assert all(p.requires_grad for p in graphed[0].D.parameters())
@@ -128,7 +138,7 @@ def test_a_new_learning_rate_reaches_the_captured_step():
     an epoch's start is copied into them before the next replay; and set_capturable makes the optimisers plain
     again, the rate a number (a checkpoint of either kind resumes under the other)."""
     model, sizes = tiny_model(), [2] * (WARMUP_STEPS + 2)
-    step = GraphedStep(model, StepGuard("stop", CPU), CPU, capture=replaying([]))
+    step = GraphedStep(model, StepGuard("stop", CPU), CPU, 2, capture=replaying([]))
     for n, (x, y) in enumerate(batches(sizes)):
         step(x, y, n)
     rate = model.opt_G.param_groups[0]["lr"]

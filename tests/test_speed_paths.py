@@ -319,3 +319,13 @@ def test_a_gpu_check_part_past_its_timeout_is_stopped_with_its_process_group():
     code, out, err = gpu_check.execute([sys.executable, "-c", "import time; print('started', flush=True); "
                                         "time.sleep(600)"], timeout=2)
     assert code is None and out == "started\n" and err.startswith("stopped after 2 s")
+
+
+@pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H100 PCIe", 756.5),
+                                        ("NVIDIA L4", 121.0), ("NVIDIA L40S", 362.1), ("NVIDIA L40", None),
+                                        ("NVIDIA A100-SXM4-80GB", 312.0), ("NVIDIA A10", 125.0),
+                                        ("NVIDIA A10G", None)])
+def test_the_mfu_peak_is_the_named_gpus_own(name, peak):
+    """A GPU's peak is found by its whole name: an L40 is not an L4, an A10G not an A10 (no peak: no MFU)."""
+    from harness.gpu_check import dense_peak_tflops
+    assert dense_peak_tflops(name, "bf16") == (peak, name)
