@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, Sampler
 
+from generator_model import ResnetGenerator
 from utils import read_image
 
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
@@ -63,6 +64,8 @@ def resize(images: list[np.ndarray], height: int, width: int) -> list[np.ndarray
     PIL resize. torch's uint8 path uses PIL's kernel (docs/data.md gives the difference)."""
     if images[0].shape[:2] == (height, width):
         return images
+    if len({image.shape for image in images}) > 1:  # IN_CHANNELS != OUT_CHANNELS: one at a time
+        return [resize([image], height, width)[0] for image in images]
     batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)  # NHWC memory: torch's fast uint8 path
     return list(F.interpolate(batch, size=(height, width), mode="bicubic", antialias=True).permute(0, 2, 3, 1).numpy())
 
@@ -96,7 +99,8 @@ class PairTransform:
           scale_width_and_crop   width LOAD_SIZE, height kept in proportion (at least IMAGE_SIZE), then a crop
           scale_width            the same without the crop; both sides then rounded to a multiple of `multiple`
           none                   unchanged, each side rounded to the nearest multiple of `multiple` (at least one)
-        The uncropped modes round to 2^NUM_DOWNS, which the U-Net needs (the official code rounds to 4)."""
+        The uncropped modes round to 2^NUM_DOWNS, which the U-Net needs, or 4 for the ResNet (the official code
+        rounds to 4 for both)."""
         def round_to(n: float) -> int:
             return max(self.multiple, int(round(n / self.multiple)) * self.multiple)
         if self.preprocess == "resize_and_crop":
@@ -125,10 +129,11 @@ class PairTransform:
 
 def build_transform(cfg: dict[str, Any], train: bool) -> PairTransform:
     """paper §6.2: random jitter (resize to LOAD_SIZE, random IMAGE_SIZE crop) and mirroring while training;
-    a plain resize to IMAGE_SIZE otherwise. Uncropped sides round to 2^NUM_DOWNS."""
+    a plain resize to IMAGE_SIZE otherwise. Uncropped sides round to the generator's side multiple (2^NUM_DOWNS)."""
     jitter = train and cfg["JITTER"]
+    multiple = 2 ** cfg["NUM_DOWNS"] if cfg["GENERATOR"] == "unet" else ResnetGenerator.side_multiple
     return PairTransform(cfg["PREPROCESS"], cfg["IMAGE_SIZE"], cfg["LOAD_SIZE"] if jitter else cfg["IMAGE_SIZE"],
-                         2 ** cfg["NUM_DOWNS"], random_crop=jitter, mirror=train and cfg["MIRROR"])
+                         multiple, random_crop=jitter, mirror=train and cfg["MIRROR"])
 
 
 # ----------------------------------------------------------------------------- the dataset and its sampler

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from dataset import read_pair
-from harness.data_checks import list_images
+from dataset import Pair, read_pair
+from harness.data_checks import find_pairs
 from harness.errors import CheckpointError, ConfigError, path_argument
 from harness.fcn_score import FACADES_PALETTE  # the facades label colours: the sketchpad's brushes
 from harness.inference import fit_back, fit_to_model, load_for_inference
@@ -102,7 +102,7 @@ def palette_legend(palette: tuple[tuple[str, tuple[int, int, int]], ...]) -> str
 
 
 def build_app(G: torch.nn.Module, cfg: dict[str, Any], device: torch.device, precision: str, checkpoint: Path,
-              val_files: list[Path], max_pixels: int = MAX_PIXELS) -> gr.Blocks:
+              val_pairs: list[Pair], max_pixels: int = MAX_PIXELS) -> gr.Blocks:
     in_channels = G.hparams["in_channels"]
     size = cfg["IMAGE_SIZE"]
 
@@ -122,11 +122,11 @@ def build_app(G: torch.nn.Module, cfg: dict[str, Any], device: torch.device, pre
             raise gr.Error(f"translation failed: {type(e).__name__}: {str(e)[:200]}") from None
 
     def random_input() -> np.ndarray:
-        if not val_files:
-            raise gr.Error("No validation images: start the demo with --val-dir pointing at an A|B folder.")
-        path = random.choice(val_files)
+        if not val_pairs:
+            raise gr.Error("No validation images: start the demo with --val-dir pointing at a data folder.")
+        path, partner = random.choice(val_pairs)  # an A|B file, or an A/ file and its B/ partner
         try:
-            return read_pair(path, cfg["DIRECTION"], in_channels, G.hparams["out_channels"])[0].squeeze()
+            return read_pair(path, cfg["DIRECTION"], in_channels, G.hparams["out_channels"], partner)[0].squeeze()
         except (OSError, ValueError, SyntaxError) as e:
             raise gr.Error(f"{path}: {e}") from None
 
@@ -147,7 +147,7 @@ def build_app(G: torch.nn.Module, cfg: dict[str, Any], device: torch.device, pre
             output = gr.Image(label="Output", format="png", height=320, interactive=False,
                               buttons=["download", "fullscreen"], elem_id="output-image")
         with gr.Row(equal_height=False):
-            random_button = gr.Button("Random validation input", elem_id="random-btn", interactive=bool(val_files))
+            random_button = gr.Button("Random validation input", elem_id="random-btn", interactive=bool(val_pairs))
             mode = gr.Radio(["paper", "eval"], value="paper", label="Test-time mode", show_label=True,
                             info="paper: dropout on, the image's own statistics (§3.3); eval: deterministic")
             seed = gr.Number(value=0, precision=0, label="Seed", info="the paper mode's dropout noise")
@@ -179,6 +179,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 = every interface)")
     ap.add_argument("--val-dir", type=path_argument(Path), default=None,
                     help="A|B folder for the random-input button (default: the checkpoint's VAL_DIR)")
+    ap.add_argument("--direction", choices=("AtoB", "BtoA"), default=None,
+                    help="which half of a --val-dir A|B file is the input, for files that store no direction (an "
+                         "official latest_net_G.pth)")
     ap.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
     ap.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="refuse larger uploads")
     return ap.parse_args(argv)
@@ -187,18 +190,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        G, cfg, device, precision = load_for_inference(args.checkpoint, "eval", args.device)
+        G, cfg, device, precision = load_for_inference(args.checkpoint, "eval", args.device, direction=args.direction,
+                                                       needs_direction=args.val_dir is not None)
     except (CheckpointError, ConfigError) as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     val_dir = args.val_dir or Path(cfg.get("VAL_DIR", ""))
-    val_files = list_images(val_dir) if str(val_dir) and val_dir.is_dir() else []
-    if args.val_dir and not val_files:
+    val_pairs = find_pairs(val_dir)[0] if str(val_dir) and val_dir.is_dir() else []  # either data layout
+    if args.val_dir and not val_pairs:
         print(f"error: --val-dir {args.val_dir}: no images found there", file=sys.stderr)
         return 1
     print(f"{args.checkpoint}: {cfg['DIRECTION']}, {cfg['IMAGE_SIZE']} px, {device}, {precision}; random inputs "
-          f"from {val_dir if val_files else '(none: pass --val-dir)'}", flush=True)
-    app = build_app(G, cfg, device, precision, args.checkpoint, val_files, args.max_pixels)
+          f"from {val_dir if val_pairs else '(none: pass --val-dir)'}", flush=True)
+    app = build_app(G, cfg, device, precision, args.checkpoint, val_pairs, args.max_pixels)
     app.queue(default_concurrency_limit=1)  # one translation at a time: G's mode is switched per call
     try:
         app.launch(server_name=args.host, server_port=args.port, share=False, show_error=True, ssr_mode=False,

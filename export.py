@@ -72,10 +72,14 @@ def export_official_format(G: nn.Module, output: Path) -> int:
         options = official_options(G)
     except OfficialFormatError as e:  # the file is fine; the official test.py just has no --netG for this depth
         options = f"(no test.py option builds it: {e})"
-    direction = getattr(G, "train_config", {}).get("DIRECTION", "AtoB")
+    trained = getattr(G, "train_config", {})
+    direction = trained.get("DIRECTION", "AtoB|BtoA (this file stores none: the side of your A|B files to translate)")
+    # test.py's defaults are for 256 px: say another size (a U-Net's depth gives it where the file has no config)
+    size = trained.get("IMAGE_SIZE", 2 ** G.hparams["num_downs"] if "num_downs" in G.hparams else 256)
+    sizes = f" --load_size {size} --crop_size {size}" if size != 256 else ""
     print(f"wrote {output} (the official pix2pix's latest_net_G.pth). To run it with the official code, put it at "
           f"checkpoints/NAME/latest_net_G.pth and run:\n  python test.py --dataroot DATA --name NAME --model pix2pix "
-          f"--direction {direction} {options}")
+          f"--direction {direction} {options}{sizes}")
     return 0
 
 

@@ -12,8 +12,8 @@ The U-Net needs sides divisible by 2^num_downs (256 for the paper's model), a Re
                           the network was trained at (a non-square image is stretched, then un-stretched)
   --fit pad               reflect-pad to the next multiple, translate, crop the padding off: native scale
   --fit auto (default)    pad for a model trained on unscaled images (PREPROCESS crop or none), else resize
---paired reads A|B files like the training data (the checkpoint's DIRECTION says which half is the input)
-and writes input | output | target strips instead.
+--paired reads data like the training data, A|B files or A/ + B/ folders (the checkpoint's DIRECTION says which
+side is the input), and writes input | output | target strips instead.
 
 --mode paper (default, as load_generator and the paper §3.3: dropout on, batch-norm with the batch's
 statistics; --seed fixes the dropout noise) or eval (dropout off, running statistics). In paper mode a larger
@@ -41,7 +41,7 @@ from torchvision.utils import save_image
 from tqdm import tqdm
 
 from dataset import read_pair, to_tensor
-from harness.data_checks import IMG_EXTENSIONS, list_images
+from harness.data_checks import IMG_EXTENSIONS, find_pairs, list_images
 from harness.errors import ConfigError, DatasetError, exit_on_error, path_argument
 from harness.inference import (batch_size_for, check_output_folder, fit_back, fit_to_model, load_for_inference,
                                model_arguments)
@@ -76,6 +76,19 @@ def find_images(inputs: list[str]) -> list[tuple[Path, Path]]:
     return result
 
 
+def ab_partners(inputs: list[str]) -> tuple[dict[Path, Path], list[tuple[Path, str]]]:
+    """--paired on A/ + B/ folders (the other data layout): each A file's B partner, by resolved path, and the files
+    with no partner, with why."""
+    partner: dict[Path, Path] = {}
+    unmatched: list[tuple[Path, str]] = []
+    for item in inputs:
+        if Path(item, "A").is_dir() and Path(item, "B").is_dir():
+            pairs, lost = find_pairs(item)
+            partner |= {a.resolve(): b for a, b in pairs}
+            unmatched += lost
+    return partner, unmatched
+
+
 @dataclass
 class Item:
     path: Path
@@ -86,11 +99,12 @@ class Item:
     target: torch.Tensor | None = None
 
 
-def load_item(path: Path, name: Path, args: argparse.Namespace, cfg: dict[str, Any], G: torch.nn.Module) -> Item:
+def load_item(path: Path, name: Path, args: argparse.Namespace, cfg: dict[str, Any], G: torch.nn.Module,
+              partner: Path | None = None) -> Item:
     in_ch, out_ch = G.hparams["in_channels"], G.hparams["out_channels"]
     multiple = G.side_multiple
-    if args.paired:
-        x, y = read_pair(path, cfg["DIRECTION"], in_ch, out_ch)
+    if args.paired:  # an A|B file, or an A/ file and its B/ `partner`
+        x, y = read_pair(path, cfg["DIRECTION"], in_ch, out_ch, partner)
         if x.shape[1] == 0:
             raise DatasetError(f"{path}: too narrow to split into A|B halves")
         return Item(path, name, fit_to_model(x, args.fit, cfg["IMAGE_SIZE"], multiple), x.shape[:2],
@@ -112,7 +126,9 @@ def predict(args: argparse.Namespace) -> int:
                                                    args.direction, needs_direction=args.paired)
     if args.fit == "auto":  # crops of unscaled images: the model knows the native scale
         args.fit = "pad" if cfg["PREPROCESS"] in ("crop", "none") else "resize"
-    images = find_images(args.input)
+    partner, unmatched = ab_partners(args.input) if args.paired else ({}, [])
+    taken = {b.resolve() for b in partner.values()} | {p.resolve() for p, _ in unmatched}  # not A|B files
+    images = [(path, name) for path, name in find_images(args.input) if path.resolve() not in taken]
     if not images:
         print(f"error: no images found in {' '.join(args.input)} (files, folders or glob patterns of "
               f"{', '.join(IMG_EXTENSIONS)})", file=sys.stderr)
@@ -124,7 +140,7 @@ def predict(args: argparse.Namespace) -> int:
         raise ConfigError(f"--output {args.output}: {clash[1]} would overwrite the input image {clash[0]}; choose "
                           f"another output folder")
     batch_size = batch_size_for(args, cfg)
-    failed: list[tuple[Path, str]] = []
+    failed: list[tuple[Path, str]] = list(unmatched)
     written = 0
     bar = tqdm(total=len(images), unit="img", desc="predict", dynamic_ncols=True)
 
@@ -154,7 +170,7 @@ def predict(args: argparse.Namespace) -> int:
     with test_mode(G, args.mode, args.seed), bar:  # the bar closes on any way out, before an error or Ctrl-C line
         for path, name in images:
             try:
-                item = load_item(path, name, args, cfg, G)
+                item = load_item(path, name, args, cfg, G, partner.get(path.resolve()))
             except Exception as e:  # noqa: BLE001 - one unreadable file must not stop the others
                 failed.append((path, reason(e)))
                 bar.update(1)

@@ -150,7 +150,8 @@ def load_config(argv: list[str] | None = None) -> dict[str, Any]:
     cfg.update(overrides)
     if cfg["NUM_DOWNS"] == 0:
         cfg["NUM_DOWNS"] = num_downs_for(cfg["IMAGE_SIZE"])
-        check_derived_depth(cfg["IMAGE_SIZE"], cfg["NUM_DOWNS"])
+        if cfg["GENERATOR"] == "unet":  # the ResNet's depth is fixed: its sides need multiples of 4 only
+            check_derived_depth(cfg["IMAGE_SIZE"], cfg["NUM_DOWNS"])
     validate_config(cfg)
     if "VAL_DIR" not in overrides and cfg["VAL_DIR"] in implied_val_dirs:
         cfg["VAL_DIR"] = val_dir_for(cfg["TRAIN_DIR"], cfg["VAL_DIR"])

@@ -162,6 +162,25 @@ def test_channel_counts(tmp_path, in_ch, out_ch):
     Image.fromarray(np.full((16, 32), 128, dtype=np.uint8), mode="L").save(tmp_path / "rgb" / "0.png")
     x, y = ds[0]
     assert x.shape == (in_ch, 16, 16) and y.shape == (out_ch, 16, 16)
+    # with the paper's jitter (a resize to LOAD_SIZE, then a crop) the two halves are resized alike, also when
+    # their channel counts differ (colourising grayscale: 1 -> 3)
+    jittered = make_dataset(tmp_path / "rgb", direction="AtoB", image_size=16, load_size=20, in_channels=in_ch,
+                            out_channels=out_ch)
+    x, y = jittered[0]
+    assert x.shape == (in_ch, 16, 16) and y.shape == (out_ch, 16, 16)
+    assert torch.allclose(x, torch.full_like(x, 128 / 127.5 - 1), atol=1e-6)  # a flat image stays flat
+
+
+def test_uncropped_sides_round_to_the_generators_own_multiple():
+    """PREPROCESS=none keeps an image's size, rounded to what the generator takes: 2^NUM_DOWNS for the U-Net,
+    4 for the ResNet (two stride-2 convolutions), whose 600x400 images must not become 512x512."""
+    from harness.configurator import load_config
+    from dataset import build_transform
+    unet = build_transform(load_config(["--PREPROCESS=none"]), train=False)
+    resnet = build_transform(load_config(["--PREPROCESS=none", "--GENERATOR=resnet_9blocks"]), train=False)
+    assert unet.output_size(400, 600) == (512, 512)
+    assert resnet.output_size(400, 600) == (400, 600) and resnet.output_size(401, 598) == (400, 600)
+    assert load_config(["--GENERATOR=resnet_9blocks", "--IMAGE_SIZE=300", "--LOAD_SIZE=336"])["IMAGE_SIZE"] == 300
 
 
 # ----------------------------------------------------------------------------- sampling

@@ -291,3 +291,19 @@ def test_headless_chromium_draws_with_a_label_colour_and_translates_the_drawing(
         assert demo.FACADES_PALETTE[2][1] in colours  # the stroke is the "window" label colour
     finally:
         browser.quit()
+
+
+def test_random_validation_input_reads_a_and_b_folders_too(tiny_run, tmp_path):
+    """A --val-dir in the other layout, A/ + B/ folders: the random input is the input side of a pair (B for the
+    BtoA tiny run), never half of one file."""
+    import demo
+    from harness.data_checks import find_pairs
+    from harness.inference import load_for_inference
+    for side, value in (("A", 40), ("B", 200)):
+        (tmp_path / side).mkdir()
+        Image.fromarray(np.full((32, 32, 3), value, dtype=np.uint8)).save(tmp_path / side / "x.png")
+    G, cfg, device, precision = load_for_inference(tiny_run / "run" / "generator.pt", "eval", "cpu")
+    app = demo.build_app(G, cfg, device, precision, tiny_run / "run" / "generator.pt", find_pairs(tmp_path)[0])
+    random_input = next(f.fn for f in app.fns.values() if f.api_name == "random_input")
+    got = random_input()
+    assert got.shape == (32, 32, 3) and (got == 200).all()

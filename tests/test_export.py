@@ -136,7 +136,8 @@ def test_official_format_writes_a_file_the_official_loader_reads_back_unchanged(
     assert export.main(["--checkpoint", str(tmp_path / "generator.pt"), "--output", str(out),
                         "--format", "official"]) == 0
     printed = capsys.readouterr().out
-    assert "--model pix2pix --direction BtoA --netG unet_128 --ngf 4 --norm batch" in printed
+    assert ("--model pix2pix --direction BtoA --netG unet_128 --ngf 4 --norm batch --input_nc 3 --output_nc 3 "
+            "--load_size 128 --crop_size 128") in printed  # test.py's own sizes are 256 px
     assert all(k.startswith("model.model.") for k in torch.load(out, weights_only=True))  # the official names
     loaded = load_generator(out, mode="eval")  # read as an official file (names inferred, official placement)
     x = torch.rand(2, 3, 128, 128) * 2 - 1

@@ -60,7 +60,7 @@ def demo_app(tiny_run, tmp_path_factory):
     folder = tmp_path_factory.mktemp("oversized_val")
     bomb = write_png_header(folder / "big.png", 15000, 12000)
     G, cfg, device, precision = load_for_inference(tiny_run / "run" / "generator.pt", "eval", "cpu")
-    return demo.build_app(G, cfg, device, precision, tiny_run / "run" / "generator.pt", [bomb]), bomb
+    return demo.build_app(G, cfg, device, precision, tiny_run / "run" / "generator.pt", [(bomb, None)]), bomb
 
 
 def test_the_demos_random_input_names_a_file_over_the_limit(demo_app):

@@ -120,6 +120,21 @@ def test_paired_strips_follow_the_checkpoints_direction(checkpoint, tmp_path, di
         assert np.abs(strip[2:34, 36:68] - y).mean() > 0  # the middle panel is the model's, not a copy
 
 
+def test_paired_reads_a_and_b_folders_too(checkpoint, tmp_path, capsys):
+    """The other data layout: A/x.png with its partner B/x.png makes one strip (the checkpoint is BtoA: B is the
+    input); a file without a partner is listed as skipped, not split down the middle."""
+    a = write_image(tmp_path / "data" / "A" / "x.png", 32, 32, seed=1)
+    b = write_image(tmp_path / "data" / "B" / "x.png", 32, 32, seed=2)
+    lone = write_image(tmp_path / "data" / "A" / "lone.png", 32, 32, seed=3)
+    assert run(checkpoint, [tmp_path / "data"], tmp_path / "out", "--paired") == 0
+    assert sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*.png")) == ["A/x.png"]
+    strip = pixels(tmp_path / "out" / "A" / "x.png")
+    assert np.abs(strip[2:34, 2:34] - pixels(b)).max() <= 1  # input panel: B
+    assert np.abs(strip[2:34, 70:102] - pixels(a)).max() <= 1  # target panel: A
+    err = capsys.readouterr().err
+    assert f"{lone}: no B/lone.* to pair with" in err
+
+
 def test_mixed_sizes_batch_by_size(checkpoint, tmp_path):
     """--batch-size 4 in pad mode: 64x64, 32x32 and 64x32 fitted sizes cannot share a batch; all are written."""
     sizes = [(50, 37), (32, 32), (64, 33), (20, 10), (60, 60), (64, 32)]
