@@ -99,8 +99,7 @@ class PairTransform:
           scale_width_and_crop   width LOAD_SIZE, height kept in proportion (at least IMAGE_SIZE), then a crop
           scale_width            the same without the crop; both sides then rounded to a multiple of `multiple`
           none                   unchanged, each side rounded to the nearest multiple of `multiple` (at least one)
-        The uncropped modes round to 2^NUM_DOWNS, which the U-Net needs, or 4 for the ResNet (the official code
-        rounds to 4 for both)."""
+        The uncropped modes round to the generator's side multiple (2^NUM_DOWNS; the official code rounds to 4)."""
         def round_to(n: float) -> int:
             return max(self.multiple, int(round(n / self.multiple)) * self.multiple)
         if self.preprocess == "resize_and_crop":

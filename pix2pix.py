@@ -81,10 +81,9 @@ def lr_factor(epoch: int, cfg: dict[str, Any], plateau_factor: float = 1.0) -> f
 
 
 def plateau_after(state: dict[str, float], figure: float) -> dict[str, float]:
-    """LR_POLICY="plateau" after a validation: the factor x0.2 once the figure (BEST_BY, as a loss) has not improved
-    by 1 % for more than 5 validations (torch's ReduceLROnPlateau as the official code configures it)."""
+    """LR_POLICY="plateau" after a validation: the factor x0.2 once the figure (BEST_BY, as a loss: -IoU too) has not
+    improved by 1 % of |best| for more than 5 validations (torch's ReduceLROnPlateau as the official code sets it)."""
     factor, best, bad = state.get("factor", 1.0), state.get("best", math.inf), state.get("bad", 0)
-    # 1 % of |best|: for -IoU (BEST_BY="fcn_class_iou") too, where best * 0.99 would count a decline as a gain
     best, bad = (figure, 0) if figure < (best - 0.01 * abs(best) if math.isfinite(best) else best) else (best, bad + 1)
     if bad > 5:
         factor, bad = factor * 0.2, 0

@@ -22,7 +22,7 @@ from dataset import AugmentationSampler
 from harness.configurator import load_config
 from harness.data_checks import data_fingerprint
 from harness.cuda_graph import training_step
-from harness.distributed import barrier, gather_from_ranks, setup_distributed, while_rank0_works
+from harness.distributed import barrier, setup_distributed, while_rank0_works
 from harness.errors import exit_on_error
 from harness.fcn_score import scorer_for
 from harness.fid import training_scores
@@ -54,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         G, D = build_models(cfg)
         if cfg["SYNC_BN"] and ranks.world_size > 1:
             G, D = (nn.SyncBatchNorm.convert_sync_batchnorm(net) for net in (G, D))
-        G = G.to(runtime.device, memory_format=runtime.memory_format)
-        D = D.to(runtime.device, memory_format=runtime.memory_format)
+        G, D = (net.to(runtime.device, memory_format=runtime.memory_format) for net in (G, D))
         model = Pix2Pix(G, D, *make_optimizers(G, D, cfg, runtime.device),
                         *make_grad_scalers(runtime.device, runtime.precision), cfg["L1_LAMBDA"],
                         runtime.amp, **beyond_the_paper(cfg, G, ranks.world_size))  # recipes: all off
@@ -172,13 +171,11 @@ def main(argv: list[str] | None = None) -> int:
                         progress.plateau = plateau_after(progress.plateau, figure)
                 log.epoch_row(row, curves=sampled or validated or progress.epoch == 1)
                 outputs_every = spaced_out(cfg, outputs_every, outputs.seconds(), train_seconds)
-            if cfg["LR_POLICY"] == "plateau":  # rank 0 validated: every rank takes its LR factor
-                progress.plateau = gather_from_ranks(progress.plateau, ranks.world_size)[0]
+            run.share_plateau(progress)  # LR_POLICY=plateau: rank 0 validated; every rank takes its factor
 
-            # checkpoints and exports: on a new best, best.pt and generator_best.pt (and last.pt: a
-            # resume from before it could overwrite it with a worse G); on a save, generator.pt, a
-            # snapshot every SNAPSHOT_EVERY epochs, and last.pt, written last: it marks the epoch as
-            # done (a kill before it redoes the epoch)
+            # on a new best, best.pt, generator_best.pt and last.pt (a resume from before could replace
+            # them with a worse G); on a save, generator.pt, a snapshot every SNAPSHOT_EVERY epochs, and
+            # last.pt, written last: it marks the epoch as done (a kill before it redoes the epoch)
             if save or best:
                 run.save_checkpoint(progress, model, rank_rngs, train_data, last=save or best, export=save,
                                     snapshot=save and snapshot, best=best)

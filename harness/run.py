@@ -292,6 +292,12 @@ class TrainingRun:
         self.writer.wait()
         return validate_generators(model, val_set, self.cfg, self.runtime, fcn, fid, log, step)
 
+    def share_plateau(self, progress: Progress) -> None:
+        """LR_POLICY="plateau": rank 0's plateau state (it alone validates) on every rank, which all set their LR
+        from it; a no-op for the other policies."""
+        if self.cfg["LR_POLICY"] == "plateau":
+            progress.plateau = gather_from_ranks(progress.plateau, self.ranks.world_size)[0]
+
     def save_due(self) -> bool:
         """Rank 0's clock: CHECKPOINT_EVERY_MINUTES have passed since the last save (the other ranks: False)."""
         minutes = self.cfg["CHECKPOINT_EVERY_MINUTES"]
