@@ -267,7 +267,7 @@ class TrainingRun:
         import harness.metrics  # noqa: F401
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=2))
-        log = RunLog(self.run_dir, resume_epoch=progress.epoch)
+        log = RunLog(self.run_dir, resume_epoch=progress.epoch, resume_step=progress.step)
         self.cleanup.callback(log.close)
         print_run(self.cfg, self.runtime, self.ranks.world_size, model.G, model.D, len(train_set), len(val_set),
                   flops)

@@ -61,7 +61,7 @@ def check_run_dir(run_dir: Path) -> None:
 class RunLog:
     """log.csv + TensorBoard for one run directory (rank 0 only)."""
 
-    def __init__(self, run_dir: Path, resume_epoch: int = 0):
+    def __init__(self, run_dir: Path, resume_epoch: int = 0, resume_step: int = 0):
         from torch.utils.tensorboard import SummaryWriter
         self.run_dir = run_dir
         self.csv_path = run_dir / "log.csv"
@@ -75,7 +75,8 @@ class RunLog:
             self._write([r for r in rows if int(r["epoch"]) <= resume_epoch])
         elif not rows:
             self._write([])
-        self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        # TensorBoard drops the events after the checkpoint's step, which this run logs again (as log.csv's rows)
+        self.tb = SummaryWriter(str(run_dir / "tensorboard"), purge_step=resume_step + 1 if resume_step else 0)
 
     def rows(self) -> list[dict[str, str]]:
         if not self.csv_path.exists():

@@ -19,6 +19,7 @@ class StopRequest:
 
     def __init__(self, announce: bool = True, install: bool = True):
         self.signum, self.announce = 0, announce  # announce: False on torchrun's other ranks (one message)
+        self.interrupted = False  # a Ctrl-C came: the next one aborts
         self.previous = {sig: signal.signal(sig, self.handle) for sig in (signal.SIGINT, signal.SIGTERM)} \
             if install else {}
 
@@ -27,9 +28,11 @@ class StopRequest:
             signal.signal(sig, handler)
 
     def handle(self, signum, frame):
-        if self.signum == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt("aborted by a second Ctrl-C: nothing saved after the last checkpoint")
-        self.signum = signum
+        if signum == signal.SIGINT:
+            if self.interrupted:
+                raise KeyboardInterrupt("aborted by a second Ctrl-C: nothing saved after the last checkpoint")
+            self.interrupted = True
+        self.signum = max(self.signum, signum)  # a SIGTERM stays one (exit 143) when a Ctrl-C follows it
         if self.announce:
             print(f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
                   f"(Ctrl-C again to abort without saving)", file=sys.stderr)

@@ -168,8 +168,9 @@ class StepGuard:
                   f"(ON_NAN=skip)", file=sys.stderr)
             self.reported_skips = n_skipped
             self.tally.first_bad_step.fill_(-1)  # report the next one afresh
-        return Reading({k: v / max(n_ok, 1) for k, v in zip(LOSS_TERMS, seen.loss_sums.tolist())}, n_ok, n_skipped,
-                       int(seen.scaler_skips))
+        # the means of the finite steps since start_epoch: none (a resume at an epoch's very end) is NaN, not 0
+        return Reading({k: v / n_ok if n_ok else float("nan") for k, v in zip(LOSS_TERMS, seen.loss_sums.tolist())},
+                       n_ok, n_skipped, int(seen.scaler_skips))
 
     def start_epoch(self) -> None:
         """The loss sums and counts are per epoch; a non-finite loss not yet reported stays."""

@@ -11,6 +11,7 @@ import csv
 import errno
 import hashlib
 import json
+import math
 import os
 import queue
 import random
@@ -182,6 +183,29 @@ def test_a_second_ctrl_c_aborts_without_saving(tiny_data, tmp_path, monkeypatch,
     assert err.rstrip().endswith("aborted by a second Ctrl-C: nothing saved after the last checkpoint")
     assert "Traceback" not in err and len(calls) == 3
     assert not (run_dir / "checkpoints").exists() and not (run_dir / "generator.pt").exists()
+
+
+def test_an_epoch_without_a_finite_step_logs_nan_losses_not_zeros():
+    """A resume at an epoch's very end trains no step of it (or every step was skipped): its row's losses are NaN
+    (blank in the curves), not 0.0, which would read as a perfect epoch."""
+    from harness.step_guard import StepGuard
+    reading = StepGuard("skip", torch.device("cpu")).read()
+    assert reading.n_ok == 0 and all(math.isnan(v) for v in reading.means.values()), reading
+
+
+def test_a_sigterm_stays_a_sigterm_when_a_ctrl_c_follows():
+    """A scheduler's SIGTERM, then a Ctrl-C (or a launcher's SIGINT): the run still exits 143, never the 0 of a
+    Ctrl-C stop that a scheduler would read as done; a second Ctrl-C still aborts."""
+    from harness.signals import StopRequest
+    stop = StopRequest(announce=False, install=False)
+    stop.handle(signal.SIGTERM, None)
+    stop.handle(signal.SIGINT, None)
+    assert stop.exit_code() == 143
+    with pytest.raises(KeyboardInterrupt, match="second Ctrl-C"):
+        stop.handle(signal.SIGINT, None)
+    ctrl_c = StopRequest(announce=False, install=False)
+    ctrl_c.handle(signal.SIGINT, None)
+    assert ctrl_c.exit_code() == 0  # a Ctrl-C stop: saved, the user's choice
 
 
 def test_one_ctrl_c_during_the_data_scan_ends_the_run_at_once_and_says_so(tiny_data, tmp_path):

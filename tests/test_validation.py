@@ -71,6 +71,21 @@ def test_best_checkpoint_holds_the_lowest_val_l1(tiny_run):
     assert load_checkpoint(run / "checkpoints" / "last.pt")["best_val"] == best["best_val"]
 
 
+def test_a_resumed_run_logs_each_step_once_in_tensorboard(tiny_data, tmp_path):
+    """Resumed from epoch 1's snapshot, the run trains epoch 2 again: TensorBoard keeps its second logging only
+    (the writer purges what came after the checkpoint's step), as log.csv keeps one row per epoch."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = tmp_path / "run"
+    args = tiny_args(tiny_data, run, SNAPSHOT_EVERY=1, SAMPLE_EVERY=0)
+    assert train.main(args) == 0
+    shutil.copy(run / "checkpoints" / "epoch_0001.pt", run / "checkpoints" / "last.pt")  # back to epoch 1
+    assert train.main(args) == 0
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    steps = [e.step for e in events.Scalars("val/l1")]
+    assert steps == [int(r["step"]) for r in log_rows(run)] and len(steps) == 2
+
+
 def test_curves_png_is_a_valid_image(tiny_run):
     assert_png(tiny_run / "run" / "curves.png")
 
