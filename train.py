@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
             # the end of the epoch, every rank: the losses over all ranks; a stop or save agreed
             progress.epoch, progress.images_in_epoch = epoch + 1, 0
             bar.close()
-            train_seconds = timer.seconds()
+            train_seconds = timer.seconds() * len(train_set) / timer.images if timer.images else 0.0  # whole
             reading = guard.read(over_ranks=True)  # a NaN under ON_NAN=stop raises here, unsaved
             stop_signal, save_due = agree_on_stop(stop.signum, run.save_due(), ranks.world_size,
                                                   runtime.device)

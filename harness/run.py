@@ -71,10 +71,11 @@ def is_due(epoch: int, every: int, outputs_every: int, last: bool) -> bool:
 
 def spaced_out(cfg: dict[str, Any], outputs_every: int, output_seconds: float, train_seconds: float) -> int:
     """EVAL_BUDGET: samples, validation and curves may take at most that share of the time. If this epoch's took
-    more, the multiple of SAMPLE_EVERY / VAL_EVERY they run at from now on (said once); else `outputs_every`."""
+    more, the multiple of SAMPLE_EVERY / VAL_EVERY they run at from now on (said once); else `outputs_every`.
+    `train_seconds`: a whole epoch's training time, 0 if unknown (an epoch resumed at its very end)."""
     base = min(n for n in (cfg["SAMPLE_EVERY"], cfg["VAL_EVERY"], 1 << 30) if n)
     per_epoch = cfg["EVAL_BUDGET"] * base * max(train_seconds, 1e-9)
-    if not cfg["EVAL_BUDGET"] or output_seconds <= per_epoch * outputs_every:
+    if not cfg["EVAL_BUDGET"] or not train_seconds or output_seconds <= per_epoch * outputs_every:
         return outputs_every
     outputs_every = math.ceil(output_seconds / per_epoch)
     print(f"  samples and validation took {output_seconds:.1f} s against {train_seconds:.1f} s of training per "

@@ -108,6 +108,16 @@ def test_slow_samples_and_validation_are_spaced_out_to_stay_within_eval_budget(t
     assert "from now on every" in capsys.readouterr().out
 
 
+def test_an_epoch_of_unknown_length_never_spaces_the_outputs_out(capsys):
+    """spaced_out weighs the outputs against a whole epoch's training time; an epoch resumed at its very end
+    trained nothing (0 s: unknown) and must not push validation to the end of the run."""
+    from harness.configurator import default_settings
+    cfg = default_settings() | {"EVAL_BUDGET": 0.1}
+    assert harness_run.spaced_out(cfg, 1, output_seconds=5.0, train_seconds=0.0) == 1
+    assert harness_run.spaced_out(cfg, 1, output_seconds=5.0, train_seconds=10.0) == 5  # 5 s against 1 s allowed
+    assert capsys.readouterr().out.count("from now on every 5") == 1
+
+
 def test_the_schedule_is_printed_at_the_start(tiny_data, tmp_path, capsys):
     assert train.main(tiny_args(tiny_data, tmp_path / "run", N_EPOCHS_DECAY=0, CHECKPOINT_EVERY_MINUTES=7.5,
                                 EVAL_BUDGET=0.2, VAL_EVERY=2, SNAPSHOT_EVERY=0)) == 0
