@@ -137,16 +137,16 @@ def main(argv: list[str] | None = None) -> int:
             # the end of the epoch, every rank: the losses over all ranks; a stop or save agreed
             progress.epoch, progress.images_in_epoch = epoch + 1, 0
             bar.close()
-            train_seconds = timer.seconds() * len(train_set) / timer.images if timer.images else 0.0  # whole
+            train_seconds = timer.seconds() * len(train_set) / timer.images if timer.images else 0.0  # per epoch
             reading = guard.read(over_ranks=True)  # a NaN under ON_NAN=stop raises here, unsaved
-            stop_signal, save_due = agree_on_stop(stop.signum, run.save_due(), ranks.world_size,
-                                                  runtime.device)
+            stop_signal, save_due = agree_on_stop(stop.signum, run.save_due(), ranks.world_size, runtime.device)
             rank_rngs = gather_rng_states(runtime.device, ranks.world_size)  # as training left them
+            if stop_signal:  # last.pt before the outputs too: a scheduler's grace period may end in them
+                run.save_checkpoint(progress, model, rank_rngs, train_data)
             last = progress.epoch == run.total_epochs
             snapshot = bool(cfg["SNAPSHOT_EVERY"]) and progress.epoch % cfg["SNAPSHOT_EVERY"] == 0
             # last.pt and generator.pt: every epoch, or with CHECKPOINT_EVERY_MINUTES when due
-            save = bool(stop_signal or save_due) or snapshot or last \
-                or not cfg["CHECKPOINT_EVERY_MINUTES"]
+            save = bool(stop_signal or save_due) or snapshot or last or not cfg["CHECKPOINT_EVERY_MINUTES"]
             best = False
 
             if ranks.master:  # rank 0 writes the epoch's outputs; the others wait at the barrier

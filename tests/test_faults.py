@@ -193,6 +193,29 @@ def test_an_epoch_without_a_finite_step_logs_nan_losses_not_zeros():
     assert reading.n_ok == 0 and all(math.isnan(v) for v in reading.means.values()), reading
 
 
+def test_a_stop_agreed_at_an_epochs_end_saves_before_validating(tiny_data, tmp_path, monkeypatch):
+    """Under torchrun a signal in an epoch's last steps is agreed at its end, before samples and validation (which
+    can take minutes): last.pt holds the finished epoch before they start, so a kill during them (a scheduler's
+    grace period ending) loses nothing of it. Here the agreement says SIGTERM at epoch 1's end, and validation is
+    killed."""
+    from harness import metrics
+    calls = []
+
+    def agree(signum, save_due, world_size, device):  # 8 images at batch 1: 8 step agreements, then the epoch's
+        calls.append(1)
+        return (signal.SIGTERM if len(calls) == 9 else 0), False
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed during validation")
+    monkeypatch.setattr(train, "agree_on_stop", agree)
+    monkeypatch.setattr(metrics, "evaluate_generator", killed)
+    run_dir = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="killed during validation"):
+        train.main(tiny_args(tiny_data, run_dir, CHECKPOINT_EVERY_MINUTES=600, SAMPLE_EVERY=0))
+    last = load_checkpoint(run_dir / "checkpoints" / "last.pt")
+    assert (last["epoch"], last["images_in_epoch"], last["step"]) == (1, 0, 8)
+
+
 def test_a_sigterm_stays_a_sigterm_when_a_ctrl_c_follows():
     """A scheduler's SIGTERM, then a Ctrl-C (or a launcher's SIGINT): the run still exits 143, never the 0 of a
     Ctrl-C stop that a scheduler would read as done; a second Ctrl-C still aborts."""
