@@ -180,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
                 run.save_checkpoint(progress, model, rank_rngs, train_data, last=save or best, export=save,
                                     snapshot=save and snapshot, best=best)
             barrier(ranks.world_size)
-            if stop_signal:  # Ctrl-C or SIGTERM on any rank: saved; the printed command resumes
+            if stop_signal and not last:  # Ctrl-C or SIGTERM on any rank: saved; the printed command resumes
                 return run.stopped(stop, stop_signal, progress)
-        return run.finished(stop)
+        return run.finished(stop, stop_signal)  # a stop agreed at the very end: done, with the stop's exit code
 
 
 if __name__ == "__main__":

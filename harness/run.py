@@ -330,9 +330,11 @@ class TrainingRun:
                   f"step {progress.step}. Resume with:\n  {resume_command(self.cfg, self.argv, self.ranks.world_size)}")
         return stop.exit_code()
 
-    def finished(self, stop: StopRequest) -> int:
-        """Every epoch trained: the last checkpoint on disk, and where the generator is, said. A stop signal that
-        came after the ranks last agreed (during the final validation, say) still gives its exit code."""
+    def finished(self, stop: StopRequest, agreed: int = 0) -> int:
+        """Every epoch trained: the last checkpoint on disk, and where the generator is, said. A stop signal the
+        ranks agreed on at the end (`agreed`), or one that came after (during the final validation, say), still
+        gives its exit code, on every rank that knows of it."""
+        stop.signum = max(stop.signum, agreed)
         self.writer.wait()
         if self.ranks.master:
             print(f"done: {self.run_dir / 'generator.pt'} (load it with harness.checkpoint.load_generator)")

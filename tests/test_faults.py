@@ -216,6 +216,21 @@ def test_a_stop_agreed_at_an_epochs_end_saves_before_validating(tiny_data, tmp_p
     assert (last["epoch"], last["images_in_epoch"], last["step"]) == (1, 0, 8)
 
 
+def test_a_stop_agreed_at_the_last_epochs_end_finishes_the_run(tiny_data, tmp_path, monkeypatch, capsys):
+    """Nothing is left to resume: the run says it is done (no "Resume with"), with the stop's exit code (143 for
+    the SIGTERM another rank got)."""
+    calls = []
+
+    def agree(signum, save_due, world_size, device):  # 2 epochs of 8 steps: the 18th agreement is the last end's
+        calls.append(1)
+        return (signal.SIGTERM if len(calls) == 18 else 0), False
+    monkeypatch.setattr(train, "agree_on_stop", agree)
+    assert train.main(tiny_args(tiny_data, tmp_path / "run", SAMPLE_EVERY=0)) == 143
+    out = capsys.readouterr().out
+    assert "done: " in out and "Resume with" not in out
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["epoch"] == 2
+
+
 def test_a_sigterm_stays_a_sigterm_when_a_ctrl_c_follows():
     """A scheduler's SIGTERM, then a Ctrl-C (or a launcher's SIGINT): the run still exits 143, never the 0 of a
     Ctrl-C stop that a scheduler would read as done; a second Ctrl-C still aborts."""
