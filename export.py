@@ -29,6 +29,7 @@ import torch.nn as nn
 from harness.atomic import atomic_path
 from harness.checkpoint import load_generator
 from harness.errors import ExportError, OfficialFormatError, exit_on_error, path_argument
+from harness.inference import image_size_of
 
 
 def export_onnx_format(G: nn.Module, output: Path) -> int:
@@ -74,8 +75,7 @@ def export_official_format(G: nn.Module, output: Path) -> int:
         options = f"(no test.py option builds it: {e})"
     trained = getattr(G, "train_config", {})
     direction = trained.get("DIRECTION", "AtoB|BtoA (this file stores none: the side of your A|B files to translate)")
-    # test.py's defaults are for 256 px: say another size (a U-Net's depth gives it where the file has no config)
-    size = trained.get("IMAGE_SIZE", 2 ** G.hparams["num_downs"] if "num_downs" in G.hparams else 256)
+    size = image_size_of(G)  # test.py's defaults are for 256 px: say another size
     sizes = f" --load_size {size} --crop_size {size}" if size != 256 else ""
     print(f"wrote {output} (the official pix2pix's latest_net_G.pth). To run it with the official code, put it at "
           f"checkpoints/NAME/latest_net_G.pth and run:\n  python test.py --dataroot DATA --name NAME --model pix2pix "

@@ -198,13 +198,20 @@ def data_fingerprint(dataset: PairedImageDataset) -> dict[str, Any]:
     file names, and a hash of their contents' identity (content_identity); saved in checkpoints as train_data and
     compared on resume (checkpoint.check_same_data)."""
     folder = Path(dataset.folder)
-    files = sorted((p.relative_to(folder).as_posix(), p) for pair in dataset.pairs for p in pair if p is not None)
-    content = hashlib.sha256()
-    for name, path in files:
-        content.update(name.encode() + b"\0" + content_identity(path))
+    paths = [p for pair in dataset.pairs for p in pair if p is not None]
+    names = sorted(p.relative_to(folder).as_posix() for p in paths)
     return {"folder": str(folder.resolve()), "images": len(dataset.pairs),
-            "names": hashlib.sha256("\n".join(name for name, _ in files).encode()).hexdigest()[:16],
-            "content": content.hexdigest()[:16]}
+            "names": hashlib.sha256("\n".join(names).encode()).hexdigest()[:16],
+            "content": contents_digest(folder, paths)[:16]}
+
+
+def contents_digest(folder: Path, paths: list[Path]) -> str:
+    """sha256 (hex) of the files' paths relative to `folder` and their content_identity, in path order: what they
+    hold, without decoding them (a copy with new modification times gives the same digest)."""
+    digest = hashlib.sha256()
+    for name, path in sorted((p.relative_to(folder).as_posix(), p) for p in paths):
+        digest.update(name.encode() + b"\0" + content_identity(path))
+    return digest.hexdigest()
 
 
 def content_identity(path: Path) -> bytes:

@@ -27,7 +27,6 @@ On facades (BtoA, Recipe()) the real test photos score pixel_acc 0.648, class_ac
 majority class (facade) 0.380, 0.083, 0.032.
 """
 import argparse
-import hashlib
 import math
 import os
 import sys
@@ -43,7 +42,7 @@ import torch.nn.functional as F
 
 from dataset import split_pair
 from harness.checkpoint import atomic_save
-from harness.data_checks import IMG_EXTENSIONS, content_identity, list_images
+from harness.data_checks import IMG_EXTENSIONS, contents_digest, list_images
 from harness.errors import CheckpointError, DatasetError, SegmenterError, exit_on_error, path_argument
 from harness.weights import check_weights, load_weights, named_tensors, read_weights_file
 from utils import read_image
@@ -344,15 +343,11 @@ def train_segmenter(photos: torch.Tensor, labels: torch.Tensor, n_classes: int, 
 # ----------------------------------------------------------------------------- saved and reused
 
 def files_fingerprint(folder: str | os.PathLike) -> str:
-    """A cheap fingerprint of a training folder: sha256 of each image file's path (relative to `folder`) and its
-    content identity (size and a hash of its first and last bytes, data_checks.content_identity), in sorted order.
-    Adding, removing, renaming or rewriting a file changes it; a copy, or data re-created with new modification
-    times (a new machine, a restored mount), does not, so the ruler of a run resumed there stays the same file."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    for path in list_images(folder):
-        digest.update(path.relative_to(folder).as_posix().encode() + b"\0" + content_identity(path) + b"\n")
-    return digest.hexdigest()
+    """A cheap fingerprint of a training folder: its image files' names and contents (data_checks.contents_digest,
+    as a checkpoint's train_data). Adding, removing, renaming or rewriting a file changes it; a copy, or data
+    re-created with new modification times (a new machine, a restored mount), does not, so the ruler of a run
+    resumed there stays the same file."""
+    return contents_digest(Path(folder), list_images(folder))
 
 
 def load_or_train(train_folder: str | os.PathLike, direction: str, palette: Palette, cache_path: str | os.PathLike,

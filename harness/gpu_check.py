@@ -46,7 +46,8 @@ BENCH = ["--warmup", "5", "--steps", "20", "--repeats", "3"]  # CUDA graphs reco
 
 
 # dense (not 2:4-sparse) tensor-core peaks from NVIDIA's datasheets, TFLOP/s, by the name torch reports; the first
-# name found as whole words wins ("L4" is not an L40, "A10" not an A10G). 16-bit = bf16 and fp16 (fp32 accumulate); fp32 is the plain CUDA-core rate (TF32 off)
+# name found as whole words wins ("L4" is not an L40, "A10" not an A10G). 16-bit = bf16 and fp16 (fp32
+# accumulate); fp32 is the plain CUDA-core rate (TF32 off)
 DENSE_PEAKS = (("H200 NVL", 835.5, 417.5, 60.0), ("H200", 989.4, 494.7, 66.9), ("H100 NVL", 835.5, 417.5, 60.0),
                ("H100 PCIe", 756.5, 378.0, 51.2), ("H100", 989.4, 494.7, 66.9), ("A100", 312.0, 156.0, 19.5),
                ("L40S", 362.1, 183.2, 91.6), ("L4", 121.0, 60.0, 30.3), ("A10", 125.0, 62.5, 31.2))

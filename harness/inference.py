@@ -23,8 +23,8 @@ def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str 
                        ) -> tuple[torch.nn.Module, dict[str, Any], torch.device, str]:
     """(generator on the device in `mode`, its training settings, device, precision); device/precision as in training.
 
-    Settings a file lacks fall back to config.py's defaults, except a U-Net's IMAGE_SIZE, which follows from its
-    depth (an official ResNet file's is the default 256, the official crop size). `direction` (--direction) is for
+    Settings a file lacks fall back to config.py's defaults, except IMAGE_SIZE (image_size_of: a U-Net's follows
+    from its depth, an official ResNet file's is the default 256). `direction` (--direction) is for
     files that store none, such as the official latest_net_G.pth; with `needs_direction`, such a file without it is
     an error rather than a silent guess.
     """
@@ -39,14 +39,21 @@ def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str 
     if needs_direction and not (direction or saved):
         raise ConfigError(f"{checkpoint} stores no direction (e.g. an official latest_net_G.pth); pass --direction "
                           f"AtoB or BtoA: which half of each A|B file is the input")
-    unet = {"IMAGE_SIZE": 2 ** G.hparams["num_downs"], "NUM_DOWNS": G.hparams["num_downs"]} \
-        if "num_downs" in G.hparams else {}  # a U-Net's depth gives its image size; a ResNet's config says it
-    cfg = default_settings() | unet | G.train_config
-    cfg |= {"DIRECTION": direction or cfg["DIRECTION"], "IN_CHANNELS": G.hparams["in_channels"],
-            "OUT_CHANNELS": G.hparams["out_channels"]} | ({"NUM_DOWNS": unet["NUM_DOWNS"]} if unet else {})
+    cfg = default_settings() | G.train_config
+    cfg |= {"IMAGE_SIZE": image_size_of(G), "DIRECTION": direction or cfg["DIRECTION"],
+            "IN_CHANNELS": G.hparams["in_channels"], "OUT_CHANNELS": G.hparams["out_channels"]} \
+        | ({"NUM_DOWNS": G.hparams["num_downs"]} if "num_downs" in G.hparams else {})
     precision = pick_precision(precision, dev)
     set_float32_math(precision, dev)  # fp32 is IEEE fp32 on a GPU too; tf32 asks for TF32
     return G, cfg, dev, precision
+
+
+def image_size_of(G: torch.nn.Module) -> int:
+    """The image size G was trained at: its settings' IMAGE_SIZE; for a file that stores none (an official
+    latest_net_G.pth) a U-Net's depth gives it (its 1x1 bottleneck), and a ResNet's is the default, 256, the official
+    crop size."""
+    default = 2 ** G.hparams["num_downs"] if "num_downs" in G.hparams else default_settings()["IMAGE_SIZE"]
+    return G.train_config.get("IMAGE_SIZE", default)
 
 
 def check_output_folder(folder: Path) -> None:
