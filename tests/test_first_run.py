@@ -76,6 +76,10 @@ def test_time_based_checkpoint_refresh(data, tmp_path, monkeypatch):
     saves = last_pt_saves(data, tmp_path / "a", monkeypatch, 1.0, CHECKPOINT_EVERY_MINUTES=2.5)
     mid_epoch = [s for s in saves if s % 8]
     assert mid_epoch and saves[-1] == 16
+    # 2.5 minutes are 3 readings: never timed saves at two consecutive steps of an epoch (a save at every step
+    # would be the setting read as seconds)
+    gaps = [b - a for a, b in zip(mid_epoch, mid_epoch[1:]) if (a - 1) // 8 == (b - 1) // 8]
+    assert gaps and min(gaps) >= 2, saves
     # the timed checkpoint is a full resumable one
     assert load_checkpoint(tmp_path / "a" / "checkpoints" / "last.pt")["step"] == 16
 
