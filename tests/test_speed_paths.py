@@ -311,14 +311,41 @@ def test_gpu_check_prints_one_table_and_keeps_to_its_budget(tmp_path, monkeypatc
         assert code == 0
 
 
-def test_a_gpu_check_part_past_its_timeout_is_stopped_with_its_process_group():
+# a part that starts a worker of its own (as DataLoader and compile workers are), writes the worker's PID to
+# sys.argv[1], then hangs; the worker holds no pipe of the part, so only a kill of the group can end it early
+PART_WITH_A_WORKER = """
+import subprocess, sys, time
+worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+open(sys.argv[1], "w").write(str(worker.pid))
+print("started", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_gpu_check_part_past_its_timeout_is_stopped_with_its_process_group(tmp_path):
+    import os
+    import select
+    import signal
     import sys
     from harness import gpu_check
     code, out, err = gpu_check.execute([sys.executable, "-c", "print('hello')"], timeout=60)
     assert (code, out) == (0, "hello\n")
-    code, out, err = gpu_check.execute([sys.executable, "-c", "import time; print('started', flush=True); "
-                                        "time.sleep(600)"], timeout=2)
-    assert code is None and out == "started\n" and err.startswith("stopped after 2 s")
+    code, out, err = gpu_check.execute([sys.executable, "-c", PART_WITH_A_WORKER, str(tmp_path / "worker")],
+                                       timeout=5)
+    assert code is None and out == "started\n" and err.startswith("stopped after 5 s")
+    worker = int((tmp_path / "worker").read_text())
+    try:
+        ended = os.pidfd_open(worker)  # readable once the worker has ended (a zombie included)
+    except ProcessLookupError:
+        return  # ended and already reaped
+    try:
+        gone = bool(select.select([ended], [], [], 30)[0])
+        if not gone:
+            signal.pidfd_send_signal(ended, signal.SIGKILL)  # a failed test leaves nothing running
+    finally:
+        os.close(ended)
+    assert gone, "the part's own worker outlived the part's timeout"
 
 
 @pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989.4), ("NVIDIA H100 PCIe", 756.5),
