@@ -490,8 +490,11 @@ def worker(argv: list[str]) -> int:
     models = {}
     state = {"step": -1}
     if "slow-fcn" in opts:  # FCN_SCORE: rank 0's segmenter takes this many seconds to train (a stand-in, no model)
-        from harness import fcn_score
-        fcn_score.scorer_for = lambda *args, **kwargs: (time.sleep(float(opts["slow-fcn"])), (None, None))[1]
+        def slow_scorer(*args, **kwargs):
+            rec["segmenter_at_step"] = rec["steps"]
+            time.sleep(float(opts["slow-fcn"]))
+            return None, None
+        train.scorer_for = slow_scorer  # train's own name for harness.fcn_score.scorer_for, imported at its top
 
     def save() -> None:
         torch.save(rec, dump / f".rank{rank}.tmp")
