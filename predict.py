@@ -10,7 +10,8 @@ Each result is a PNG at the input's original size, named after the input; folder
 The U-Net needs sides divisible by 2^num_downs (256 for the paper's model), a ResNet by 4, so each image is fitted:
   --fit resize            resize to the training IMAGE_SIZE square, translate, resize the output back: the scale
                           the network was trained at (a non-square image is stretched, then un-stretched)
-  --fit pad               reflect-pad to the next multiple, translate, crop the padding off: native scale
+  --fit pad               reflect-pad to the next multiple (for a ResNet at least 8 px), translate, crop the
+                          padding off: native scale
   --fit auto (default)    pad for a model trained on unscaled images (PREPROCESS crop or none), else resize
 --paired reads data like the training data, A|B files or A/ + B/ folders (the checkpoint's DIRECTION says which
 side is the input), and writes input | output | target strips instead.
@@ -44,7 +45,7 @@ from dataset import read_pair, to_tensor
 from harness.data_checks import IMG_EXTENSIONS, find_pairs, list_images
 from harness.errors import ConfigError, DatasetError, exit_on_error, path_argument
 from harness.inference import (batch_size_for, check_output_folder, fit_back, fit_to_model, load_for_inference,
-                               model_arguments)
+                               model_arguments, smallest_side)
 from utils import generate, read_image, sample_grid, test_mode, to_unit
 
 
@@ -102,15 +103,15 @@ class Item:
 def load_item(path: Path, name: Path, args: argparse.Namespace, cfg: dict[str, Any], G: torch.nn.Module,
               partner: Path | None = None) -> Item:
     in_ch, out_ch = G.hparams["in_channels"], G.hparams["out_channels"]
-    multiple = G.side_multiple
+    multiple, smallest = G.side_multiple, smallest_side(G)
     if args.paired:  # an A|B file, or an A/ file and its B/ `partner`
         x, y = read_pair(path, cfg["DIRECTION"], in_ch, out_ch, partner)
         if x.shape[1] == 0:
             raise DatasetError(f"{path}: too narrow to split into A|B halves")
-        return Item(path, name, fit_to_model(x, args.fit, cfg["IMAGE_SIZE"], multiple), x.shape[:2],
+        return Item(path, name, fit_to_model(x, args.fit, cfg["IMAGE_SIZE"], multiple, smallest), x.shape[:2],
                     to_tensor(x), to_tensor(y))
     x = read_image(path, in_ch)  # converts palette, alpha, 16-bit, grayscale/RGB as training does
-    return Item(path, name, fit_to_model(x, args.fit, cfg["IMAGE_SIZE"], multiple), x.shape[:2])
+    return Item(path, name, fit_to_model(x, args.fit, cfg["IMAGE_SIZE"], multiple, smallest), x.shape[:2])
 
 
 def reason(e: Exception) -> str:

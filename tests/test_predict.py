@@ -16,6 +16,8 @@ from PIL import Image
 
 import predict
 from conftest import ROOT, interrupted_at, write_pairs
+from generator_model import ResnetGenerator
+from harness import official_format
 from harness.checkpoint import load_generator
 
 
@@ -263,3 +265,17 @@ def test_ctrl_c_while_predicting_ends_with_one_line_and_exit_130(checkpoint, tmp
                            tmp_path)
     assert ended.returncode == 130, ended.stderr[-2000:]
     assert ended.stderr.strip().splitlines()[-1] == "interrupted by Ctrl-C" and "Traceback" not in ended.stderr
+
+
+@pytest.mark.parametrize("mode", ["paper", "eval"])
+def test_pad_fits_a_tiny_image_to_a_resnet(tmp_path, capsys, mode):
+    """A ResNet's residual blocks reflect-pad its quarter-size map by 1 px: a 5x3 or 1x1 image padded only to the
+    next multiple of 4 (4x4, a 1x1 map) crashed it with a traceback; it is padded to 8 px and comes back at its size."""
+    G = ResnetGenerator(3, 3, base_channels=4, n_blocks=6)
+    torch.save(official_format.official_state_dict(G), tmp_path / "latest_net_G.pth")
+    inputs = [write_image(tmp_path / "in" / "tiny.png", 5, 3), write_image(tmp_path / "in" / "dot.png", 1, 1)]
+    assert run(tmp_path / "latest_net_G.pth", inputs, tmp_path / "out", "--fit", "pad", "--mode", mode) == 0
+    err = capsys.readouterr().err
+    assert "skipped" not in err and "Traceback" not in err
+    for src in inputs:
+        assert Image.open(tmp_path / "out" / src.name).size == Image.open(src).size
