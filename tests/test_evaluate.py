@@ -157,6 +157,22 @@ def test_missing_checkpoint_or_data_is_a_clear_error(tiny_run, tmp_path, capsys,
     assert evaluate.main(["--checkpoint", str(checkpoint), "--data", str(data), "--output", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "does not exist" in err and "Traceback" not in err
+    assert what == "checkpoint" or err == (f"error: --data {data} does not exist; give a folder of side-by-side A|B "
+                                           f"images or of A/ + B/ folders\n")  # it named TRAIN_DIR, not --data
+
+
+def test_a_wrong_fcn_train_folder_is_an_error_not_replaced(tiny_run, tmp_path, capsys, monkeypatch):
+    """--fcn-train naming no folder was silently replaced by the checkpoint's TRAIN_DIR, so the segmenter was trained
+    on other photos than asked; now one line naming --fcn-train, exit 1, before any segmenter is trained."""
+    from harness import fcn_score
+    trained_on = []
+    monkeypatch.setattr(fcn_score, "scorer_for", lambda folder, *args, **kwargs: trained_on.append(folder) or 1 / 0)
+    assert evaluate.main(["--checkpoint", str(tiny_run / "run" / "generator.pt"), "--data",
+                          str(tiny_run / "data" / "val"), "--output", str(tmp_path / "o"), "--fcn-score",
+                          "--fcn-train", str(tmp_path / "typo")]) == 1
+    assert capsys.readouterr().err == (f"error: --fcn-train {tmp_path / 'typo'} does not exist; give a folder of "
+                                       f"side-by-side A|B images or of A/ + B/ folders\n")
+    assert trained_on == []
 
 
 # ----------------------------------------------------------------------------- the own/other-target ratio
