@@ -36,7 +36,8 @@ def export_onnx_format(G: nn.Module, output: Path) -> int:
     """Write and check the ONNX file; print what a user of it needs to know."""
     from harness.onnx_export import TOLERANCE, check_shapes, describe, export_onnx, max_difference, onnx_session
     cfg = getattr(G, "train_config", {})
-    metadata = {k.lower(): cfg[k] for k in ("DIRECTION", "IMAGE_SIZE") if k in cfg}
+    # image_size_of: also for files that store no settings (an official ResNet's is 256, not its side multiple)
+    metadata = {"image_size": image_size_of(G)} | ({"direction": cfg["DIRECTION"]} if "DIRECTION" in cfg else {})
     # write beside the destination and rename only once the check passes: a failed export loses nothing
     with atomic_path(output) as tmp:
         export_onnx(G, tmp, metadata)

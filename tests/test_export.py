@@ -143,3 +143,15 @@ def test_official_format_writes_a_file_the_official_loader_reads_back_unchanged(
     x = torch.rand(2, 3, 128, 128) * 2 - 1
     with torch.no_grad():
         assert torch.equal(loaded(x), G.eval()(x))
+
+
+def test_an_official_resnet_file_records_the_image_size_it_runs_at(tmp_path):
+    """An official latest_net_G.pth stores no settings: the ONNX metadata had no image_size, so deployment.md's
+    snippet (image_size, else side_multiple) resized inputs to 4x4 for a ResNet. Now it holds the size every other
+    script uses for such a file (inference.image_size_of: 256, the official crop)."""
+    from generator_model import ResnetGenerator
+    from harness.official_format import official_state_dict
+    torch.save(official_state_dict(ResnetGenerator(3, 3, base_channels=4, n_blocks=6)), tmp_path / "latest_net_G.pth")
+    assert export.main(["--checkpoint", str(tmp_path / "latest_net_G.pth"), "--output", str(tmp_path / "g.onnx")]) == 0
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "g.onnx")).metadata_props}
+    assert meta["image_size"] == "256" and meta["side_multiple"] == "4" and "direction" not in meta
