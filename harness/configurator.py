@@ -8,6 +8,7 @@ Not run directly. In a notebook:
 """
 import ast
 import difflib
+import math
 import os
 import sys
 from pathlib import Path
@@ -33,12 +34,13 @@ TRUE, FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
 
 
 def parse_value(key: str, text: str, default: Any) -> Any:
-    """Turn the text of --KEY=text into a value of the default's type; literals only, never code."""
+    """Turn the text of --KEY=text into a value of the setting's type; literals only, never code."""
     if key in FLEXIBLE:  # settings that take a word or a bool/number, whatever the type of config.py's value
         return FLEXIBLE[key](key, text)
-    if isinstance(default, str):
+    kind = SETTING_TYPES.get(key, str)  # the setting's type, not that of whatever config.py holds
+    if kind is str:
         return text
-    if isinstance(default, bool):
+    if kind is bool:
         if text.lower() in TRUE:
             return True
         if text.lower() in FALSE:
@@ -48,14 +50,42 @@ def parse_value(key: str, text: str, default: Any) -> Any:
     try:
         value = ast.literal_eval(text)
     except (ValueError, SyntaxError):
-        raise ConfigError(f"--{key}={text}: not a {type(default).__name__} literal "
+        raise ConfigError(f"--{key}={text}: not a {kind.__name__} literal "
                           f"(config values are parsed, never evaluated){valid}") from None
-    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
-    if type(value) is not type(default):
-        raise ConfigError(f"--{key}={text}: expected {type(default).__name__} like the default "
+    if type(value) is not kind:
+        raise ConfigError(f"--{key}={text}: expected {kind.__name__} like the default "
                           f"{default!r}, got {type(value).__name__}{valid}")
     return value
+
+
+# Each setting's type (FLEXIBLE's take a word or a number; any other setting is text). Values written in config.py,
+# its PRESETS or RECIPES are checked against it as the command line's are: a "4" there would fail deep in the run,
+# and a "False" would read as true. tests/test_config.py keeps it in step with config.py.
+SETTING_TYPES = dict.fromkeys(
+    ("IN_CHANNELS", "OUT_CHANNELS", "LOAD_SIZE", "IMAGE_SIZE", "GEN_BASE_CHANNELS", "NUM_DOWNS", "DISC_BASE_CHANNELS",
+     "DISC_N_LAYERS", "D_SCALES", "BATCH_SIZE", "N_EPOCHS", "N_EPOCHS_DECAY", "LR_DECAY_ITERS", "SEED",
+     "DIST_TIMEOUT_S", "SAMPLE_EVERY", "N_SAMPLES", "VAL_EVERY", "VAL_MAX_IMAGES", "LOG_EVERY",
+     "CHECKPOINT_EVERY_STEPS", "SNAPSHOT_EVERY"), int) | dict.fromkeys(
+    ("INIT_GAIN", "LEARNING_RATE", "BETA1", "BETA2", "L1_LAMBDA", "FEATURE_MATCHING_LAMBDA", "G_EMA_HALF_LIFE",
+     "G_EMA_RAMPUP", "EVAL_BUDGET", "CHECKPOINT_EVERY_MINUTES"), float) | dict.fromkeys(
+    ("JITTER", "MIRROR", "CACHE_IMAGES", "DROPOUT", "SYNC_BN", "SPECTRAL_NORM", "FEATURE_MATCHING", "G_EMA",
+     "DETERMINISTIC", "CUDA_GRAPH", "PIXEL_ACCURACY", "FCN_SCORE", "FID"), bool)
+EXPECTED = {int: "a whole number", float: "a finite number", bool: "True or False", str: "text (in quotes)"}
+
+
+def check_types(cfg: dict[str, Any]) -> None:
+    """Every value of its setting's type (SETTING_TYPES), numbers finite; whole numbers stand for floats."""
+    for key, value in cfg.items():
+        if key in FLEXIBLE:
+            continue
+        kind = SETTING_TYPES.get(key, str)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            cfg[key] = value = float(value)
+        if type(value) is not kind or (kind is float and not math.isfinite(value)):
+            valid = f"; valid: {VALID_VALUES[key]}" if key in VALID_VALUES else ""
+            raise ConfigError(f"{key}={value!r} is not valid; use {EXPECTED[kind]}{valid}")
 
 
 # The valid values of the numeric recipe settings, named in their errors (word settings list theirs: _one_of)
@@ -121,12 +151,18 @@ def parse_overrides(argv: list[str], defaults: dict[str, Any]) -> dict[str, Any]
         if not arg.startswith("--") or "=" not in arg:
             raise ConfigError(f"bad argument {arg!r}: use --KEY=value, e.g. --BATCH_SIZE=4")
         key, text = arg[2:].split("=", 1)
+        check_known([key], defaults)
+        overrides[key] = parse_value(key, text, defaults[key])
+    return overrides
+
+
+def check_known(keys: Any, defaults: dict[str, Any], where: str = "") -> None:
+    """Every key a setting of config.py; else the first unknown one, with the closest names."""
+    for key in keys:
         if key not in defaults:
             close = difflib.get_close_matches(key.upper(), defaults, n=3, cutoff=0.5)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
-            raise ConfigError(f"unknown setting {key!r}.{hint} All settings are listed in config.py.")
-        overrides[key] = parse_value(key, text, defaults[key])
-    return overrides
+            raise ConfigError(f"unknown setting {key!r}{where}.{hint} All settings are listed in config.py.")
 
 
 def load_config(argv: list[str] | None = None) -> dict[str, Any]:
@@ -138,6 +174,7 @@ def load_config(argv: list[str] | None = None) -> dict[str, Any]:
     if preset:
         if preset not in default_config.PRESETS:
             raise ConfigError(f"PRESET={preset!r} is unknown; valid: {', '.join(default_config.PRESETS)}")
+        check_known(default_config.PRESETS[preset], cfg, f" in config.py's PRESETS[{preset!r}]")
         cfg.update(default_config.PRESETS[preset])
         cfg["RUN_DIR"] = f"runs/{preset}"
         cfg["TRAIN_DIR"], cfg["VAL_DIR"] = f"data/{preset}/train", f"data/{preset}/val"
@@ -146,8 +183,10 @@ def load_config(argv: list[str] | None = None) -> dict[str, Any]:
     if recipe:
         if recipe not in default_config.RECIPES:
             raise ConfigError(f"RECIPE={recipe!r} is unknown; valid: {', '.join(default_config.RECIPES)}")
+        check_known(default_config.RECIPES[recipe], cfg, f" in config.py's RECIPES[{recipe!r}]")
         cfg.update(default_config.RECIPES[recipe])
     cfg.update(overrides)
+    check_types(cfg)
     if cfg["NUM_DOWNS"] == 0:
         cfg["NUM_DOWNS"] = num_downs_for(cfg["IMAGE_SIZE"])
         if cfg["GENERATOR"] == "unet":  # the ResNet's depth is fixed: its sides need multiples of 4 only
@@ -217,12 +256,6 @@ def validate_config(cfg: dict[str, Any]) -> None:
     _one_of(cfg, "GAN_LOSS", GAN_LOSSES)
     _one_of(cfg, "LR_POLICY", LR_POLICIES)
     _one_of(cfg, "D_SCALES", (1, 2, 3))
-    for key in ("FEATURE_MATCHING", "SPECTRAL_NORM", "G_EMA"):  # as written in config.py or a RECIPE
-        if not isinstance(cfg[key], bool):
-            raise ConfigError(f"{key}={cfg[key]!r} is not valid; choose True or False")
-    for key in ("FEATURE_MATCHING_LAMBDA", "G_EMA_HALF_LIFE", "G_EMA_RAMPUP", "INIT_GAIN", "LR_DECAY_ITERS"):
-        if isinstance(cfg[key], bool) or not isinstance(cfg[key], (int, float)):
-            raise ConfigError(f"{key}={cfg[key]!r} is not valid; valid: {VALID_VALUES[key]}")
     for key in ("INIT_GAIN", "LR_DECAY_ITERS"):
         _positive(cfg, key)
     for key in ("FEATURE_MATCHING_LAMBDA", "G_EMA_HALF_LIFE", "G_EMA_RAMPUP"):

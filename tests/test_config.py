@@ -150,6 +150,46 @@ def test_new_defaults_and_values_written_in_config_py(monkeypatch):
         load_config([])
 
 
+@pytest.mark.parametrize("key, value", [("BATCH_SIZE", "4"), ("BATCH_SIZE", 4.0), ("IMAGE_SIZE", 256.0),
+                                        ("LEARNING_RATE", "2e-4"), ("EVAL_BUDGET", "0.1"), ("JITTER", "False"),
+                                        ("FID", "no"), ("DETERMINISTIC", 1), ("VAL_EVERY", True), ("RUN_DIR", None),
+                                        ("TRAIN_DIR", 5), ("L1_LAMBDA", float("nan")), ("INIT_GAIN", float("inf"))])
+def test_a_value_of_the_wrong_type_written_in_config_py_is_one_line(monkeypatch, key, value):
+    """config.py's values are checked as the command line's are: a "4" used to fail deep in the run with a
+    TypeError, a "False" read as true, a float IMAGE_SIZE stopped with an AttributeError."""
+    monkeypatch.setattr(default_config, key, value)
+    with pytest.raises(ConfigError) as err:
+        load_config([])
+    assert str(err.value).startswith(f"{key}={value!r} is not valid") and "\n" not in str(err.value)
+
+
+def test_a_whole_number_in_config_py_stands_for_a_float_and_an_override_fixes_a_bad_value(monkeypatch):
+    monkeypatch.setattr(default_config, "LEARNING_RATE", 1)
+    assert load_config([])["LEARNING_RATE"] == 1.0 and type(load_config([])["LEARNING_RATE"]) is float
+    with pytest.raises(ConfigError, match="LEARNING_RATE=inf is not valid; use a finite number"):
+        load_config(["--LEARNING_RATE=1e400"])  # a literal too large for a float
+    monkeypatch.setattr(default_config, "BATCH_SIZE", "4")  # the setting's type, not config.py's, reads --KEY
+    assert load_config(["--BATCH_SIZE=4"])["BATCH_SIZE"] == 4
+
+
+@pytest.mark.parametrize("table", ["PRESETS", "RECIPES"])
+def test_an_unknown_setting_in_a_preset_or_recipe_is_named(monkeypatch, table):
+    """A typo in config.py's PRESETS or RECIPES (D_SCALE for D_SCALES) used to be applied as a setting nobody reads:
+    the recipe silently did nothing."""
+    monkeypatch.setitem(getattr(default_config, table), "mine", {"D_SCALE": 2})
+    with pytest.raises(ConfigError) as err:
+        load_config([f"--{table[:-1]}=mine"])
+    assert f"'D_SCALE' in config.py's {table}['mine']" in str(err.value) and "D_SCALES" in str(err.value)
+
+
+def test_every_setting_in_config_py_has_the_type_the_configurator_checks():
+    from harness.configurator import FLEXIBLE, SETTING_TYPES, default_settings
+    defaults = default_settings()
+    assert set(SETTING_TYPES) <= set(defaults)
+    assert {k: type(v) for k, v in defaults.items() if k not in FLEXIBLE} == \
+        {k: SETTING_TYPES.get(k, str) for k in defaults if k not in FLEXIBLE}
+
+
 def test_load_size_may_be_smaller_without_jitter():
     assert load_config(["--LOAD_SIZE=200", "--JITTER=False"])["LOAD_SIZE"] == 200
 

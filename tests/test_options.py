@@ -252,7 +252,7 @@ def test_a_bad_option_value_is_one_line_listing_the_valid_values(arg, valid):
 
 
 @pytest.mark.parametrize("recipe, valid", [
-    ({"D_SCALES": "2"}, "1, 2, 3"), ({"FEATURE_MATCHING": "yes"}, "True or False"),
+    ({"D_SCALES": "2"}, "1 (the paper), 2 or 3"), ({"FEATURE_MATCHING": "yes"}, "True or False"),
     ({"G_EMA_RAMPUP": "0.05"}, "a fraction >= 0"), ({"GAN_LOSS": "wgangp"}, "'bce', 'lsgan', 'hinge'"),
 ])
 def test_a_recipe_or_config_value_of_the_wrong_type_is_one_line(monkeypatch, recipe, valid):
