@@ -379,6 +379,8 @@ def check_device(name: str) -> None:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"DEVICE={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+    if device.type not in ("cpu", "cuda", "mps"):  # torch knows more (meta, xla, ...): none runs this project
+        raise ConfigError(f"DEVICE={name!r} is not a device pix2pix runs on; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
         raise ConfigError(f"DEVICE={name!r} but {torch.cuda.device_count()} CUDA device(s) are available; "
                           f"use DEVICE=auto or cpu")

@@ -203,6 +203,14 @@ def test_cuda_device_without_cuda(monkeypatch):
     assert load_config(["--DEVICE=cpu"])["DEVICE"] == "cpu"
 
 
+@pytest.mark.parametrize("device", ["meta", "xla", "xpu", "hip"])
+def test_a_device_torch_names_but_pix2pix_cannot_run_on_is_a_config_error(device):
+    """DEVICE=meta trained until its first sample grid ("Cannot copy out of meta tensor"), DEVICE=xla stopped with
+    a RuntimeError traceback: torch.device() accepts them, so the check must name the devices that work."""
+    with pytest.raises(ConfigError, match=f"DEVICE='{device}' is not a device pix2pix runs on; use auto, cpu"):
+        load_config([f"--DEVICE={device}"])
+
+
 def test_cli_error_is_one_line_exit_2(tmp_path):
     """A bad setting stops train.py before any heavy work: exit 2, one `error:` line, no traceback."""
     result = subprocess.run([sys.executable, str(ROOT / "train.py"), "--BAD=1"], cwd=tmp_path,
