@@ -73,10 +73,10 @@ DIST_TIMEOUT_S = 600  # torchrun: a rank silent this long stops the whole job in
 # --- output ---
 RUN_DIR = "runs/pix2pix"  # everything a run writes: log.csv, samples/, checkpoints/, generator.pt, TensorBoard
 RESUME = "auto"  # "auto" = continue from RUN_DIR/checkpoints/last.pt if present, "never", or a checkpoint path
-SAMPLE_EVERY = 1  # write an input|generated|target grid every N epochs
+SAMPLE_EVERY = 1  # write an input|generated|target grid every N epochs (0 = never, the first epoch's too)
 N_SAMPLES = 4  # fixed validation images shown in each sample grid
 VAL_EVERY = 1  # compute validation L1/PSNR/SSIM every N epochs (0 = never)
-VAL_MAX_IMAGES = 100  # validate on at most this many VAL_DIR images
+VAL_MAX_IMAGES = 100  # validate on at most this many VAL_DIR images (0 = all of them)
 EVAL_BUDGET = 0.1  # samples, validation and curves: at most this fraction of the time (spaced out if slower; 0 = off)
 PIXEL_ACCURACY = False  # validation also reports RMSE and pixel accuracy (within 5/16 grey levels): maps' figures
 FCN_SCORE = False  # validation also reports the FCN-score (paper §4.2, labels->photo data; trains a segmenter once)

@@ -101,6 +101,19 @@ def scripted_validation(monkeypatch, l1_values: list[float]) -> list[int]:
     return seen
 
 
+@pytest.mark.parametrize("cap, expected", [(3, 3), (0, 5), (9, 5)])
+def test_val_max_images_caps_the_validation_set_and_0_means_all_of_it(monkeypatch, cap, expected):
+    """VAL_MAX_IMAGES: at most that many images; 0 validates on the whole VAL_DIR (config.py says so)."""
+    from harness.run import validation_metrics
+    from utils import Runtime
+    seen = scripted_validation(monkeypatch, [0.3])
+    pairs = [(torch.zeros(3, 4, 4), torch.zeros(3, 4, 4))] * 5
+    cfg = {"VAL_MAX_IMAGES": cap, "BATCH_SIZE": 2, "NUM_WORKERS": 0, "TEST_MODE": "paper", "SEED": 0,
+           "PIXEL_ACCURACY": False}
+    validation_metrics(None, pairs, cfg, Runtime(torch.device("cpu"), "fp32"), None)
+    assert seen == [expected]
+
+
 def test_best_means_lowest_not_latest(tiny_data, tmp_path, monkeypatch):
     """Val L1 0.3 then 0.5: best.pt and generator_best.pt stay at epoch 1 while generator.pt moves on."""
     seen = scripted_validation(monkeypatch, [0.3, 0.5])
