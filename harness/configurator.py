@@ -371,21 +371,21 @@ def check_coarsest_scale(image_size: int, scales: int, disc_n_layers: int) -> No
                           f"smaller DISC_N_LAYERS")
 
 
-def check_device(name: str) -> None:
-    """DEVICE (or --device): auto, or a device this machine has."""
+def check_device(name: str, setting: str = "DEVICE") -> None:
+    """DEVICE (or a script's `setting` --device): auto, or a device this machine has; errors name `setting`."""
     if name == "auto":
         return
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise ConfigError(f"DEVICE={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
+        raise ConfigError(f"{setting}={name!r} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type not in ("cpu", "cuda", "mps"):  # torch knows more (meta, xla, ...): none runs this project
-        raise ConfigError(f"DEVICE={name!r} is not a device pix2pix runs on; use auto, cpu, cuda, cuda:N or mps")
+        raise ConfigError(f"{setting}={name!r} is not a device pix2pix runs on; use auto, cpu, cuda, cuda:N or mps")
     if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
-        raise ConfigError(f"DEVICE={name!r} but {torch.cuda.device_count()} CUDA device(s) are available; "
-                          f"use DEVICE=auto or cpu")
+        raise ConfigError(f"{setting}={name!r} but {torch.cuda.device_count()} CUDA device(s) are available; "
+                          f"use {setting}=auto or cpu")
     if device.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise ConfigError(f"DEVICE={name!r} but MPS is not available; use DEVICE=auto or cpu")
+        raise ConfigError(f"{setting}={name!r} but MPS is not available; use {setting}=auto or cpu")
 
 
 def resolve_resume(cfg: dict[str, Any], checkpoint_dir: Path) -> Path | None:

@@ -28,7 +28,7 @@ def load_for_inference(checkpoint: str | Path, mode: str = "paper", device: str 
     files that store none, such as the official latest_net_G.pth; with `needs_direction`, such a file without it is
     an error rather than a silent guess.
     """
-    check_device(device)
+    check_device(device, "--device")
     dev = pick_device(device)
     use_device(dev)  # DEVICE=cuda:N: N becomes the current GPU
     G = load_generator(checkpoint, dev, mode)

@@ -85,7 +85,7 @@ def max_difference(G: nn.Module, session, shapes: list[tuple[int, int, int, int]
 def check_shapes(G: nn.Module) -> list[tuple[int, int, int, int]]:
     """The two sizes an export is checked on: one square block at batch 1, a 2x1-block landscape at batch 2."""
     m, c = side_multiple(G), G.hparams["in_channels"]
-    m *= max(1, 16 // m)  # a ResNet's residual blocks reflection-pad a quarter-size map: at least 16 px
+    m *= max(1, 16 // m)  # a ResNet's residual blocks reflection-pad a quarter-size map: at least 8 px (16 is safe)
     return [(1, c, m, m), (2, c, m, 2 * m)]
 
 
