@@ -294,7 +294,7 @@ def test_cuda_n_becomes_the_current_device_in_every_entry_point(monkeypatch, tmp
     monkeypatch.setattr(torch.cuda, "set_device", set_device)
     for module in (utils, inference):
         monkeypatch.setattr(module, "pick_device", lambda name="auto": cuda1)
-    monkeypatch.setattr(inference, "check_device", lambda name: None)  # this machine has no cuda:1 to check
+    monkeypatch.setattr(inference, "check_device", lambda name, setting: None)  # this machine has no cuda:1 to check
     entry_points = {"train": lambda: train.main(tiny_args(tiny_data, tmp_path / "run")),
                     "bench": lambda: bench.main(["--skip", "infer,data,peak,onnx"]),
                     "inference": lambda: inference.load_for_inference(tmp_path / "generator.pt", "eval", "cuda:1")}

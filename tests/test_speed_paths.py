@@ -153,7 +153,7 @@ def test_pick_runtime_sets_what_fp32_means_for_the_run(monkeypatch, cuda_flags, 
     torch.backends.cudnn.allow_tf32 = not tf32
     G = build_models(default_settings() | {"IMAGE_SIZE": 32, "NUM_DOWNS": 5, "GEN_BASE_CHANNELS": 8})[0]
     G.train_config = {}  # as loaded from an official file: no settings
-    monkeypatch.setattr(inference, "check_device", lambda name: None)
+    monkeypatch.setattr(inference, "check_device", lambda name, setting: None)
     monkeypatch.setattr(inference, "load_generator", lambda path, device, mode: G)
     assert inference.load_for_inference("g.pt", "eval", "cuda", precision)[3] == runtime.precision
     assert torch.backends.cudnn.allow_tf32 is tf32
