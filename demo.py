@@ -87,7 +87,7 @@ def read_upload(payload: dict[str, Any] | None, channels: int, max_pixels: int) 
 def translate_array(G: torch.nn.Module, cfg: dict[str, Any], image: np.ndarray, mode: str, seed: int,
                     device: torch.device, precision: str) -> np.ndarray:
     """HxWxC uint8 -> the generator's HxWxC (or HxW) uint8 output at the same size."""
-    x = fit_to_model(image, "resize", cfg["IMAGE_SIZE"], G.side_multiple)
+    x = fit_to_model(image, "resize", cfg["IMAGE_SIZE"], G)
     with test_mode(G, mode, seed):
         out = generate(G, x[None], device, precision).cpu()[0]
     out = fit_back(out, image.shape[:2], "resize")

@@ -45,7 +45,7 @@ from dataset import read_pair, to_tensor
 from harness.data_checks import IMG_EXTENSIONS, find_pairs, list_images
 from harness.errors import ConfigError, DatasetError, exit_on_error, path_argument
 from harness.inference import (batch_size_for, check_output_folder, fit_back, fit_to_model, load_for_inference,
-                               model_arguments, smallest_side)
+                               model_arguments)
 from utils import generate, read_image, sample_grid, test_mode, to_unit
 
 
@@ -103,15 +103,14 @@ class Item:
 def load_item(path: Path, name: Path, args: argparse.Namespace, cfg: dict[str, Any], G: torch.nn.Module,
               partner: Path | None = None) -> Item:
     in_ch, out_ch = G.hparams["in_channels"], G.hparams["out_channels"]
-    multiple, smallest = G.side_multiple, smallest_side(G)
     if args.paired:  # an A|B file, or an A/ file and its B/ `partner`
         x, y = read_pair(path, cfg["DIRECTION"], in_ch, out_ch, partner)
         if x.shape[1] == 0:
             raise DatasetError(f"{path}: too narrow to split into A|B halves")
-        return Item(path, name, fit_to_model(x, args.fit, cfg["IMAGE_SIZE"], multiple, smallest), x.shape[:2],
+        return Item(path, name, fit_to_model(x, args.fit, cfg["IMAGE_SIZE"], G), x.shape[:2],
                     to_tensor(x), to_tensor(y))
     x = read_image(path, in_ch)  # converts palette, alpha, 16-bit, grayscale/RGB as training does
-    return Item(path, name, fit_to_model(x, args.fit, cfg["IMAGE_SIZE"], multiple, smallest), x.shape[:2])
+    return Item(path, name, fit_to_model(x, args.fit, cfg["IMAGE_SIZE"], G), x.shape[:2])
 
 
 def reason(e: Exception) -> str:

@@ -94,17 +94,14 @@ def _eval_transform(image_size: int):
     return PairTransform("resize_and_crop", image_size, image_size, image_size, random_crop=False, mirror=False)
 
 
-def smallest_side(G: torch.nn.Module) -> int:
-    """The smallest image side G runs on: a U-Net's side multiple (its bottleneck is then 1x1); twice that for a
-    ResNet, whose residual blocks reflect-pad the quarter-size map by 1 px, which needs at least 2 px."""
-    return 2 * G.side_multiple if "n_blocks" in G.hparams else G.side_multiple
-
-
-def fit_to_model(image: np.ndarray, fit: str, image_size: int, multiple: int, smallest: int = 0) -> torch.Tensor:
-    """HxWxC uint8 -> CxH'xW' in [-1, 1] with sides the generator accepts: multiples of `multiple`, at least
-    `smallest` (smallest_side) when padding (see fit_back for the inverse)."""
+def fit_to_model(image: np.ndarray, fit: str, image_size: int, G: torch.nn.Module) -> torch.Tensor:
+    """HxWxC uint8 -> CxH'xW' in [-1, 1] with sides G accepts (see fit_back for the inverse): for --fit pad,
+    multiples of its side multiple, and for a ResNet at least twice that, as its residual blocks reflect-pad the
+    quarter-size map by 1 px, which needs at least 2 px (a U-Net's bottleneck is 1x1 at one side multiple)."""
     if fit == "resize":  # exactly the eval transform of training and evaluate.py
         return _eval_transform(image_size)(image, image)[0]
+    multiple = G.side_multiple
+    smallest = 2 * multiple if "n_blocks" in G.hparams else multiple
     h, w = image.shape[:2]
     ph, pw = (max(-side % multiple, smallest - side) for side in (h, w))
     # np.pad reflects repeatedly, so even pads larger than the image work (torch's reflect pad refuses them)
