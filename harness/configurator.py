@@ -52,8 +52,7 @@ def parse_value(key: str, text: str, default: Any) -> Any:
     except (ValueError, SyntaxError):
         raise ConfigError(f"--{key}={text}: not a {kind.__name__} literal "
                           f"(config values are parsed, never evaluated){valid}") from None
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value = float(value)
+    value = as_kind(value, kind)
     if type(value) is not kind:
         raise ConfigError(f"--{key}={text}: expected {kind.__name__} like the default "
                           f"{default!r}, got {type(value).__name__}{valid}")
@@ -75,14 +74,18 @@ SETTING_TYPES = dict.fromkeys(
 EXPECTED = {int: "a whole number", float: "a finite number", bool: "True or False", str: "text (in quotes)"}
 
 
+def as_kind(value: Any, kind: type) -> Any:
+    """A whole number stands for a float setting's value (LEARNING_RATE = 1 is 1.0); anything else as it is."""
+    return float(value) if kind is float and isinstance(value, int) and not isinstance(value, bool) else value
+
+
 def check_types(cfg: dict[str, Any]) -> None:
     """Every value of its setting's type (SETTING_TYPES), numbers finite; whole numbers stand for floats."""
     for key, value in cfg.items():
         if key in FLEXIBLE:
             continue
         kind = SETTING_TYPES.get(key, str)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            cfg[key] = value = float(value)
+        cfg[key] = value = as_kind(value, kind)
         if type(value) is not kind or (kind is float and not math.isfinite(value)):
             valid = f"; valid: {VALID_VALUES[key]}" if key in VALID_VALUES else ""
             raise ConfigError(f"{key}={value!r} is not valid; use {EXPECTED[kind]}{valid}")
