@@ -37,7 +37,8 @@ from harness.distributed import (Ranks, barrier, check_ranks_agree, gather_from_
 from harness.errors import CheckpointError, DatasetError, RunDirError
 from harness.loading import cache_images, loader_workers, training_loader
 from harness.run_lock import RunDirLock
-from harness.run_log import RunLog, check_run_dir, format_duration, print_run, write_samples
+from harness.run_log import (RunLog, check_run_dir, format_duration, print_run, set_aside_earlier_run,
+                             write_samples)
 from harness.signals import StopRequest, ignore_stop_signals, resume_command, shut_down_workers
 from harness.step_guard import LOSS_TERMS, Reading
 from utils import Runtime, seed_everything
@@ -267,6 +268,10 @@ class TrainingRun:
         import matplotlib.pyplot  # noqa: F401 - imported now, not inside the first timed validation (EVAL_BUDGET)
         import harness.metrics  # noqa: F401
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        aside = set_aside_earlier_run(self.run_dir) if self.resume_path is None else None
+        if aside:  # the first write of a fresh start: nothing already saved is overwritten
+            print(f"note: {self.run_dir} holds an earlier run's outputs but no checkpoints/last.pt to continue it; "
+                  f"they were moved to {aside}, and this run starts fresh")
         (self.run_dir / "config.json").write_text(json.dumps(self.cfg, indent=2))
         log = RunLog(self.run_dir, resume_epoch=progress.epoch, resume_step=progress.step)
         self.cleanup.callback(log.close)
@@ -353,11 +358,27 @@ def order_of(shards: int) -> str:
     return "as one shuffle of the whole set" if shards == 1 else f"by {shards} processes' resident shards"
 
 
+def way_past_damaged(path: Path, resume: str) -> str:
+    """The next step when the checkpoint to resume from cannot be read: the run's other checkpoints, if any."""
+    if resume not in ("auto", "never"):
+        return "Name another checkpoint with RESUME, or RESUME=auto to continue RUN_DIR's last.pt"
+    others = sorted(p.name for p in path.parent.glob("*.pt") if p.name != path.name)
+    also = f" (or {', '.join(others[:-1])})" if len(others) > 1 else ""
+    earlier = f"then RESUME={path.parent / others[-1]}{also} to continue from there, or RESUME=auto to start " \
+              f"over" if others else "then start over with the same command"
+    return f"To go on, move it aside (mv {path} {path}.damaged), {earlier}"
+
+
 def restore(path: Path, model: Any, train_data: dict[str, Any], cfg: dict[str, Any], ranks: Ranks,
             device: torch.device, loader_rng: torch.Generator) -> Progress:
     """A checkpoint's weights, optimisers, scalers, RNGs (this rank's, the loader's) and position, after checking
     that it suits these settings and this data."""
-    ckpt = load_checkpoint(path)
+    try:
+        ckpt = load_checkpoint(path)
+    except CheckpointError as e:  # a damaged file: say how to go on from what the run still has
+        if not path.is_file():
+            raise
+        raise CheckpointError(f"{e}. {way_past_damaged(path, cfg['RESUME'])}") from None
     check_resume_compatible(ckpt, cfg, path, model.D)
     # the data it was trained on; RESUME naming the file is how a user says "on this data anyway"
     note = check_same_data(ckpt["train_data"], train_data, path, cfg["RESUME"] not in ("auto", "never"))

@@ -1,13 +1,15 @@
 """What a training run records besides checkpoints: log.csv (one row per epoch), TensorBoard scalars and
 sample images, curves.png (the losses and validation metrics, refreshed every epoch), and what it prints.
 
-Also the check, before step 1, that RUN_DIR can hold all this.
+Also the check, before step 1, that RUN_DIR can hold all this, and the moving aside of an earlier run's outputs
+that a fresh start would otherwise overwrite.
 Not run directly; harness/run.py uses it. Look at a run with:  tensorboard --logdir runs/
 """
 import contextlib
 import csv
 import errno
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +58,28 @@ def check_run_dir(run_dir: Path) -> None:
         for folder in created:  # deepest first
             with contextlib.suppress(OSError):
                 folder.rmdir()
+
+
+# What a run writes into RUN_DIR; a fresh start rewrites each of them
+RUN_OUTPUTS = ("checkpoints", "generator.pt", "generator_best.pt", "log.csv", "curves.png", "config.json", "samples",
+               "tensorboard")
+
+
+def set_aside_earlier_run(run_dir: Path) -> Path | None:
+    """A fresh start in a RUN_DIR that holds an earlier run's outputs but no checkpoints/last.pt to continue (it
+    was moved away, or a kill came before the first save): move them into RUN_DIR/earlier-<UTC time>/ instead of
+    overwriting them. Returns that folder, or None when there was nothing to keep."""
+    found = [run_dir / name for name in RUN_OUTPUTS
+             if (run_dir / name).is_file() or (run_dir / name).is_dir() and any((run_dir / name).iterdir())]
+    if not found:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    aside = next(p for n in range(1, 1000) if not os.path.lexists(
+        p := run_dir / (f"earlier-{stamp}" if n == 1 else f"earlier-{stamp}-{n}")))
+    aside.mkdir()
+    for path in found:
+        path.rename(aside / path.name)
+    return aside
 
 
 class RunLog:

@@ -969,6 +969,25 @@ def test_a_last_pt_that_is_a_folder_or_a_dangling_link_is_refused_by_name(tiny_d
     assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoints"]  # nothing trained, nothing written
 
 
+def test_a_damaged_last_pt_says_how_to_go_on_and_that_way_works(tiny_run, tmp_path):
+    """A last.pt cut short is refused with the next step: move it aside, then continue from the run's other
+    checkpoint (named) with RESUME; doing just that trains on from it."""
+    run_dir = tmp_path / "run"
+    ckpts = run_dir / "checkpoints"
+    ckpts.mkdir(parents=True)
+    shutil.copy(tiny_run / "run" / "checkpoints" / "best.pt", ckpts / "best.pt")
+    last = ckpts / "last.pt"
+    last.write_bytes((tiny_run / "run" / "checkpoints" / "last.pt").read_bytes()[:5000])
+    more = dict(N_EPOCHS=3, N_EPOCHS_DECAY=0, **FAST)
+    with pytest.raises(CheckpointError) as e:
+        train.main(tiny_args(tiny_run / "data", run_dir, **more))
+    assert str(e.value).endswith(f"To go on, move it aside (mv {last} {last}.damaged), then RESUME={ckpts / 'best.pt'} "
+                                 f"to continue from there, or RESUME=auto to start over")
+    last.rename(f"{last}.damaged")
+    assert train.main(tiny_args(tiny_run / "data", run_dir, RESUME=ckpts / "best.pt", **more)) == 0
+    assert load_checkpoint(last)["epoch"] == 3 and (ckpts / "last.pt.damaged").stat().st_size == 5000
+
+
 def test_resume_on_other_training_data_is_refused_unless_resume_names_the_checkpoint(finished_run, tmp_path, capsys):
     """A run folder reused with another TRAIN_DIR (other files): resuming its last.pt would continue a run trained
     on other data without a word. It is refused, saying how to start fresh or force it; forcing it (RESUME naming

@@ -11,6 +11,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -307,6 +308,22 @@ def test_run_outputs(data, reference):
     saved = json.loads((run_dir / "config.json").read_text())
     assert saved == load_config(tiny_args(data, run_dir, **RUN, NUM_WORKERS=0))
     assert saved["NUM_DOWNS"] == 5 and saved["BATCH_SIZE"] == 2 and saved["LEARNING_RATE"] == 2e-4
+
+
+def test_a_fresh_start_moves_an_earlier_runs_outputs_aside(data, reference, tmp_path):
+    """No last.pt (moved away, or a kill before the first save) means a fresh start: the earlier run's models, log
+    and config are moved into RUN_DIR/earlier-*/, byte for byte, instead of being overwritten."""
+    earlier, _ = reference(0)
+    run_dir = tmp_path / "run"
+    shutil.copytree(earlier, run_dir)
+    (run_dir / "checkpoints" / "last.pt").unlink()
+    kept = {p.relative_to(run_dir): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    assert run_training(data, run_dir, N_EPOCHS=1, N_EPOCHS_DECAY=0)["code"] == 0
+    [aside] = run_dir.glob("earlier-*")
+    assert {p.relative_to(aside): p.read_bytes() for p in aside.rglob("*") if p.is_file()} == kept
+    with open(run_dir / "log.csv", newline="") as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1"]  # the new run's rows only
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["epoch"] == 1
 
 
 def test_load_generator_rebuilds_from_the_file_alone(reference):
