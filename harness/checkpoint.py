@@ -361,7 +361,7 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str
                               f"{saved['BEST_BY']!r}, this run asks for {cfg['BEST_BY']!r}, and the two cannot be "
                               f"compared; resume with --BEST_BY={saved['BEST_BY']!r}, or train in a new RUN_DIR")
     diffs = [f"{k}: checkpoint {saved[k]!r} vs now {cfg[k]!r}" for k in ARCHITECTURE_KEYS
-             if k in saved and saved[k] != cfg[k]]
+             if k in saved and saved[k] != cfg[k] and not (k == "NUM_DOWNS" and cfg["GENERATOR"] != "unet")]
     if D is not None:  # the discriminator the weights were written for (its hparams), against the one built now
         saved_d = ckpt.get("discriminator_hparams", {})
         diffs += [f"discriminator {k}: checkpoint {saved_d[k]!r} vs now {v!r}" for k, v in D.hparams.items()
@@ -377,21 +377,27 @@ def check_resume_compatible(ckpt: dict[str, Any], cfg: dict[str, Any], path: str
 
 
 # What a recipe changes in training: a run continues with the method it was trained with. The RECIPE word itself
-# is only a shorthand for these (RECIPE=paper and no RECIPE are the same run). The harmless change: G_EMA off -> on
-# (training is unchanged; the average starts at the resumed weights, and says so). On -> off is refused: it would
-# drop the average the checkpoint holds, and generator.pt would silently become the raw G.
+# is only a shorthand for these (RECIPE=paper and no RECIPE are the same run). The optimisers' settings are
+# compared as used: D's "same" is G's value. The harmless change: G_EMA off -> on (training is unchanged; the
+# average starts at the resumed weights, and says so). On -> off is refused: it would drop the average the
+# checkpoint holds, and generator.pt would silently become the raw G.
 RECIPE_KEYS = ("GAN_LOSS", "D_SCALES", "FEATURE_MATCHING", "FEATURE_MATCHING_LAMBDA", "SPECTRAL_NORM",
-               "LEARNING_RATE_D", "BETA1_D", "BETA2_D", "GENERATOR", "G_EMA")
+               "LEARNING_RATE", "BETA1", "BETA2", "LEARNING_RATE_D", "BETA1_D", "BETA2_D", "GENERATOR", "G_EMA")
+
+
+def as_used(c: dict[str, Any], key: str) -> Any:
+    """A setting's value in training: D's LEARNING_RATE_D/BETA1_D/BETA2_D "same" is G's (as pix2pix.of_D)."""
+    return c.get(key[:-2]) if key.endswith("_D") and c.get(key) == "same" else c.get(key)
 
 
 def check_resume_recipe(saved: dict[str, Any], cfg: dict[str, Any], path: str | os.PathLike) -> None:
     """Refuse, in one line naming both, to resume a run under another recipe (settings missing from an older
     checkpoint are its defaults: upgrade_legacy)."""
-    differ = [k for k in RECIPE_KEYS if k in saved and saved[k] != cfg[k]
+    differ = [k for k in RECIPE_KEYS if k in saved and as_used(saved, k) != as_used(cfg, k)
               and not (k == "G_EMA" and cfg[k] and not saved[k])]
     if differ:
         def recipe(c: dict[str, Any]) -> str:
-            return f"RECIPE={c.get('RECIPE', '')!r} (" + ", ".join(f"{k}={c.get(k)!r}" for k in differ) + ")"
+            return f"RECIPE={c.get('RECIPE', '')!r} (" + ", ".join(f"{k}={as_used(c, k)!r}" for k in differ) + ")"
         raise CheckpointError(f"cannot resume from {path}: it was trained with {recipe(saved)}, this run asks for "
                               f"{recipe(cfg)}; continue it with its own settings, or train the new recipe in a new "
                               f"RUN_DIR")

@@ -150,6 +150,20 @@ def test_resuming_under_another_recipe_is_one_line_naming_both(ema_runs, tmp_pat
     assert "resuming from" in capsys.readouterr().out
 
 
+def test_resume_compares_the_optimisers_settings_as_used(tiny_run, tmp_path):
+    """G's learning rate and betas are part of a recipe (hinge_sn_ttur sets them): a change is refused by name. D's
+    "same" is G's value, so writing that value out is the same run and goes on."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run / "run", run)
+    for change in (dict(LEARNING_RATE=1e-4), dict(BETA1=0.0), dict(BETA2_D=0.9)):
+        with pytest.raises(CheckpointError, match=f"{next(iter(change))}=.*{next(iter(change))}="):
+            train.main(tiny_args(tiny_run / "data", run, N_EPOCHS=2, **change))
+    trained = load_checkpoint(run / "checkpoints" / "last.pt")["config"]
+    assert train.main(tiny_args(tiny_run / "data", run, N_EPOCHS=3, LEARNING_RATE_D=trained["LEARNING_RATE"],
+                                BETA1_D=trained["BETA1"], BETA2_D=trained["BETA2"])) == 0
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 3 + 1  # N_EPOCHS + N_EPOCHS_DECAY
+
+
 def test_turning_the_average_on_when_resuming_is_allowed(tiny_run, tmp_path, capsys):
     run = tmp_path / "run"
     shutil.copytree(tiny_run / "run", run)
@@ -237,6 +251,15 @@ def resnet_run(tmp_path_factory) -> Path:
     write_pairs(root / "data" / "val", 2, seed=1)
     tiny_train(root / "data", root / "run", GENERATOR="resnet_9blocks", G_EMA=True)
     return root
+
+
+def test_a_resnet_run_resumes_whatever_num_downs_says(resnet_run, tmp_path):
+    """NUM_DOWNS is the U-Net's depth: a ResNet generator ignores it, so a resume must not refuse over it."""
+    run = tmp_path / "run"
+    shutil.copytree(resnet_run / "run", run)
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")["config"]["NUM_DOWNS"]
+    tiny_train(resnet_run / "data", run, GENERATOR="resnet_9blocks", G_EMA=True, N_EPOCHS=2, NUM_DOWNS=saved - 1)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 3
 
 
 def test_a_resnet_generator_pt_rebuilds_itself(resnet_run):
