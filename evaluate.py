@@ -36,10 +36,11 @@ protocol behind published maps numbers: both images at 256 px bilinear, the targ
 channels); ratio = mean L1 to an image's own target / mean L1 to the other images' targets: 1.0 = the output
 ignores its input (as a mean-image predictor does), lower is better (harness/metrics.py).
 
-Default --output: <checkpoint folder>/eval_<data folder name>. Deterministic: --seed fixes the dropout noise of the
-paper's test mode (--mode paper, the default; or eval). The generator runs in IEEE fp32 by default (--precision
-fp32; auto, tf32, bf16 and fp16 are faster on a GPU), and the metrics are computed in fp32 on the CPU, so a
-checkpoint scores the same on a GPU as on a CPU, up to the generator's rounding (docs/precision.md).
+Default --output: <checkpoint folder>/eval_<data folder name>_<checkpoint name>, one per checkpoint file.
+Deterministic: --seed fixes the dropout noise of the paper's test mode (--mode paper, the default; or eval). The
+generator runs in IEEE fp32 by default (--precision fp32; auto, tf32, bf16 and fp16 are faster on a GPU), and the
+metrics are computed in fp32 on the CPU, so a checkpoint scores the same on a GPU as on a CPU, up to the generator's
+rounding (docs/precision.md).
 --batch-size defaults to 1 in paper mode, as the official test.py: there batch-norm uses the batch's statistics, so
 a larger batch makes each score depend on its batch-mates (faster, but not the paper's protocol); in eval mode it
 defaults to the checkpoint's BATCH_SIZE and changes only the speed. An official-code latest_net_G.pth stores no
@@ -92,7 +93,7 @@ SET_FIGURES = ("ratio", "fid", "kid", "kid_std")  # of the whole set, not means 
 
 
 def default_out(checkpoint: Path, data: Path) -> Path:
-    return checkpoint.parent / f"eval_{data.resolve().name}"
+    return checkpoint.parent / f"eval_{data.resolve().name}_{checkpoint.stem}"  # generator.pt, generator_best.pt
 
 
 def thumbnail_writer(folder: Path, scorer: Any = None):
@@ -308,7 +309,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--data", type=path_argument(Path), required=True,
                     help="folder of side-by-side A|B images or A/ + B/ folders")
     ap.add_argument("--output", "--out", type=path_argument(Path), default=None,
-                    help="output folder (default <checkpoint dir>/eval_<data name>); --out is its former name")
+                    help="output folder (default <checkpoint dir>/eval_<data name>_<checkpoint name>); --out is its former "
+                         "name")
     ap.add_argument("--max-images", type=int, default=0, help="score only the first N files (0 = all)")
     ap.add_argument("--fcn-score", action="store_true", help="add the paper's FCN-score (labels -> photo data)")
     ap.add_argument("--fcn-train", type=path_argument(Path), default=None,

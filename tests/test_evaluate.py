@@ -124,15 +124,20 @@ def test_thumbnails_are_input_output_target_in_file_order(evaluated, tiny_run):
 
 
 def test_deterministic_and_default_output_folder(evaluated, tiny_run, tmp_path):
-    """Twice with the same seed: identical numbers; the default --out is <checkpoint dir>/eval_<data name>."""
+    """Twice with the same seed: identical numbers; the default --out is <checkpoint dir>/eval_<data name>_<checkpoint
+    name>, so generator.pt and generator_best.pt of one run each keep their own."""
     shutil.copy(tiny_run / "run" / "generator.pt", tmp_path / "generator.pt")
     args = ["--checkpoint", str(tmp_path / "generator.pt"), "--data", str(tiny_run / "data" / "val"), "--device", "cpu"]
     assert evaluate.main(args) == 0
-    again = tmp_path / "eval_val"
+    again = tmp_path / "eval_val_generator"
     assert (again / "metrics.csv").read_bytes() == (evaluated / "metrics.csv").read_bytes()
     first, second = (json.loads((d / "summary.json").read_text()) for d in (evaluated, again))
     keys = ("l1", "psnr", "ssim", "ratio")
     assert {k: first[k] for k in keys} == {k: second[k] for k in keys}
+    shutil.copy(tiny_run / "run" / "generator_best.pt", tmp_path / "generator_best.pt")
+    assert evaluate.main([*args[:1], str(tmp_path / "generator_best.pt"), *args[2:]]) == 0
+    assert (tmp_path / "eval_val_generator_best" / "summary.json").is_file()  # beside, not over, the first
+    assert (again / "metrics.csv").read_bytes() == (evaluated / "metrics.csv").read_bytes()
 
     # the seed really drives the dropout noise of paper mode
     assert evaluate.main([*args, "--out", str(tmp_path / "seed1"), "--seed", "1"]) == 0
