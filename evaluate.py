@@ -241,7 +241,8 @@ def evaluate(args: argparse.Namespace) -> int:
         for who in ("generated", "real"):
             print(f"  FCN-score, {who + ' photos':<16} " + "  ".join(f"{k} {v:.3f}" for k, v in summary["fcn"][who].items()))
     if skipped:
-        print(f"skipped {len(skipped)} unreadable file(s), listed in summary.json", file=sys.stderr)
+        print(f"skipped {len(skipped)} file(s), unreadable or without a partner (each listed above with why, and in "
+              f"summary.json)", file=sys.stderr)
     print(f"wrote {out / 'metrics.csv'}, {out / 'summary.json'} and {out / 'index.html'}")
     return 0
 

@@ -183,7 +183,7 @@ def predict(args: argparse.Namespace) -> int:
             run_batch(group)
 
     what = "input | output | target strip(s)" if args.paired else "image(s)"
-    print(f"wrote {written} of {len(images)} {what} to {args.output} (--fit {args.fit}, --mode {args.mode}, "
+    print(f"wrote {written} of {len(images) + len(unmatched)} {what} to {args.output} (--fit {args.fit}, --mode {args.mode}, "
           f"{device}, {precision})")
     if failed:
         listing = "\n".join(f"  {p}: {why}" for p, why in failed)

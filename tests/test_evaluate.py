@@ -144,7 +144,7 @@ def test_deterministic_and_default_output_folder(evaluated, tiny_run, tmp_path):
     assert json.loads((tmp_path / "seed1" / "summary.json").read_text())["l1"] != first["l1"]
 
 
-def test_unreadable_file_is_skipped_and_listed(tiny_run, tmp_path):
+def test_unreadable_file_is_skipped_and_listed(tiny_run, tmp_path, capsys):
     data = tmp_path / "val"
     shutil.copytree(tiny_run / "data" / "val", data)
     (data / "broken.png").write_bytes(b"not an image")
@@ -153,6 +153,8 @@ def test_unreadable_file_is_skipped_and_listed(tiny_run, tmp_path):
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["skipped_files"] == ["broken.png"] and summary["n_images"] == 4
     assert [r["file"] for r in read_csv(tmp_path / "out" / "metrics.csv")] == VAL_FILES
+    err = capsys.readouterr().err
+    assert f"{data / 'broken.png'}: " in err and "skipped 1 file(s), unreadable or without a partner" in err
 
 
 @pytest.mark.parametrize("what", ["checkpoint", "data"])

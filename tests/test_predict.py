@@ -137,8 +137,9 @@ def test_paired_reads_a_and_b_folders_too(checkpoint, tmp_path, capsys):
     strip = pixels(tmp_path / "out" / "A" / "x.png")
     assert np.abs(strip[2:34, 2:34] - pixels(b)).max() <= 1  # input panel: B
     assert np.abs(strip[2:34, 70:102] - pixels(a)).max() <= 1  # target panel: A
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert f"{lone}: no B/lone.* to pair with" in err
+    assert "wrote 1 of 2 input | output | target strip(s)" in out  # the lone file counts among the inputs
 
 
 def test_mixed_sizes_batch_by_size(checkpoint, tmp_path):
