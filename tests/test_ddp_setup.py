@@ -52,14 +52,15 @@ def test_ddp_broadcasts_buffers_only_for_per_process_batch_norm_statistics(one_p
 
 
 def test_ranks_wait_for_rank0s_fcn_segmenter_longer_than_dist_timeout(tmp_path):
-    """FCN_SCORE under torchrun: rank 0 trains the segmenter (here a 12 s stand-in) before the first training step,
-    longer than DIST_TIMEOUT_S=6; rank 1 waits for it in a barrier of its own (not in the step's all-reduce, whose
-    timeout would stop the job), and the run finishes."""
+    """FCN_SCORE under torchrun: rank 0 trains the segmenter (here a 25 s stand-in) before the first training step,
+    longer than DIST_TIMEOUT_S=15 (which also bounds the other collectives, such as the final barrier that waits
+    for rank 0's last writes: seconds on a loaded machine); rank 1 waits for it in a barrier of its own (not in the
+    step's all-reduce, whose timeout would stop the job), and the run finishes."""
     write_pairs(tmp_path / "data" / "train", 4, seed=0)
     write_pairs(tmp_path / "data" / "val", 2, seed=1)
-    args = tiny_args(tmp_path / "data", tmp_path / "run", FCN_SCORE=True, DIST_TIMEOUT_S=6, VAL_EVERY=0,
+    args = tiny_args(tmp_path / "data", tmp_path / "run", FCN_SCORE=True, DIST_TIMEOUT_S=15, VAL_EVERY=0,
                      SAMPLE_EVERY=0, N_EPOCHS_DECAY=0, BATCH_SIZE=2)
-    run = launch(tmp_path, "fcn", args, ("--slow-fcn=12",))
+    run = launch(tmp_path, "fcn", args, ("--slow-fcn=25",))
     assert run.returncode == 0 and None not in run.dumps, run.describe()
     assert [d["exit"] for d in run.dumps] == [0, 0]
     # the stand-in ran, on rank 0 only, before the first training step
