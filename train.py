@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             # the learning rate: constant for N_EPOCHS, then linearly to 0 in N_EPOCHS_DECAY (§6.2)
             lr = set_learning_rates(model, cfg, lr_factor(epoch, cfg, progress.plateau.get("factor", 1.0)))
             sampler.set_epoch(epoch, skip=progress.images_in_epoch)  # a resumed epoch: the rest
-            guard.start_epoch()  # the loss sums and counts are per epoch
+            guard.start_epoch(progress.epoch_losses if progress.images_in_epoch else {})  # per epoch
             timer = Timer()
             bar = progress_bar(loader, epoch, run.total_epochs,
                                progress.images_in_epoch // images_per_step, ranks.master)
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 # the step's one device->host read, on logging and saving steps only: the losses;
                 # a NaN under ON_NAN=stop ends the run here, before a checkpoint could hold it
                 if logging or save:
-                    reading = guard.read()
+                    reading = guard.read(over_ranks=save)  # a save keeps every process's sums so far
                 if logging and log:  # every LOG_EVERY steps: losses, speed, ETA; TensorBoard
                     left = (run.total_epochs - epoch) * len(train_set) - progress.images_in_epoch
                     log_step(log, bar, reading, timer.images_per_s(), left, step)
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
                 # when CHECKPOINT_EVERY_MINUTES have passed, and before stopping
                 if save:
                     rank_rngs = gather_rng_states(runtime.device, ranks.world_size)  # collective
-                    run.save_checkpoint(progress, model, rank_rngs, train_data)
+                    run.save_checkpoint(progress, model, rank_rngs, train_data, reading)
                 if stop_signal:  # Ctrl-C or SIGTERM on any rank: saved; the printed command resumes
                     bar.close()
                     return run.stopped(stop, stop_signal, progress)

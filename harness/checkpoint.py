@@ -53,6 +53,7 @@ class Progress:
     best_val: float = float("inf")  # the best validation BEST_BY so far, as a loss: lower is better
     plateau: dict = field(default_factory=dict)  # LR_POLICY="plateau": pix2pix.plateau_after's state
     shards: int = 1  # the epoch's order: 1 = one shuffle of the whole set, N = N processes' resident shards
+    epoch_losses: dict = field(default_factory=dict)  # mid-epoch: its loss sums and counts so far (Reading.so_far)
 
 
 PROGRESS = tuple(f.name for f in fields(Progress))
@@ -472,4 +473,5 @@ def upgrade_legacy(ckpt: dict[str, Any]) -> dict[str, Any]:
     ckpt.setdefault("train_data", {})
     ckpt.setdefault("plateau", {})
     ckpt.setdefault("shards", 1)
+    ckpt.setdefault("epoch_losses", {})
     return ckpt

@@ -17,6 +17,7 @@ import json
 import math
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -257,6 +258,8 @@ class TrainingRun:
                   f"orders it {order_of(self.shards)}: the rest of that one epoch may train some images twice and "
                   f"leave others out. For an exact resume, use the same number of processes and DATA_ON_DEVICE")
         progress.shards = self.shards
+        if not self.ranks.master:  # the epoch's losses so far are every process's: rank 0 carries them alone
+            progress.epoch_losses = {}
         check_ranks_agree(self.ranks.world_size, resume_from=self.resume_path and str(self.resume_path),
                           step=progress.step, train_images=train_data["images"])
         return progress
@@ -310,14 +313,17 @@ class TrainingRun:
         return self.ranks.master and minutes > 0 and clock() - self.last_save >= 60 * minutes
 
     def save_checkpoint(self, progress: Progress, model: Any, rank_rngs: list, train_data: dict[str, Any],
-                        last: bool = True, export: bool = False, snapshot: bool = False, best: bool = False) -> None:
+                        mid_epoch: Reading | None = None, last: bool = True, export: bool = False,
+                        snapshot: bool = False, best: bool = False) -> None:
         """Rank 0 writes, in the background: for a new best validation figure checkpoints/best.pt and
         generator_best.pt; generator.pt (export); checkpoints/epoch_NNNN.pt (snapshot); checkpoints/last.pt,
-        last, since it marks where a resume starts. `rank_rngs`: gather_rng_states; `train_data`: data_fingerprint."""
+        last, since it marks where a resume starts. `rank_rngs`: gather_rng_states; `train_data`: data_fingerprint;
+        `mid_epoch`: a save inside an epoch, its losses so far over every process (StepGuard.read(over_ranks))."""
         if self.ranks.master:
             rngs = {"rng": rng_states(self.runtime.device), "rank_rngs": rank_rngs,
                     "loader_rng": self.loader_rng.get_state()}
-            ckpt = training_checkpoint(model, progress, rngs, self.cfg, train_data)
+            so_far = mid_epoch.so_far() if mid_epoch else {}
+            ckpt = training_checkpoint(model, replace(progress, epoch_losses=so_far), rngs, self.cfg, train_data)
             files = [(export_of(ckpt), self.run_dir / "generator_best.pt"), (ckpt, self.ckpt_dir / "best.pt")] * best
             files += [(export_of(ckpt), self.run_dir / "generator.pt")] * export
             files += [(ckpt, self.ckpt_dir / f"epoch_{progress.epoch:04d}.pt")] * snapshot

@@ -17,6 +17,7 @@ step: the host never waits for a GPU mid-run, so it can queue work ahead of it (
 """
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -58,6 +59,13 @@ class Reading:
     n_ok: int
     skipped: int
     scaler_skips: int
+    sums: list[float]
+
+    def so_far(self) -> dict[str, Any]:
+        """The epoch's tally so far, for a checkpoint: a run resumed mid-epoch starts from it (start_epoch), so the
+        epoch's log row averages all of its steps, not only those after the resume."""
+        return {"loss_sums": self.sums, "n_ok": self.n_ok, "n_skipped": self.skipped,
+                "scaler_skips": self.scaler_skips}
 
 
 class StepGuard:
@@ -169,12 +177,19 @@ class StepGuard:
             self.reported_skips = n_skipped
             self.tally.first_bad_step.fill_(-1)  # report the next one afresh
         # the means of the finite steps since start_epoch: none (a resume at an epoch's very end) is NaN, not 0
-        return Reading({k: v / n_ok if n_ok else float("nan") for k, v in zip(LOSS_TERMS, seen.loss_sums.tolist())},
-                       n_ok, n_skipped, int(seen.scaler_skips))
+        sums = seen.loss_sums.tolist()
+        return Reading({k: v / n_ok if n_ok else float("nan") for k, v in zip(LOSS_TERMS, sums)},
+                       n_ok, n_skipped, int(seen.scaler_skips), sums)
 
-    def start_epoch(self) -> None:
-        """The loss sums and counts are per epoch; a non-finite loss not yet reported stays."""
+    def start_epoch(self, so_far: dict[str, Any]) -> None:
+        """The loss sums and counts are per epoch: from zero, or from `so_far` (Reading.so_far, of every process)
+        in an epoch resumed mid-way, on one process only. A non-finite loss not yet reported stays."""
         with torch.no_grad():
             for count in self.tally.counts():
                 count.zero_()
-        self.reported_skips = 0
+            if so_far:
+                t = self.tally
+                t.loss_sums.copy_(torch.tensor(so_far["loss_sums"], dtype=t.vector.dtype))
+                for name in ("n_ok", "n_skipped", "scaler_skips"):
+                    getattr(t, name).fill_(so_far[name])
+        self.reported_skips = so_far["n_skipped"] if so_far else 0  # reported before the resume

@@ -227,6 +227,8 @@ def test_distributed_run_stops_on_one_ranks_sigterm_and_resumes_mid_epoch(ddp_ru
     assert stopped.rank_out[1] == "" and stopped.rank_err[1] == "", stopped.describe()
     ckpt = torch.load(last, weights_only=True)
     assert (ckpt["epoch"], ckpt["images_in_epoch"], ckpt["step"]) == (1, 2, 2)  # 1 batch of 1 on each rank
+    # the epoch's losses so far, summed over both ranks: the resumed epoch's log row averages all four steps
+    assert ckpt["epoch_losses"]["n_ok"] == 2 and len(ckpt["epoch_losses"]["loss_sums"]) == 4
 
     resumed = launch(tmp_path, "resumed", args)
     assert resumed.returncode == 0 and None not in resumed.dumps, resumed.describe()

@@ -248,6 +248,11 @@ def test_resume_mid_epoch_is_bit_identical(data, reference, tmp_path, num_worker
     third = run_training(data, run_dir, CHECKPOINT_EVERY_STEPS=3, NUM_WORKERS=num_workers)
     assert third["code"] == 0 and len(third["lrs"]) == 3
     assert_same_training_state(straight, run_dir)
+    # both epochs were resumed mid-way: their log rows still average all of their steps, as the straight run's
+    losses = ("epoch", "step", "d_real", "d_fake", "g_gan", "g_l1", "skipped_steps")
+    rows = [[{k: r[k] for k in losses} for r in csv.DictReader((d / "log.csv").read_text().splitlines())]
+            for d in (straight, run_dir)]
+    assert rows[0] == rows[1] and len(rows[0]) == 2
 
 
 def test_resume_that_validated_more_often_is_bit_identical_in_every_tensor(data, reference, tmp_path):
