@@ -63,8 +63,8 @@ from torch.utils.data import DataLoader, Subset
 from torchvision.utils import save_image
 from tqdm import tqdm
 
-from harness.data_checks import check_batchable, checked_dataset
-from harness.errors import ConfigError, DatasetError, exit_on_error, path_argument
+from harness.data_checks import check_batchable, check_layout, checked_dataset
+from harness.errors import ConfigError, exit_on_error, path_argument
 from harness.fid import WEIGHTS_NAME, FidKid, find_weights, weights_note
 from harness.inference import batch_size_for, check_output_folder, load_for_inference, model_arguments
 from harness.metrics import (GCGAN_DELTAS, GCGAN_METRICS, METRICS, PIXEL_ACC_DELTAS, evaluate_generator,
@@ -191,9 +191,8 @@ def evaluate(args: argparse.Namespace) -> int:
     out = args.output or default_out(args.checkpoint, data)
     check_output_folder(out)
     for flag, folder in (("--data", data), ("--fcn-train", args.fcn_train)):
-        if folder is not None and not folder.is_dir():  # before any work; a wrong --fcn-train was silently replaced
-            raise DatasetError(f"{flag} {folder} {'is a file, not a folder' if folder.exists() else 'does not exist'}"
-                               f"; give a folder of side-by-side A|B images or of A/ + B/ folders")
+        if folder is not None:  # before any work; a wrong --fcn-train was silently replaced
+            check_layout(folder, flag)
     weights = find_weights(args.inception_weights) if args.fid else None  # before any work: one line if missing
     G, cfg, device, precision = load_for_inference(args.checkpoint, args.mode, args.device, args.precision,
                                                    args.direction, needs_direction=True)

@@ -106,10 +106,13 @@ def report(bad: list[tuple[Path, str]], bad_files: str, error_head: str, skip_he
     return ""
 
 
-def check_layout(folder: Path) -> None:
-    """A folder that exists, holds images, and is clearly one of the two layouts."""
+def check_layout(folder: Path, flag: str = "") -> None:
+    """A folder that exists, holds images, and is clearly one of the two layouts. `flag`: the script's option that
+    named it (evaluate.py's --data), else it is a TRAIN_DIR/VAL_DIR setting."""
     if not folder.is_dir():
-        raise DatasetError(f"data folder {folder} does not exist; set TRAIN_DIR/VAL_DIR in config.py or pass "
+        what = "is a file, not a folder" if folder.exists() else "does not exist"
+        raise DatasetError(f"{flag} {folder} {what}; give a folder of side-by-side A|B images or of A/ + B/ folders"
+                           if flag else f"data folder {folder} {what}; set TRAIN_DIR/VAL_DIR in config.py or pass "
                            f"--TRAIN_DIR=... (python download_dataset.py facades fetches the paper's data)")
     has = {side: (folder / side).is_dir() for side in "AB"}
     if has["A"] != has["B"]:

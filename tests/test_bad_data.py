@@ -125,6 +125,9 @@ def test_listing_finds_nested_unicode_files_skips_hidden_and_survives_symlink_lo
 def test_missing_or_empty_folder_is_a_clear_error(tmp_path):
     with pytest.raises(DatasetError, match="does not exist"):
         check_layout(tmp_path / "nope")
+    (tmp_path / "a.png").write_bytes(b"x")
+    with pytest.raises(DatasetError, match="data folder .*a.png is a file, not a folder; set TRAIN_DIR/VAL_DIR"):
+        check_layout(tmp_path / "a.png")
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / ".DS_Store").write_bytes(b"x")
     with pytest.raises(DatasetError, match="has no images"):
