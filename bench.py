@@ -8,6 +8,7 @@ convolution peak.
     python bench.py --data ../shared/data/facades/train --CACHE_IMAGES=True   # ... with the decoded set in memory
     python bench.py --gpu-check                      # the GPU check: CUDA tests, a facades run, one table (GPU only)
     python bench.py --sweep                          # img/s and memory over sizes 128/256/512 x batch 1/4/16
+    python bench.py --recipes paper,msd_fm,paper:G_EMA=True   # each recipe's step, interleaved: its cost
     python bench.py --json                           # machine-readable output
     python bench.py --profile --skip infer,data      # torch.profiler top ops of a training step
     python bench.py --skip train,data,peak           # inference only: PyTorch vs onnxruntime (CPU) img/s
@@ -68,6 +69,9 @@ def parse_args(argv: list[str] | None) -> tuple[dict[str, Any], argparse.Namespa
                                                   "docs/performance.md), timed beside ours")
     p.add_argument("--skip", default="", help="comma list of parts to skip: train,files,infer,onnx,data,peak,save")
     p.add_argument("--sweep", action="store_true", help="training img/s + memory over sizes and batch sizes")
+    p.add_argument("--recipes", default="", help="comma list of arms, each a RECIPE word with :KEY=value settings of "
+                                                 "its own (paper,msd_fm,paper:G_EMA=True): their training steps "
+                                                 "interleaved, --repeats rounds of --steps each; the cost of each")
     p.add_argument("--profile", action="store_true", help="print torch.profiler's top ops of two training steps")
     p.add_argument("--json", action="store_true")
     p.add_argument("--gpu-check", action="store_true", help="the GPU check (harness/gpu_check.py): needs CUDA")
@@ -118,18 +122,10 @@ def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime,
     and G's inference."""
     device, precision = runtime.device, runtime.precision
     sync = lambda: synchronize(device)  # noqa: E731 - the device timed, not the current one
-    G, D = (m.to(device, memory_format=runtime.memory_format) for m in build_models(cfg))
-    model = Pix2Pix(G, D, *make_optimizers(G, D, cfg, device, fused=args.fused),
-                    *make_grad_scalers(device, precision), cfg["L1_LAMBDA"], runtime.amp, **beyond_the_paper(cfg, G))
     results: dict[str, Any] = {}
+    model, step_of, x, y = training_step_on_tensors(cfg, runtime, args.fused)
     start = time.perf_counter()
-    wrap_for_training(model, cfg["COMPILE"])
-    # the step as train.py runs it: with the NaN/Inf guard, eager or one CUDA graph (CUDA_GRAPH)
-    guard = StepGuard(cfg["ON_NAN"], device, precision == "fp16")
-    step_of = training_step(model, guard, train_step, cfg, runtime, say=lambda text: print(text, file=sys.stderr))
-    shape = (cfg["BATCH_SIZE"], cfg["IN_CHANNELS"], cfg["IMAGE_SIZE"], cfg["IMAGE_SIZE"])
-    x = runtime.to_device(torch.randn(shape))
-    y = runtime.to_device(torch.randn(shape).clamp(-1, 1))
+    G = model.G
     amp = runtime.amp
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -161,6 +157,44 @@ def bench_model(cfg: dict[str, Any], args: argparse.Namespace, runtime: Runtime,
     if "save" not in args.skip and "train" not in args.skip:  # after the peak: its CPU copies are not the step's
         results |= bench_save(model, cfg, args)  # Adam's state exists once training has stepped
     return results
+
+
+def training_step_on_tensors(cfg: dict[str, Any], runtime: Runtime, fused: bool
+                             ) -> tuple[Pix2Pix, Any, torch.Tensor, torch.Tensor]:
+    """(the model, its step as train.py builds and wraps it: with the NaN/Inf guard, eager or one CUDA graph
+    (CUDA_GRAPH), and a random batch (x, y) already on the device)."""
+    G, D = (m.to(runtime.device, memory_format=runtime.memory_format) for m in build_models(cfg))
+    model = Pix2Pix(G, D, *make_optimizers(G, D, cfg, runtime.device, fused=fused),
+                    *make_grad_scalers(runtime.device, runtime.precision), cfg["L1_LAMBDA"], runtime.amp,
+                    **beyond_the_paper(cfg, G))
+    wrap_for_training(model, cfg["COMPILE"])
+    guard = StepGuard(cfg["ON_NAN"], runtime.device, runtime.precision == "fp16")
+    step_of = training_step(model, guard, train_step, cfg, runtime, say=lambda text: print(text, file=sys.stderr))
+    shape = (cfg["BATCH_SIZE"], cfg["IN_CHANNELS"], cfg["IMAGE_SIZE"], cfg["IMAGE_SIZE"])
+    return model, step_of, runtime.to_device(torch.randn(shape)), runtime.to_device(torch.randn(shape).clamp(-1, 1))
+
+
+def compare_recipes(arms: list[str], settings: list[str], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The training step of each arm (a RECIPE word, with :KEY=value settings of its own, over the command line's
+    --KEY=value), in one process and interleaved: each of --repeats rounds times --steps steps of every arm in
+    turn, so that the machine's drift reaches all of them alike. Per arm: the median step time, and the median of
+    its per-round ratios to the first arm's."""
+    steps, rounds = {}, {}
+    for arm in arms:
+        word, *own = arm.split(":")
+        cfg = load_config([*settings, f"--RECIPE={word}", *(f"--{s}" for s in own)])
+        runtime = pick_runtime(cfg)
+        model, step_of, x, y = training_step_on_tensors(cfg, runtime, args.fused)
+        steps[arm] = (lambda m=model, s=step_of, x=x, y=y: step_and_average(s, m, x, y), runtime.device)
+        timed(steps[arm][0], args.warmup, lambda d=runtime.device: synchronize(d))
+        rounds[arm] = []
+    for _ in range(args.repeats):
+        for arm, (step, device) in steps.items():
+            rounds[arm].append(timed(step, args.steps, lambda: synchronize(device)) / args.steps)
+    first = rounds[arms[0]]
+    return [{"arm": arm, "step_s": statistics.median(times),
+             "vs_first": statistics.median(t / f for t, f in zip(times, first)), "rounds": times}
+            for arm, times in rounds.items()]
 
 
 def step_and_average(step_of: Any, model: Pix2Pix, x: torch.Tensor, y: torch.Tensor) -> None:
@@ -328,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = sweep(cfg, [a for a in argv if is_setting(a)])
         print(json.dumps({"env": env, "sweep": rows}, indent=2) if args.json else format_sweep(env, rows))
         return 0
+    if args.recipes:
+        rows = compare_recipes(args.recipes.split(","), [a for a in argv if is_setting(a)], args)
+        print(json.dumps({"env": env, "recipes": rows}, indent=2) if args.json else format_recipes(env, rows))
+        return 0
     with tempfile.TemporaryDirectory() as tmp:
         needs_files = "files" not in args.skip or "data" not in args.skip
         train_set = training_set(cfg, args, tmp) if needs_files else None
@@ -363,6 +401,14 @@ LABELS = {"train_img_s": "training (D+G step), images/s",
 def format_table(env: dict, results: dict) -> str:
     lines = ["  ".join(f"{k}={v}" for k, v in env.items()), ""]
     lines += [f"{LABELS[k]:<44s} {v:10.3f}" for k, v in results.items()]
+    return "\n".join(lines)
+
+
+def format_recipes(env: dict, rows: list[dict]) -> str:
+    lines = ["  ".join(f"{k}={v}" for k, v in env.items()), "",
+             f"{'arm':<28s} {'median step, s':>14s}  vs {rows[0]['arm']} (median per-round ratio)"]
+    lines += [f"{r['arm']:<28s} {r['step_s']:14.3f}  {r['step_s'] / rows[0]['step_s']:.2f} ({r['vs_first']:.2f})"
+              for r in rows]
     return "\n".join(lines)
 
 

@@ -99,6 +99,30 @@ def test_bench_reports_every_figure_as_json(capsys):
     assert results["train_tflop_s"] == pytest.approx(results["train_img_s"] * results["train_gflop_per_img"] / 1e3)
 
 
+def test_bench_compares_recipes_each_with_its_own_settings_interleaved(capsys, monkeypatch):
+    """--recipes: every arm's step is built from its RECIPE word, its own :KEY=value settings and the command
+    line's; the rounds alternate between the arms; the first arm is the unit of the ratios."""
+    built, order = [], []
+    real = bench.training_step_on_tensors
+
+    def recording(cfg, runtime, fused):
+        model, step_of, x, y = real(cfg, runtime, fused)
+        built.append({k: cfg[k] for k in ("RECIPE", "D_SCALES", "FEATURE_MATCHING", "G_EMA", "IMAGE_SIZE")})
+        tag = len(built)
+        return model, lambda *a: (order.append(tag), step_of(*a))[1], x, y
+    monkeypatch.setattr(bench, "training_step_on_tensors", recording)
+    code = bench.main(["--recipes", "paper,msd_fm,paper:G_EMA=True", "--IMAGE_SIZE=64", "--LOAD_SIZE=72",
+                       "--GEN_BASE_CHANNELS=8", "--DISC_BASE_CHANNELS=8", "--PRECISION=fp32", "--steps", "1",
+                       "--repeats", "2", "--warmup", "1", "--json"])
+    rows = json.loads(capsys.readouterr().out)["recipes"]
+    assert code == 0 and [r["arm"] for r in rows] == ["paper", "msd_fm", "paper:G_EMA=True"]
+    assert built == [dict(RECIPE="paper", D_SCALES=1, FEATURE_MATCHING=False, G_EMA=False, IMAGE_SIZE=64),
+                     dict(RECIPE="msd_fm", D_SCALES=2, FEATURE_MATCHING=True, G_EMA=False, IMAGE_SIZE=64),
+                     dict(RECIPE="paper", D_SCALES=1, FEATURE_MATCHING=False, G_EMA=True, IMAGE_SIZE=64)]
+    assert order == [1, 2, 3] + [1, 2, 3] * 2  # the warm-up steps, then rounds that alternate
+    assert rows[0]["vs_first"] == 1 and all(r["step_s"] > 0 and len(r["rounds"]) == 2 for r in rows)
+
+
 def test_channels_last_auto_picks_the_layout_by_device_and_batch():
     from harness.configurator import load_config
     from harness.errors import ConfigError
