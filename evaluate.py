@@ -190,9 +190,9 @@ def evaluate(args: argparse.Namespace) -> int:
     data = Path(args.data)
     out = args.output or default_out(args.checkpoint, data)
     check_output_folder(out)
-    check_layout(data, "--data")  # before any work
-    if args.fcn_train is not None and not args.fcn_train.is_dir():  # (it was silently replaced); its content:
-        check_layout(args.fcn_train, "--fcn-train")  # the segmenter's own checks name the FCN-score's needs
+    for flag, folder in (("--data", data), ("--fcn-train", args.fcn_train)):
+        if folder is not None and not folder.is_dir():  # before any work; a wrong --fcn-train was silently replaced
+            check_layout(folder, flag)  # its one line, named by the flag; the content is checked where it is read
     weights = find_weights(args.inception_weights) if args.fid else None  # before any work: one line if missing
     G, cfg, device, precision = load_for_inference(args.checkpoint, args.mode, args.device, args.precision,
                                                    args.direction, needs_direction=True)

@@ -183,8 +183,8 @@ def predict(args: argparse.Namespace) -> int:
             run_batch(group)
 
     what = "input | output | target strip(s)" if args.paired else "image(s)"
-    print(f"wrote {written} of {len(images) + len(unmatched)} {what} to {args.output} (--fit {args.fit}, --mode {args.mode}, "
-          f"{device}, {precision})")
+    print(f"wrote {written} of {len(images) + len(unmatched)} {what} to {args.output} (--fit {args.fit}, "
+          f"--mode {args.mode}, {device}, {precision})")
     if failed:
         listing = "\n".join(f"  {p}: {why}" for p, why in failed)
         print(f"skipped {len(failed)} image(s):\n{listing}", file=sys.stderr)

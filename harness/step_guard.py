@@ -187,9 +187,6 @@ class StepGuard:
         with torch.no_grad():
             for count in self.tally.counts():
                 count.zero_()
-            if so_far:
-                t = self.tally
-                t.loss_sums.copy_(torch.tensor(so_far["loss_sums"], dtype=t.vector.dtype))
-                for name in ("n_ok", "n_skipped", "scaler_skips"):
-                    getattr(t, name).fill_(so_far[name])
+            for name, value in (so_far or {}).items():  # Tally's names: loss_sums, n_ok, n_skipped, scaler_skips
+                getattr(self.tally, name).copy_(torch.as_tensor(value, dtype=self.tally.vector.dtype))
         self.reported_skips = so_far["n_skipped"] if so_far else 0  # reported before the resume

@@ -203,7 +203,6 @@ def test_cuda_device_without_cuda(monkeypatch):
     assert load_config(["--DEVICE=cpu"])["DEVICE"] == "cpu"
 
 
-
 def test_a_scripts_missing_cuda_device_is_named_by_its_flag(monkeypatch):
     """predict/evaluate/export/demo take --device: their error names that flag, not train.py's DEVICE setting."""
     from harness.inference import load_for_inference
@@ -211,6 +210,7 @@ def test_a_scripts_missing_cuda_device_is_named_by_its_flag(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     with pytest.raises(ConfigError, match=r"^--device='cuda' but 0 CUDA device\(s\) are available; use --device=auto"):
         load_for_inference("generator.pt", device="cuda")
+
 
 @pytest.mark.parametrize("device", ["meta", "xla", "xpu", "hip"])
 def test_a_device_torch_names_but_pix2pix_cannot_run_on_is_a_config_error(device):
