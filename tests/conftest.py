@@ -179,8 +179,11 @@ def cuda_flags():
 # replaced by a stand-in that writes the file sys.argv[2] and then waits to be interrupted: a test holds a real
 # process at a known point (no timing luck), then signals it.
 HOLD = r"""
-import importlib, runpy, sys, time
+import importlib, runpy, signal, sys, time
 from pathlib import Path
+# Ctrl-C as in a terminal: a test run started in the background (`cmd &` in a script) inherits SIGINT ignored,
+# and Python then installs no KeyboardInterrupt handler in its children
+signal.signal(signal.SIGINT, signal.default_int_handler)
 target, ready = sys.argv[1], sys.argv[2]
 sys.argv = sys.argv[3:]
 sys.path.insert(0, str(Path(sys.argv[0]).resolve().parent))
