@@ -311,13 +311,19 @@ def load_training_set(folder: str | os.PathLike, direction: str, palette: Palett
     return torch.stack(photos), torch.stack(labels)
 
 
+def new_segmenter(n_classes: int, recipe: Recipe) -> Segmenter:
+    """The recipe's Segmenter with its seeded initial weights; the caller's random state stays as it was (a
+    training run's dropout noise must not depend on whether its FCN-score segmenter was trained or reused)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(recipe.seed)
+        return Segmenter(n_classes, recipe.width, recipe.depth)
+
+
 def train_segmenter(photos: torch.Tensor, labels: torch.Tensor, n_classes: int, recipe: Recipe) -> Segmenter:
     """Photos and class maps as load_training_set gives them -> a Segmenter in eval mode: per-pixel cross-entropy,
     a random horizontal flip per image as the only augmentation (no vertical flips: buildings stand upright).
     Deterministic for a recipe and a thread count."""
-    with torch.random.fork_rng(devices=[]):  # seeded initial weights; the caller's random state stays as it was
-        torch.manual_seed(recipe.seed)
-        model = Segmenter(n_classes, recipe.width, recipe.depth).train()
+    model = new_segmenter(n_classes, recipe).train()
     rng = torch.Generator().manual_seed(recipe.seed)  # batch order and flips
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.lr)
     steps = recipe.epochs * math.ceil(len(photos) / recipe.batch_size)
@@ -378,7 +384,7 @@ def load_or_train(train_folder: str | os.PathLike, direction: str, palette: Pale
         saved = read_segmenter(cache_path)
         changed = [key.replace("fingerprint", "training files") for key in wanted if saved[key] != wanted[key]]
         if not changed:
-            model = Segmenter(len(palette), recipe.width, recipe.depth)
+            model = new_segmenter(len(palette), recipe)
             check_segmenter_weights(model, saved["state_dict"], cache_path)
             print(f"FCN-score segmenter: reusing {cache_path} (same training files, direction, palette and recipe)")
             return model.eval()

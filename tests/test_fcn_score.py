@@ -126,7 +126,9 @@ def test_saved_segmenter_reused_until_anything_changes(tmp_path: Path, capsys: p
     assert outcome(capsys, data, cache, recipe) == "trained"
     saved = torch.load(cache, weights_only=True)  # tensors and plain data only
     assert saved["palette"][1] == ["c1", [0, 128, 255]] and saved["recipe"]["epochs"] == 1
+    state = torch.random.get_rng_state()
     assert outcome(capsys, data, cache, recipe) == "reused"
+    assert torch.equal(torch.random.get_rng_state(), state)  # a run's dropout noise: the same with FCN_SCORE on
     assert [p.name for p in cache.parent.iterdir()] == ["seg.pt"]  # no temp file left behind
     for path in paths:  # the same bytes with new modification times (data re-created on a new machine)
         mtime = path.stat().st_mtime_ns + 10 ** 9
