@@ -79,7 +79,6 @@ def main(argv: list[str] | None = None) -> int:
                                  say=print if ranks.master else None)
         if progress.step == 0:
             run.save_samples(model.inference_G, samples, "step_000000.png")  # the untrained generator, now
-        outputs_every = 1  # samples, validation every SAMPLE_EVERY / VAL_EVERY x this (EVAL_BUDGET)
         images_per_step = cfg["BATCH_SIZE"] * ranks.world_size
 
         for epoch in range(progress.epoch, run.total_epochs):
@@ -156,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
                                        "scaler_skipped_steps": reading.scaler_skips}
                 print_epoch_speed(row, timer.images_per_s(), flops, model.scaler_G.is_enabled())
                 outputs = Timer()  # samples, validation and curves: within EVAL_BUDGET of the time
-                sampled = is_due(progress.epoch, cfg["SAMPLE_EVERY"], outputs_every, last)
-                validated = is_due(progress.epoch, cfg["VAL_EVERY"], outputs_every, last)
+                sampled = is_due(progress.epoch, cfg["SAMPLE_EVERY"], progress.outputs_every, last)
+                validated = is_due(progress.epoch, cfg["VAL_EVERY"], progress.outputs_every, last)
                 if sampled:  # every SAMPLE_EVERY epochs and the last: a grid, also in TensorBoard
                     grid = run.save_samples(model.inference_G, samples, f"epoch_{progress.epoch:04d}.png")
                     log.tb.add_image("samples", grid, progress.step)
@@ -170,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
                     if cfg["LR_POLICY"] == "plateau":  # x0.2 once validation stalls
                         progress.plateau = plateau_after(progress.plateau, figure)
                 log.epoch_row(row, curves=sampled or validated or progress.epoch == 1)
-                outputs_every = spaced_out(cfg, outputs_every, outputs.seconds(), train_seconds)
+                progress.outputs_every = spaced_out(cfg, progress.outputs_every, outputs.seconds(), train_seconds)
             run.share_plateau(progress)  # LR_POLICY=plateau: rank 0 validated; every rank takes its factor
 
             # on a new best, best.pt, generator_best.pt and last.pt (a resume from before could replace

@@ -54,6 +54,7 @@ class Progress:
     plateau: dict = field(default_factory=dict)  # LR_POLICY="plateau": pix2pix.plateau_after's state
     shards: int = 1  # the epoch's order: 1 = one shuffle of the whole set, N = N processes' resident shards
     epoch_losses: dict = field(default_factory=dict)  # mid-epoch: its loss sums and counts so far (Reading.so_far)
+    outputs_every: int = 1  # EVAL_BUDGET: samples, validation every SAMPLE_EVERY / VAL_EVERY x this (spaced_out)
 
 
 PROGRESS = tuple(f.name for f in fields(Progress))
@@ -474,4 +475,5 @@ def upgrade_legacy(ckpt: dict[str, Any]) -> dict[str, Any]:
     ckpt.setdefault("plateau", {})
     ckpt.setdefault("shards", 1)
     ckpt.setdefault("epoch_losses", {})
+    ckpt.setdefault("outputs_every", 1)
     return ckpt

@@ -4,6 +4,7 @@ are replaced, writes are held by events with timeouts: nothing here depends on t
 
     python -m pytest tests/test_cadence.py -q
 """
+import csv
 import errno
 import os
 import threading
@@ -106,6 +107,14 @@ def test_slow_samples_and_validation_are_spaced_out_to_stay_within_eval_budget(t
         assert sorted(p.name for p in (run_dir / "samples").glob("epoch_*.png")) == \
             [f"epoch_{int(e):04d}.png" for e in validated]
     assert "from now on every" in capsys.readouterr().out
+
+    # the spacing is part of the run's state: resumed (here extended to 6 epochs), it goes on validating only at the
+    # end; a resume that forgot it would validate again at epoch 4 and only then space the outputs out
+    run_dir = tmp_path / "resumed"
+    assert train.main(tiny_args(tiny_data, run_dir, N_EPOCHS=3, N_EPOCHS_DECAY=0, EVAL_BUDGET=0.1)) == 0
+    assert train.main(tiny_args(tiny_data, run_dir, N_EPOCHS=6, N_EPOCHS_DECAY=0, EVAL_BUDGET=0.1)) == 0
+    rows = list(csv.DictReader((run_dir / "log.csv").read_text().splitlines()))
+    assert [r["epoch"] for r in rows if r["val_l1"]] == ["1", "3", "6"]
 
 
 def test_an_epoch_of_unknown_length_never_spaces_the_outputs_out(capsys):
