@@ -3,6 +3,13 @@ name without its `_s<seed>` suffix, printed as a Markdown table of every seed's 
 
     python -m harness.seed_table runs/recipes/facades_*_s* --metric fcn_class_iou --epoch 10 --baseline facades_paper
     python -m harness.seed_table runs/recipes/facades_*_s* --metric fcn_class_iou   # every epoch: mean ± sd (seeds)
+    python -m harness.seed_table runs/recipes/facades_*_s* --metric fcn_class_iou --every-run   # each run, per epoch
+    python -m harness.seed_table --recorded docs/results.md --epoch 10 --baseline facades_paper
+
+A run folder does not outlive its machine: --every-run prints each run's value at every epoch as a Markdown table
+(`| run (METRIC) | epoch 1 | ...`, one row per run and generator), which a results page keeps; --recorded reads
+such tables back from a file as runs, so seeds trained on different machines (with one scoring file) form one
+table. A run folder given as well replaces its recorded row.
 
 With G_EMA runs, each arm appears twice: `arm` scores the raw G (log.csv's val_raw_*), `arm+ema` the averaged one
 (val_*): EMA does not change training, so one run gives both. A recipe wins when its mean beats the baseline's by
@@ -54,6 +61,36 @@ def read_logs(run_dirs: list[Path]) -> dict[Path, list[dict[str, str]]]:
         if (run_dir / "log.csv").is_file():
             with open(run_dir / "log.csv", newline="") as f:
                 logs[run_dir] = list(csv.DictReader(f))
+    return logs
+
+
+def read_recorded(path: Path) -> dict[Path, list[dict[str, str]]]:
+    """Runs recorded in a Markdown file by --every-run tables, as read_logs gives them (log.csv's rows, with the
+    columns the tables hold); a missing or unreadable file is a ConfigError naming it."""
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--recorded {path}: cannot read it ({e.strerror if isinstance(e, OSError) else e}); give "
+                          f"a Markdown file with --every-run tables") from None
+    values: dict[Path, dict[int, dict[tuple[str, bool], str]]] = {}  # run -> epoch -> (metric, averaged G) -> value
+    metric = None
+    for line in lines:
+        cells = [c.strip() for c in line.strip().strip("|").split("|")] if line.startswith("|") else []
+        if cells and (header := re.fullmatch(r"run \((\w+)\)", cells[0])):
+            metric = header[1]
+        elif not cells:
+            metric = None
+        elif metric and (row := re.fullmatch(r"(.+?)(\+ema)? s(\d+)", cells[0])):
+            run = values.setdefault(Path(f"{row[1]}_s{row[3]}"), {})
+            for epoch, value in enumerate(cells[1:], 1):
+                if value:
+                    run.setdefault(epoch, {})[metric, bool(row[2])] = value
+    logs = {}
+    for run, epochs in values.items():  # with an averaged G, as its log.csv: val_* is that one, val_raw_* the raw G
+        ema = {m for cells in epochs.values() for m, averaged in cells if averaged}
+        logs[run] = [{"epoch": str(epoch), **{f"val_{'raw_' if m in ema and not averaged else ''}{m}": value
+                                              for (m, averaged), value in cells.items()}}
+                     for epoch, cells in sorted(epochs.items())]
     return logs
 
 
@@ -118,9 +155,27 @@ def per_epoch_table(logs: dict[Path, list[dict[str, str]]], metric: str) -> str:
     return "\n".join(lines)
 
 
+def every_run_table(logs: dict[Path, list[dict[str, str]]], metric: str) -> str:
+    """Each run's value at every epoch (runs x epochs; `+ema`: the same run's averaged G), as --recorded reads it."""
+    n_epochs = max((int(r["epoch"]) for log in logs.values() for r in log), default=0)
+    lines = [f"| run ({metric}) | {' | '.join(f'epoch {e}' for e in range(1, n_epochs + 1))} |",
+             "|---" * (n_epochs + 1) + "|"]
+    for run_dir, log in logs.items():
+        arm, seed = split_name(run_dir)
+        averaged = any(r.get(f"val_raw_{metric}") for r in log)
+        for tag, column in (("", f"val_raw_{metric}" if averaged else f"val_{metric}"),) + \
+                ((("+ema", f"val_{metric}"),) if averaged else ()):
+            values = {int(r["epoch"]): f"{float(r[column]):.4f}" for r in log if r.get(column)}
+            lines.append(f"| {arm}{tag} s{seed} | {' | '.join(values.get(e, '') for e in range(1, n_epochs + 1))} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Arms x seeds table of run folders' log.csv at one epoch.")
-    parser.add_argument("runs", nargs="+", type=Path, help="run folders named <arm>_s<seed>")
+    parser.add_argument("runs", nargs="*", type=Path, help="run folders named <arm>_s<seed>")
+    parser.add_argument("--recorded", type=Path, help="also the runs of a file's --every-run tables (e.g. "
+                                                       "docs/results.md); a run folder given too replaces its row")
+    parser.add_argument("--every-run", action="store_true", help="each run's value at every epoch, to record")
     parser.add_argument("--metric", default="fcn_class_iou", help="a log.csv column without val_ (default: "
                                                                       "fcn_class_iou)")
     parser.add_argument("--epoch", type=int, help="the epoch to compare (default: every epoch, means ± sds)")
@@ -128,7 +183,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
-        logs = read_logs(args.runs)
+        logs = (read_recorded(args.recorded) if args.recorded else {}) | read_logs(args.runs)
+        if not logs:
+            raise ConfigError("no runs: give run folders, or --recorded FILE")
+        if args.every_run:
+            print(every_run_table(logs, args.metric))
+            return 0
         if args.epoch is None:
             print(per_epoch_table(logs, args.metric))
             return 0

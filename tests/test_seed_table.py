@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from harness.run_log import COLUMNS
-from harness.seed_table import Arm, main, read_arms, read_logs, wins
+from harness.seed_table import Arm, every_run_table, main, read_arms, read_logs, read_recorded, wins
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,11 +56,13 @@ def test_the_table_prints_every_seed_and_marks_the_winner(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("case, words", [("unnamed", "must end in _s<seed>"), ("metric", "has no column val_nope"),
-                                         ("baseline", "--baseline nope: no such arm")])
+                                         ("baseline", "--baseline nope: no such arm"),
+                                         ("recorded", "--recorded nope.md: cannot read it")])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, case, words):
     run = write_run(tmp_path / ("facades_paper" if case == "unnamed" else "facades_paper_s1"),
                     [(1, {"val_fcn_class_iou": 0.2})])
-    extra = {"metric": ["--metric", "nope"], "baseline": ["--baseline", "nope"]}.get(case, [])
+    extra = {"metric": ["--metric", "nope"], "baseline": ["--baseline", "nope"],
+             "recorded": ["--recorded", "nope.md"]}.get(case, [])
     result = subprocess.run([sys.executable, "-m", "harness.seed_table", str(run), "--epoch", "1", *extra],
                             cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr
@@ -73,3 +75,39 @@ def test_without_an_epoch_every_epoch_is_a_column_with_the_seeds_that_reached_it
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "| arm | epoch 1 | epoch 2 |"
     assert lines[2] == "| paper | 0.4000 ± 0.1414 | 0.2000 (1) |"
+
+
+def test_every_run_tables_read_back_as_the_runs_they_record(tmp_path, capsys):
+    """A results page keeps each run's values (--every-run) when the run folders are gone with their machine; read
+    back (--recorded) beside a new machine's run folder, they give the arms x seeds table the folders would."""
+    runs = [write_run(tmp_path / f"paper_s{seed}", [(1, {"val_fcn_class_iou": ema - 0.1,
+                                                         "val_raw_fcn_class_iou": raw - 0.1,
+                                                         "val_fcn_pixel_acc": ema + 0.3}),
+                                                     (2, {"val_fcn_class_iou": ema, "val_raw_fcn_class_iou": raw,
+                                                          "val_fcn_pixel_acc": ema + 0.4})])
+            for seed, raw, ema in ((1, 0.2, 0.25), (2, 0.22, 0.3))]
+    runs.append(write_run(tmp_path / "hinge_s1", [(1, {"val_fcn_class_iou": 0.15, "val_fcn_pixel_acc": 0.4}),
+                                                  (2, {"val_fcn_class_iou": 0.5, "val_fcn_pixel_acc": 0.6})]))
+    logs = read_logs(runs)
+    table = every_run_table(logs, "fcn_class_iou")
+    assert table.splitlines()[0] == "| run (fcn_class_iou) | epoch 1 | epoch 2 |"
+    assert "| paper s2 | 0.1200 | 0.2200 |" in table and "| paper+ema s2 | 0.2000 | 0.3000 |" in table
+    assert "| hinge s1 | 0.1500 | 0.5000 |" in table and "hinge+ema" not in table  # no G_EMA: one row
+    page = tmp_path / "results.md"
+    page.write_text(f"# Results\n\n{table}\n\ntext\n\n{every_run_table(logs, 'fcn_pixel_acc')}\n")
+    recorded = read_recorded(page)
+    assert set(recorded) == {Path("paper_s1"), Path("paper_s2"), Path("hinge_s1")}
+    for metric in ("fcn_class_iou", "fcn_pixel_acc"):
+        for epoch in (1, 2):
+            expected = {a.name: {seed: round(v, 4) for seed, v in a.values.items()}  # a table holds 4 decimals
+                        for a in read_arms(logs, metric, epoch)[0].values()}
+            assert {a.name: a.values for a in read_arms(recorded, metric, epoch)[0].values()} == expected
+
+    # seed 2 lost with its machine (only recorded), seed 1's folder still here: one table of both
+    (runs[1] / "log.csv").unlink()
+    runs[1].rmdir()
+    capsys.readouterr()
+    assert main([str(runs[0]), "--recorded", str(page), "--epoch", "2", "--baseline", "paper"]) == 0
+    out = capsys.readouterr().out
+    assert "| paper | 0.2000 | 0.2200 | 0.2100 ± 0.0141 | — |" in out
+    assert "| paper+ema | 0.2500 | 0.3000 | 0.2750 ± 0.0354 | no |" in out
