@@ -162,9 +162,9 @@ def every_run_table(logs: dict[Path, list[dict[str, str]]], metric: str) -> str:
              "|---" * (n_epochs + 1) + "|"]
     for run_dir, log in logs.items():
         arm, seed = split_name(run_dir)
-        averaged = any(r.get(f"val_raw_{metric}") for r in log)
-        for tag, column in (("", f"val_raw_{metric}" if averaged else f"val_{metric}"),) + \
-                ((("+ema", f"val_{metric}"),) if averaged else ()):
+        averaged = any(r.get(f"val_raw_{metric}") for r in log)  # a G_EMA run: val_* is the averaged G
+        columns = [("", f"val_raw_{metric}"), ("+ema", f"val_{metric}")] if averaged else [("", f"val_{metric}")]
+        for tag, column in columns:
             values = {int(r["epoch"]): f"{float(r[column]):.4f}" for r in log if r.get(column)}
             lines.append(f"| {arm}{tag} s{seed} | {' | '.join(values.get(e, '') for e in range(1, n_epochs + 1))} |")
     return "\n".join(lines)
