@@ -9,7 +9,7 @@ name without its `_s<seed>` suffix, printed as a Markdown table of every seed's 
 A run folder does not outlive its machine: --every-run prints each run's value at every epoch as a Markdown table
 (`| run (METRIC) | epoch 1 | ...`, one row per run and generator), which a results page keeps; --recorded reads
 such tables back from a file as runs, so seeds trained on different machines (with one scoring file) form one
-table. A run folder given as well replaces its recorded row.
+table. A run folder given as well replaces its recorded run (the one of its name), once it has a log.csv.
 
 With G_EMA runs, each arm appears twice: `arm` scores the raw G (log.csv's val_raw_*), `arm+ema` the averaged one
 (val_*): EMA does not change training, so one run gives both. A recipe wins when its mean beats the baseline's by
@@ -27,6 +27,7 @@ from pathlib import Path
 from harness.errors import ConfigError, exit_on_error
 
 LOWER_IS_BETTER = ("l1", "rmse", "fid", "kid", "ratio")
+EMA = "+ema"  # an arm's name with this suffix: the same runs' averaged generator
 
 
 @dataclass
@@ -80,7 +81,7 @@ def read_recorded(path: Path) -> dict[Path, list[dict[str, str]]]:
             metric = header[1]
         elif not cells:
             metric = None
-        elif metric and (row := re.fullmatch(r"(.+?)(\+ema)? s(\d+)", cells[0])):
+        elif metric and (row := re.fullmatch(rf"(.+?)({re.escape(EMA)})? s(\d+)", cells[0])):
             run = values.setdefault(Path(f"{row[1]}_s{row[3]}"), {})
             for epoch, value in enumerate(cells[1:], 1):
                 if value:
@@ -92,6 +93,15 @@ def read_recorded(path: Path) -> dict[Path, list[dict[str, str]]]:
                                               for (m, averaged), value in cells.items()}}
                      for epoch, cells in sorted(epochs.items())]
     return logs
+
+
+def merge_runs(recorded: dict[Path, list[dict[str, str]]], folders: dict[Path, list[dict[str, str]]]
+               ) -> dict[Path, list[dict[str, str]]]:
+    """The recorded runs, each replaced by the run folder of its name where one was given with a log.csv (a folder
+    with none yet leaves its recorded run as it is)."""
+    recorded_names = {run.name for run in recorded}
+    folders = {d: log for d, log in folders.items() if log or d.name not in recorded_names}
+    return {run: log for run, log in recorded.items() if run.name not in {d.name for d in folders}} | folders
 
 
 def read_arms(logs: dict[Path, list[dict[str, str]]], metric: str,
@@ -112,7 +122,7 @@ def read_arms(logs: dict[Path, list[dict[str, str]]], metric: str,
         raw, averaged = rows[-1].get(f"val_raw_{metric}", ""), rows[-1][f"val_{metric}"]
         if raw:  # a G_EMA run: val_* is the averaged G, val_raw_* the raw one
             arms.setdefault(arm, Arm(arm)).values[seed] = float(raw)
-            arms.setdefault(f"{arm}+ema", Arm(f"{arm}+ema")).values[seed] = float(averaged)
+            arms.setdefault(arm + EMA, Arm(arm + EMA)).values[seed] = float(averaged)
         elif averaged:
             arms.setdefault(arm, Arm(arm)).values[seed] = float(averaged)
     return arms, unfinished
@@ -148,7 +158,7 @@ def per_epoch_table(logs: dict[Path, list[dict[str, str]]], metric: str) -> str:
         for arm in arms.values():
             n = len(arm.values)
             cells.setdefault(arm.name, {})[epochs[-1]] = (f"{arm.mean:.4f}" + (f" ± {arm.sd:.4f}" if n > 1 else "")
-                                                          + (f" ({n})" if n < n_runs[arm.name.removesuffix('+ema')]
+                                                          + (f" ({n})" if n < n_runs[arm.name.removesuffix(EMA)]
                                                              else ""))
     lines = [f"| arm | {' | '.join(f'epoch {e}' for e in epochs)} |", "|---" * (len(epochs) + 1) + "|"]
     lines += [f"| {arm} | {' | '.join(row.get(e, '') for e in epochs)} |" for arm, row in cells.items()]
@@ -163,7 +173,7 @@ def every_run_table(logs: dict[Path, list[dict[str, str]]], metric: str) -> str:
     for run_dir, log in logs.items():
         arm, seed = split_name(run_dir)
         averaged = any(r.get(f"val_raw_{metric}") for r in log)  # a G_EMA run: val_* is the averaged G
-        columns = [("", f"val_raw_{metric}"), ("+ema", f"val_{metric}")] if averaged else [("", f"val_{metric}")]
+        columns = [("", f"val_raw_{metric}"), (EMA, f"val_{metric}")] if averaged else [("", f"val_{metric}")]
         for tag, column in columns:
             values = {int(r["epoch"]): f"{float(r[column]):.4f}" for r in log if r.get(column)}
             lines.append(f"| {arm}{tag} s{seed} | {' | '.join(values.get(e, '') for e in range(1, n_epochs + 1))} |")
@@ -183,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
-        logs = (read_recorded(args.recorded) if args.recorded else {}) | read_logs(args.runs)
+        logs = merge_runs(read_recorded(args.recorded) if args.recorded else {}, read_logs(args.runs))
         if not logs:
             raise ConfigError("no runs: give run folders, or --recorded FILE")
         if args.every_run:

@@ -111,3 +111,21 @@ def test_every_run_tables_read_back_as_the_runs_they_record(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "| paper | 0.2000 | 0.2200 | 0.2100 ± 0.0141 | — |" in out
     assert "| paper+ema | 0.2500 | 0.3000 | 0.2750 ± 0.0354 | no |" in out
+
+
+def test_a_run_folder_given_with_recorded_runs_replaces_its_namesake_and_an_empty_one_does_not(tmp_path, capsys):
+    """The page records paper_s1 and paper_s2; paper_s1's folder (trained again, other values) replaces its row
+    instead of adding a third run of two seeds, and paper_s2's folder without a log.csv yet leaves its row alone."""
+    page = tmp_path / "results.md"
+    page.write_text("| run (l1) | epoch 1 |\n|---|---|\n| paper s1 | 0.3000 |\n| paper s2 | 0.5000 |\n")
+    folder = write_run(tmp_path / "runs" / "paper_s1", [(1, {"val_l1": 0.1})])
+    empty = tmp_path / "runs" / "paper_s2"
+    empty.mkdir()
+    for flags in (["--every-run"], []):
+        capsys.readouterr()
+        assert main([str(folder), str(empty), "--recorded", str(page), "--metric", "l1", *flags]) == 0
+        out = capsys.readouterr().out
+        if flags:
+            assert sorted(out.splitlines()[2:]) == ["| paper s1 | 0.1000 |", "| paper s2 | 0.5000 |"]
+        else:  # both seeds at epoch 1: the mean of two, no "(n)" of a run missing
+            assert out.splitlines()[2] == "| paper | 0.3000 ± 0.2828 |"
