@@ -101,7 +101,8 @@ def merge_runs(recorded: dict[Path, list[dict[str, str]]], folders: dict[Path, l
     with none yet leaves its recorded run as it is)."""
     recorded_names = {run.name for run in recorded}
     folders = {d: log for d, log in folders.items() if log or d.name not in recorded_names}
-    return {run: log for run, log in recorded.items() if run.name not in {d.name for d in folders}} | folders
+    replaced = {d.name for d in folders}
+    return {run: log for run, log in recorded.items() if run.name not in replaced} | folders
 
 
 def read_arms(logs: dict[Path, list[dict[str, str]]], metric: str,
