@@ -9,7 +9,8 @@ name without its `_s<seed>` suffix, printed as a Markdown table of every seed's 
 A run folder does not outlive its machine: --every-run prints each run's value at every epoch as a Markdown table
 (`| run (METRIC) | epoch 1 | ...`, one row per run and generator), which a results page keeps; --recorded reads
 such tables back from a file as runs, so seeds trained on different machines (with one scoring file) form one
-table. A run folder given as well replaces its recorded run (the one of its name), once it has a log.csv.
+table; of a file's runs, those with a table of --metric. A run folder given as well replaces its recorded run (the
+one of its name), once it has a log.csv.
 
 With G_EMA runs, each arm appears twice: `arm` scores the raw G (log.csv's val_raw_*), `arm+ema` the averaged one
 (val_*): EMA does not change training, so one run gives both. A recipe wins when its mean beats the baseline's by
@@ -194,9 +195,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     def run() -> int:
-        logs = merge_runs(read_recorded(args.recorded) if args.recorded else {}, read_logs(args.runs))
+        recorded = read_recorded(args.recorded) if args.recorded else {}
+        # a page records several comparisons (facades, maps): only the runs with a table of this metric take part
+        recorded = {run: log for run, log in recorded.items() if any(f"val_{args.metric}" in r for r in log)}
+        logs = merge_runs(recorded, read_logs(args.runs))
         if not logs:
-            raise ConfigError("no runs: give run folders, or --recorded FILE")
+            raise ConfigError(f"no runs of {args.metric}: give run folders, or --recorded FILE with an --every-run "
+                              f"table of --metric {args.metric}")
         if args.every_run:
             print(every_run_table(logs, args.metric))
             return 0

@@ -129,3 +129,25 @@ def test_a_run_folder_given_with_recorded_runs_replaces_its_namesake_and_an_empt
             assert sorted(out.splitlines()[2:]) == ["| paper s1 | 0.1000 |", "| paper s2 | 0.5000 |"]
         else:  # both seeds at epoch 1: the mean of two, no "(n)" of a run missing
             assert out.splitlines()[2] == "| paper | 0.3000 ± 0.2828 |"
+
+
+def test_a_page_of_two_comparisons_gives_the_runs_of_the_metric_asked_for(tmp_path, capsys):
+    """docs/results.md records facades runs (FCN-score) and maps runs (pixel accuracy): each table of arms reads the
+    runs that record its metric, and a metric no run records is one line, exit 2."""
+    page = tmp_path / "results.md"
+    page.write_text("| run (fcn_class_iou) | epoch 1 | epoch 2 | epoch 3 |\n|---|---|---|---|\n"
+                    "| facades_paper s1 | 0.1 | 0.2 | 0.3 |\n\n"
+                    "| run (pixel_acc_16) | epoch 1 | epoch 2 | epoch 3 |\n|---|---|---|---|\n"
+                    "| maps_paper s1 | 0.5 | 0.6 | 0.7 |\n| maps_paper+ema s1 | 0.6 | 0.7 | 0.8 |\n"
+                    "| maps_paper s2 | 0.5 | 0.6 | 0.9 |\n| maps_paper+ema s2 | 0.6 | 0.7 | 0.85 |\n")
+    for metric, expected in (("pixel_acc_16", ["| maps_paper | 0.7000 | 0.9000 | 0.8000 ± 0.1414 | — |",
+                                               "| maps_paper+ema | 0.8000 | 0.8500 | 0.8250 ± 0.0354 | no |"]),
+                             ("fcn_class_iou", ["| facades_paper | 0.3000 | 0.3000 (one seed) | — |"])):
+        capsys.readouterr()
+        baseline = expected[0].split(" | ")[0].removeprefix("| ")
+        assert main(["--recorded", str(page), "--epoch", "3", "--metric", metric, "--baseline", baseline]) == 0
+        assert capsys.readouterr().out.splitlines()[2:] == expected
+    result = subprocess.run([sys.executable, "-m", "harness.seed_table", "--recorded", str(page), "--metric", "rmse"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "no runs of rmse" in result.stderr and "--metric rmse" in result.stderr
